@@ -1,0 +1,1 @@
+"""The ``drasclr`` command line: one sub-command per stage."""

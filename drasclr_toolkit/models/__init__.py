@@ -1,0 +1,1 @@
+"""models stage of drasclr_toolkit."""

@@ -1,0 +1,1 @@
+"""ssl stage of drasclr_toolkit."""
