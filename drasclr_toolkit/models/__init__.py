@@ -1,1 +1,23 @@
-"""models stage of drasclr_toolkit."""
+"""Models: location-conditioned convolution, the DrasCLR encoder, official-checkpoint IO.
+
+Example:
+    >>> import torch
+    >>> from drasclr_toolkit.models import DrasCLREncoder
+    >>> enc = DrasCLREncoder(rep_dim=16, proj_dim=8, num_experts=2, width=0.25)
+    >>> h, z = enc(torch.randn(2, 1, 32, 32, 32), torch.zeros(3))
+    >>> tuple(h.shape), tuple(z.shape)
+    ((2, 16), (2, 8))
+"""
+
+from .condconv import CondConv3d, PerSampleCondConv3d, canonical_locations
+from .encoder import CONDITIONINGS, DrasCLREncoder, layer_specs, normalize_landmarks
+
+__all__ = [
+    "CONDITIONINGS",
+    "CondConv3d",
+    "DrasCLREncoder",
+    "PerSampleCondConv3d",
+    "canonical_locations",
+    "layer_specs",
+    "normalize_landmarks",
+]

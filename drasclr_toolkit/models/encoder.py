@@ -1,0 +1,197 @@
+"""The DrasCLR patch encoder (13 conditional 3D convolutions) and its baselines.
+
+Architecture (reference defaults, Yu et al. 2023): 13 convolutions, kernel 3, padding 1,
+each followed by BatchNorm3d and ELU::
+
+    1→8 (s1), 8→8 (s2),
+    [8→16, 16→16, 16→16 (s2)], [16→32, 32→32, 32→32 (s2)], [32→64, 64→64, 64→64 (s2)],
+    64→128 (s1), 128→rep_dim (s2)
+
+A 32³ patch becomes a 1³ map with ``rep_dim`` channels, flattened to ``h``. A MoCo v2
+projection head ``Linear(rep, rep) → ReLU → Linear(rep, proj)`` maps ``h`` to ``z``.
+
+``conditioning`` picks how anatomy enters the network:
+
+* ``"condconv"``: every convolution is a :class:`CondConv3d` routed by the location (DrasCLR);
+* ``"none"``: plain ``nn.Conv3d`` everywhere, the location is ignored (MoCo baseline);
+* ``"concat"``: plain convolutions, the location is concatenated to ``h`` before the
+  projection head (the predecessor method, Context-Aware SSL); ``h`` itself is location-free.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .condconv import CondConv3d, PerSampleCondConv3d, canonical_locations
+
+__all__ = ["DrasCLREncoder", "CONDITIONINGS", "layer_specs", "normalize_landmarks"]
+
+CONDITIONINGS = ("condconv", "none", "concat")
+COORD_DIM = 3
+
+
+def layer_specs(rep_dim: int = 128, width: float = 1.0,
+                in_channels: int = 1) -> list[tuple[int, int, int]]:
+    """(in, out, stride) of the 13 convolutions; ``width`` scales every channel count but
+    the input and the last one (which is ``rep_dim``).
+
+    Example:
+        >>> layer_specs()[:2]
+        [(1, 8, 1), (8, 8, 2)]
+        >>> len(layer_specs()), layer_specs()[-1]
+        (13, (128, 128, 2))
+    """
+    if width <= 0:
+        raise ValueError(f"width must be > 0, got {width}")
+
+    def ch(n: int) -> int:
+        return max(1, int(round(n * width)))
+
+    specs = [(in_channels, ch(8), 1), (ch(8), ch(8), 2)]
+    prev = ch(8)
+    for base in (16, 32, 64):
+        c = ch(base)
+        specs += [(prev, c, 1), (c, c, 1), (c, c, 2)]
+        prev = c
+    specs += [(prev, ch(128), 1), (ch(128), rep_dim, 2)]
+    return specs
+
+
+class _ConvUnit(nn.Module):
+    """Convolution → BatchNorm3d → ELU; the convolution may be location-conditioned."""
+
+    def __init__(self, conv: nn.Module, out_channels: int) -> None:
+        super().__init__()
+        self.conv = conv
+        self.bn = nn.BatchNorm3d(out_channels)
+        self.act = nn.ELU(inplace=True)
+
+    def forward(self, x: torch.Tensor, loc: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.conv, CondConv3d):
+            x = self.conv(x, loc, detect_shared=False)  # the encoder already checked once
+        else:
+            x = self.conv(x)
+        return self.act(self.bn(x))
+
+
+class DrasCLREncoder(nn.Module):
+    """Anatomy-conditioned 3D CNN encoder with a MoCo v2 projection head.
+
+    Args:
+        rep_dim: size of the representation ``h`` (channels of the last convolution).
+        num_experts: expert kernels per conditional convolution (``condconv`` only).
+        width: multiplies the channel counts (1.0 = reference; e.g. 0.25 for tiny CPU runs).
+        conditioning: ``"condconv"`` (DrasCLR), ``"none"`` (plain CNN) or ``"concat"``.
+        proj_dim: size of the projection ``z``.
+        in_channels: input channels (1 for CT).
+        reference_loop: REFERENCE ONLY (tests/benchmarks): use :class:`PerSampleCondConv3d`,
+            the per-sample Python loop of the original code, instead of the batched layer.
+
+    Inputs: ``x`` ``(B, in_channels, P, P, P)`` in [-1, 1] (P = 32 gives a 1³ map) and
+    ``loc`` ``(B, 3)`` normalised coordinates, or ``(3,)`` / ``(1, 3)`` for one location
+    shared by the batch (fast path: one kernel and one ordinary convolution per layer).
+
+    Example:
+        >>> enc = DrasCLREncoder(rep_dim=16, proj_dim=8, num_experts=2, width=0.25)
+        >>> x = torch.randn(2, 1, 32, 32, 32)
+        >>> h, z = enc(x, torch.zeros(3))
+        >>> h.shape, z.shape
+        (torch.Size([2, 16]), torch.Size([2, 8]))
+        >>> enc.encode(x, torch.rand(2, 3) * 2 - 1).shape
+        torch.Size([2, 16])
+    """
+
+    def __init__(self, rep_dim: int = 128, num_experts: int = 8, width: float = 1.0,
+                 conditioning: str = "condconv", proj_dim: int = 128, in_channels: int = 1,
+                 *, reference_loop: bool = False) -> None:
+        super().__init__()
+        if conditioning not in CONDITIONINGS:
+            raise ValueError(f"conditioning={conditioning!r} is not one of {CONDITIONINGS}")
+        self.rep_dim = rep_dim
+        self.proj_dim = proj_dim
+        self.num_experts = num_experts
+        self.width = width
+        self.conditioning = conditioning
+        self.in_channels = in_channels
+        conv_cls = PerSampleCondConv3d if reference_loop else CondConv3d
+        units = []
+        for cin, cout, stride in layer_specs(rep_dim, width, in_channels):
+            if conditioning == "condconv":
+                conv: nn.Module = conv_cls(cin, cout, 3, num_experts=num_experts, stride=stride,
+                                           padding=1, coord_dim=COORD_DIM)
+            else:
+                conv = nn.Conv3d(cin, cout, 3, stride=stride, padding=1)
+            units.append(_ConvUnit(conv, cout))
+        self.features = nn.ModuleList(units)
+        head_in = rep_dim + COORD_DIM if conditioning == "concat" else rep_dim
+        self.head = nn.Sequential(nn.Linear(head_in, rep_dim), nn.ReLU(inplace=True),
+                                  nn.Linear(rep_dim, proj_dim))
+
+    def _locations(self, x: torch.Tensor, loc: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 5 or x.shape[1] != self.in_channels:
+            raise ValueError(f"DrasCLREncoder expects patches (B, {self.in_channels}, P, P, P); "
+                             f"got {tuple(x.shape)}")
+        if not torch.is_tensor(loc):
+            loc = torch.as_tensor(np.asarray(loc))
+        loc = loc.to(device=x.device, dtype=torch.float32)
+        # One shared-location check per forward pass (one GPU sync), not one per layer.
+        return canonical_locations(loc, x.shape[0], COORD_DIM,
+                                   detect_shared=self.conditioning == "condconv")
+
+    def _encode(self, x: torch.Tensor, loc: torch.Tensor) -> torch.Tensor:
+        for unit in self.features:
+            x = unit(x, loc)
+        if x.shape[2:].numel() != 1:
+            raise ValueError(f"patch size {tuple(x.shape[2:])} after 5 stride-2 layers is not "
+                             "1³; use patches of 17–32 voxels per side (32 by default)")
+        return torch.flatten(x, 1)
+
+    def encode(self, x: torch.Tensor, loc: torch.Tensor) -> torch.Tensor:
+        """Representation ``h`` ``(B, rep_dim)`` (what embeddings store)."""
+        return self._encode(x, self._locations(x, loc))
+
+    def project(self, h: torch.Tensor, loc: torch.Tensor | None = None) -> torch.Tensor:
+        """Projection ``z`` ``(B, proj_dim)`` of representations ``h``.
+
+        ``loc`` is needed only for ``conditioning="concat"``.
+        """
+        if self.conditioning == "concat":
+            if loc is None:
+                raise ValueError("conditioning='concat' needs loc to project h")
+            loc = canonical_locations(loc.to(h), h.shape[0], COORD_DIM, detect_shared=False)
+            h = torch.cat([h, loc.expand(h.shape[0], -1)], dim=1)
+        return self.head(h)
+
+    def forward(self, x: torch.Tensor, loc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(h, z)``: representation ``(B, rep_dim)`` and projection ``(B, proj_dim)``."""
+        loc = self._locations(x, loc)
+        h = self._encode(x, loc)
+        return h, self.project(h, loc)
+
+    def num_parameters(self, trainable_only: bool = True) -> int:
+        """Number of (trainable) parameters."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+
+def normalize_landmarks(landmarks: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
+    """Our location convention: ``(p - min) / (max - min) * 2 - 1`` per axis → [-1, 1].
+
+    ``landmarks`` is ``(L, 3)`` atlas voxel patch corners (x, y, z). An axis on which every
+    landmark has the same value maps to 0. Checkpoints trained by the reference code expect
+    :func:`drasclr_toolkit.models.official_landmark_coords` instead.
+
+    Example:
+        >>> normalize_landmarks([[0, 26, 52], [26, 52, 52]]).tolist()
+        [[-1.0, -1.0, 0.0], [1.0, 1.0, 0.0]]
+    """
+    p = np.asarray(landmarks, dtype=np.float64)
+    if p.ndim != 2 or p.shape[1] != 3 or len(p) == 0:
+        raise ValueError(f"landmarks must be an (L, 3) array of (x, y, z); got shape {p.shape}")
+    lo, hi = p.min(0), p.max(0)
+    span = np.where(hi > lo, hi - lo, 1.0)
+    out = np.where(hi > lo, (p - lo) / span * 2.0 - 1.0, 0.0)
+    return out.astype(np.float32)
