@@ -1,0 +1,68 @@
+"""The slice figure and viewer draw the right planes, windows and overlays."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from drasclr_toolkit.viz.slices import WINDOW_PRESETS, slice_figure, slice_viewer
+
+
+@pytest.fixture()
+def volume():
+    rng = np.random.default_rng(0)
+    vol = rng.integers(-1000, 100, size=(30, 40, 50)).astype(np.int16)
+    labels = np.zeros(vol.shape, dtype=np.uint8)
+    labels[5:10, 10:20, 30:40] = 1
+    labels[20:25, 25:30, 5:10] = 3
+    return vol, labels
+
+
+def test_slice_figure_cuts_planes_in_millimetres(volume):
+    vol, _ = volume
+    fig = slice_figure(vol, spacing=(0.5, 0.5, 2.0), indices={"axial": 3, "coronal": 7, "sagittal": 11})
+    axial, coronal, sagittal = fig.data
+    np.testing.assert_array_equal(np.asarray(axial.z), vol[3])
+    np.testing.assert_array_equal(np.asarray(coronal.z), vol[:, 7, :][::-1])
+    np.testing.assert_array_equal(np.asarray(sagittal.z), vol[:, :, 11][::-1])
+    assert (axial.dx, axial.dy) == (0.5, 0.5)
+    assert (coronal.dx, coronal.dy) == (0.5, 2.0)
+    level, width = WINDOW_PRESETS["lung"]
+    assert axial.zmin == level - width / 2 and axial.zmax == level + width / 2
+
+
+def test_overlay_is_transparent_outside_labels(volume):
+    vol, labels = volume
+    fig = slice_figure(vol, overlay=labels, indices={"axial": 7})
+    overlay = np.asarray(fig.data[1].z, dtype=float)
+    assert fig.data[1].name == "axial overlay"
+    assert np.isnan(overlay[labels[7] == 0]).all()
+    assert (overlay[labels[7] == 1] == 1).all()
+
+
+def test_large_slices_are_subsampled(volume):
+    vol, _ = volume
+    fig = slice_figure(vol, max_pixels=20)
+    assert max(np.asarray(fig.data[0].z).shape) <= 20
+    assert fig.data[0].dx == 3.0  # 50 columns / 20 pixels -> every 3rd voxel
+
+
+def test_bad_inputs_are_named(volume):
+    vol, labels = volume
+    with pytest.raises(ValueError, match="overlay shape"):
+        slice_figure(vol, overlay=labels[:-1])
+    with pytest.raises(ValueError, match="window preset"):
+        slice_figure(vol, window="liver-ish")
+    with pytest.raises(ValueError, match="3-D"):
+        slice_figure(vol[0])
+
+
+def test_viewer_controls_redraw_the_figure(volume):
+    vol, labels = volume
+    viewer = slice_viewer(vol, overlay=labels)
+    viewer.sliders["axial"].value = 21
+    np.testing.assert_array_equal(np.asarray(viewer.figure.data[0].z), vol[21])
+    viewer.window.value = "mediastinum"
+    assert viewer.figure.data[0].zmin == WINDOW_PRESETS["mediastinum"][0] - WINDOW_PRESETS["mediastinum"][1] / 2
+    viewer.show_overlay.value = False
+    assert viewer.figure.data[1].visible is False
