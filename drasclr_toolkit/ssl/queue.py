@@ -1,0 +1,108 @@
+"""One negative queue per anatomical location (MoCo memory bank, DrasCLR style)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def queue_dtype(name: str | torch.dtype) -> torch.dtype:
+    """Resolve a storage dtype name ("float32", "bfloat16", "float16")."""
+    if isinstance(name, torch.dtype):
+        return name
+    if name not in _DTYPES:
+        raise ValueError(f"queue dtype {name!r} is not supported; use one of {sorted(_DTYPES)}")
+    return _DTYPES[name]
+
+
+class LocationQueues(nn.Module):
+    """Negative keys kept separately for each of ``L`` locations: a tensor [L, K, D].
+
+    Each location has its own write pointer and a ``filled`` count. Entries never written
+    hold random unit vectors (so the buffer is well defined) but :meth:`negatives` returns
+    a mask that leaves them out of the loss, unlike the reference, whose first negatives
+    were random noise. All state lives in buffers, so ``state_dict`` round-trips exactly.
+
+    Args:
+        num_locations: L, number of anatomical locations (landmarks).
+        size: K, negatives kept per location (reference 4096).
+        dim: D, key dimension (128).
+        dtype: storage dtype, "float32", "bfloat16" or "float16" (half the memory);
+            similarities are always computed in float32.
+        seed: seed of the random initial entries (identical on every DDP rank).
+
+    Example:
+        >>> q = LocationQueues(num_locations=3, size=4, dim=2)
+        >>> q.enqueue(1, torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+        >>> neg, mask = q.negatives(1)
+        >>> mask.tolist(), int(q.ptr[1]), q.nbytes
+        ([True, True, False, False], 2, 96)
+    """
+
+    def __init__(self, num_locations: int, size: int = 4096, dim: int = 128,
+                 dtype: str | torch.dtype = "float32", seed: int = 0) -> None:
+        super().__init__()
+        if num_locations < 1 or size < 1 or dim < 1:
+            raise ValueError(f"LocationQueues needs positive sizes, got L={num_locations}, "
+                             f"K={size}, D={dim}")
+        gen = torch.Generator().manual_seed(int(seed))
+        init = F.normalize(torch.randn(num_locations, size, dim, generator=gen), dim=-1)
+        self.register_buffer("keys", init.to(queue_dtype(dtype)))
+        self.register_buffer("ptr", torch.zeros(num_locations, dtype=torch.long))
+        self.register_buffer("filled", torch.zeros(num_locations, dtype=torch.long))
+
+    @property
+    def num_locations(self) -> int:
+        return self.keys.shape[0]
+
+    @property
+    def size(self) -> int:
+        return self.keys.shape[1]
+
+    @property
+    def dim(self) -> int:
+        return self.keys.shape[2]
+
+    @property
+    def nbytes(self) -> int:
+        """Memory of the key buffer in bytes (what a checkpoint with queues carries)."""
+        return self.keys.numel() * self.keys.element_size()
+
+    @staticmethod
+    def estimate_nbytes(num_locations: int, size: int, dim: int,
+                        dtype: str | torch.dtype = "float32") -> int:
+        """Memory the queues would take, without allocating them."""
+        return num_locations * size * dim * torch.empty((), dtype=queue_dtype(dtype)).element_size()
+
+    @torch.no_grad()
+    def enqueue(self, loc: int, keys: torch.Tensor) -> None:
+        """Write ``keys`` (n, D) into location ``loc``'s ring buffer, oldest entries first out."""
+        loc = int(loc)
+        if not 0 <= loc < self.num_locations:
+            raise IndexError(f"location {loc} outside 0..{self.num_locations - 1}")
+        if keys.ndim != 2 or keys.shape[1] != self.dim:
+            raise ValueError(f"keys must be (n, {self.dim}), got {tuple(keys.shape)}")
+        keys = keys.detach()[-self.size:].to(device=self.keys.device, dtype=self.keys.dtype)
+        n = keys.shape[0]
+        start = int(self.ptr[loc])
+        idx = (start + torch.arange(n, device=self.keys.device)) % self.size
+        self.keys[loc, idx] = keys
+        self.ptr[loc] = (start + n) % self.size
+        self.filled[loc] = min(int(self.filled[loc]) + n, self.size)
+
+    def negatives(self, loc: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys (K, D) of location ``loc`` and a bool mask (K,) of entries ever written.
+
+        Writes start at index 0 and are contiguous until the buffer is full, so the valid
+        entries are exactly the first ``filled`` ones.
+        """
+        loc = int(loc)
+        mask = torch.arange(self.size, device=self.keys.device) < self.filled[loc]
+        return self.keys[loc], mask
+
+    def extra_repr(self) -> str:
+        return (f"L={self.num_locations}, K={self.size}, D={self.dim}, dtype={self.keys.dtype}, "
+                f"{self.nbytes / 2**20:.1f} MiB")
