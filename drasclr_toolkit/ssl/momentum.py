@@ -33,7 +33,7 @@ def update_momentum(model: nn.Module, model_ema: nn.Module, m: float = 0.999) ->
 
     Example:
         >>> a, b = nn.Linear(1, 1, bias=False), nn.Linear(1, 1, bias=False)
-        >>> _ = a.weight.fill_(1.0); _ = b.weight.fill_(0.0)
+        >>> _ = nn.init.constant_(a.weight, 1.0); _ = nn.init.constant_(b.weight, 0.0)
         >>> update_momentum(a, b, m=0.9); round(float(b.weight), 3)
         0.1
     """
