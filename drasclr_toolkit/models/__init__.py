@@ -11,13 +11,25 @@ Example:
 
 from .condconv import CondConv3d, PerSampleCondConv3d, canonical_locations
 from .encoder import CONDITIONINGS, DrasCLREncoder, layer_specs, normalize_landmarks
+from .checkpoint import (
+    OfficialLoadReport,
+    load_official_checkpoint,
+    official_key_map,
+    official_landmark_coords,
+    official_state_dict,
+)
 
 __all__ = [
     "CONDITIONINGS",
     "CondConv3d",
     "DrasCLREncoder",
+    "OfficialLoadReport",
     "PerSampleCondConv3d",
     "canonical_locations",
     "layer_specs",
+    "load_official_checkpoint",
     "normalize_landmarks",
+    "official_key_map",
+    "official_landmark_coords",
+    "official_state_dict",
 ]
