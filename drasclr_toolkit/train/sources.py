@@ -1,0 +1,156 @@
+"""In-memory patch sources implementing the patch-source protocol.
+
+The protocol (what training and embedding read; :class:`PatchStore` implements it on disk)::
+
+    subject_ids: list[str]          landmarks: (L, 3) int     landmark_coords: (L, 3) float32
+    neighbors: (L, k) int           lung_fraction: (N, L)     patch_size: int
+    read_location(loc, subjects) -> (B, P, P, P) int16 HU
+    read_subject(subject) -> (L, P, P, P) int16 HU
+
+:class:`ArrayPatchSource` keeps an (N, L, P, P, P) int16 array in memory: a test double, a
+way to train on patches you cut yourself, and a quick way to hold a small store in RAM.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from drasclr_toolkit.models import normalize_landmarks
+
+
+def nearest_neighbours(landmarks: np.ndarray, k: int) -> np.ndarray:
+    """(L, k) indices of each landmark's k nearest other landmarks (Euclidean).
+
+    Ties are broken by the lower landmark index, so the result never depends on sort
+    implementation details (the reference broke them arbitrarily).
+
+    Example:
+        >>> nearest_neighbours(np.array([[0, 0, 0], [1, 0, 0], [2, 0, 0]]), 1).ravel().tolist()
+        [1, 0, 1]
+    """
+    p = np.asarray(landmarks, dtype=np.float64)
+    n = len(p)
+    if not 0 <= k < n:
+        raise ValueError(f"k={k} neighbours needs at least k+1 landmarks, have {n}")
+    d2 = ((p[:, None, :] - p[None, :, :]) ** 2).sum(-1)
+    np.fill_diagonal(d2, np.inf)
+    idx = np.arange(n)
+    # lexsort: last key is primary → distance first, then index.
+    order = np.stack([np.lexsort((idx, row)) for row in d2])
+    return order[:, :k].astype(np.int64)
+
+
+class ArrayPatchSource:
+    """Patch source backed by an in-memory array of HU patches.
+
+    Args:
+        patches: (N, L, P, P, P) HU values (converted to int16).
+        landmarks: (L, 3) atlas voxel corners (x, y, z); default: a line of points.
+        subject_ids: N names; default ``s000``, ``s001``, ….
+        neighbors: (L, k) nearest-landmark table; default computed with ``k_neighbors``.
+        lung_fraction: (N, L); default all ones.
+        k_neighbors: how many neighbours to compute when ``neighbors`` is not given.
+
+    Example:
+        >>> src = ArrayPatchSource(np.zeros((3, 4, 8, 8, 8), np.int16),
+        ...                        landmarks=np.arange(12).reshape(4, 3))
+        >>> src.read_location(2, [0, 2]).shape, src.neighbors.shape, src.patch_size
+        ((2, 8, 8, 8), (4, 2), 8)
+    """
+
+    def __init__(self, patches: np.ndarray, landmarks: np.ndarray | None = None,
+                 subject_ids: Sequence[str] | None = None, neighbors: np.ndarray | None = None,
+                 lung_fraction: np.ndarray | None = None, k_neighbors: int = 2) -> None:
+        patches = np.asarray(patches)
+        if patches.ndim != 5 or not (patches.shape[2] == patches.shape[3] == patches.shape[4]):
+            raise ValueError(f"ArrayPatchSource: patches must be (N, L, P, P, P), got {patches.shape}")
+        self.patches = patches.astype(np.int16, copy=False)
+        n, n_loc = patches.shape[:2]
+        if landmarks is None:
+            landmarks = np.stack([np.arange(n_loc) * 26, np.zeros(n_loc), np.zeros(n_loc)], 1)
+        self.landmarks = np.asarray(landmarks).astype(np.int64)
+        if self.landmarks.shape != (n_loc, 3):
+            raise ValueError(f"ArrayPatchSource: landmarks must be ({n_loc}, 3), "
+                             f"got {self.landmarks.shape}")
+        self.landmark_coords = normalize_landmarks(self.landmarks)
+        self.subject_ids = list(subject_ids) if subject_ids is not None else [
+            f"s{i:03d}" for i in range(n)]
+        if len(self.subject_ids) != n:
+            raise ValueError(f"ArrayPatchSource: {len(self.subject_ids)} subject ids for {n} subjects")
+        if neighbors is None:
+            neighbors = nearest_neighbours(self.landmarks, min(k_neighbors, n_loc - 1))
+        self.neighbors = np.asarray(neighbors, dtype=np.int64)
+        self.lung_fraction = (np.ones((n, n_loc), np.float32) if lung_fraction is None
+                              else np.asarray(lung_fraction, np.float32))
+        self.patch_size = int(patches.shape[2])
+
+    def __repr__(self) -> str:
+        n, n_loc, p = self.patches.shape[:3]
+        return f"ArrayPatchSource(subjects={n}, locations={n_loc}, patch={p}³)"
+
+    def __len__(self) -> int:
+        return len(self.subject_ids)
+
+    def _subject_index(self, subject: int | str) -> int:
+        if isinstance(subject, str):
+            try:
+                return self.subject_ids.index(subject)
+            except ValueError:
+                raise KeyError(f"subject {subject!r} is not in this source") from None
+        return int(subject)
+
+    def read_location(self, loc: int, subjects: Sequence[int]) -> np.ndarray:
+        """Patches (B, P, P, P) int16 of location ``loc`` for the given subject indices."""
+        return self.patches[np.asarray(subjects, dtype=np.int64), int(loc)]
+
+    def read_subject(self, subject: int | str) -> np.ndarray:
+        """All patches (L, P, P, P) int16 of one subject (index or id)."""
+        return self.patches[self._subject_index(subject)]
+
+    @classmethod
+    def from_source(cls, source: Any, subjects: Sequence[int] | None = None,
+                    locations: Sequence[int] | None = None) -> "ArrayPatchSource":
+        """Copy (a subset of) any patch source into memory, e.g. a PatchStore for fast epochs.
+
+        Neighbours are recomputed within the kept locations.
+        """
+        subj = list(range(len(source.subject_ids))) if subjects is None else list(subjects)
+        locs = list(range(len(source.landmarks))) if locations is None else list(locations)
+        patches = np.stack([source.read_location(l, subj) for l in locs], axis=1)
+        k = int(np.asarray(source.neighbors).shape[1]) if len(locs) > 1 else 0
+        return cls(patches, np.asarray(source.landmarks)[locs],
+                   [source.subject_ids[i] for i in subj],
+                   lung_fraction=np.asarray(source.lung_fraction)[np.ix_(subj, locs)],
+                   k_neighbors=min(k, len(locs) - 1))
+
+    @classmethod
+    def synthetic(cls, n_subjects: int = 8, n_locations: int = 6, patch_size: int = 32,
+                  seed: int = 0, k_neighbors: int = 2) -> "ArrayPatchSource":
+        """Random lung-like patches with structure a contrastive model can learn.
+
+        Each location has its own smooth "anatomy" (vessels, density) shared by all
+        subjects; each subject adds its own amount of low-density (emphysema-like) holes
+        and noise. Landmarks lie on a 26-voxel grid like the atlas's.
+        """
+        from scipy.ndimage import gaussian_filter
+
+        rng = np.random.default_rng(seed)
+        p = patch_size
+        side = int(np.ceil(n_locations ** (1 / 3)))
+        grid = np.stack(np.meshgrid(*[np.arange(side)] * 3, indexing="ij"), -1).reshape(-1, 3)
+        landmarks = grid[:n_locations] * 26
+        anatomy = np.stack([gaussian_filter(rng.normal(size=(p, p, p)), 2.0) for _ in range(n_locations)])
+        anatomy /= anatomy.std(axis=(1, 2, 3), keepdims=True) + 1e-6
+        severity = rng.uniform(0, 1, n_subjects)
+        out = np.empty((n_subjects, n_locations, p, p, p), np.int16)
+        for s in range(n_subjects):
+            for l in range(n_locations):
+                holes = gaussian_filter(rng.normal(size=(p, p, p)), 1.5)
+                holes = holes > np.quantile(holes, 1 - 0.3 * severity[s])
+                hu = -830 + 180 * anatomy[l] + 25 * rng.normal(size=(p, p, p))
+                hu = np.where(anatomy[l] > 1.5, 40.0, hu)       # vessels
+                hu = np.where(holes, -980.0, hu)                 # low-density holes
+                out[s, l] = np.clip(hu, -1024, 240).astype(np.int16)
+        return cls(out, landmarks, k_neighbors=min(k_neighbors, n_locations - 1))
