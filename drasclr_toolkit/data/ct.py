@@ -1,0 +1,701 @@
+"""Load a CT scan into a canonical, checked :class:`CTImage`.
+
+``load_ct`` reads NIfTI, NRRD, MHA/MHD files and DICOM series folders through SimpleITK,
+reorients the volume to the canonical identity direction in LPS space, converts it to int16
+Hounsfield units in numpy order (z, y, x) and checks that it is a usable CT scan. Problems
+raise :class:`CTLoadError` (a ``ValueError``) naming the subject, the file and the field and
+saying what to do; usable but doubtful scans give a :class:`CTLoadWarning`.
+
+Privacy: only geometry (size, spacing, origin, direction) and pixel values are kept. No
+DICOM header field (patient name, id, birth date, accession number, institution, …) and no
+SimpleITK metadata dictionary is copied into the result, a log line or an error message.
+
+Example:
+    >>> from drasclr_toolkit.data import load_ct
+    >>> ct = load_ct("scans/case01.nii.gz", subject_id="case01")    # doctest: +SKIP
+    >>> ct.array.dtype, ct.array.shape, ct.direction[:3]            # doctest: +SKIP
+    (dtype('int16'), (48, 512, 512), (1.0, 0.0, 0.0))
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+__all__ = [
+    "CTImage",
+    "CTChecks",
+    "CTLoadError",
+    "CTLoadWarning",
+    "DicomSeriesInfo",
+    "IDENTITY_DIRECTION",
+    "list_dicom_series",
+    "load_ct",
+    "reorient_to_lps",
+]
+
+IDENTITY_DIRECTION: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+
+# Image file suffixes SimpleITK reads that we accept as a single-file scan.
+IMAGE_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+# A direction this close to identity after DICOMOrient is snapped to identity (rounding
+# noise from the writer); anything further is an oblique scan and is resampled.
+_SNAP_TOLERANCE = 1e-4
+_AIR_OUTSIDE_FOV_HU = -1024
+
+
+class CTLoadError(ValueError):
+    """A scan that cannot be used, with the subject, file and field it concerns.
+
+    Attributes ``subject_id``, ``file`` and ``field`` let a cohort runner record the failure
+    and go on with the next subject.
+    """
+
+    def __init__(
+        self,
+        problem: str,
+        *,
+        subject_id: str | None = None,
+        file: str | os.PathLike | None = None,
+        field: str | None = None,
+        fix: str | None = None,
+    ) -> None:
+        self.subject_id = subject_id
+        self.file = None if file is None else str(file)
+        self.field = field
+        self.problem = problem
+        self.fix = fix
+        super().__init__(_format_message(problem, subject_id, self.file, field, fix))
+
+
+class CTLoadWarning(UserWarning):
+    """A scan that loads but may give poor results (thick slices, oblique, several series)."""
+
+
+def _format_message(
+    problem: str,
+    subject_id: str | None,
+    file: str | None,
+    field: str | None,
+    fix: str | None,
+) -> str:
+    where = [f"subject {subject_id!r}" if subject_id is not None else "subject <unnamed>"]
+    where.append(f"file {file}" if file is not None else "file <none>")
+    if field is not None:
+        where.append(f"field {field!r}")
+    msg = ", ".join(where) + f": {problem}"
+    if fix:
+        msg += f". What to do: {fix}"
+    return msg
+
+
+@dataclass(frozen=True)
+class CTChecks:
+    """Thresholds of the sanity checks in :func:`load_ct`.
+
+    Example:
+        >>> CTChecks.from_dict({"min_slices": 8}).min_slices
+        8
+    """
+
+    min_slices: int = 16                # fewer slices along the slice axis: error
+    max_slice_thickness_mm: float = 5.0  # thicker slices: warning (emphysema detail is lost)
+    air_hu: float = -900.0              # a voxel at or below this is air
+    min_air_fraction: float = 0.001     # a chest CT in HU always has some air (lungs, outside)
+    max_hu: float = 32767.0             # values above do not fit int16
+    check_hu: bool = True               # set False for phantoms that are not chest CT
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> "CTChecks":
+        d = dict(d or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(
+                f"CTChecks: unknown key(s) {unknown}; allowed keys are {sorted(known)}. "
+                "Fix the spelling in your config."
+            )
+        return cls(**d)
+
+
+@dataclass(eq=False)
+class CTImage:
+    """A CT volume in Hounsfield units with its geometry.
+
+    ``array`` is int16 HU in numpy order (z, y, x); ``spacing``/``origin`` are (x, y, z) in
+    mm (SimpleITK order, LPS physical space); ``direction`` is the 3×3 direction matrix as
+    9 row-major values. Only geometry and pixels are kept, never header metadata.
+
+    Example:
+        >>> import numpy as np
+        >>> ct = CTImage(np.full((4, 5, 6), -1000, np.int16), (1.0, 1.0, 2.0), (0, 0, 0),
+        ...              IDENTITY_DIRECTION, subject_id="s1")
+        >>> ct.to_sitk().GetSize()
+        (6, 5, 4)
+    """
+
+    array: np.ndarray
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float]
+    direction: tuple[float, ...]
+    source: str | None = None
+    subject_id: str | None = None
+
+    def __post_init__(self) -> None:
+        arr = np.asarray(self.array)
+        if arr.ndim != 3:
+            raise ValueError(f"CTImage.array must be 3D (z, y, x); got shape {arr.shape}")
+        if arr.dtype != np.int16:
+            arr = _to_int16(arr, subject_id=self.subject_id, file=self.source)
+        self.array = arr
+        self.spacing = tuple(float(v) for v in self.spacing)  # type: ignore[assignment]
+        self.origin = tuple(float(v) for v in self.origin)  # type: ignore[assignment]
+        self.direction = tuple(float(v) for v in self.direction)
+        if len(self.spacing) != 3 or len(self.origin) != 3 or len(self.direction) != 9:
+            raise ValueError(
+                "CTImage needs 3 spacing values, 3 origin values and 9 direction values; got "
+                f"{len(self.spacing)}, {len(self.origin)}, {len(self.direction)}"
+            )
+        if self.source is not None:
+            self.source = str(self.source)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """Array shape (z, y, x)."""
+        return tuple(self.array.shape)  # type: ignore[return-value]
+
+    @property
+    def size(self) -> tuple[int, int, int]:
+        """Image size (x, y, z), SimpleITK order."""
+        z, y, x = self.array.shape
+        return (x, y, z)
+
+    def to_sitk(self) -> sitk.Image:
+        """A SimpleITK image with the same pixels and geometry (no metadata)."""
+        image = sitk.GetImageFromArray(self.array)
+        image.SetSpacing(self.spacing)
+        image.SetOrigin(self.origin)
+        image.SetDirection(self.direction)
+        return image
+
+    @classmethod
+    def from_sitk(
+        cls,
+        image: sitk.Image,
+        source: str | os.PathLike | None = None,
+        subject_id: str | None = None,
+    ) -> "CTImage":
+        """Wrap a 3D scalar SimpleITK image; pixels are rounded to int16 (not reoriented)."""
+        if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+            raise ValueError(
+                "CTImage.from_sitk needs a 3D scalar image; got dimension "
+                f"{image.GetDimension()} with {image.GetNumberOfComponentsPerPixel()} "
+                "component(s) per pixel"
+            )
+        return cls(
+            array=_to_int16(sitk.GetArrayFromImage(image), subject_id=subject_id, file=source),
+            spacing=image.GetSpacing(),
+            origin=image.GetOrigin(),
+            direction=image.GetDirection(),
+            source=None if source is None else str(source),
+            subject_id=subject_id,
+        )
+
+    def __repr__(self) -> str:
+        # Short on purpose: no array dump in notebooks and logs.
+        return (
+            f"CTImage(subject_id={self.subject_id!r}, shape(z,y,x)={self.shape}, "
+            f"spacing(x,y,z)={tuple(round(s, 4) for s in self.spacing)}, "
+            f"origin={tuple(round(o, 2) for o in self.origin)}, "
+            f"identity_direction={np.allclose(self.direction, IDENTITY_DIRECTION)}, "
+            f"source={self.source!r})"
+        )
+
+
+def _to_int16(arr: np.ndarray, *, subject_id: str | None, file: Any) -> np.ndarray:
+    """Round and cast to int16, refusing values that do not fit."""
+    arr = np.asarray(arr)
+    if arr.dtype == np.int16:
+        return arr
+    if arr.size:
+        if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+            raise CTLoadError(
+                f"{int((~np.isfinite(arr)).sum())} voxel(s) are NaN or infinite",
+                subject_id=subject_id,
+                file=file,
+                field="pixel values",
+                fix="re-export the scan without missing values (NaN), or fill them with -1024 HU",
+            )
+        lo, hi = float(arr.min()), float(arr.max())
+        if lo < -32768 or hi > 32767:
+            raise CTLoadError(
+                f"values range from {lo:g} to {hi:g}, outside int16 (-32768..32767)",
+                subject_id=subject_id,
+                file=file,
+                field="pixel values",
+                fix="check that the image is CT in Hounsfield units (rescaled, not raw or scaled)",
+            )
+    if np.issubdtype(arr.dtype, np.floating):
+        arr = np.rint(arr)
+    return arr.astype(np.int16)
+
+
+# --------------------------------------------------------------------------------- DICOM
+
+
+@dataclass(frozen=True)
+class DicomSeriesInfo:
+    """One DICOM series found in a folder (no patient fields, only where and how big)."""
+
+    index: int
+    series_id: str = field(repr=False)  # a DICOM UID: returned to the caller, never logged
+    folder: str
+    n_files: int
+    files: tuple[str, ...] = field(repr=False, default=())
+
+
+def _is_dicom_file(path: Path) -> bool:
+    if path.suffix.lower() in (".dcm", ".dicom", ".ima"):
+        return True
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def _has_dicom_files(folder: Path) -> bool:
+    """Whether a folder directly holds DICOM files (a few files are enough to tell)."""
+    try:
+        names = sorted(e.name for e in os.scandir(folder) if e.is_file() and
+                       not e.name.startswith("."))
+    except OSError:
+        return False
+    names = [n for n in names if not n.lower().endswith(IMAGE_SUFFIXES)][:5]
+    return any(_is_dicom_file(folder / n) for n in names)
+
+
+def list_dicom_series(folder: str | os.PathLike, recursive: bool = True) -> list[DicomSeriesInfo]:
+    """DICOM series in ``folder`` (and its sub-folders when ``recursive``), most files first.
+
+    Only file headers needed for grouping are read, not pixel data.
+
+    Example:
+        >>> [s.n_files for s in list_dicom_series("dicom_folder")]   # doctest: +SKIP
+        [120, 3]
+    """
+    folder = Path(folder)
+    found: list[tuple[str, str, tuple[str, ...]]] = []
+    dirs = [folder]
+    if recursive:
+        dirs = [Path(root) for root, _, _ in os.walk(folder)]
+        dirs.sort()
+    for d in dirs:
+        if not _has_dicom_files(d):  # GDCM would print a warning for every non-DICOM folder
+            continue
+        try:
+            ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(d))
+        except RuntimeError:
+            continue
+        for sid in ids:
+            files = tuple(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(d), sid))
+            if files:
+                found.append((sid, str(d), files))
+    found.sort(key=lambda t: (-len(t[2]), t[1], t[0]))
+    return [
+        DicomSeriesInfo(index=i, series_id=sid, folder=d, n_files=len(files), files=files)
+        for i, (sid, d, files) in enumerate(found)
+    ]
+
+
+def _pick_series(
+    series: list[DicomSeriesInfo],
+    series_id: str | int | None,
+    *,
+    subject_id: str | None,
+    path: Path,
+) -> DicomSeriesInfo:
+    listing = "; ".join(f"index {s.index}: {s.n_files} files in {s.folder}" for s in series)
+    if series_id is not None:
+        for s in series:
+            if (isinstance(series_id, int) and s.index == series_id) or s.series_id == series_id:
+                return s
+        raise CTLoadError(
+            f"the requested DICOM series was not found among {len(series)} series ({listing})",
+            subject_id=subject_id,
+            file=path,
+            field="series_id",
+            fix="pass series_id as one of the indexes above or a SeriesInstanceUID from "
+            "list_dicom_series(folder)",
+        )
+    if len(series) > 1:
+        warnings.warn(
+            _format_message(
+                f"the folder holds {len(series)} DICOM series ({listing}); using the one with "
+                f"the most slices (index 0, {series[0].n_files} files)",
+                subject_id,
+                str(path),
+                "series",
+                "pass series_id=<index or SeriesInstanceUID> to choose another, or keep one "
+                "series per folder",
+            ),
+            CTLoadWarning,
+            stacklevel=3,
+        )
+    return series[0]
+
+
+def _read_dicom_series(
+    path: Path, series_id: str | int | None, subject_id: str | None, file_hint: Path | None
+) -> tuple[sitk.Image, str | None]:
+    """Read one series; returns the image and the Modality (a non-identifying field)."""
+    series = list_dicom_series(path, recursive=True)
+    if file_hint is not None:  # a single .dcm was given: load the series that holds it
+        hint = os.path.abspath(file_hint)
+        series = [s for s in series if hint in {os.path.abspath(f) for f in s.files}] or series
+        series = [
+            DicomSeriesInfo(i, s.series_id, s.folder, s.n_files, s.files)
+            for i, s in enumerate(series)
+        ]
+    if not series:
+        raise CTLoadError(
+            "the folder contains no readable DICOM series (and is not an image file)",
+            subject_id=subject_id,
+            file=path,
+            field="file",
+            fix="point to a NIfTI/NRRD/MHA file or to a folder holding the DICOM slices of one "
+            "scan",
+        )
+    chosen = _pick_series(series, series_id, subject_id=subject_id, path=path)
+    modality: str | None = None
+    try:
+        # Read only the header of the first slice, and from it only Modality: no patient field
+        # is looked at or kept.
+        info = sitk.ImageFileReader()
+        info.SetFileName(chosen.files[0])
+        info.ReadImageInformation()
+        if info.HasMetaDataKey("0008|0060"):
+            modality = info.GetMetaData("0008|0060").strip().upper() or None
+        del info
+        reader = sitk.ImageSeriesReader()
+        reader.SetFileNames(list(chosen.files))
+        reader.MetaDataDictionaryArrayUpdateOff()  # never load per-slice header dictionaries
+        reader.LoadPrivateTagsOff()
+        image = reader.Execute()
+    except RuntimeError as exc:
+        raise CTLoadError(
+            f"SimpleITK could not read the DICOM series ({_first_line(exc)})",
+            subject_id=subject_id,
+            file=path,
+            field="file",
+            fix="check that all slices of the series are present and not truncated; "
+            "re-export the series if needed",
+        ) from None
+    return image, modality
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    # ITK messages start with the source location; the useful part is near the end.
+    useful = [t.strip() for t in text if t.strip()]
+    return useful[-1] if useful else type(exc).__name__
+
+
+# ------------------------------------------------------------------------------ orientation
+
+
+def reorient_to_lps(image: sitk.Image) -> tuple[sitk.Image, bool]:
+    """Return ``image`` with identity direction in LPS and whether it had to be resampled.
+
+    Axis permutations and flips are exact (``sitk.DICOMOrient``); an oblique scan (direction
+    not a signed permutation) is resampled with linear interpolation onto an identity grid
+    covering the same physical box (outside the scan: -1024 HU).
+
+    Example:
+        >>> img = sitk.Image(4, 5, 6, sitk.sitkInt16)
+        >>> img.SetDirection((-1, 0, 0, 0, -1, 0, 0, 0, 1))
+        >>> out, resampled = reorient_to_lps(img)
+        >>> out.GetDirection() == IDENTITY_DIRECTION, resampled
+        (True, False)
+    """
+    out = sitk.DICOMOrient(image, "LPS")
+    d = np.asarray(out.GetDirection(), dtype=float)
+    if np.allclose(d, IDENTITY_DIRECTION, atol=_SNAP_TOLERANCE):
+        out.SetDirection(IDENTITY_DIRECTION)
+        return out, False
+    # Oblique: bounding box of the corners in physical space, same spacing per axis.
+    size = np.asarray(out.GetSize())
+    corners = []
+    for cx in (0, size[0] - 1):
+        for cy in (0, size[1] - 1):
+            for cz in (0, size[2] - 1):
+                corners.append(out.TransformContinuousIndexToPhysicalPoint((cx, cy, cz)))
+    corners_arr = np.asarray(corners)
+    lo, hi = corners_arr.min(axis=0), corners_arr.max(axis=0)
+    spacing = np.asarray(out.GetSpacing(), dtype=float)
+    new_size = [int(math.floor((hi[i] - lo[i]) / spacing[i] + 1e-6)) + 1 for i in range(3)]
+    resampled = sitk.Resample(
+        sitk.Cast(out, sitk.sitkFloat32),
+        new_size,
+        sitk.Transform(),
+        sitk.sitkLinear,
+        tuple(lo.tolist()),
+        tuple(spacing.tolist()),
+        IDENTITY_DIRECTION,
+        float(_AIR_OUTSIDE_FOV_HU),
+        sitk.sitkFloat32,
+    )
+    return resampled, True
+
+
+# ---------------------------------------------------------------------------------- loader
+
+
+def _read_image(
+    path: Path, series_id: str | int | None, subject_id: str | None
+) -> tuple[sitk.Image, str | None]:
+    if not path.exists():
+        raise CTLoadError(
+            "the file or folder does not exist",
+            subject_id=subject_id,
+            file=path,
+            field="file",
+            fix="check the path (manifest paths are relative to the manifest's folder)",
+        )
+    if path.is_dir():
+        return _read_dicom_series(path, series_id, subject_id, None)
+    if _is_dicom_file(path):
+        return _read_dicom_series(path.parent, series_id, subject_id, path)
+    try:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        image = reader.Execute()
+    except RuntimeError as exc:
+        raise CTLoadError(
+            f"SimpleITK could not read it ({_first_line(exc)})",
+            subject_id=subject_id,
+            file=path,
+            field="file",
+            fix="check that it is a complete NIfTI (.nii/.nii.gz), NRRD, MHA/MHD (with its .raw) "
+            "file or a DICOM folder; re-export or re-download it if it is truncated",
+        ) from None
+    return image, None
+
+
+def _check_shape(image: sitk.Image, subject_id: str | None, path: Path) -> sitk.Image:
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise CTLoadError(
+            f"pixels have {image.GetNumberOfComponentsPerPixel()} components (colour or vector "
+            "image), a CT scan has one",
+            subject_id=subject_id,
+            file=path,
+            field="pixel type",
+            fix="give the original grey-value CT, not a screenshot, RGB rendering or "
+            "vector field",
+        )
+    dim = image.GetDimension()
+    if dim == 4 and image.GetSize()[3] == 1:
+        image = image[:, :, :, 0]  # a 4D file holding one 3D volume
+        dim = 3
+    if dim != 3:
+        raise CTLoadError(
+            f"the image is {dim}D with size {image.GetSize()}; a CT volume is 3D",
+            subject_id=subject_id,
+            file=path,
+            field="dimensions",
+            fix="give the whole 3D scan (all slices: a DICOM folder or one volume file), "
+            "not a single slice or a time series",
+        )
+    spacing = image.GetSpacing()
+    if not all(math.isfinite(s) and s > 0 for s in spacing):
+        raise CTLoadError(
+            f"voxel spacing {spacing} is not positive",
+            subject_id=subject_id,
+            file=path,
+            field="spacing",
+            fix="fix the header's voxel spacing (pixdim / space directions) when exporting",
+        )
+    return image
+
+
+def load_ct(
+    path: str | os.PathLike,
+    subject_id: str | None = None,
+    *,
+    series_id: str | int | None = None,
+    checks: CTChecks | None = None,
+) -> CTImage:
+    """Load a CT scan as int16 HU (z, y, x) in canonical LPS orientation, with checks.
+
+    Args:
+        path: a NIfTI/NRRD/MHA/MHD file, a DICOM series folder (searched recursively), or
+            one DICOM file (its series is loaded).
+        subject_id: used in error messages and stored on the result.
+        series_id: which DICOM series to load when a folder holds several: an index from
+            :func:`list_dicom_series` or a SeriesInstanceUID. By default the one with the
+            most slices, with a :class:`CTLoadWarning`.
+        checks: thresholds of the sanity checks (:class:`CTChecks`).
+
+    Raises:
+        CTLoadError: missing/unreadable file, not 3D, too few slices, NaN values, values not
+            in Hounsfield units, not CT. The message names subject, file and field.
+
+    Example:
+        >>> ct = load_ct("case01.nrrd", subject_id="case01")       # doctest: +SKIP
+        >>> ct.direction == IDENTITY_DIRECTION                      # doctest: +SKIP
+        True
+    """
+    checks = checks or CTChecks()
+    p = Path(path).expanduser()
+    image, modality = _read_image(p, series_id, subject_id)
+    image = _check_shape(image, subject_id, p)
+
+    if modality is not None and modality != "CT":
+        raise CTLoadError(
+            f"DICOM Modality is {modality!r}, not 'CT'",
+            subject_id=subject_id,
+            file=p,
+            field="Modality (0008,0060)",
+            fix="give a CT series; MR, PET and other modalities are not supported",
+        )
+
+    # The slice axis is the file's third axis (the DICOM stacking axis): count and
+    # thickness are judged there, before reorientation permutes axes.
+    n_slices = image.GetSize()[2]
+    thickness = image.GetSpacing()[2]
+    if n_slices < checks.min_slices:
+        raise CTLoadError(
+            f"only {n_slices} slice(s) along the slice axis (at least {checks.min_slices} needed)",
+            subject_id=subject_id,
+            file=p,
+            field="number of slices",
+            fix="give the complete scan (all slices of the series), or lower "
+            "CTChecks.min_slices if this small volume is intended",
+        )
+    if thickness > checks.max_slice_thickness_mm + 1e-6:
+        warnings.warn(
+            _format_message(
+                f"slice spacing is {thickness:g} mm (> {checks.max_slice_thickness_mm:g} mm); "
+                "fine lung detail such as emphysema is poorly resolved",
+                subject_id,
+                str(p),
+                "slice thickness",
+                "use a thin-slice reconstruction (≤ 1.25 mm is typical for lung studies) when "
+                "one exists",
+            ),
+            CTLoadWarning,
+            stacklevel=2,
+        )
+
+    image, resampled = reorient_to_lps(image)
+    if resampled:
+        warnings.warn(
+            _format_message(
+                "the scan is oblique (direction not aligned with the patient axes) and was "
+                "resampled with linear interpolation onto an axis-aligned grid",
+                subject_id,
+                str(p),
+                "direction",
+                "nothing if the result looks right; otherwise reconstruct the scan without "
+                "gantry tilt",
+            ),
+            CTLoadWarning,
+            stacklevel=2,
+        )
+
+    array = sitk.GetArrayFromImage(image)
+    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+        raise CTLoadError(
+            f"{int((~np.isfinite(array)).sum())} voxel(s) are NaN or infinite",
+            subject_id=subject_id,
+            file=p,
+            field="pixel values",
+            fix="re-export the scan without missing values (NaN), or fill them with -1024 HU",
+        )
+    if checks.check_hu:
+        _check_hounsfield(array, checks, subject_id, p)
+    return CTImage(
+        array=_to_int16(array, subject_id=subject_id, file=p),
+        spacing=image.GetSpacing(),
+        origin=image.GetOrigin(),
+        direction=image.GetDirection(),
+        source=str(p),
+        subject_id=subject_id,
+    )
+
+
+def _check_hounsfield(
+    array: np.ndarray, checks: CTChecks, subject_id: str | None, path: Path
+) -> None:
+    lo, hi = float(array.min()), float(array.max())
+    # A strided sample is plenty for fractions and keeps this cheap on 500-slice scans.
+    sample = array[::2, ::4, ::4].astype(np.float32, copy=False)
+    air_fraction = float(np.mean(sample <= checks.air_hu))
+    if lo >= 0:
+        # Raw CT without rescale: air stored near 0 and soft tissue near 1024.
+        near_zero = float(np.mean(sample < 150))
+        near_water = float(np.mean((sample > 850) & (sample < 1250)))
+        if near_zero > 0.02 and near_water > 0.02 and hi <= 5000:
+            raise CTLoadError(
+                f"values range from {lo:g} to {hi:g} with no air (nothing at or below "
+                f"{checks.air_hu:g}); these look like stored CT values without the rescale to "
+                "Hounsfield units",
+                subject_id=subject_id,
+                file=path,
+                field="intensity (Hounsfield units)",
+                fix="apply HU = value × RescaleSlope + RescaleIntercept (usually slope 1, "
+                "intercept -1024) when exporting, or give the original DICOM series whose "
+                "RescaleIntercept SimpleITK applies",
+            )
+        raise CTLoadError(
+            f"values range from {lo:g} to {hi:g} with no air (nothing at or below "
+            f"{checks.air_hu:g} HU); this does not look like CT in Hounsfield units (MR or a "
+            "normalised image?)",
+            subject_id=subject_id,
+            file=path,
+            field="intensity (Hounsfield units)",
+            fix="give a CT scan in Hounsfield units (air -1000, water 0); MR and intensity-"
+            "normalised images are not supported",
+        )
+    if hi > checks.max_hu:
+        raise CTLoadError(
+            f"maximum value {hi:g} is above {checks.max_hu:g}",
+            subject_id=subject_id,
+            file=path,
+            field="intensity (Hounsfield units)",
+            fix="check the rescale slope/intercept of the export",
+        )
+    if air_fraction < checks.min_air_fraction:
+        raise CTLoadError(
+            f"values range from {lo:g} to {hi:g} but only {air_fraction:.3%} of voxels are air "
+            f"(≤ {checks.air_hu:g} HU); a chest CT in Hounsfield units has air in the lungs and "
+            "around the body",
+            subject_id=subject_id,
+            file=path,
+            field="intensity (Hounsfield units)",
+            fix="check that this is a chest CT in Hounsfield units (not MR, not normalised or "
+            "windowed); for a non-chest phantom pass CTChecks(check_hu=False)",
+        )
+
+
+def _strip_image_suffix(name: str) -> str:
+    low = name.lower()
+    for suffix in IMAGE_SUFFIXES:
+        if low.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` has a single-file image suffix load_ct reads."""
+    return str(path).lower().endswith(IMAGE_SUFFIXES)
+
