@@ -50,6 +50,11 @@ IMAGE_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", 
 # noise from the writer); anything further is an oblique scan and is resampled.
 _SNAP_TOLERANCE = 1e-4
 _AIR_OUTSIDE_FOV_HU = -1024
+# DICOM modalities that are certainly not CT (others, e.g. 'OT', only warn).
+_NOT_CT_MODALITIES = frozenset(
+    {"MR", "PT", "NM", "US", "CR", "DX", "MG", "XA", "RF", "IO", "PX", "SEG", "RTSTRUCT",
+     "RTDOSE", "RTPLAN", "SR", "ECG", "OCT", "OP", "SM", "XC", "ES"}
+)
 
 
 class CTLoadError(ValueError):
@@ -324,7 +329,9 @@ def _pick_series(
     subject_id: str | None,
     path: Path,
 ) -> DicomSeriesInfo:
-    listing = "; ".join(f"index {s.index}: {s.n_files} files in {s.folder}" for s in series)
+    listing = "; ".join(f"index {s.index}: {s.n_files} files in {s.folder}" for s in series[:5])
+    if len(series) > 5:
+        listing += f"; … {len(series) - 5} more (see list_dicom_series)"
     if series_id is not None:
         for s in series:
             if (isinstance(series_id, int) and s.index == series_id) or s.series_id == series_id:
@@ -559,13 +566,26 @@ def load_ct(
     image, modality = _read_image(p, series_id, subject_id)
     image = _check_shape(image, subject_id, p)
 
-    if modality is not None and modality != "CT":
+    if modality is not None and modality in _NOT_CT_MODALITIES:
         raise CTLoadError(
             f"DICOM Modality is {modality!r}, not 'CT'",
             subject_id=subject_id,
             file=p,
             field="Modality (0008,0060)",
             fix="give a CT series; MR, PET and other modalities are not supported",
+        )
+    if modality is not None and modality != "CT":
+        # 'OT' (other) or secondary captures are often converted CT: the HU checks decide.
+        warnings.warn(
+            _format_message(
+                f"DICOM Modality is {modality!r}, not 'CT'; loading it as CT",
+                subject_id,
+                str(p),
+                "Modality (0008,0060)",
+                "check that this series is a CT reconstruction",
+            ),
+            CTLoadWarning,
+            stacklevel=2,
         )
 
     # The slice axis is the file's third axis (the DICOM stacking axis): count and
