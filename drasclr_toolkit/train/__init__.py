@@ -1,1 +1,28 @@
-"""train stage of drasclr_toolkit."""
+"""Pretraining: sampler, loop, checkpoints, metrics, and in-memory patch sources.
+
+Example:
+    >>> from drasclr_toolkit.train import ArrayPatchSource, PretrainConfig, pretrain
+    >>> cfg = PretrainConfig.from_yaml("tiny")      # the ``pretrain:`` section of tiny.yaml
+    >>> cfg.device
+    'auto'
+"""
+
+from drasclr_toolkit.train.config import PretrainConfig
+from drasclr_toolkit.train.loop import (
+    DrasCLRTrainer,
+    PretrainRun,
+    atomic_torch_save,
+    config_summary,
+    pretrain,
+    resolve_device,
+)
+from drasclr_toolkit.train.metrics import LiveTrainingCurves, plot_training_curves, read_metrics
+from drasclr_toolkit.train.sampler import BatchSpec, LocationBatchSampler, LocationPatchDataset
+from drasclr_toolkit.train.sources import ArrayPatchSource, nearest_neighbours
+
+__all__ = [
+    "PretrainConfig", "DrasCLRTrainer", "PretrainRun", "pretrain", "atomic_torch_save",
+    "config_summary", "resolve_device", "LiveTrainingCurves", "plot_training_curves",
+    "read_metrics", "BatchSpec", "LocationBatchSampler", "LocationPatchDataset",
+    "ArrayPatchSource", "nearest_neighbours",
+]
