@@ -440,12 +440,13 @@ def reorient_to_lps(image: sitk.Image) -> tuple[sitk.Image, bool]:
         out.SetDirection(IDENTITY_DIRECTION)
         return out, False
     # Oblique: bounding box of the corners in physical space, same spacing per axis.
-    size = np.asarray(out.GetSize())
-    corners = []
-    for cx in (0, size[0] - 1):
-        for cy in (0, size[1] - 1):
-            for cz in (0, size[2] - 1):
-                corners.append(out.TransformContinuousIndexToPhysicalPoint((cx, cy, cz)))
+    sx, sy, sz = (float(n - 1) for n in out.GetSize())
+    corners = [
+        out.TransformContinuousIndexToPhysicalPoint((cx, cy, cz))
+        for cx in (0.0, sx)
+        for cy in (0.0, sy)
+        for cz in (0.0, sz)
+    ]
     corners_arr = np.asarray(corners)
     lo, hi = corners_arr.min(axis=0), corners_arr.max(axis=0)
     spacing = np.asarray(out.GetSpacing(), dtype=float)
