@@ -43,7 +43,10 @@ __all__ = [
     "ManifestError",
     "ManifestProblem",
     "STANDARD_COLUMNS",
+    "check_scans",
+    "load_card",
     "scan_folder",
+    "validate_table",
 ]
 
 logger = logging.getLogger(__name__)
@@ -264,10 +267,15 @@ def load_card(card_path: str | os.PathLike) -> dict[str, Any]:
     return card
 
 
-def _card_rules(card: Mapping[str, Any], problems: list[ManifestProblem]) -> dict[str, ColumnRule]:
-    """Built-in rules overridden/extended by the card's ``columns`` section."""
-    rules = dict(STANDARD_COLUMNS)
-    columns = card.get("columns") or {}
+def _card_rules(
+    card: Mapping[str, Any],
+    problems: list[ManifestProblem],
+    key: str = "columns",
+    standard: bool = True,
+) -> dict[str, ColumnRule]:
+    """Built-in rules (when ``standard``) overridden/extended by the card's ``key`` section."""
+    rules = dict(STANDARD_COLUMNS) if standard else {}
+    columns = card.get(key) or {}
     if not isinstance(columns, dict):
         problems.append(ManifestProblem(
             "dataset card: 'columns' must be a mapping of column name to its description "
@@ -284,7 +292,8 @@ def _card_rules(card: Mapping[str, Any], problems: list[ManifestProblem]) -> dic
             ))
             continue
         try:
-            rules[str(name)] = ColumnRule.from_dict(spec, base=STANDARD_COLUMNS.get(str(name)))
+            base = STANDARD_COLUMNS.get(str(name)) if standard else None
+            rules[str(name)] = ColumnRule.from_dict(spec, base=base)
         except (TypeError, ValueError) as exc:
             problems.append(ManifestProblem(
                 f"dataset card: column {name!r}: {exc}; fix the card (see data_manifests/README.md)"
@@ -392,8 +401,10 @@ def _validate(
     base_dir: Path,
     check_files: bool,
     problems: list[ManifestProblem],
+    rules: dict[str, ColumnRule] | None = None,
 ) -> pd.DataFrame:
-    rules = _card_rules(card, problems)
+    if rules is None:
+        rules = _card_rules(card, problems)
     raw = raw.rename(columns=lambda c: str(c).strip())
     dup_cols = sorted({c for c in raw.columns if list(raw.columns).count(c) > 1})
     for c in dup_cols:
@@ -439,11 +450,48 @@ def _validate(
             table[name] = numeric if numeric.notna().sum() == col.notna().sum() else col
             continue
         table[name] = _parse_cells(raw[name], name, rule, ids, base_dir, check_files, problems)
-    if "lung_mask" not in table.columns and "image" in table.columns:
+    if "image" in table.columns and "lung_mask" in rules and "lung_mask" not in table.columns:
         table["lung_mask"] = None
     first = [c for c in ("subject_id", *PATH_COLUMNS) if c in table.columns]
     table = table[first + [c for c in table.columns if c not in first]]
     return table.reset_index(drop=True)
+
+
+def _raw_text(df: pd.DataFrame) -> pd.DataFrame:
+    """Every cell as text ('' for missing), as if read from a CSV."""
+    raw = df.copy().astype(object)
+    raw = raw.where(df.notna(), "")
+    return raw.map(lambda v: v if isinstance(v, str) else _num_text(v))
+
+
+def validate_table(
+    df: pd.DataFrame | None,
+    columns: Mapping[str, Any],
+    base_dir: str | os.PathLike | None = None,
+    check_files: bool = False,
+    path: str | os.PathLike | None = None,
+) -> pd.DataFrame:
+    """Type and check any table against card-style column rules (no built-in columns).
+
+    For side tables such as a synthetic cohort's ``ground_truth.csv``: ``columns`` is a
+    mapping like a card's ``columns`` section; with ``df=None`` the CSV at ``path`` is read. Columns not described are kept as they are.
+    Raises :class:`ManifestError` listing every problem.
+
+    Example:
+        >>> import pandas as pd
+        >>> t = validate_table(pd.DataFrame({"age": ["61", "70"]}), {"age": {"dtype": "int"}})
+        >>> t["age"].tolist()
+        [61, 70]
+    """
+    problems: list[ManifestProblem] = []
+    rules = _card_rules({"columns": dict(columns)}, problems, standard=False)
+    raw = pd.read_csv(path, dtype=str, keep_default_na=False) if df is None else _raw_text(df)
+    base = Path(base_dir) if base_dir is not None else Path.cwd()
+    table = _validate(raw, {}, base, check_files, problems, rules=rules)
+    if problems:
+        problems.sort(key=lambda p: -1 if p.row is None else p.row)
+        raise ManifestError(problems, path)
+    return table
 
 
 # -------------------------------------------------------------------------------- Manifest
@@ -519,9 +567,7 @@ class Manifest:
             ['a']
         """
         base = Path(base_dir) if base_dir is not None else Path.cwd()
-        raw = df.copy()
-        raw = raw.astype(object).where(raw.notna(), "")
-        raw = raw.map(lambda v: v if isinstance(v, str) else _num_text(v))
+        raw = _raw_text(df)
         problems: list[ManifestProblem] = []
         table = _validate(raw, dict(card or {}), base, check_files, problems)
         if problems:
@@ -764,3 +810,43 @@ def _unique_ids(found: list[tuple[Path, str]], root: Path) -> list[str]:
             seen[sid] = 1
             out.append(sid)
     return out
+
+
+# ----------------------------------------------------------------------------- check_scans
+
+
+def check_scans(manifest: Manifest, checks: Any = None) -> pd.DataFrame:
+    """Open every scan with :func:`load_ct` and report, one row per subject, what happened.
+
+    A failing scan never stops the others. Columns: ``subject_id``, ``status`` ('ok',
+    'warning', 'error'), ``field`` (of the first problem), ``message``, ``shape`` (z, y, x)
+    and ``spacing`` (x, y, z mm) of the loaded scan.
+
+    Example:
+        >>> report = check_scans(Manifest.load("cohort/manifest.csv"))   # doctest: +SKIP
+        >>> report[report.status != "ok"]                                 # doctest: +SKIP
+    """
+    import warnings
+
+    from .ct import CTLoadError, CTLoadWarning, load_ct
+
+    rows = []
+    for sid in manifest.subject_ids:
+        row: dict[str, Any] = {"subject_id": sid, "status": "ok", "field": None,
+                               "message": "", "shape": None, "spacing": None}
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", CTLoadWarning)
+            try:
+                ct = load_ct(manifest.image_path(sid), subject_id=sid, checks=checks)
+                row["shape"], row["spacing"] = ct.shape, ct.spacing
+                del ct
+            except CTLoadError as exc:
+                row.update(status="error", field=exc.field, message=str(exc))
+        found = [w for w in caught if issubclass(w.category, CTLoadWarning)]
+        if found and row["status"] == "ok":
+            row.update(status="warning", message=" | ".join(str(w.message) for w in found))
+            field_match = re.search(r"field '([^']+)'", row["message"])
+            row["field"] = field_match.group(1) if field_match else None
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["subject_id", "status", "field", "message", "shape",
+                                       "spacing"])
