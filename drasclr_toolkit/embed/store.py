@@ -1,0 +1,218 @@
+"""The embedding store: patch-level representations of a cohort, with what made them.
+
+An :class:`Embeddings` holds ``patch`` (N subjects × L landmarks × D features, float32),
+the subject ids, the atlas landmarks and their network coordinates, the lung fraction of
+every patch and a ``provenance`` dict (checkpoint path, its config, encoder kind, ...).
+It is saved as one ``.npz`` file (arrays plus a JSON metadata string), written atomically.
+
+Patient-level pooling (:meth:`Embeddings.pool`) returns a pandas DataFrame indexed by
+subject id with columns ``h0 … h{D-1}``: ids travel with the numbers, so joining with a
+label table is one ``.join``; ``.to_numpy()`` gives the plain ``(N, D)`` array.
+
+Example:
+    >>> import numpy as np
+    >>> emb = Embeddings(patch=np.ones((2, 3, 4), np.float32), subject_ids=["a", "b"],
+    ...                  landmarks=np.zeros((3, 3), int),
+    ...                  landmark_coords=np.zeros((3, 3), np.float32),
+    ...                  lung_fraction=np.ones((2, 3), np.float32))
+    >>> emb.pool("mean").shape
+    (2, 4)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["Embeddings", "POOLING_METHODS", "atomic_save_npy"]
+
+POOLING_METHODS = ("mean", "max", "lung_weighted")
+FORMAT_VERSION = 1
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write through a temporary file in the same folder, then rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_save_npy(path: str | Path, array: np.ndarray) -> None:
+    """``np.save`` that never leaves a half-written file behind (temp file, then rename)."""
+    _atomic_write(Path(path), lambda handle: np.save(handle, array, allow_pickle=False))
+
+
+@dataclass
+class Embeddings:
+    """Patch-level embeddings of a cohort.
+
+    Attributes:
+        patch: ``(N, L, D)`` float32, the representation ``h`` of every patch.
+        subject_ids: N subject ids, the order of ``patch``'s first axis.
+        landmarks: ``(L, 3)`` int atlas voxel patch corners (x, y, z).
+        landmark_coords: ``(L, 3)`` float32, the locations the encoder was given.
+        lung_fraction: ``(N, L)`` float32 lung fraction of each patch.
+        provenance: JSON-serialisable facts: checkpoint path, its config, encoder kind,
+            seed, failed subjects, ...
+    """
+
+    patch: np.ndarray
+    subject_ids: list[str]
+    landmarks: np.ndarray
+    landmark_coords: np.ndarray
+    lung_fraction: np.ndarray
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.patch = np.asarray(self.patch, dtype=np.float32)
+        self.subject_ids = [str(s) for s in self.subject_ids]
+        self.landmarks = np.asarray(self.landmarks)
+        self.landmark_coords = np.asarray(self.landmark_coords, dtype=np.float32)
+        self.lung_fraction = np.asarray(self.lung_fraction, dtype=np.float32)
+        if self.patch.ndim != 3:
+            raise ValueError(f"Embeddings.patch must be (N, L, D); got shape {self.patch.shape}")
+        n, n_loc, _ = self.patch.shape
+        checks = {
+            "subject_ids": (len(self.subject_ids), n),
+            "landmarks": (self.landmarks.shape, (n_loc, 3)),
+            "landmark_coords": (self.landmark_coords.shape, (n_loc, 3)),
+            "lung_fraction": (self.lung_fraction.shape, (n, n_loc)),
+        }
+        for name, (got, want) in checks.items():
+            if got != want:
+                raise ValueError(f"Embeddings.{name} has shape/length {got}, expected {want} "
+                                 f"to match patch {self.patch.shape}")
+        if len(set(self.subject_ids)) != n:
+            raise ValueError("Embeddings.subject_ids contains duplicates")
+
+    # -- shape -------------------------------------------------------------------------
+    @property
+    def n_subjects(self) -> int:
+        return self.patch.shape[0]
+
+    @property
+    def n_landmarks(self) -> int:
+        return self.patch.shape[1]
+
+    @property
+    def dim(self) -> int:
+        return self.patch.shape[2]
+
+    def __len__(self) -> int:
+        return self.n_subjects
+
+    def __repr__(self) -> str:
+        kind = self.provenance.get("encoder_kind", "?")
+        return (f"Embeddings(N={self.n_subjects}, L={self.n_landmarks}, D={self.dim}, "
+                f"encoder={kind!r})")
+
+    def subject_index(self, subject: int | str) -> int:
+        """Row of ``subject`` (an id or an index)."""
+        if isinstance(subject, (int, np.integer)):
+            if not -self.n_subjects <= subject < self.n_subjects:
+                raise IndexError(f"subject index {subject} out of range for "
+                                 f"{self.n_subjects} subjects")
+            return int(subject) % self.n_subjects
+        try:
+            return self.subject_ids.index(str(subject))
+        except ValueError:
+            raise KeyError(f"subject {subject!r} is not in these embeddings "
+                           f"(first ids: {self.subject_ids[:5]})") from None
+
+    def subset(self, subjects: Sequence[int | str]) -> "Embeddings":
+        """Embeddings of the given subjects (ids or indices), in that order."""
+        rows = [self.subject_index(s) for s in subjects]
+        return Embeddings(self.patch[rows], [self.subject_ids[r] for r in rows],
+                          self.landmarks, self.landmark_coords, self.lung_fraction[rows],
+                          dict(self.provenance))
+
+    # -- pooling -----------------------------------------------------------------------
+    def pool(self, method: Literal["mean", "max", "lung_weighted"] = "mean") -> pd.DataFrame:
+        """Patient-level embeddings ``(N, D)`` as a DataFrame indexed by subject id.
+
+        ``mean``: average over landmarks (the natural DrasCLR default); ``max``: maximum
+        over landmarks; ``lung_weighted``: average weighted by each patch's lung fraction
+        (patches mostly outside the lung count less). A subject whose lung fractions are
+        all zero falls back to the plain mean, with a warning.
+
+        Example:
+            >>> emb = Embeddings(np.arange(8, dtype=np.float32).reshape(1, 2, 4), ["s"],
+            ...                  np.zeros((2, 3), int), np.zeros((2, 3)), [[1.0, 0.0]])
+            >>> emb.pool("lung_weighted").to_numpy().tolist()
+            [[0.0, 1.0, 2.0, 3.0]]
+        """
+        if method == "mean":
+            pooled = self.patch.mean(axis=1)
+        elif method == "max":
+            pooled = self.patch.max(axis=1)
+        elif method == "lung_weighted":
+            weights = np.clip(self.lung_fraction.astype(np.float64), 0.0, None)
+            totals = weights.sum(axis=1, keepdims=True)
+            empty = totals[:, 0] <= 0
+            if empty.any():
+                warnings.warn("lung_weighted pooling: subjects with no lung in any patch use "
+                              f"the plain mean: {[self.subject_ids[i] for i in np.flatnonzero(empty)]}",
+                              stacklevel=2)
+                weights[empty] = 1.0
+                totals = weights.sum(axis=1, keepdims=True)
+            pooled = np.einsum("nl,nld->nd", weights / totals, self.patch.astype(np.float64))
+        else:
+            raise ValueError(f"unknown pooling method {method!r}; use one of {POOLING_METHODS}")
+        columns = [f"h{j}" for j in range(self.dim)]
+        frame = pd.DataFrame(pooled.astype(np.float32), index=pd.Index(self.subject_ids,
+                             name="subject_id"), columns=columns)
+        frame.attrs["pooling"] = method
+        return frame
+
+    # -- disk --------------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write one ``.npz`` (atomically); returns the path written.
+
+        The metadata (subject ids, provenance) is a JSON string inside the archive, so
+        the file loads without pickle.
+        """
+        path = Path(path)
+        meta = {"format_version": FORMAT_VERSION, "subject_ids": self.subject_ids,
+                "provenance": self.provenance}
+        try:
+            meta_text = json.dumps(meta)
+        except TypeError as exc:
+            raise TypeError(f"Embeddings.provenance must be JSON-serialisable: {exc}") from exc
+        arrays = dict(patch=self.patch, landmarks=self.landmarks,
+                      landmark_coords=self.landmark_coords, lung_fraction=self.lung_fraction,
+                      metadata=np.array(meta_text))
+        _atomic_write(path, lambda handle: np.savez(handle, **arrays))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Embeddings":
+        """Read a file written by :meth:`save`."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"embeddings file {path} does not exist; run "
+                                    "`drasclr embed` (or extract_embeddings) to create it")
+        with np.load(path, allow_pickle=False) as data:
+            missing = {"patch", "landmarks", "landmark_coords", "lung_fraction",
+                       "metadata"} - set(data.files)
+            if missing:
+                raise ValueError(f"{path} is not an embeddings file: missing {sorted(missing)}")
+            meta = json.loads(str(data["metadata"]))
+            return cls(patch=data["patch"], subject_ids=meta["subject_ids"],
+                       landmarks=data["landmarks"], landmark_coords=data["landmark_coords"],
+                       lung_fraction=data["lung_fraction"],
+                       provenance=meta.get("provenance", {}))

@@ -1,0 +1,259 @@
+"""Embedding extraction, the embedding store, pooling, resumption and retrieval."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from drasclr_toolkit.embed import EmbedConfig, Embeddings, extract_embeddings, retrieve_similar
+from drasclr_toolkit.models import DrasCLREncoder
+from drasclr_toolkit.models.checkpoint import official_landmark_coords, official_state_dict
+from drasclr_toolkit.ssl.augment import hu_to_unit
+
+TINY = dict(rep_dim=8, proj_dim=8, num_experts=2, width=0.125)
+P = 32
+
+
+class _Source:
+    """In-memory patch source (the patch-source protocol) that counts subject reads."""
+
+    def __init__(self, patches: np.ndarray, landmarks: np.ndarray, fail: dict | None = None):
+        self.patches = patches
+        self.subject_ids = [f"s{i:02d}" for i in range(len(patches))]
+        self.landmarks = landmarks
+        lo, hi = landmarks.min(0), landmarks.max(0)
+        self.landmark_coords = ((landmarks - lo) / (hi - lo) * 2 - 1).astype(np.float32)
+        self.lung_fraction = np.random.default_rng(1).uniform(
+            0.1, 1, patches.shape[:2]).astype(np.float32)
+        self.patch_size = P
+        self.neighbors = np.zeros((len(landmarks), 1), int)
+        self.fail = fail or {}
+        self.reads: list[int] = []
+
+    def read_subject(self, subject):
+        index = subject if isinstance(subject, int) else self.subject_ids.index(subject)
+        self.reads.append(index)
+        if index in self.fail:
+            raise self.fail[index]
+        return self.patches[index]
+
+    def read_location(self, loc, subjects):
+        return self.patches[list(subjects), loc]
+
+
+def make_source(n: int = 4, n_loc: int = 3, **kw) -> _Source:
+    rng = np.random.default_rng(0)
+    patches = rng.integers(-1100, 300, (n, n_loc, P, P, P)).astype(np.int16)
+    landmarks = np.array([[26 * i, 78 + 26 * (i % 2), 52 * i] for i in range(n_loc)])
+    return _Source(patches, landmarks, **kw)
+
+
+def test_shapes_ids_and_values_match_the_encoder_patch_by_patch():
+    src = make_source()
+    emb = extract_embeddings(src, encoder_kwargs=TINY, seed=3, batch_size=3, progress=False)
+    assert emb.patch.shape == (4, 3, 8) and emb.patch.dtype == np.float32
+    assert emb.subject_ids == src.subject_ids
+    np.testing.assert_array_equal(emb.landmarks, src.landmarks)
+    np.testing.assert_array_equal(emb.lung_fraction, src.lung_fraction)
+    assert emb.provenance["encoder_kind"] == "random-init" and emb.provenance["seed"] == 3
+
+    # Same seed, per-sample locations, one patch at a time: the batched path must agree.
+    torch.manual_seed(3)
+    enc = DrasCLREncoder(**TINY).eval()
+    with torch.no_grad():
+        x = hu_to_unit(torch.from_numpy(src.patches[2, 1]).float())[None, None]
+        h = enc.encode(x, torch.from_numpy(src.landmark_coords[1:2])).numpy()
+    np.testing.assert_allclose(emb.patch[2, 1], h[0], rtol=1e-4, atol=1e-5)
+
+
+def test_random_init_is_seeded_and_keeps_global_rng():
+    src = make_source(n=2, n_loc=2)
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    a = extract_embeddings(src, encoder_kwargs=TINY, seed=0, progress=False)
+    after = torch.rand(1)
+    b = extract_embeddings(src, encoder_kwargs=TINY, seed=0, progress=False)
+    c = extract_embeddings(src, encoder_kwargs=TINY, seed=1, progress=False)
+    np.testing.assert_array_equal(a.patch, b.patch)
+    assert not np.allclose(a.patch, c.patch)
+    assert torch.equal(before, after)
+
+
+def test_nan_patches_are_cleaned_like_training_patches():
+    src = make_source(n=2, n_loc=2)
+    src.patches = src.patches.astype(np.float32)
+    src.patches[0, 0, :4] = np.nan
+    emb = extract_embeddings(src, encoder_kwargs=TINY, progress=False)
+    assert np.isfinite(emb.patch).all()
+    clean = src.patches.copy()
+    clean[0, 0, :4] = -1024
+    src.patches = clean
+    np.testing.assert_allclose(extract_embeddings(src, encoder_kwargs=TINY, progress=False).patch,
+                               emb.patch, atol=1e-6)
+
+
+def _emb(n=3, n_loc=4, d=5, seed=0) -> Embeddings:
+    rng = np.random.default_rng(seed)
+    return Embeddings(patch=rng.normal(size=(n, n_loc, d)).astype(np.float32),
+                      subject_ids=[f"p{i}" for i in range(n)],
+                      landmarks=rng.integers(0, 300, (n_loc, 3)),
+                      landmark_coords=rng.uniform(-1, 1, (n_loc, 3)),
+                      lung_fraction=rng.uniform(0, 1, (n, n_loc)),
+                      provenance={"encoder_kind": "test", "checkpoint_config": {"width": 0.5}})
+
+
+def test_pooling_matches_numpy_by_hand():
+    emb = _emb()
+    mean = emb.pool("mean")
+    assert isinstance(mean, pd.DataFrame) and list(mean.index) == emb.subject_ids
+    assert mean.shape == (3, 5) and mean.index.name == "subject_id"
+    for i in range(3):
+        np.testing.assert_allclose(mean.iloc[i], sum(emb.patch[i, l] for l in range(4)) / 4,
+                                   rtol=1e-5)
+        np.testing.assert_allclose(emb.pool("max").iloc[i],
+                                   [max(emb.patch[i, :, d]) for d in range(5)])
+        w = emb.lung_fraction[i]
+        by_hand = sum(w[l] * emb.patch[i, l] for l in range(4)) / w.sum()
+        np.testing.assert_allclose(emb.pool("lung_weighted").iloc[i], by_hand, rtol=1e-5)
+    with pytest.raises(ValueError, match="unknown pooling"):
+        emb.pool("median")
+
+
+def test_lung_weighted_falls_back_to_mean_without_lung():
+    emb = _emb()
+    emb.lung_fraction[1] = 0
+    with pytest.warns(UserWarning, match="p1"):
+        pooled = emb.pool("lung_weighted")
+    np.testing.assert_allclose(pooled.loc["p1"], emb.patch[1].mean(0), rtol=1e-5)
+
+
+def test_save_load_round_trip(tmp_path):
+    emb = _emb()
+    path = emb.save(tmp_path / "emb.npz")
+    back = Embeddings.load(path)
+    np.testing.assert_array_equal(back.patch, emb.patch)
+    np.testing.assert_array_equal(back.landmarks, emb.landmarks)
+    np.testing.assert_array_equal(back.landmark_coords, emb.landmark_coords)
+    np.testing.assert_array_equal(back.lung_fraction, emb.lung_fraction)
+    assert back.subject_ids == emb.subject_ids and back.provenance == emb.provenance
+    assert [p.name for p in tmp_path.iterdir()] == ["emb.npz"]  # no temp file left behind
+    with pytest.raises(FileNotFoundError, match="drasclr embed"):
+        Embeddings.load(tmp_path / "missing.npz")
+
+
+def test_embeddings_validate_shapes():
+    emb = _emb()
+    with pytest.raises(ValueError, match="lung_fraction"):
+        Embeddings(emb.patch, emb.subject_ids, emb.landmarks, emb.landmark_coords,
+                   emb.lung_fraction[:, :2])
+    sub = emb.subset(["p2", 0])
+    assert sub.subject_ids == ["p2", "p0"]
+    np.testing.assert_array_equal(sub.patch[0], emb.patch[2])
+
+
+def test_resume_after_a_kill_gives_identical_arrays(tmp_path):
+    full = extract_embeddings(make_source(), encoder_kwargs=TINY, batch_size=1, progress=False)
+
+    out = tmp_path / "emb.npz"
+    killed = make_source(fail={2: KeyboardInterrupt()})
+    with pytest.raises(KeyboardInterrupt):
+        extract_embeddings(killed, encoder_kwargs=TINY, batch_size=1, out_path=out,
+                           progress=False)
+    parts = out.with_name("emb.npz.parts")
+    assert sorted(p.name for p in parts.glob("*.npy")) == ["s00.npy", "s01.npy"]
+    assert not out.exists()
+
+    resumed_source = make_source()
+    resumed = extract_embeddings(resumed_source, encoder_kwargs=TINY, batch_size=1,
+                                 out_path=out, progress=False)
+    assert resumed_source.reads == [2, 3]  # finished subjects are skipped
+    np.testing.assert_array_equal(resumed.patch, full.patch)
+    np.testing.assert_array_equal(Embeddings.load(out).patch, full.patch)
+
+    with pytest.raises(ValueError, match="another encoder"):
+        extract_embeddings(make_source(), encoder_kwargs=TINY, seed=5, out_path=out,
+                           progress=False)
+
+
+def test_one_bad_subject_does_not_stop_the_cohort():
+    src = make_source(fail={1: OSError("corrupt chunk")})
+    emb = extract_embeddings(src, encoder_kwargs=TINY, batch_size=2, progress=False)
+    assert emb.subject_ids == ["s00", "s02", "s03"]
+    assert "corrupt chunk" in emb.provenance["failed"]["s01"]
+    np.testing.assert_array_equal(emb.lung_fraction, src.lung_fraction[[0, 2, 3]])
+
+
+def test_official_checkpoint_uses_reference_landmark_convention(tmp_path):
+    torch.manual_seed(0)
+    enc = DrasCLREncoder(**TINY).eval()
+    path = tmp_path / "checkpoint_patch_0020.pth.tar"
+    torch.save({"epoch": 20, "state_dict": official_state_dict(enc)}, path)
+    src = make_source(n=2, n_loc=3)
+    emb = extract_embeddings(src, checkpoint=path, progress=False)
+    assert emb.provenance["encoder_kind"] == "official"
+    coords = official_landmark_coords(src.landmarks)
+    np.testing.assert_allclose(emb.landmark_coords, coords)
+    with torch.no_grad():
+        x = hu_to_unit(torch.from_numpy(src.patches[:, 2]).float())[:, None]
+        h = enc.encode(x, torch.from_numpy(coords[2])).numpy()
+    np.testing.assert_allclose(emb.patch[:, 2], h, rtol=1e-4, atol=1e-5)
+
+
+def test_retrieve_similar_ranks_by_cosine_at_the_same_landmark():
+    emb = _emb(n=6, n_loc=3)
+    hits = retrieve_similar(emb, "p0", landmark=1, k=3)
+    assert list(hits.columns) == ["rank", "subject_id", "subject_index", "landmark", "similarity"]
+    v = emb.patch[:, 1].astype(np.float64)
+    cos = v @ v[0] / np.linalg.norm(v, axis=1) / np.linalg.norm(v[0])
+    expected = [i for i in np.argsort(-cos) if i != 0][:3]
+    assert hits.subject_index.tolist() == expected
+    np.testing.assert_allclose(hits.similarity, cos[expected])
+    assert "p0" in retrieve_similar(emb, "p0", 1, k=1, include_self=True).subject_id.tolist()
+
+
+def test_embed_config_rejects_unknown_keys():
+    assert EmbedConfig.from_dict({"batch_size": 4, "encoder": {"width": 0.25}}).batch_size == 4
+    with pytest.raises(ValueError, match="batchsize"):
+        EmbedConfig.from_dict({"batchsize": 4})
+    with pytest.raises(ValueError, match="depth"):
+        EmbedConfig.from_dict({"encoder": {"depth": 3}})
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world: int, port: int, out: str, result_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    for name, out_path in (("disk", out), ("gather", None)):
+        emb = extract_embeddings(make_source(n=5, n_loc=2), encoder_kwargs=TINY, device="cpu",
+                                 out_path=out_path, progress=False)
+        emb.save(os.path.join(result_dir, f"{name}{rank}.npz"))
+
+
+def test_distributed_ranks_share_subjects_and_merge(tmp_path):
+    """Two gloo ranks (as torchrun starts them): each embeds a share, every rank returns all."""
+    import torch.multiprocessing as mp
+
+    single = extract_embeddings(make_source(n=5, n_loc=2), encoder_kwargs=TINY, progress=False)
+    out = tmp_path / "emb.npz"
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(out), str(tmp_path)), nprocs=2, join=True)
+    assert sorted(p.name for p in out.with_name("emb.npz.parts").glob("*.npy")) == [
+        f"s{i:02d}.npy" for i in range(5)]
+    merged_results = [Embeddings.load(tmp_path / f"{name}{rank}.npz")
+                      for name in ("disk", "gather") for rank in range(2)]
+    for merged in merged_results + [Embeddings.load(out)]:
+        assert merged.subject_ids == single.subject_ids
+        assert merged.provenance["world_size"] == 2
+        assert merged.provenance["encoder_sha1"] == single.provenance["encoder_sha1"]
+        np.testing.assert_allclose(merged.patch, single.patch, rtol=1e-5, atol=1e-6)
