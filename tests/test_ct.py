@@ -50,7 +50,8 @@ def to_image(a: np.ndarray, spacing=SPACING, origin=ORIGIN, direction=IDENTITY_D
 
 
 def write_dicom_series(img: sitk.Image, folder: Path, series_uid: str, modality="CT",
-                       phi: dict | None = None) -> None:
+                       phi: dict | None = None, extra: dict | None = None,
+                       skip: tuple[int, ...] = (), z_of=None) -> None:
     """Write a 3D image as one DICOM slice per file, with consistent series tags."""
     folder.mkdir(parents=True, exist_ok=True)
     writer = sitk.ImageFileWriter()
@@ -58,8 +59,10 @@ def write_dicom_series(img: sitk.Image, folder: Path, series_uid: str, modality=
     d = img.GetDirection()
     orientation = "\\".join(str(v) for v in (d[0], d[3], d[6], d[1], d[4], d[7]))
     for k in range(img.GetDepth()):
+        if k in skip:
+            continue
         sl = img[:, :, k]
-        pos = img.TransformIndexToPhysicalPoint((0, 0, k))
+        pos = img.TransformIndexToPhysicalPoint((0, 0, k if z_of is None else z_of(k)))
         tags = {
             "0008|0060": modality,
             "0020|000d": "1.2.826.0.1.3680043.2.1125.1",
@@ -70,6 +73,7 @@ def write_dicom_series(img: sitk.Image, folder: Path, series_uid: str, modality=
             "0020|0037": orientation,
             "0018|0050": str(img.GetSpacing()[2]),
             **(phi or {}),
+            **(extra or {}),
         }
         for key, value in tags.items():
             sl.SetMetaData(key, value)
@@ -139,6 +143,32 @@ def test_dicom_series_round_trip_keeps_no_identifiers(tmp_path, caplog):
         assert secret.encode() not in ct.array.tobytes()
     assert not hasattr(ct, "metadata")
     assert ct.to_sitk().GetMetaDataKeys() == ()
+
+
+def test_dicom_rescale_intercept_gives_hu(tmp_path):
+    pydicom = pytest.importorskip("pydicom")
+    a = chest_like()
+    # ITK stores (HU - intercept) / slope and the reader applies the rescale back.
+    write_dicom_series(to_image(a), tmp_path / "r", "1.2.3.77",
+                       extra={"0028|1052": "-1024", "0028|1053": "1"})
+    stored = pydicom.dcmread(tmp_path / "r" / "slice005.dcm").pixel_array
+    assert stored.min() >= 0  # really raw values in the file
+    np.testing.assert_array_equal(stored.astype(np.int32) - 1024, a[5])
+    ct = load_ct(tmp_path / "r")
+    np.testing.assert_array_equal(ct.array, a)
+
+
+def test_dicom_missing_and_duplicate_slices(tmp_path):
+    a = chest_like()
+    write_dicom_series(to_image(a), tmp_path / "gap", "1.2.3.50", skip=(9, 10))
+    with pytest.raises(CTLoadError) as exc:
+        load_ct(tmp_path / "gap", subject_id="s9")
+    _assert_names(exc.value, tmp_path / "gap", "slice positions (0020,0032)")
+    assert "2 slice(s) missing" in str(exc.value)
+    write_dicom_series(to_image(a), tmp_path / "dup", "1.2.3.51",
+                       z_of=lambda k: 3 if k == 4 else k)
+    with pytest.raises(CTLoadError, match="share a position"):
+        load_ct(tmp_path / "dup", subject_id="s9")
 
 
 def test_single_dicom_file_loads_its_series(tmp_path):
@@ -326,6 +356,28 @@ def test_nan_values(tmp_path):
         load_ct(path, subject_id="s9")
     _assert_names(exc.value, path, "pixel values")
     assert "NaN" in str(exc.value)
+
+
+def test_4d_file_with_one_volume_loads(tmp_path):
+    a = chest_like()
+    img = sitk.JoinSeries([to_image(a)])  # 4D, one time point
+    assert img.GetDimension() == 4
+    ct = load_ct(write(tmp_path, "one.nii.gz", img))
+    np.testing.assert_array_equal(ct.array, a)
+    two = sitk.JoinSeries([to_image(a), to_image(a)])
+    path = write(tmp_path, "two.nii.gz", two)
+    with pytest.raises(CTLoadError) as exc:
+        load_ct(path, subject_id="s9")
+    _assert_names(exc.value, path, "dimensions")
+
+
+def test_mhd_without_raw_is_unreadable(tmp_path):
+    path = write(tmp_path, "case.mhd", to_image(chest_like()))
+    for raw in tmp_path.glob("case.*raw*"):
+        raw.unlink()
+    with pytest.raises(CTLoadError) as exc:
+        load_ct(path, subject_id="s9")
+    _assert_names(exc.value, path, "file")
 
 
 def test_2d_image(tmp_path):

@@ -393,6 +393,7 @@ def _read_dicom_series(
         if info.HasMetaDataKey("0008|0060"):
             modality = info.GetMetaData("0008|0060").strip().upper() or None
         del info
+        _check_slice_positions(chosen.files, subject_id, path)
         reader = sitk.ImageSeriesReader()
         reader.SetFileNames(list(chosen.files))
         reader.MetaDataDictionaryArrayUpdateOff()  # never load per-slice header dictionaries
@@ -408,6 +409,98 @@ def _read_dicom_series(
             "re-export the series if needed",
         ) from None
     return image, modality
+
+
+def _dicom_numbers(reader: sitk.ImageFileReader, key: str) -> list[float] | None:
+    if not reader.HasMetaDataKey(key):
+        return None
+    try:
+        return [float(v) for v in reader.GetMetaData(key).strip().split("\\")]
+    except ValueError:
+        return None
+
+
+def _check_slice_positions(
+    files: Sequence[str], subject_id: str | None, path: Path
+) -> None:
+    """Refuse series with missing or duplicated slices; warn on uneven spacing or tilt.
+
+    ITK stacks the slices with one spacing taken from the first ones, so a missing slice
+    silently shifts all the anatomy above it. Only ImagePositionPatient (0020,0032) and
+    ImageOrientationPatient (0020,0037) of each header are read.
+    """
+    if len(files) < 3:
+        return
+    reader = sitk.ImageFileReader()
+    positions = []
+    orientation = None
+    for f in files:
+        reader.SetFileName(f)
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError:
+            return  # the series reader reports unreadable files
+        pos = _dicom_numbers(reader, "0020|0032")
+        if pos is None or len(pos) != 3:
+            return  # no positions (e.g. secondary capture): nothing to check
+        positions.append(pos)
+        if orientation is None:
+            orientation = _dicom_numbers(reader, "0020|0037")
+    if orientation is None or len(orientation) != 6:
+        return
+    pts = np.asarray(positions, dtype=float)
+    normal = np.cross(orientation[:3], orientation[3:])
+    if not np.isfinite(normal).all() or np.linalg.norm(normal) < 1e-6:
+        return
+    normal /= np.linalg.norm(normal)
+    depth = np.sort(pts @ normal)
+    gaps = np.diff(depth)
+    if (gaps < 1e-3).any():
+        raise CTLoadError(
+            f"{int((gaps < 1e-3).sum())} slice(s) share a position with another slice (two "
+            "reconstructions or repeated slices in one series?)",
+            subject_id=subject_id,
+            file=path,
+            field="slice positions (0020,0032)",
+            fix="keep one reconstruction per series (separate them into folders, or pass "
+            "series_id) and remove repeated slices",
+        )
+    step = float(np.median(gaps))
+    if gaps.max() > 1.5 * step:
+        missing = int(np.sum(np.rint(gaps / step) - 1))
+        raise CTLoadError(
+            f"slices are not evenly spaced: gaps from {gaps.min():.3g} to {gaps.max():.3g} mm "
+            f"(usual {step:.3g} mm), about {missing} slice(s) missing",
+            subject_id=subject_id,
+            file=path,
+            field="slice positions (0020,0032)",
+            fix="export the complete series (all slices); a gap would shift the anatomy",
+        )
+    if (gaps.max() - gaps.min()) > 0.1 * step:
+        warnings.warn(
+            _format_message(
+                f"slice spacing varies from {gaps.min():.3g} to {gaps.max():.3g} mm; the volume "
+                f"uses one spacing ({step:.3g} mm)",
+                subject_id, str(path), "slice positions (0020,0032)",
+                "check the reconstruction; resample it to even spacing if needed",
+            ),
+            CTLoadWarning,
+            stacklevel=4,
+        )
+    travel = pts[np.argmax(pts @ normal)] - pts[np.argmin(pts @ normal)]
+    cos = abs(float(travel @ normal)) / max(float(np.linalg.norm(travel)), 1e-9)
+    tilt = float(np.degrees(np.arccos(min(cos, 1.0))))
+    if tilt > 0.5:
+        warnings.warn(
+            _format_message(
+                f"the slices are sheared by {tilt:.1f}° (gantry tilt); the volume is stacked "
+                "as if there were no tilt, so anatomy is slightly distorted",
+                subject_id, str(path), "slice positions (0020,0032)",
+                "use a reconstruction corrected for gantry tilt when available",
+            ),
+            CTLoadWarning,
+            stacklevel=4,
+        )
 
 
 def _first_line(exc: BaseException) -> str:
