@@ -14,36 +14,29 @@ from drasclr_toolkit.embed import EmbedConfig, Embeddings, extract_embeddings, r
 from drasclr_toolkit.models import DrasCLREncoder
 from drasclr_toolkit.models.checkpoint import official_landmark_coords, official_state_dict
 from drasclr_toolkit.ssl.augment import hu_to_unit
+from drasclr_toolkit.train.sources import ArrayPatchSource
 
 TINY = dict(rep_dim=8, proj_dim=8, num_experts=2, width=0.125)
 P = 32
 
 
-class _Source:
-    """In-memory patch source (the patch-source protocol) that counts subject reads."""
+class _Source(ArrayPatchSource):
+    """ArrayPatchSource that counts subject reads and can fail on chosen subjects."""
 
     def __init__(self, patches: np.ndarray, landmarks: np.ndarray, fail: dict | None = None):
-        self.patches = patches
-        self.subject_ids = [f"s{i:02d}" for i in range(len(patches))]
-        self.landmarks = landmarks
-        lo, hi = landmarks.min(0), landmarks.max(0)
-        self.landmark_coords = ((landmarks - lo) / (hi - lo) * 2 - 1).astype(np.float32)
-        self.lung_fraction = np.random.default_rng(1).uniform(
-            0.1, 1, patches.shape[:2]).astype(np.float32)
-        self.patch_size = P
-        self.neighbors = np.zeros((len(landmarks), 1), int)
+        lung = np.random.default_rng(1).uniform(0.1, 1, patches.shape[:2])
+        super().__init__(patches, landmarks, subject_ids=[f"s{i:02d}" for i in range(len(patches))],
+                         lung_fraction=lung)
+        self.patches = patches  # keep the dtype given (a float test feeds NaN)
         self.fail = fail or {}
         self.reads: list[int] = []
 
     def read_subject(self, subject):
-        index = subject if isinstance(subject, int) else self.subject_ids.index(subject)
+        index = self._subject_index(subject)
         self.reads.append(index)
         if index in self.fail:
             raise self.fail[index]
         return self.patches[index]
-
-    def read_location(self, loc, subjects):
-        return self.patches[list(subjects), loc]
 
 
 def make_source(n: int = 4, n_loc: int = 3, **kw) -> _Source:
@@ -51,6 +44,27 @@ def make_source(n: int = 4, n_loc: int = 3, **kw) -> _Source:
     patches = rng.integers(-1100, 300, (n, n_loc, P, P, P)).astype(np.int16)
     landmarks = np.array([[26 * i, 78 + 26 * (i % 2), 52 * i] for i in range(n_loc)])
     return _Source(patches, landmarks, **kw)
+
+
+def test_trainer_checkpoint_is_loaded_with_its_encoder_config(tmp_path):
+    from drasclr_toolkit.train import pretrain
+
+    src = make_source(n=4, n_loc=3)
+    cfg = dict(TINY, queue_size=8, batch_size=2, max_steps=1, progress=False, device="cpu")
+    final = pretrain(src, cfg, tmp_path / "run")
+    emb = extract_embeddings(src, checkpoint=final, progress=False)
+    assert emb.provenance["encoder_kind"] == "trained"
+    assert emb.provenance["checkpoint"] == str(final.resolve())
+    assert emb.provenance["encoder_config"]["width"] == TINY["width"]
+    random = extract_embeddings(src, encoder_kwargs=TINY, progress=False)
+    assert emb.patch.shape == random.patch.shape and not np.allclose(emb.patch, random.patch)
+    state = torch.load(final, weights_only=True)
+    enc = DrasCLREncoder(**state["encoder_config"]).eval()
+    enc.load_state_dict(state["encoder"])
+    with torch.no_grad():
+        x = hu_to_unit(torch.from_numpy(src.patches[:, 0]).float())[:, None]
+        h = enc.encode(x, torch.from_numpy(src.landmark_coords[0])).numpy()
+    np.testing.assert_allclose(emb.patch[:, 0], h, rtol=1e-4, atol=1e-5)
 
 
 def test_shapes_ids_and_values_match_the_encoder_patch_by_patch():
@@ -247,7 +261,9 @@ def test_distributed_ranks_share_subjects_and_merge(tmp_path):
 
     single = extract_embeddings(make_source(n=5, n_loc=2), encoder_kwargs=TINY, progress=False)
     out = tmp_path / "emb.npz"
-    mp.spawn(_ddp_worker, args=(2, _free_port(), str(out), str(tmp_path)), nprocs=2, join=True)
+    # fork: the children inherit the imported modules instead of importing them again.
+    mp.start_processes(_ddp_worker, args=(2, _free_port(), str(out), str(tmp_path)), nprocs=2,
+                       join=True, start_method="fork")
     assert sorted(p.name for p in out.with_name("emb.npz.parts").glob("*.npy")) == [
         f"s{i:02d}.npy" for i in range(5)]
     merged_results = [Embeddings.load(tmp_path / f"{name}{rank}.npz")

@@ -35,6 +35,7 @@ import json
 import logging
 import os
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -144,48 +145,35 @@ def load_encoder(checkpoint: str | Path, map_location: str = "cpu"
                          "official_epoch": report.epoch,
                          "official_missing_keys": list(report.missing_keys),
                          "landmark_convention": "reference"}
-    encoder_state, config = _trainer_encoder_state(state, path)
-    arch = {k: config[k] for k in ENCODER_ARGS if k in config}
+    # Our trainer: final.pt / encoder_epochNNN.pt / checkpoints/last.pt all carry the query
+    # encoder's weights under "encoder" and its constructor arguments under "encoder_config".
+    weights, arch = state.get("encoder"), state.get("encoder_config")
+    if not isinstance(weights, Mapping) or not isinstance(arch, Mapping):
+        raise ValueError(f"checkpoint {path}: fields 'encoder' and 'encoder_config' are missing; "
+                         "pass a checkpoint written by `drasclr pretrain` (final.pt) or an "
+                         "official DrasCLR checkpoint_patch_XXXX.pth.tar")
+    unknown = sorted(set(arch) - set(ENCODER_ARGS))
+    if unknown:
+        raise ValueError(f"checkpoint {path}: field 'encoder_config' has keys {unknown} that "
+                         "DrasCLREncoder does not take")
     encoder = DrasCLREncoder(**arch)
-    missing, unexpected = encoder.load_state_dict(encoder_state, strict=False)
-    real_missing = [k for k in missing if not k.startswith("head.")]
-    if real_missing or unexpected:
-        raise ValueError(f"checkpoint {path}: encoder weights do not fit DrasCLREncoder({arch}); "
-                         f"missing {real_missing[:5]}, unexpected {list(unexpected)[:5]}")
-    return encoder, {"encoder_kind": "trained", "checkpoint": str(path.resolve()),
-                     "checkpoint_config": _jsonable(state.get("config", config)),
-                     "landmark_convention": "ours"}
+    encoder.load_state_dict(weights)
+    info = {"encoder_kind": "trained", "checkpoint": str(path.resolve()),
+            "checkpoint_config": _jsonable(state.get("config", dict(arch))),
+            "encoder_config": _jsonable(dict(arch)),
+            "landmark_convention": str(state.get("landmark_convention", "ours"))}
+    for key in ("step", "epoch", "format"):
+        if key in state:
+            info[f"checkpoint_{key}"] = _jsonable(state[key])
+    if "landmark_coords" in state:
+        info["trained_landmark_coords"] = np.asarray(state["landmark_coords"], np.float32)
+    return encoder, info
 
 
 def _is_official(state: Mapping[str, Any]) -> bool:
     inner = state.get("state_dict")
     return isinstance(inner, Mapping) and any(str(k).startswith("module.encoder_q")
                                               for k in inner)
-
-
-def _trainer_encoder_state(state: Mapping[str, Any], path: Path
-                           ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Find the query encoder's weights and its architecture in a trainer checkpoint."""
-    config = state.get("config") or {}
-    arch = state.get("encoder_config") or state.get("model_config") or {}
-    if not arch and isinstance(config, Mapping):
-        arch = config.get("encoder") or config.get("model") or config
-    for key in ("encoder", "encoder_q", "model", "state_dict"):
-        weights = state.get(key)
-        if isinstance(weights, Mapping) and weights and all(torch.is_tensor(v)
-                                                            for v in weights.values()):
-            prefixes = ("module.", "encoder_q.", "encoder.")
-            cleaned = {}
-            for name, value in weights.items():
-                if name.startswith(("encoder_k.", "module.encoder_k.", "queue")):
-                    continue  # momentum encoder and queues are not the representation
-                for prefix in prefixes:
-                    if name.startswith(prefix):
-                        name = name[len(prefix):]
-                cleaned[name] = value
-            return cleaned, dict(arch) if isinstance(arch, Mapping) else {}
-    raise ValueError(f"checkpoint {path}: no encoder weights found (looked for keys "
-                     f"'encoder', 'encoder_q', 'model', 'state_dict'; found {sorted(state)[:10]})")
 
 
 def _jsonable(value: Any) -> Any:
@@ -275,6 +263,12 @@ def extract_embeddings(
         coords = official_landmark_coords(landmarks)
     else:
         coords = np.asarray(source.landmark_coords, dtype=np.float32)
+    trained_coords = info.pop("trained_landmark_coords", None)
+    if trained_coords is not None and (trained_coords.shape != coords.shape
+                                       or not np.allclose(trained_coords, coords, atol=1e-5)):
+        warnings.warn(f"checkpoint {info['checkpoint']} was trained on other landmarks "
+                      f"({len(trained_coords)} locations) than this source has ({len(coords)}); "
+                      "its location routing may not fit this atlas", stacklevel=2)
     n_loc = len(landmarks)
     coords_t = torch.as_tensor(coords, dtype=torch.float32, device=device)
 
