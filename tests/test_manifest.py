@@ -17,6 +17,7 @@ from drasclr_toolkit.data.manifest import (
     ColumnRule,
     check_scans,
     load_card,
+    probe_headers,
     validate_table,
 )
 
@@ -157,6 +158,20 @@ def test_every_problem_reported_at_once(tmp_path):
     assert not [p for p in err.problems if p.row == 4 and p.column in ("time", "event")]
 
 
+def test_spreadsheet_exports_are_read(tmp_path):
+    csv = tmp_path / "m.csv"
+    csv.write_text("subject_id;image;gold\nA1;a.nii.gz;3\n", encoding="utf-8-sig")
+    m = Manifest.load(csv, check_files=False)
+    assert m.subject_ids == ["A1"] and m.table["gold"].tolist() == [3]
+    ragged = tmp_path / "r.csv"
+    ragged.write_text("subject_id,image\na,x.nii,extra,more\nb,y.nii\n")
+    with pytest.raises(ManifestError) as exc:
+        Manifest.load(ragged, check_files=False)
+    (problem,) = exc.value.problems
+    assert problem.row == 1 and "4 fields but the header has 2" in str(problem)
+    assert "CSV line 2" in str(problem) and "subject 'a'" in str(problem)
+
+
 def test_missing_required_column_and_bad_files(tmp_path):
     csv = write_csv(tmp_path / "m.csv", [{"subject_id": "a", "scan": "x.nii"}])
     with pytest.raises(ManifestError, match="required column 'image' is missing"):
@@ -269,6 +284,14 @@ def test_scan_folder_files_and_dicom(tmp_path):
     dicom_ids = [i for i in ids if by_id[i].endswith("series1")]
     assert sorted(dicom_ids) == ["patientX_study1_series1", "patientY_study1_series1"]
     assert not any("lungmask" in i for i in ids)
+    # header-only geometry: sizes as stored, DICOM slices counted, broken file reported
+    probe = probe_headers(m).set_index("subject_id")
+    assert probe.loc["case2", ["size_x", "size_y", "size_z"]].tolist() == [12, 12, 18]
+    assert probe.loc["case2", "spacing_z"] == 2.0 and probe.loc["case2", "kind"] == "file"
+    px = probe.loc["patientX_study1_series1"]
+    assert px["kind"] == "dicom" and px["size_z"] == 18 and px["spacing_z"] == pytest.approx(2.0)
+    assert "'broken'" in probe.loc["broken", "error"]
+    assert probe["error"].notna().sum() == 1
     # round trip through a CSV and the loader
     m.save(root / "manifest.csv")
     again = Manifest.load(root / "manifest.csv")

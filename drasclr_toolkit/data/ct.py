@@ -38,6 +38,7 @@ __all__ = [
     "IDENTITY_DIRECTION",
     "list_dicom_series",
     "load_ct",
+    "read_ct_header",
     "reorient_to_lps",
 ]
 
@@ -745,6 +746,67 @@ def load_ct(
         source=str(p),
         subject_id=subject_id,
     )
+
+
+def read_ct_header(path: str | os.PathLike, subject_id: str | None = None) -> dict[str, Any]:
+    """Geometry of a scan from its header only (no pixel data): cheap probing of a cohort.
+
+    Returns ``kind`` ('file' or 'dicom'), ``size`` (x, y, z), ``spacing`` (x, y, z) mm,
+    ``pixel_type`` and, for DICOM, ``n_series`` (series found) and ``modality``. Sizes are
+    as stored (before reorientation). Raises :class:`CTLoadError` for a missing or
+    unreadable scan.
+
+    Example:
+        >>> read_ct_header("case01.nrrd")["size"]            # doctest: +SKIP
+        (512, 512, 48)
+    """
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise CTLoadError("the file or folder does not exist", subject_id=subject_id, file=p,
+                          field="file", fix="check the path")
+    reader = sitk.ImageFileReader()
+    try:
+        if p.is_dir() or _is_dicom_file(p):
+            folder = p if p.is_dir() else p.parent
+            series = list_dicom_series(folder)
+            if not series:
+                raise CTLoadError("no DICOM series found", subject_id=subject_id, file=p,
+                                  field="file", fix="point to a folder of DICOM slices")
+            files = series[0].files
+            reader.SetFileName(files[0])
+            reader.ReadImageInformation()
+            cols, rows = reader.GetSize()[:2]
+            spacing = list(reader.GetSpacing()[:2]) + [float("nan")]
+            if len(files) > 1:
+                pos = [_dicom_numbers_of(f, "0020|0032") for f in files[:2]]
+                if pos[0] and pos[1]:
+                    spacing[2] = float(np.linalg.norm(np.subtract(pos[1], pos[0])))
+            modality = (reader.GetMetaData("0008|0060").strip()
+                        if reader.HasMetaDataKey("0008|0060") else None)
+            return {"kind": "dicom", "size": (int(cols), int(rows), len(files)),
+                    "spacing": tuple(float(v) for v in spacing),
+                    "pixel_type": sitk.GetPixelIDValueAsString(reader.GetPixelID()),
+                    "n_series": len(series), "modality": modality}
+        reader.SetFileName(str(p))
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise CTLoadError(f"SimpleITK could not read the header ({_first_line(exc)})",
+                          subject_id=subject_id, file=p, field="file",
+                          fix="check that the file is complete and in a supported format") from None
+    size = reader.GetSize()
+    return {"kind": "file", "size": tuple(int(v) for v in size),
+            "spacing": tuple(float(v) for v in reader.GetSpacing()),
+            "pixel_type": sitk.GetPixelIDValueAsString(reader.GetPixelID()), "n_series": None, "modality": None}
+
+
+def _dicom_numbers_of(file: str, key: str) -> list[float] | None:
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(file)
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return None
+    return _dicom_numbers(reader, key)
 
 
 def _check_hounsfield(

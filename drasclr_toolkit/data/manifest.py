@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import csv
 import fnmatch
 import logging
 import math
@@ -45,6 +46,7 @@ __all__ = [
     "STANDARD_COLUMNS",
     "check_scans",
     "load_card",
+    "probe_headers",
     "scan_folder",
     "validate_table",
 ]
@@ -457,6 +459,58 @@ def _validate(
     return table.reset_index(drop=True)
 
 
+def _read_csv_text(csv_path: Path) -> pd.DataFrame:
+    """Every cell as text; tolerates an Excel byte-order mark and ';' or tab separators."""
+    def read(sep: str) -> pd.DataFrame:
+        # utf-8-sig drops the byte-order mark Excel puts before the first column name.
+        return pd.read_csv(csv_path, sep=sep, dtype=str, keep_default_na=False,
+                           skipinitialspace=True, encoding="utf-8-sig", index_col=False)
+
+    try:
+        with open(csv_path, encoding="utf-8-sig", newline="") as fh:
+            first = fh.readline()
+        sep = ","
+        if "," not in first:
+            for other in (";", "\t"):
+                if other in first:  # spreadsheet export with another separator
+                    sep = other
+                    break
+        _check_field_counts(csv_path, sep)
+        raw = read(sep)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError,
+            csv.Error) as exc:
+        raise ManifestError(
+            [ManifestProblem(f"cannot be read as CSV ({str(exc).strip()}); save it as a "
+                             "comma-separated UTF-8 file with a header row")],
+            csv_path,
+        ) from None
+    return raw
+
+
+def _check_field_counts(csv_path: Path, sep: str) -> None:
+    """Every row must have as many fields as the header (pandas would shift them silently)."""
+    problems = []
+    with open(csv_path, encoding="utf-8-sig", newline="") as fh:
+        reader = csv.reader(fh, delimiter=sep)
+        header = next(reader, None)
+        if header is None:
+            raise pd.errors.EmptyDataError("the file is empty")
+        row = 0
+        for fields_ in reader:
+            if not fields_ or all(not f.strip() for f in fields_):
+                continue  # blank line
+            row += 1
+            if len(fields_) != len(header):
+                problems.append(ManifestProblem(
+                    f"has {len(fields_)} fields but the header has {len(header)}; a value "
+                    f"probably contains '{sep}' without quotes, or a cell is missing. What to "
+                    "do: quote such values or fix the row",
+                    row=row, subject_id=fields_[0].strip() or None, value=sep.join(fields_),
+                ))
+    if problems:
+        raise ManifestError(problems, csv_path)
+
+
 def _raw_text(df: pd.DataFrame) -> pd.DataFrame:
     """Every cell as text ('' for missing), as if read from a CSV."""
     raw = df.copy().astype(object)
@@ -485,7 +539,7 @@ def validate_table(
     """
     problems: list[ManifestProblem] = []
     rules = _card_rules({"columns": dict(columns)}, problems, standard=False)
-    raw = pd.read_csv(path, dtype=str, keep_default_na=False) if df is None else _raw_text(df)
+    raw = _read_csv_text(Path(path)) if df is None else _raw_text(df)
     base = Path(base_dir) if base_dir is not None else Path.cwd()
     table = _validate(raw, {}, base, check_files, problems, rules=rules)
     if problems:
@@ -536,15 +590,7 @@ class Manifest:
         if card_path is None and (csv_path.parent / CARD_FILENAME).is_file():
             card_path = csv_path.parent / CARD_FILENAME
         card = load_card(card_path) if card_path is not None else {}
-        try:
-            raw = pd.read_csv(csv_path, dtype=str, keep_default_na=False, skipinitialspace=True,
-                              comment=None)
-        except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
-            raise ManifestError(
-                [ManifestProblem(f"cannot be read as CSV ({str(exc).strip()}); save it as a "
-                                 "comma-separated UTF-8 file with a header row")],
-                csv_path,
-            ) from None
+        raw = _read_csv_text(csv_path)
         return cls.from_dataframe(raw, base_dir=csv_path.parent, card=card,
                                   check_files=check_files, path=csv_path)
 
@@ -850,3 +896,35 @@ def check_scans(manifest: Manifest, checks: Any = None) -> pd.DataFrame:
         rows.append(row)
     return pd.DataFrame(rows, columns=["subject_id", "status", "field", "message", "shape",
                                        "spacing"])
+
+
+def probe_headers(manifest: Manifest) -> pd.DataFrame:
+    """Header-only geometry of every scan (fast; no pixel data), one row per subject.
+
+    Columns: ``subject_id``, ``kind``, ``size_x``, ``size_y``, ``size_z``, ``spacing_x``,
+    ``spacing_y``, ``spacing_z`` (mm, as stored), ``pixel_type``, ``n_series``, ``error``.
+    Use it to spot thick slices or short scans in a large cohort before preprocessing.
+
+    Example:
+        >>> probe_headers(scan_folder("scans/"))            # doctest: +SKIP
+    """
+    from .ct import CTLoadError, read_ct_header
+
+    rows = []
+    for sid in manifest.subject_ids:
+        row: dict[str, Any] = {"subject_id": sid, "error": None}
+        try:
+            h = read_ct_header(manifest.image_path(sid), subject_id=sid)
+            row["kind"] = h["kind"]
+            size = list(h["size"]) + [None] * 3
+            spacing = list(h["spacing"]) + [None] * 3
+            for i, axis in enumerate("xyz"):
+                row[f"size_{axis}"] = size[i]
+                row[f"spacing_{axis}"] = spacing[i]
+            row["pixel_type"], row["n_series"] = h["pixel_type"], h["n_series"]
+        except CTLoadError as exc:
+            row["error"] = str(exc)
+        rows.append(row)
+    columns = ["subject_id", "kind", "size_x", "size_y", "size_z", "spacing_x", "spacing_y",
+               "spacing_z", "pixel_type", "n_series", "error"]
+    return pd.DataFrame(rows).reindex(columns=columns)
