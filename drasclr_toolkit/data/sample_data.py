@@ -12,7 +12,7 @@ environment variable ``DRASCLR_CACHE`` is set, else ``~/.cache/drasclr_toolkit/s
 Example:
     >>> from drasclr_toolkit.data.sample_data import real_chest_ct
     >>> path = real_chest_ct("lung1")            # doctest: +SKIP
-    >>> path.name
+    >>> path.name                                # doctest: +SKIP
     'lung1_image.nrrd'
 """
 
@@ -89,7 +89,7 @@ def real_chest_ct(
     Example:
         >>> from drasclr_toolkit.data import load_ct
         >>> ct = load_ct(real_chest_ct("lung2"), subject_id="lung2")   # doctest: +SKIP
-        >>> ct.shape
+        >>> ct.shape                                                   # doctest: +SKIP
         (61, 512, 512)
     """
     if name not in SAMPLES:
