@@ -493,21 +493,21 @@ def _render_subject(prm: _SubjectParams, cfg: SyntheticConfig, template: _Templa
     sev = prm.severities
     # panlobular: diffuse density loss, lower zones
     w_pan = F32(0.12) + F32(0.88) * (F32(1.0) - _smoothstep(u, 0.15, 0.7))
-    shift = F32(-125.0 * sev["panlobular"]) * w_pan
+    shift = F32(-150.0 * sev["panlobular"]) * w_pan
     par += shift
     labels[shift < -35.0] = 3
     # centrilobular: holes at lobule centres, upper-zone predominant
     table = rng.uniform(-0.12, 0.12, (4099, 5)).astype(F32)
     table[:, 3:] = rng.uniform(0, 1, (4099, 2))
-    cell, zc, dist = _lattice(lx, ly, lz, 10.0 * math.sqrt(s), table,
-                              rng.uniform(0, 10.0, 3))
+    # lobules (and so their holes) keep their physical size when the anatomy shrinks
+    cell, zc, dist = _lattice(lx, ly, lz, 10.0, table, rng.uniform(0, 10.0, 3))
     uc = (zc - F32(an.z_low)) * F32(1.0 / (an.z_high - an.z_low))
     p_hole = F32(sev["centrilobular"]) * (F32(0.1) + F32(0.9) * _smoothstep(uc, 0.3, 0.85))
-    radius = (F32(2.5) + F32(3.5) * cell[:, 4] * F32(0.4 + 0.6 * sev["centrilobular"])) \
-        * F32(math.sqrt(s))
+    radius = F32(2.5) + F32(3.5) * cell[:, 4] * F32(0.4 + 0.6 * sev["centrilobular"])
     hole = (cell[:, 3] < p_hole) & (dist < radius)
-    edge = np.clip((radius - dist) * F32(1.0 / max(sp, 1.0)), 0.0, 1.0)
-    par = np.where(cell[:, 3] < p_hole, par + (F32(-985.0) - par) * edge, par)
+    # partial volume at the hole's edge, as for the tubes (half-voxel ramp either side)
+    edge = np.clip((radius - dist) * F32(1.0 / sp) + F32(0.5), 0.0, 1.0)
+    par = np.where(cell[:, 3] < p_hole, par + (F32(-995.0) - par) * edge, par)
     labels[hole] = 1
     # paraseptal: subpleural bullae in upper and middle zones, cut by the pleura
     table2 = rng.uniform(-0.15, 0.15, (4099, 5)).astype(F32)
