@@ -24,7 +24,8 @@ import os
 import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -120,7 +121,7 @@ class CTChecks:
     check_hu: bool = True               # set False for phantoms that are not chest CT
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None) -> "CTChecks":
+    def from_dict(cls, d: Mapping[str, Any] | None) -> CTChecks:
         d = dict(d or {})
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
@@ -198,7 +199,7 @@ class CTImage:
         image: sitk.Image,
         source: str | os.PathLike | None = None,
         subject_id: str | None = None,
-    ) -> "CTImage":
+    ) -> CTImage:
         """Wrap a 3D scalar SimpleITK image; pixels are rounded to int16 (not reoriented)."""
         if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
             raise ValueError(
@@ -796,7 +797,8 @@ def read_ct_header(path: str | os.PathLike, subject_id: str | None = None) -> di
     size = reader.GetSize()
     return {"kind": "file", "size": tuple(int(v) for v in size),
             "spacing": tuple(float(v) for v in reader.GetSpacing()),
-            "pixel_type": sitk.GetPixelIDValueAsString(reader.GetPixelID()), "n_series": None, "modality": None}
+            "pixel_type": sitk.GetPixelIDValueAsString(reader.GetPixelID()),
+            "n_series": None, "modality": None}
 
 
 def _dicom_numbers_of(file: str, key: str) -> list[float] | None:

@@ -30,7 +30,8 @@ import re
 import tempfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -89,7 +90,7 @@ class ColumnRule:
     fix: str | None = None
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], base: "ColumnRule | None" = None) -> "ColumnRule":
+    def from_dict(cls, d: Mapping[str, Any], base: ColumnRule | None = None) -> ColumnRule:
         """Build a rule from a card entry; keys not given keep ``base``'s values."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
@@ -242,7 +243,8 @@ def load_card(card_path: str | os.PathLike) -> dict[str, Any]:
     """Read a dataset card (YAML mapping with a ``columns`` mapping).
 
     Example:
-        >>> load_card("data_manifests/generic/dataset_card.yaml")["columns"]["image"]["dtype"]  # doctest: +SKIP
+        >>> card = load_card("data_manifests/generic/dataset_card.yaml")   # doctest: +SKIP
+        >>> card["columns"]["image"]["dtype"]                              # doctest: +SKIP
         'path'
     """
     path = Path(card_path)
@@ -528,7 +530,8 @@ def validate_table(
     """Type and check any table against card-style column rules (no built-in columns).
 
     For side tables such as a synthetic cohort's ``ground_truth.csv``: ``columns`` is a
-    mapping like a card's ``columns`` section; with ``df=None`` the CSV at ``path`` is read. Columns not described are kept as they are.
+    mapping like a card's ``columns`` section; with ``df=None`` the CSV at ``path`` is read.
+    Columns not described are kept as they are.
     Raises :class:`ManifestError` listing every problem.
 
     Example:
@@ -575,7 +578,7 @@ class Manifest:
         csv_path: str | os.PathLike,
         card_path: str | os.PathLike | None = None,
         check_files: bool = True,
-    ) -> "Manifest":
+    ) -> Manifest:
         """Read and validate ``csv_path`` (card: ``card_path`` or ``dataset_card.yaml`` beside it).
 
         Raises:
@@ -602,13 +605,13 @@ class Manifest:
         card: Mapping[str, Any] | None = None,
         check_files: bool = True,
         path: str | os.PathLike | None = None,
-    ) -> "Manifest":
+    ) -> Manifest:
         """Validate an in-memory table (relative paths resolved against ``base_dir``).
 
         Example:
             >>> import pandas as pd
-            >>> m = Manifest.from_dataframe(pd.DataFrame({"subject_id": ["a"], "image": ["a.nii.gz"]}),
-            ...                             check_files=False)
+            >>> df = pd.DataFrame({"subject_id": ["a"], "image": ["a.nii.gz"]})
+            >>> m = Manifest.from_dataframe(df, check_files=False)
             >>> m.subject_ids
             ['a']
         """
@@ -675,7 +678,7 @@ class Manifest:
         rules = _card_rules(self.card, [])
         return {c: rules.get(c) for c in self.table.columns}
 
-    def subset(self, subject_ids: Iterable[str]) -> "Manifest":
+    def subset(self, subject_ids: Iterable[str]) -> Manifest:
         """A manifest with only these subjects, in the given order."""
         ids = list(subject_ids)
         unknown = [s for s in ids if s not in set(self.table["subject_id"])]
