@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
-from drasclr_toolkit.data import load_ct
+from drasclr_toolkit.data import CTLoadWarning, load_ct
 from drasclr_toolkit.data.ct import IDENTITY_DIRECTION
 from drasclr_toolkit.data.sample_data import SampleDataUnavailable, real_chest_ct
 
@@ -30,7 +32,9 @@ def real_scan(request):
 def test_real_chest_ct_loads_in_canonical_hu(real_scan):
     name, path = real_scan
     size, in_plane, thickness = EXPECTED[name]
-    ct = load_ct(path, subject_id=name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CTLoadWarning)  # 5 mm slices: at the limit, no warning
+        ct = load_ct(path, subject_id=name)
     assert ct.size == size and ct.shape == size[::-1]
     np.testing.assert_allclose(ct.spacing, (in_plane, in_plane, thickness), atol=1e-3)
     assert ct.direction == IDENTITY_DIRECTION
