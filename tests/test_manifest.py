@@ -340,3 +340,8 @@ def test_cli_validate_and_scan(cohort, tmp_path, capsys):
     assert cli_main(["manifest", "scan", str(cohort.parent / "images"), "-o", str(out_csv)]) == 0
     assert Manifest.load(out_csv).subject_ids == ["a", "b"]
     assert cli_main(["manifest", "scan", str(tmp_path / "void"), "-o", str(out_csv)]) == 1
+    capsys.readouterr()
+    probe_csv = tmp_path / "probe.csv"
+    assert cli_main(["manifest", "probe", str(out_csv), "-o", str(probe_csv)]) == 0
+    assert "spacing_z" in capsys.readouterr().out
+    assert pd.read_csv(probe_csv)["size_z"].tolist() == [18, 18]

@@ -5,6 +5,7 @@ Examples::
     drasclr manifest validate cohort/manifest.csv --card cohort/dataset_card.yaml
     drasclr manifest validate cohort/manifest.csv --check-scans   # also open every scan
     drasclr manifest scan /data/scans -o cohort/manifest.csv --pattern "*_ct.nii.gz"
+    drasclr manifest probe /data/scans        # header-only size/spacing table
 """
 
 from __future__ import annotations
@@ -49,6 +50,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     scan.add_argument("--include-masks", action="store_true",
                       help="keep files named like masks/labels/segmentations (skipped by default)")
     scan.set_defaults(func=run_scan)
+
+    probe = sub.add_parser(
+        "probe",
+        help="header-only geometry (size, spacing) of every scan of a manifest or folder",
+        description="Reads only the headers (no pixel data): a quick look at slice counts and "
+        "thickness across a cohort. Exit code 1 when a header cannot be read.",
+    )
+    probe.add_argument("source", help="manifest CSV or folder of scans")
+    probe.add_argument("-o", "--output", default=None, help="also write the table as CSV")
+    probe.set_defaults(func=run_probe)
 
     parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
 
@@ -96,3 +107,34 @@ def run_scan(args: argparse.Namespace) -> int:
     print(f"wrote {out}: {len(manifest)} scans ({n_dicom} DICOM folders). Add label columns "
           "and check it with: drasclr manifest validate " + str(out))
     return 0
+
+
+def run_probe(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from drasclr_toolkit.data.manifest import (
+        Manifest,
+        ManifestError,
+        _atomic_write_text,
+        probe_headers,
+        scan_folder,
+    )
+
+    source = Path(args.source)
+    try:
+        manifest = scan_folder(source) if source.is_dir() else Manifest.load(source)
+    except ManifestError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    table = probe_headers(manifest)
+    with_errors = table[table["error"].notna()]
+    shown = table.drop(columns=["error"])
+    print(shown.to_string(index=False))
+    for row in with_errors.itertuples():
+        print(f"error: {row.error}", file=sys.stderr)
+    if args.output:
+        out = Path(args.output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write_text(out, table.to_csv(index=False))
+        print(f"wrote {out}")
+    return 1 if len(with_errors) else 0
