@@ -61,6 +61,7 @@ class PretrainConfig:
     amp: bool = True                      # bf16 autocast on CUDA (no effect on CPU)
     channels_last: bool = False           # channels_last_3d memory format on CUDA
     compile: bool = False                 # torch.compile the query and key encoders
+    cpu_threads: int | None = None        # torch threads on CPU (None: torch's default)
     seed: int = 0
     checkpoint_every: int = 500           # steps; also written at the end of every epoch
     keep_epoch_checkpoints: bool = True   # small encoder-only file per epoch
@@ -140,6 +141,7 @@ class PretrainConfig:
         need(self.num_experts >= 1, "num_experts", "must be >= 1")
         need(self.conditioning in CONDITIONINGS, "conditioning", f"must be one of {CONDITIONINGS}")
         need(self.num_workers >= 0, "num_workers", "must be >= 0")
+        need(self.cpu_threads is None or self.cpu_threads >= 1, "cpu_threads", "must be >= 1 or null")
         need(self.checkpoint_every >= 1, "checkpoint_every", "must be >= 1")
         need(self.log_every >= 1, "log_every", "must be >= 1")
         need(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),

@@ -356,6 +356,9 @@ class PretrainRun:
             self.device = torch.device("cuda", self.dist.local_rank)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
+        elif cfg.cpu_threads:
+            # On a shared or small machine, fewer threads than cores is often much faster.
+            torch.set_num_threads(cfg.cpu_threads)
         self.sampler = LocationBatchSampler(len(source.subject_ids), len(source.landmarks),
                                             cfg.batch_size, seed=cfg.seed, rank=self.dist.rank,
                                             world_size=self.dist.world_size)

@@ -13,6 +13,8 @@ way to train on patches you cut yourself, and a quick way to hold a small store 
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -108,6 +110,28 @@ class ArrayPatchSource:
     def read_subject(self, subject: int | str) -> np.ndarray:
         """All patches (L, P, P, P) int16 of one subject (index or id)."""
         return self.patches[self._subject_index(subject)]
+
+    def save(self, path: str | Path) -> Path:
+        """Write the source to one ``.npz`` file (atomically), readable by :meth:`load` and
+        by ``drasclr pretrain --store file.npz``."""
+        path = Path(path)
+        tmp = path.with_name(f".{path.stem}.tmp.npz")
+        np.savez(tmp, patches=self.patches, landmarks=self.landmarks, neighbors=self.neighbors,
+                 lung_fraction=self.lung_fraction, subject_ids=np.asarray(self.subject_ids))
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ArrayPatchSource":
+        """Read a source written by :meth:`save`."""
+        path = Path(path)
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                return cls(data["patches"], data["landmarks"], [str(s) for s in data["subject_ids"]],
+                           neighbors=data["neighbors"], lung_fraction=data["lung_fraction"])
+        except KeyError as exc:
+            raise ValueError(f"{path}: field {exc} missing; write the file with "
+                             "ArrayPatchSource.save") from None
 
     @classmethod
     def from_source(cls, source: Any, subjects: Sequence[int] | None = None,

@@ -1,0 +1,73 @@
+"""``drasclr pretrain``: DrasCLR self-supervised pretraining on a patch store.
+
+Examples::
+
+    drasclr pretrain --store work/preprocess/patches --config tiny --out work/pretrain
+    torchrun --nproc_per_node=4 -m drasclr_toolkit.cli.main pretrain \\
+        --store /data/patches --config gpu --out runs/drasclr
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+def open_patch_source(path: str | Path) -> Any:
+    """A ``.npz`` file written by ArrayPatchSource.save, or a PatchStore folder."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"patch store {path} does not exist; run `drasclr preprocess` "
+                                "first or pass the folder it wrote")
+    if path.suffix == ".npz":
+        from drasclr_toolkit.train.sources import ArrayPatchSource
+
+        return ArrayPatchSource.load(path)
+    try:
+        from drasclr_toolkit.preprocess.store import PatchStore
+    except ImportError as exc:
+        raise RuntimeError(f"cannot open {path}: the PatchStore reader is unavailable ({exc})") from exc
+    open_fn = getattr(PatchStore, "open", None)
+    return open_fn(path) if callable(open_fn) else PatchStore(path)
+
+
+def _overrides(pairs: list[str]) -> dict[str, Any]:
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise SystemExit(f"--set expects KEY=VALUE, got {pair!r}")
+        key, value = pair.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from drasclr_toolkit.config import load_config
+    from drasclr_toolkit.train import PretrainConfig, pretrain
+
+    section = load_config(args.config).get("pretrain", {})
+    section.update(_overrides(args.set or []))
+    config = PretrainConfig.from_dict(section)
+    source = open_patch_source(args.store)
+    path = pretrain(source, config, args.out, resume=not args.restart,
+                    stop_after_steps=args.stop_after_steps)
+    print(f"checkpoint: {path}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("pretrain", help="DrasCLR self-supervised pretraining",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--store", required=True, help="patch store folder (or ArrayPatchSource .npz)")
+    p.add_argument("--config", default="tiny", help="packaged name (tiny, gpu) or YAML file; "
+                   "its `pretrain:` section is used")
+    p.add_argument("--out", required=True, help="run folder (checkpoints, metrics.jsonl)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a pretrain option, e.g. --set max_steps=100 (repeatable)")
+    p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in --out")
+    p.add_argument("--stop-after-steps", type=int, default=None,
+                   help="stop after this many steps in all (resume later with the same command)")
+    p.set_defaults(func=run)
