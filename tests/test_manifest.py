@@ -88,6 +88,21 @@ def test_load_valid_manifest(cohort):
         m.labels(["nope"])
 
 
+def test_card_path_columns_are_resolved_and_saved_relative(tmp_path):
+    small_ct(tmp_path / "img" / "a.nii.gz")
+    small_ct(tmp_path / "img" / "a_exp.nii.gz")
+    write_csv(tmp_path / "m.csv", [{"subject_id": "a", "image": "img/a.nii.gz",
+                                    "expiratory": "img/a_exp.nii.gz", "fev1_pp": 80}])
+    card = {"columns": {"expiratory": {"dtype": "path", "role": "other",
+                                       "description": "expiratory CT"}}}
+    m = Manifest.from_dataframe(pd.read_csv(tmp_path / "m.csv"), base_dir=tmp_path, card=card)
+    assert m.table.loc[0, "expiratory"] == str(tmp_path / "img" / "a_exp.nii.gz")
+    assert m.label_columns() == ["fev1_pp"]
+    m.save(tmp_path / "saved.csv")
+    saved = pd.read_csv(tmp_path / "saved.csv")
+    assert saved.loc[0, "expiratory"] == "img/a_exp.nii.gz"
+
+
 def test_save_round_trip_with_relative_paths(cohort, tmp_path):
     m = Manifest.load(cohort)
     out = tmp_path / "copy" / "manifest.csv"

@@ -656,7 +656,8 @@ class Manifest:
         skip_roles = {"id", "image", "mask"}
         return [c for c in self.table.columns
                 if c not in ("subject_id", *PATH_COLUMNS)
-                and (rules.get(c) is None or rules[c].role not in skip_roles)]
+                and (rules.get(c) is None
+                     or (rules[c].role not in skip_roles and rules[c].dtype != "path"))]
 
     def labels(self, columns: Sequence[str] | None = None) -> pd.DataFrame:
         """Label table indexed by subject_id (missing labels are NaN).
@@ -716,7 +717,10 @@ class Manifest:
         csv_path.parent.mkdir(parents=True, exist_ok=True)
         table = self.table.copy()
         base = csv_path.parent.resolve()
-        for col in PATH_COLUMNS:
+        rules = _card_rules(self.card, [])
+        path_columns = [c for c in table.columns
+                        if c in PATH_COLUMNS or (c in rules and rules[c].dtype == "path")]
+        for col in path_columns:
             if col in table.columns:
                 table[col] = table[col].map(lambda v: _path_text(v, base, relative_paths))
         _atomic_write_text(csv_path, table.to_csv(index=False, lineterminator="\n"))
