@@ -197,6 +197,11 @@ def test_missing_required_column_and_bad_files(tmp_path):
     bad_card.write_text("columns: [unclosed\n")
     with pytest.raises(ManifestError, match="not valid YAML"):
         Manifest.load(csv, card_path=bad_card)
+    # a file of an unsupported format is caught before any stage tries to read it
+    (tmp_path / "scan.png").write_bytes(b"\x89PNG....")
+    csv3 = write_csv(tmp_path / "m3.csv", [{"subject_id": "a", "image": "scan.png"}])
+    with pytest.raises(ManifestError, match="not a supported scan file"):
+        Manifest.load(csv3)
     # paths are not checked when asked not to
     csv2 = write_csv(tmp_path / "m2.csv", [{"subject_id": "a", "image": "later.nii.gz"}])
     assert Manifest.load(csv2, check_files=False).image_path("a") == tmp_path / "later.nii.gz"

@@ -13,7 +13,15 @@ import importlib.util
 from typing import Any
 
 from .ct import CTChecks, CTImage, CTLoadError, CTLoadWarning, list_dicom_series, load_ct
-from .manifest import ColumnRule, Manifest, ManifestError, ManifestProblem, scan_folder
+from .manifest import (
+    ColumnRule,
+    Manifest,
+    ManifestError,
+    ManifestProblem,
+    check_scans,
+    probe_headers,
+    scan_folder,
+)
 
 __all__ = [
     "CTChecks",
@@ -24,8 +32,10 @@ __all__ = [
     "Manifest",
     "ManifestError",
     "ManifestProblem",
+    "check_scans",
     "list_dicom_series",
     "load_ct",
+    "probe_headers",
     "scan_folder",
 ]
 

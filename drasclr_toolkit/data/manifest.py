@@ -37,7 +37,13 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from .ct import IMAGE_SUFFIXES, _has_dicom_files, _strip_image_suffix
+from .ct import (
+    IMAGE_SUFFIXES,
+    _has_dicom_files,
+    _is_dicom_file,
+    _strip_image_suffix,
+    is_image_file,
+)
 
 __all__ = [
     "ColumnRule",
@@ -344,6 +350,10 @@ def _parse_cells(
             if check_files and not p.exists():
                 bad(i, text, f"file not found (looked for {p}); fix the path (relative paths are "
                              "relative to the manifest's folder) or remove the row")
+            elif (check_files and rule.role in ("image", "mask") and p.is_file()
+                  and not is_image_file(p) and not _is_dicom_file(p)):
+                bad(i, text, "is not a supported scan file; give a NIfTI (.nii, .nii.gz), NRRD, "
+                             "MHA/MHD file or a DICOM series folder (convert other formats)")
             out.append(str(p))
         elif rule.dtype in ("float", "int"):
             try:
