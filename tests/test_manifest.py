@@ -339,11 +339,15 @@ def test_check_scans_isolates_failures(tmp_path):
     small_ct(tmp_path / "good.nii.gz")
     img = sitk.GetImageFromArray(np.full((18, 8, 8), 500, np.int16))  # no air: not HU
     sitk.WriteImage(img, str(tmp_path / "bad.nrrd"))
-    m = Manifest.from_dataframe(pd.DataFrame({"subject_id": ["g", "b"],
-                                              "image": ["good.nii.gz", "bad.nrrd"]}),
+    thick = sitk.ReadImage(str(tmp_path / "good.nii.gz"))
+    thick.SetSpacing((1.0, 1.0, 7.0))
+    sitk.WriteImage(thick, str(tmp_path / "thick.mha"))
+    m = Manifest.from_dataframe(pd.DataFrame({"subject_id": ["g", "b", "t"],
+                                              "image": ["good.nii.gz", "bad.nrrd", "thick.mha"]}),
                                 base_dir=tmp_path)
     report = check_scans(m)
-    assert report["status"].tolist() == ["ok", "error"]
+    assert report["status"].tolist() == ["ok", "error", "warning"]
+    assert report.loc[2, "field"] == "slice thickness" and "7 mm" in report.loc[2, "message"]
     assert report.loc[1, "field"] == "intensity (Hounsfield units)"
     assert "'b'" in report.loc[1, "message"] and report.loc[0, "shape"] == (18, 12, 12)
 
