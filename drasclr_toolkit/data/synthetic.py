@@ -300,30 +300,31 @@ def _draw_params(index: int, cfg: SyntheticConfig, template: _Template,
     scale = iso * (1.0 + rng.uniform(-0.03, 0.03, 3))
     A = _rotation(rot) @ np.diag(scale)
     t = rng.uniform(-cfg.max_translation_mm, cfg.max_translation_mm, 3) * s
-    # smooth non-affine displacement (template mm), at most 0.8 mm per component
+    # smooth non-affine displacement (template mm), at most 0.6 mm per component
     warp = []
     for _ in range(3):
-        amp = rng.uniform(0.3, 0.8) * min(1.0, s * 1.5)
+        amp = rng.uniform(0.2, 0.6) * min(1.0, s * 1.5)
         wav = rng.uniform(150.0, 300.0, 3) * s
         phase = rng.uniform(0, 2 * np.pi, 3)
         warp.append((float(amp), tuple(2 * np.pi / wav), tuple(phase)))
     an = template.anatomy
     anatomy = replace(
         an,
-        dome_r=an.dome_r + rng.uniform(-4, 4) * s, dome_l=an.dome_l + rng.uniform(-4, 4) * s,
-        apex_top_r=an.apex_top_r + rng.uniform(-3, 3) * s,
-        apex_top_l=an.apex_top_l + rng.uniform(-3, 3) * s,
-        heart_a=an.heart_a * rng.uniform(0.96, 1.04), heart_b=an.heart_b * rng.uniform(0.96, 1.04),
-        heart_c=an.heart_c * rng.uniform(0.96, 1.04),
+        dome_r=an.dome_r + rng.uniform(-2, 2) * s, dome_l=an.dome_l + rng.uniform(-2, 2) * s,
+        apex_top_r=an.apex_top_r + rng.uniform(-2, 2) * s,
+        apex_top_l=an.apex_top_l + rng.uniform(-2, 2) * s,
+        heart_a=an.heart_a * rng.uniform(0.98, 1.02), heart_b=an.heart_b * rng.uniform(0.98, 1.02),
+        heart_c=an.heart_c * rng.uniform(0.98, 1.02),
     )
     healthy = bool(rng.uniform() < cfg.healthy_fraction)
     sev = {}
+    # each pattern present in about half of the subjects, mild more often than severe
     for name in ("centrilobular", "paraseptal", "panlobular", "airway"):
-        present = rng.uniform() >= 0.35
-        value = rng.uniform(0.05, 1.0)
+        present = rng.uniform() < 0.5
+        value = 0.05 + 0.95 * rng.uniform() ** 1.5
         sev[name] = 0.0 if (healthy or not present) else float(value)
-    sad = rng.uniform(0.0, 0.8)
-    sev["small_airway"] = 0.0 if healthy else float(sad)
+    present, value = rng.uniform() < 0.6, rng.uniform(0.0, 0.8)
+    sev["small_airway"] = 0.0 if (healthy or not present) else float(value)
     k = int(rng.integers(len(SCANNERS)))
     name, noise, blur, thick, offset = SCANNERS[k]
     nuisance = {
@@ -352,9 +353,9 @@ def _clinical(sev: Mapping[str, float], noise: Mapping[str, float], pct_emphysem
     """
     c, p, pl, aw, sad = (sev["centrilobular"], sev["paraseptal"], sev["panlobular"],
                          sev["airway"], sev["small_airway"])
-    fev1 = 102.0 + 7.0 * noise["fev1"] - 30 * c - 8 * p - 42 * pl - 28 * aw - 18 * sad
+    fev1 = 102.0 + 7.0 * noise["fev1"] - 34 * c - 8 * p - 44 * pl - 32 * aw - 20 * sad
     fev1 = float(np.clip(fev1, 12.0, 140.0))
-    ratio = 0.80 + 0.03 * noise["ratio"] - 0.17 * c - 0.04 * p - 0.24 * pl - 0.12 * aw - 0.10 * sad
+    ratio = 0.80 + 0.03 * noise["ratio"] - 0.17 * c - 0.04 * p - 0.22 * pl - 0.10 * aw - 0.09 * sad
     ratio = float(np.clip(ratio, 0.25, 0.95))
     fev1, ratio = round(fev1, 1), round(ratio, 3)
     gold = gold_stage(fev1, ratio)
