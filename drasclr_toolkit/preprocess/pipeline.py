@@ -1,0 +1,462 @@
+"""The preprocessing chain for one scan and for a cohort.
+
+``preprocess_subject``: resample to ``spacing`` mm → segment lungs → register the lung
+mask affinely to the atlas → map the atlas landmarks into the subject → cut a P³ patch at
+each (HU clipped to [-1024, 240], -1024 outside the scan). The scan itself is never warped.
+
+``run_preprocessing``: the same over a manifest, in worker processes, into a
+:class:`~drasclr_toolkit.preprocess.store.PatchStore`; finished subjects are skipped (so a
+killed run resumes), a failing subject is recorded with its reason and the rest go on,
+``shard=(i, n)`` takes every n-th subject so n jobs can share a cohort.
+
+Example:
+    >>> from drasclr_toolkit.data import load_ct
+    >>> res = preprocess_subject(load_ct("scan.nii.gz"), atlas)   # doctest: +SKIP
+    >>> res.patches.shape                                          # doctest: +SKIP
+    (581, 32, 32, 32)
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import logging
+import multiprocessing as mp
+import os
+import time
+import traceback
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from .atlas import Atlas
+from .lungmask import LungSegConfig, segment_lungs
+from .patches import (
+    crop_patches,
+    map_landmarks,
+    patch_fractions,
+    sample_patches_affine,
+)
+from .registration import RegistrationConfig, register_affine, transform_to_dict
+from .resample import HU_MAX, HU_MIN, as_sitk, resample_isotropic, resample_like, to_lps
+from .store import PatchStore
+
+__all__ = [
+    "PreprocessConfig",
+    "SubjectResult",
+    "build_default_atlas",
+    "preprocess_subject",
+    "run_preprocessing",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """Settings of the preprocess stage (the ``preprocess:`` section of a config YAML).
+
+    Example:
+        >>> cfg = PreprocessConfig.from_dict({"spacing": 2.0, "registration": {"iterations": 50}})
+        >>> cfg.spacing, cfg.registration.iterations
+        (2.0, 50)
+    """
+
+    spacing: float = 1.0  # isotropic voxel size (mm) of the patches' grid
+    interpolator: str = "bspline"  # "bspline" (reference) or "linear" (faster)
+    hu_min: int = HU_MIN
+    hu_max: int = HU_MAX
+    patch_size: int = 32
+    step: int = 26  # atlas landmark grid step (voxels); used when building an atlas
+    min_lung_fraction: float = 0.1  # atlas patch kept above this lung fraction
+    neighbors_k: int = 2
+    patch_sampling: str = "axis_aligned"  # or "affine" (see patches.py)
+    half_lung: float = 0.5  # QC: a patch "has lung" at or above this lung fraction
+    min_dice: float = 0.6  # QC flag: registration Dice below this is suspect
+    threads: int = 0  # SimpleITK threads per worker; 0 = cores / jobs
+    segmentation: LungSegConfig = field(default_factory=LungSegConfig)
+    registration: RegistrationConfig = field(default_factory=RegistrationConfig)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> "PreprocessConfig":
+        d = dict(d or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(
+                f"preprocess config: unknown key(s) {unknown}; allowed keys are {sorted(known)}. "
+                "Fix the spelling in the preprocess: section of your config."
+            )
+        if "segmentation" in d and not isinstance(d["segmentation"], LungSegConfig):
+            d["segmentation"] = LungSegConfig.from_dict(d["segmentation"])
+        if "registration" in d and not isinstance(d["registration"], RegistrationConfig):
+            d["registration"] = RegistrationConfig.from_dict(d["registration"])
+        if d.get("patch_sampling", "axis_aligned") not in ("axis_aligned", "affine"):
+            raise ValueError("preprocess.patch_sampling must be 'axis_aligned' or 'affine'")
+        return cls(**d)
+
+    @classmethod
+    def from_yaml(cls, path_or_name: str | os.PathLike) -> "PreprocessConfig":
+        """Read the ``preprocess:`` section of a config file or a packaged config name."""
+        import yaml
+
+        p = Path(path_or_name)
+        if not p.exists():
+            p = Path(__file__).resolve().parent.parent / "configs" / f"{path_or_name}.yaml"
+        if not p.exists():
+            raise FileNotFoundError(
+                f"config {path_or_name!r} not found (a YAML path, or a packaged name: tiny, gpu)"
+            )
+        return cls.from_dict((yaml.safe_load(p.read_text()) or {}).get("preprocess") or {})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(eq=False)
+class SubjectResult:
+    """Everything ``preprocess_subject`` found for one scan.
+
+    ``patches`` (L, P, P, P) int16 HU in (z, y, x) order; ``corners`` (L, 3) int subject
+    patch corners (x, y, z) in ``image``'s grid; ``centres_mm`` (L, 3) LPS mm;
+    ``lung_fraction`` (L,); ``in_scan`` (L,) bool: centre inside the scanned box;
+    ``transform`` atlas→subject affine; ``qc`` figures; ``image``/``mask`` the resampled
+    scan and its lung mask (kept for pictures, not stored).
+    """
+
+    subject_id: str | None
+    patches: np.ndarray
+    corners: np.ndarray
+    centres_mm: np.ndarray
+    lung_fraction: np.ndarray
+    in_scan: np.ndarray
+    transform: sitk.AffineTransform
+    qc: dict[str, Any]
+    image: sitk.Image | None = None
+    mask: sitk.Image | None = None
+
+    def record(self) -> dict[str, Any]:
+        """JSON record of the subject (what the store keeps beside the arrays)."""
+        return {
+            "subject_id": self.subject_id,
+            "status": "ok",
+            "transform": transform_to_dict(self.transform),
+            "centres_mm": np.round(self.centres_mm, 3).tolist(),
+            "in_scan": self.in_scan.astype(int).tolist(),
+            "qc": self.qc,
+        }
+
+
+def _resolve(config: PreprocessConfig | Mapping[str, Any] | None) -> PreprocessConfig:
+    return config if isinstance(config, PreprocessConfig) else PreprocessConfig.from_dict(config)
+
+
+def preprocess_subject(
+    ct: Any,
+    atlas: Atlas,
+    config: PreprocessConfig | Mapping[str, Any] | None = None,
+    lung_mask: Any | None = None,
+    keep_images: bool = True,
+) -> SubjectResult:
+    """Whole chain for one scan (see module docstring); ``ct`` is a CTImage or sitk image.
+
+    ``lung_mask`` (optional, any grid) skips segmentation. The atlas grid spacing must equal
+    ``config.spacing`` so that a patch covers the same millimetres in atlas and subject.
+
+    Example:
+        >>> res = preprocess_subject(ct, atlas, {"spacing": 2.0})   # doctest: +SKIP
+        >>> res.qc["dice"], res.qc["frac_lung_patches"]              # doctest: +SKIP
+        (0.93, 0.97)
+    """
+    cfg = _resolve(config)
+    sid = getattr(ct, "subject_id", None)
+    if not np.isclose(atlas.spacing, cfg.spacing, rtol=1e-3):
+        raise ValueError(
+            f"subject {sid!r}: atlas grid is {atlas.spacing:g} mm but preprocess.spacing is "
+            f"{cfg.spacing:g} mm; build the atlas at the same spacing (build_default_atlas) "
+            "or change preprocess.spacing"
+        )
+    if atlas.patch_size != cfg.patch_size:
+        raise ValueError(
+            f"atlas patch size {atlas.patch_size} differs from preprocess.patch_size {cfg.patch_size}"
+        )
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    image = resample_isotropic(ct, cfg.spacing, cfg.interpolator)
+    timings["resample_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    if lung_mask is None:
+        mask, seg_info = segment_lungs(image, cfg.segmentation)
+    else:
+        mask = sitk.Cast(resample_like(to_lps(as_sitk(lung_mask)), image, "nearest", 0), sitk.sitkUInt8)
+        seg_info = {"backend": "given", "flags": []}
+        arr = sitk.GetArrayViewFromImage(mask)
+        seg_info["lung_volume_ml"] = float((arr > 0).sum() * cfg.spacing**3 / 1000)
+    timings["segment_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    reg = register_affine(mask, atlas.mask, cfg.registration)
+    timings["register_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    mapped = map_landmarks(atlas.mask, atlas.landmarks, atlas.patch_size, reg.transform, image)
+    corners = mapped["corners"]
+    arr = sitk.GetArrayViewFromImage(image)
+    if cfg.patch_sampling == "affine":
+        patches = sample_patches_affine(image, atlas.mask, atlas.landmarks, atlas.patch_size, reg.transform)
+        lung = sample_patches_affine(
+            sitk.Cast(mask > 0, sitk.sitkInt16), atlas.mask, atlas.landmarks, atlas.patch_size,
+            reg.transform, fill=0, interpolator=sitk.sitkNearestNeighbor,
+        )
+        lung_fraction = (lung > 0).reshape(len(lung), -1).mean(1).astype(np.float32)
+    else:
+        patches = crop_patches(arr, corners, atlas.patch_size, fill=HU_MIN)
+        lung_fraction = patch_fractions(sitk.GetArrayViewFromImage(mask), corners, atlas.patch_size)
+    patches = np.clip(patches, cfg.hu_min, cfg.hu_max).astype(np.int16)
+    size = np.array(image.GetSize())
+    in_scan = np.all((mapped["centres_index"] >= -0.5) & (mapped["centres_index"] <= size - 0.5), axis=1)
+    timings["patches_s"] = time.perf_counter() - t
+
+    has_lung = lung_fraction >= cfg.half_lung
+    qc = {
+        "lung_volume_ml": float(seg_info.get("lung_volume_ml", np.nan)),
+        "right_lung_ml": float(seg_info.get("right_lung_ml", np.nan)),
+        "left_lung_ml": float(seg_info.get("left_lung_ml", np.nan)),
+        "segmentation_flags": list(seg_info.get("flags", [])),
+        "dice": float(reg.qc["dice"]),
+        "dice_init": float(reg.qc.get("dice_init", np.nan)),
+        "atlas_lung_covered": float(reg.qc.get("atlas_lung_covered", np.nan)),
+        "partial_coverage": bool(reg.qc.get("partial_coverage", False)),
+        "n_landmarks": int(len(corners)),
+        "frac_in_scan": float(in_scan.mean()),
+        "frac_lung_patches": float(has_lung.mean()),
+        "frac_lung_patches_in_scan": float(has_lung[in_scan].mean()) if in_scan.any() else 0.0,
+        "frac_any_lung_in_scan": float((lung_fraction[in_scan] > 0).mean()) if in_scan.any() else 0.0,
+        "mean_lung_fraction": float(lung_fraction.mean()),
+        "scan_size": [int(v) for v in image.GetSize()],
+        **timings,
+        "seconds": float(sum(timings.values())),
+    }
+    return SubjectResult(
+        sid, patches, corners, mapped["centres_mm"], lung_fraction, in_scan, reg.transform, qc,
+        image if keep_images else None, mask if keep_images else None,
+    )
+
+
+# ---------------------------------------------------------------------------- atlas helper
+def build_default_atlas(
+    manifest: Any,
+    out_dir: str | os.PathLike,
+    config: PreprocessConfig | Mapping[str, Any] | None = None,
+    reference: str | None = None,
+    progress: bool = False,
+) -> Atlas:
+    """Atlas from the cohort subject with the median lung volume, cached in out_dir/atlas.
+
+    Every subject is resampled to ``spacing`` and segmented (the lung volumes are kept in
+    ``atlas.info["lung_volumes_ml"]``); ``reference`` names the subject to use instead.
+
+    Example:
+        >>> atlas = build_default_atlas(manifest, "work/preprocess")   # doctest: +SKIP
+        >>> atlas.info["reference_subject"]                             # doctest: +SKIP
+        'syn003'
+    """
+    from tqdm.auto import tqdm
+
+    cfg = _resolve(config)
+    cache = Path(out_dir) / "atlas"
+    if (cache / "atlas.json").exists():
+        atlas = Atlas.load(cache)
+        if (reference is None or atlas.info.get("reference_subject") == reference) and np.isclose(
+            atlas.spacing, cfg.spacing
+        ):
+            return atlas
+        raise ValueError(
+            f"{cache} holds an atlas from subject {atlas.info.get('reference_subject')!r} at "
+            f"{atlas.spacing:g} mm; remove it or use another out_dir to build a different one"
+        )
+    manifest = _as_manifest(manifest)
+    load_ct = _load_ct_fn()
+    volumes: dict[str, float] = {}
+    if reference is None:
+        for sid in tqdm(list(manifest.subject_ids), desc="lung volumes", disable=not progress):
+            try:
+                img = resample_isotropic(load_ct(manifest.image_path(sid), subject_id=sid), cfg.spacing, "linear")
+                _, info = segment_lungs(img, cfg.segmentation)
+                volumes[sid] = info["lung_volume_ml"]
+            except Exception as exc:  # a bad scan is not a reference; go on
+                log.warning("atlas: subject %s skipped (%s)", sid, exc)
+        if not volumes:
+            raise RuntimeError("no subject of the manifest could be segmented; cannot build an atlas")
+        vols = np.array(list(volumes.values()))
+        # The subject closest to the median (ties: manifest order) is the reference.
+        reference = list(volumes)[int(np.argmin(np.abs(vols - np.median(vols))))]
+    ct = load_ct(manifest.image_path(reference), subject_id=reference)
+    atlas = Atlas.from_reference(
+        ct, None, cfg.patch_size, cfg.step, cfg.min_lung_fraction, cfg.spacing, cfg.interpolator
+    )
+    atlas.info["reference_subject"] = reference
+    atlas.info["lung_volumes_ml"] = volumes
+    atlas.save(cache)
+    return atlas
+
+
+# ---------------------------------------------------------------------------- cohort
+def _as_manifest(manifest: Any) -> Any:
+    if isinstance(manifest, (str, os.PathLike)):
+        from drasclr_toolkit.data import Manifest
+
+        return Manifest.load(manifest, check_files=False)
+    return manifest
+
+
+def _load_ct_fn():
+    from drasclr_toolkit.data import load_ct
+
+    return load_ct
+
+
+def _lung_mask_path(manifest: Any, sid: str) -> str | None:
+    table = getattr(manifest, "table", None)
+    if table is None or "lung_mask" not in table.columns:
+        return None
+    row = table.loc[table["subject_id"].astype(str) == sid, "lung_mask"]
+    if len(row) == 0:
+        return None
+    v = row.iloc[0]
+    if v is None or (isinstance(v, float) and np.isnan(v)) or str(v).strip() == "":
+        return None
+    return str(v)
+
+
+def _work_one(
+    store_path: str, sid: str, image_path: str, mask_path: str | None, cfg_dict: dict, threads: int
+) -> tuple[str, str, str]:
+    """Worker: one subject into the store. Returns (sid, status, reason)."""
+    if threads > 0:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+    stage = "load"
+    store = PatchStore(store_path)
+    try:
+        cfg = PreprocessConfig.from_dict(cfg_dict)
+        load_ct = _load_ct_fn()
+        ct = load_ct(image_path, subject_id=sid)
+        lung_mask = sitk.ReadImage(mask_path) if mask_path else None
+        stage = "preprocess"
+        res = preprocess_subject(ct, store.atlas, cfg, lung_mask=lung_mask, keep_images=False)
+        res.subject_id = sid
+        stage = "write"
+        store.write_subject(sid, res.patches, res.lung_fraction, res.corners, res.record())
+        return sid, "ok", ""
+    except Exception as exc:
+        reason = f"{type(exc).__name__}: {exc}"
+        log.warning("subject %s failed at %s: %s", sid, stage, reason)
+        log.debug("%s", traceback.format_exc())
+        store.write_failure(sid, reason, stage)
+        return sid, "failed", reason
+
+
+def run_preprocessing(
+    manifest: Any,
+    atlas: Atlas | str | os.PathLike | None,
+    out_dir: str | os.PathLike,
+    config: PreprocessConfig | Mapping[str, Any] | None = None,
+    n_jobs: int = 1,
+    shard: tuple[int, int] = (0, 1),
+    progress: bool = True,
+    retry_failed: bool = True,
+) -> PatchStore:
+    """Preprocess a cohort into ``out_dir`` (a PatchStore); resumable and shardable.
+
+    ``atlas``: an Atlas, an atlas directory, or None for the default (median lung volume
+    subject, built and cached in out_dir/atlas). ``shard=(i, n)`` processes the subjects
+    whose manifest position p has p % n == i. Failures are recorded in
+    out_dir/failures/<sid>.json and in the QC table (out_dir/qc.csv); with
+    ``retry_failed`` they are tried again on the next run.
+
+    Example:
+        >>> store = run_preprocessing("cohort/manifest.csv", None, "work/pre", n_jobs=2)  # doctest: +SKIP
+        >>> len(store.subject_ids)                                                       # doctest: +SKIP
+        12
+    """
+    from tqdm.auto import tqdm
+
+    from .qc import qc_table
+
+    cfg = _resolve(config)
+    out = Path(out_dir)
+    manifest = _as_manifest(manifest)
+    i, n = (int(v) for v in shard)
+    if not (n >= 1 and 0 <= i < n):
+        raise ValueError(f"shard must be (i, n) with 0 <= i < n, got {shard}")
+    if atlas is None:
+        atlas = build_default_atlas(manifest, out, cfg, progress=progress)
+    elif not isinstance(atlas, Atlas):
+        atlas = Atlas.load(atlas)
+    sids = [str(s) for s in manifest.subject_ids]
+    store = PatchStore.create(out, sids, atlas, neighbors_k=cfg.neighbors_k)
+    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1, default=str))
+
+    todo = []
+    for pos, sid in enumerate(sids):
+        if pos % n != i or store.is_done(sid):
+            continue
+        if not retry_failed and (out / "failures" / f"{sid}.json").exists():
+            continue
+        todo.append(sid)
+
+    cfg_dict = cfg.to_dict()
+    threads = cfg.threads or max(1, (os.cpu_count() or 1) // max(1, n_jobs))
+    jobs = []
+    for sid in todo:
+        try:
+            image_path = str(manifest.image_path(sid))
+        except Exception as exc:
+            store.write_failure(sid, f"{type(exc).__name__}: {exc}", "manifest")
+            continue
+        jobs.append((str(out), sid, image_path, _lung_mask_path(manifest, sid), cfg_dict, threads))
+
+    bar = tqdm(total=len(jobs), desc=f"preprocess shard {i}/{n}", disable=not progress, unit="scan")
+    if n_jobs <= 1:
+        for job in jobs:
+            sid, status, _ = _work_one(*job)
+            bar.update(1)
+            bar.set_postfix_str(f"{sid} {status}")
+    else:
+        _run_pool(jobs, n_jobs, store, bar)
+    bar.close()
+    store.refresh()
+    qc_table(store, min_dice=cfg.min_dice, half_lung=cfg.half_lung, write=True)
+    return store
+
+
+def _run_pool(jobs: list[tuple], n_jobs: int, store: PatchStore, bar: Any) -> None:
+    """Run jobs in spawned worker processes; a crashed worker fails only its subject."""
+    pending = list(jobs)
+    ctx = mp.get_context("spawn")  # fork after SimpleITK has started threads can deadlock
+    while pending:
+        with cf.ProcessPoolExecutor(max_workers=n_jobs, mp_context=ctx) as pool:
+            futures = {pool.submit(_work_one, *job): job for job in pending}
+            pending = []
+            broken = False
+            for fut in cf.as_completed(futures):
+                job = futures[fut]
+                try:
+                    sid, status, _ = fut.result()
+                    bar.update(1)
+                    bar.set_postfix_str(f"{sid} {status}")
+                except cf.process.BrokenProcessPool:
+                    if not broken:
+                        # The first broken future's subject is blamed; others are retried.
+                        broken = True
+                        store.write_failure(job[1], "worker process died (out of memory?)", "worker")
+                        bar.update(1)
+                    else:
+                        pending.append(job)
+                except Exception as exc:  # pragma: no cover - _work_one catches its own
+                    store.write_failure(job[1], f"{type(exc).__name__}: {exc}", "worker")
+                    bar.update(1)
