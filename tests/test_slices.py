@@ -34,10 +34,14 @@ def test_slice_figure_cuts_planes_in_millimetres(volume):
 def test_overlay_is_transparent_outside_labels(volume):
     vol, labels = volume
     fig = slice_figure(vol, overlay=labels, indices={"axial": 7})
-    overlay = np.asarray(fig.data[1].z, dtype=float)
-    assert fig.data[1].name == "axial overlay"
-    assert np.isnan(overlay[labels[7] == 0]).all()
-    assert (overlay[labels[7] == 1] == 1).all()
+    trace = fig.data[1]
+    overlay = np.asarray(trace.z)
+    assert trace.name == "axial overlay"
+    np.testing.assert_array_equal(overlay, labels[7])
+    # label 0 falls in the first colour band, which is fully transparent
+    span = trace.zmax - trace.zmin
+    band = [c for pos, c in trace.colorscale if pos <= (0 - trace.zmin) / span]
+    assert band and all(c == "rgba(0,0,0,0)" for c in band)
 
 
 def test_large_slices_are_subsampled(volume):

@@ -82,21 +82,20 @@ def _stride(shape: tuple[int, int], max_pixels: int) -> int:
     return max(1, int(np.ceil(max(shape) / max_pixels)))
 
 
-def _overlay_image(labels: np.ndarray) -> np.ndarray:
-    out = labels.astype(np.float32)
-    out[labels == 0] = np.nan  # transparent where there is no label
-    return out
-
-
 def _overlay_colorscale(max_label: int) -> list[list]:
-    """A discrete colorscale over label values 1..max_label."""
+    """A discrete colorscale over label values 0..max_label; 0 is fully transparent.
+
+    Transparency lives in the colorscale (not NaN gaps) so the data stays JSON-clean for
+    widgets.
+    """
     max_label = max(max_label, 1)
+    colours = ["rgba(0,0,0,0)"] + [
+        DISEASE_LABELS.get(value, (str(value), "#984ea3"))[1] for value in range(1, max_label + 1)
+    ]
+    n = len(colours)
     scale: list[list] = []
-    for value in range(1, max_label + 1):
-        colour = DISEASE_LABELS.get(value, (str(value), "#984ea3"))[1]
-        lo = (value - 1) / max_label
-        hi = value / max_label
-        scale += [[lo, colour], [hi, colour]]
+    for value, colour in enumerate(colours):
+        scale += [[value / n, colour], [(value + 1) / n, colour]]
     return scale
 
 
@@ -157,8 +156,8 @@ def slice_figure(
         if overlay is not None:
             labels = _cut(np.asarray(overlay), plane, index)[::step, ::step]
             fig.add_trace(
-                go.Heatmap(z=_overlay_image(labels), colorscale=_overlay_colorscale(max_label),
-                           zmin=0.5, zmax=max_label + 0.5, showscale=False,
+                go.Heatmap(z=labels.astype(np.int16), colorscale=_overlay_colorscale(max_label),
+                           zmin=-0.5, zmax=max_label + 0.5, showscale=False,
                            opacity=overlay_opacity, name=f"{name} overlay",
                            hovertemplate="label %{z}<extra></extra>", **geometry),
                 row=1, col=col,
