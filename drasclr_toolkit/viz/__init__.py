@@ -1,1 +1,38 @@
-"""viz stage of drasclr_toolkit."""
+"""Views: 3D landmark clouds and lung surface, patch explorer, embedding scatter, retrieval.
+
+Every view returns a plotly figure (or an ipywidgets box of FigureWidgets) that works in
+JupyterLab and exports to a standalone page with ``fig.write_html(path)``.
+
+Example:
+    >>> import numpy as np
+    >>> from drasclr_toolkit.viz import landmark_cloud
+    >>> fig = landmark_cloud(np.array([[0, 0, 0], [26, 26, 26]]), values=[0.2, 0.8])
+    >>> fig.data[0].type
+    'scatter3d'
+"""
+
+from .explorer import PatchExplorer, patch_explorer
+from .landmarks import landmark_centres, landmark_cloud, landmark_trace, patch_kmeans, patch_pca
+from .retrieval import middle_slice, retrieval_gallery, retrieve_similar
+from .scatter import embedding_scatter, reduce_2d
+from .slices import slice_figure, slice_viewer
+from .surface import lung_surface, surface_mesh
+
+__all__ = [
+    "PatchExplorer",
+    "embedding_scatter",
+    "landmark_centres",
+    "landmark_cloud",
+    "landmark_trace",
+    "lung_surface",
+    "middle_slice",
+    "patch_explorer",
+    "patch_kmeans",
+    "patch_pca",
+    "reduce_2d",
+    "retrieval_gallery",
+    "retrieve_similar",
+    "slice_figure",
+    "slice_viewer",
+    "surface_mesh",
+]

@@ -1,0 +1,176 @@
+"""Linked patch explorer: pick a landmark in 3D (or from a list), see the subject's patch.
+
+Three linked plotly FigureWidgets in an ipywidgets box:
+
+* the landmark cloud in atlas space (click a point to select it),
+* the subject's 32³ patch at the selected landmark in three orthogonal middle slices,
+* when the CT and the subject-space patch corners are known, the CT slice through the
+  patch centre with the patch drawn as a box (otherwise this panel is left out).
+
+Example:
+    >>> from drasclr_toolkit.train.sources import ArrayPatchSource  # doctest: +SKIP
+    >>> ex = patch_explorer(source, subject=0)  # doctest: +SKIP
+    >>> ex                                      # shows the widget in JupyterLab  # doctest: +SKIP
+    >>> ex.select(42)                           # same as clicking landmark 42  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import ipywidgets as widgets
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from .landmarks import landmark_centres, landmark_cloud
+
+__all__ = ["PatchExplorer", "patch_explorer"]
+
+SLICE_NAMES = ("axial", "coronal", "sagittal")
+
+
+def _ct_array(ct: Any) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """(z, y, x) array and (x, y, z) spacing of a CTImage, a SimpleITK image or an array."""
+    if ct is None:
+        return None, (1.0, 1.0, 1.0)
+    if hasattr(ct, "array") and hasattr(ct, "spacing"):  # CTImage
+        return np.asarray(ct.array), tuple(float(s) for s in ct.spacing)
+    if hasattr(ct, "GetSpacing"):
+        import SimpleITK as sitk
+
+        return sitk.GetArrayViewFromImage(ct), tuple(float(s) for s in ct.GetSpacing())
+    return np.asarray(ct), (1.0, 1.0, 1.0)
+
+
+class PatchExplorer(widgets.VBox):
+    """The widget returned by :func:`patch_explorer`; ``select(landmark)`` drives it.
+
+    Attributes: ``cloud`` (FigureWidget, 3D), ``patch_figure`` (FigureWidget, 3 slices),
+    ``ct_figure`` (FigureWidget or None), ``dropdown`` (landmark chooser), ``landmark``
+    (the selected landmark index), ``patches`` (the subject's (L, P, P, P) patches).
+    """
+
+    def __init__(self, source: Any, subject: int | str, ct: Any = None,
+                 subject_corners: np.ndarray | None = None, values: np.ndarray | None = None,
+                 value_name: str = "value", window: tuple[float, float] = (-1024, 240),
+                 landmark: int = 0) -> None:
+        ids = list(source.subject_ids)
+        self.subject_index = subject if isinstance(subject, (int, np.integer)) else ids.index(str(subject))
+        self.subject_id = ids[self.subject_index]
+        self.patches = np.asarray(source.read_subject(int(self.subject_index)))
+        self.landmarks = np.asarray(source.landmarks)
+        self.patch_size = int(source.patch_size)
+        self.window = window
+        lung = np.asarray(source.lung_fraction)[self.subject_index]
+        if values is None:
+            values, value_name = lung, "lung fraction"
+
+        fig = landmark_cloud(self.landmarks, np.asarray(values), lung_fraction=lung,
+                             value_name=value_name, patch_size=self.patch_size,
+                             title=f"{self.subject_id}: click a landmark")
+        centre = landmark_centres(self.landmarks[:1], self.patch_size)
+        fig.add_trace(go.Scatter3d(x=centre[:, 0], y=centre[:, 1], z=centre[:, 2], mode="markers",
+                                   marker=dict(size=10, color="rgba(0,0,0,0)",
+                                               line=dict(color="red", width=4)),
+                                   name="selected", hoverinfo="skip"))
+        self.cloud = go.FigureWidget(fig)
+        self.cloud.data[0].on_click(self._on_click)
+
+        self.patch_figure = go.FigureWidget(make_subplots(rows=1, cols=3,
+                                                          subplot_titles=SLICE_NAMES))
+        for col in range(1, 4):
+            self.patch_figure.add_trace(go.Heatmap(z=[[0]], colorscale="gray", zmin=window[0],
+                                                   zmax=window[1], showscale=col == 3,
+                                                   hovertemplate="HU %{z}<extra></extra>"),
+                                        row=1, col=col)
+            self.patch_figure.update_yaxes(autorange="reversed", scaleanchor=f"x{col}",
+                                           row=1, col=col)
+        self.patch_figure.update_layout(height=300, margin=dict(l=10, r=10, t=60, b=10))
+
+        ct_array, self.ct_spacing = _ct_array(ct)
+        if subject_corners is None and ct_array is not None:
+            getter = getattr(source, "subject_corners", None)
+            subject_corners = getter(self.subject_index) if callable(getter) else None
+        self.ct = ct_array if subject_corners is not None else None
+        self.subject_corners = None if subject_corners is None else np.asarray(subject_corners)
+        self.ct_figure = None
+        if self.ct is not None:
+            self.ct_figure = go.FigureWidget(go.Heatmap(z=[[0]], colorscale="gray",
+                                                        zmin=window[0], zmax=window[1],
+                                                        hovertemplate="HU %{z}<extra></extra>"))
+            self.ct_figure.update_yaxes(autorange="reversed", scaleanchor="x")
+            self.ct_figure.update_layout(height=420, margin=dict(l=10, r=10, t=40, b=10))
+
+        self.dropdown = widgets.Dropdown(options=[(str(i), i) for i in range(len(self.landmarks))],
+                                         value=int(landmark), description="landmark")
+        self.dropdown.observe(lambda change: self._show(int(change["new"])), names="value")
+        views = [self.cloud, self.patch_figure] if self.ct_figure is None else \
+            [self.cloud, widgets.VBox([self.patch_figure, self.ct_figure])]
+        super().__init__([self.dropdown, widgets.HBox(views)])
+        self.landmark = -1
+        self._show(int(landmark))
+
+    def select(self, landmark: int) -> None:
+        """Show ``landmark`` (what choosing it in the list or clicking it does)."""
+        self.dropdown.value = int(landmark)  # observers update the figures
+        if self.landmark != int(landmark):
+            self._show(int(landmark))
+
+    def _on_click(self, trace: Any, points: Any, state: Any) -> None:
+        if points.point_inds:
+            self.select(int(points.point_inds[0]))
+
+    def _show(self, landmark: int) -> None:
+        if not 0 <= landmark < len(self.landmarks):
+            raise IndexError(f"landmark {landmark} out of range 0..{len(self.landmarks) - 1}")
+        self.landmark = landmark
+        patch = self.patches[landmark]  # (z, y, x)
+        half = self.patch_size // 2
+        slices = (patch[half], patch[:, half], patch[:, :, half])
+        with self.patch_figure.batch_update():
+            for trace, image in zip(self.patch_figure.data, slices):
+                trace.z = image
+            self.patch_figure.layout.title = (f"{self.subject_id}, landmark {landmark}: "
+                                              f"{self.patch_size}³ patch")
+        centre = landmark_centres(self.landmarks[landmark:landmark + 1], self.patch_size)
+        with self.cloud.batch_update():
+            marker = self.cloud.data[-1]
+            marker.x, marker.y, marker.z = centre[:, 0], centre[:, 1], centre[:, 2]
+        if self.ct_figure is not None:
+            self._show_ct(landmark)
+
+    def _show_ct(self, landmark: int) -> None:
+        x0, y0, z0 = (int(v) for v in self.subject_corners[landmark])
+        p = self.patch_size
+        z = int(np.clip(z0 + p // 2, 0, self.ct.shape[0] - 1))
+        inside = 0 <= z0 + p // 2 < self.ct.shape[0]
+        with self.ct_figure.batch_update():
+            self.ct_figure.data[0].z = np.asarray(self.ct[z])
+            self.ct_figure.layout.shapes = [dict(type="rect", x0=x0 - 0.5, x1=x0 + p - 0.5,
+                                                 y0=y0 - 0.5, y1=y0 + p - 0.5,
+                                                 line=dict(color="red", width=2))]
+            self.ct_figure.layout.title = (f"axial slice z = {z} (voxel index)"
+                                           + ("" if inside else ": patch centre outside the scan"))
+
+
+def patch_explorer(source: Any, subject: int | str, ct: Any = None, *,
+                   subject_corners: np.ndarray | None = None, values: np.ndarray | None = None,
+                   value_name: str = "value", window: tuple[float, float] = (-1024, 240),
+                   landmark: int = 0) -> PatchExplorer:
+    """Linked view of one subject's patches: 3D landmark cloud ↔ patch slices ↔ CT box.
+
+    Args:
+        source: a patch source (PatchStore, ArrayPatchSource, ...).
+        subject: index or id in ``source``.
+        ct: the subject's CT on the grid the patches were cut from (the 1 mm isotropic
+            image of preprocessing): a CTImage, a SimpleITK image or a (z, y, x) array.
+        subject_corners: (L, 3) patch corners (x, y, z) in that CT's voxel index; taken from
+            ``source.subject_corners(subject)`` when the source offers it. Without CT and
+            corners the CT panel is left out and the patch is shown alone.
+        values: (L,) per-landmark colouring of the cloud (default: the lung fraction).
+        window: HU display range.
+        landmark: the landmark shown first.
+    """
+    return PatchExplorer(source, subject, ct=ct, subject_corners=subject_corners, values=values,
+                         value_name=value_name, window=window, landmark=landmark)

@@ -1,0 +1,240 @@
+"""3D landmark clouds in atlas space, coloured by any per-landmark value.
+
+The colourings are computed by small helpers: :func:`patch_pca` (a principal component of
+the patch embeddings), :func:`patch_kmeans` (a cluster of the patch embeddings); a probe's
+per-patch prediction or the synthetic cohort's ground truth are plain ``(L,)`` or
+``(N, L)`` arrays and go in the same way.
+
+Points sit at the patch centres, ``(corner + (P - 1) / 2) · spacing``, in the atlas voxel
+frame (x grows to the patient's left, y posterior, z superior); with the default spacing of
+1 mm that is atlas millimetres from the atlas corner.
+
+Example:
+    >>> import numpy as np
+    >>> corners = np.array([[0, 0, 0], [26, 0, 0], [0, 26, 26]])
+    >>> fig = landmark_cloud(corners, values=np.array([0.1, 0.5, 0.9]), value_name="PC1")
+    >>> fig.data[0].type, len(fig.data[0].x)
+    ('scatter3d', 3)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.colors import qualitative
+
+from drasclr_toolkit.embed import Embeddings
+
+__all__ = ["landmark_centres", "landmark_cloud", "landmark_trace", "patch_kmeans", "patch_pca",
+           "CATEGORY_COLOURS"]
+
+CATEGORY_COLOURS: tuple[str, ...] = tuple(qualitative.Plotly) + tuple(qualitative.Dark24)
+
+
+def landmark_centres(landmarks: np.ndarray, patch_size: int = 32,
+                     spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> np.ndarray:
+    """(L, 3) patch centres ``(corner + (P - 1) / 2) · spacing`` in (x, y, z) order.
+
+    Example:
+        >>> landmark_centres(np.array([[0, 26, 52]]), 32).tolist()
+        [[15.5, 41.5, 67.5]]
+    """
+    corners = np.asarray(landmarks, dtype=np.float64)
+    if corners.ndim != 2 or corners.shape[1] != 3:
+        raise ValueError(f"landmarks must be (L, 3) corners (x, y, z); got {corners.shape}")
+    return (corners + (patch_size - 1) / 2.0) * np.asarray(spacing, dtype=np.float64)
+
+
+def patch_pca(embeddings: Embeddings, n_components: int = 3,
+              subject: int | str | None = None) -> np.ndarray:
+    """Principal-component scores of every patch embedding.
+
+    One PCA is fitted on all ``N·L`` patches (so colours are comparable across subjects
+    and landmarks). Returns ``(N, L, n_components)``, or ``(L, n_components)`` for one
+    ``subject``. Component signs follow scikit-learn's deterministic convention.
+
+    Example:
+        >>> emb = Embeddings(np.random.default_rng(0).normal(size=(2, 5, 4)), ["a", "b"],
+        ...                  np.zeros((5, 3), int), np.zeros((5, 3)), np.ones((2, 5)))
+        >>> patch_pca(emb, 2).shape, patch_pca(emb, 2, subject="b").shape
+        ((2, 5, 2), (5, 2))
+    """
+    from sklearn.decomposition import PCA
+
+    n, n_loc, dim = embeddings.patch.shape
+    n_components = min(n_components, dim, n * n_loc)
+    scores = PCA(n_components=n_components).fit_transform(
+        embeddings.patch.reshape(n * n_loc, dim)).reshape(n, n_loc, n_components)
+    scores = scores.astype(np.float32)
+    return scores if subject is None else scores[embeddings.subject_index(subject)]
+
+
+def patch_kmeans(embeddings: Embeddings, k: int = 6, seed: int = 0,
+                 subject: int | str | None = None) -> np.ndarray:
+    """k-means cluster of every patch embedding, ``(N, L)`` int (or ``(L,)`` for one subject).
+
+    The vectors are L2-normalised first: contrastive training compares embeddings by
+    cosine, so direction, not length, carries the meaning. Seeded, so colours are stable.
+    """
+    from sklearn.cluster import KMeans
+
+    n, n_loc, dim = embeddings.patch.shape
+    flat = embeddings.patch.reshape(n * n_loc, dim).astype(np.float64)
+    flat = flat / np.maximum(np.linalg.norm(flat, axis=1, keepdims=True), 1e-12)
+    k = min(k, len(flat))
+    labels = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(flat)
+    labels = labels.reshape(n, n_loc).astype(np.int64)
+    return labels if subject is None else labels[embeddings.subject_index(subject)]
+
+
+def _is_categorical(values: np.ndarray) -> bool:
+    return values.dtype.kind in "iub" or values.dtype.kind in "OUS"
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, (float, np.floating)):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def landmark_trace(landmarks: np.ndarray, values: np.ndarray | None = None, *,
+                   lung_fraction: np.ndarray | None = None, value_name: str = "value",
+                   categorical: bool | None = None, patch_size: int = 32,
+                   spacing: Sequence[float] = (1.0, 1.0, 1.0),
+                   landmark_ids: Sequence[int] | None = None, marker_size: float = 4.0,
+                   colorscale: str = "Viridis", cmin: float | None = None,
+                   cmax: float | None = None, name: str = "landmarks",
+                   showscale: bool = True, positions: np.ndarray | None = None) -> go.Scatter3d:
+    """One Scatter3d of landmarks coloured by ``values`` (L,); the building block of the views.
+
+    Hover shows the landmark id, its atlas corner (x, y, z), its lung fraction and the value.
+    ``positions`` overrides where the points are drawn (default: patch centres).
+    """
+    corners = np.asarray(landmarks)
+    n_loc = len(corners)
+    xyz = landmark_centres(corners, patch_size, spacing) if positions is None else \
+        np.asarray(positions, dtype=np.float64)
+    ids = np.arange(n_loc) if landmark_ids is None else np.asarray(landmark_ids)
+    if values is not None:
+        values = np.asarray(values)
+        if values.shape != (n_loc,):
+            raise ValueError(f"values must have one entry per landmark ({n_loc}); "
+                             f"got shape {values.shape}")
+    if lung_fraction is not None:
+        lung_fraction = np.asarray(lung_fraction, dtype=np.float64)
+        if lung_fraction.shape != (n_loc,):
+            raise ValueError(f"lung_fraction must have shape ({n_loc},); got {lung_fraction.shape}")
+    text = []
+    for i in range(n_loc):
+        parts = [f"landmark {ids[i]}",
+                 "corner (x, y, z) = ({}, {}, {})".format(*(_format(c) for c in corners[i]))]
+        if lung_fraction is not None:
+            parts.append(f"lung fraction {lung_fraction[i]:.2f}")
+        if values is not None:
+            parts.append(f"{value_name} = {_format(values[i])}")
+        text.append("<br>".join(parts))
+    marker: dict[str, Any] = {"size": marker_size, "opacity": 0.9}
+    if values is None:
+        marker["color"] = "#636efa"
+    elif categorical if categorical is not None else _is_categorical(values):
+        # Explicit colours per category: a continuous scale would suggest an order.
+        categories = {c: j for j, c in enumerate(sorted(set(values.tolist()), key=str))}
+        marker["color"] = [CATEGORY_COLOURS[categories[v] % len(CATEGORY_COLOURS)]
+                           for v in values.tolist()]
+    else:
+        marker.update(color=values.astype(np.float64), colorscale=colorscale,
+                      showscale=showscale, colorbar={"title": {"text": value_name}},
+                      cmin=cmin, cmax=cmax)
+    return go.Scatter3d(x=xyz[:, 0], y=xyz[:, 1], z=xyz[:, 2], mode="markers", marker=marker,
+                        text=text, hovertemplate="%{text}<extra></extra>", name=name,
+                        customdata=ids)
+
+
+def scene_layout(title: str | None = None, unit: str = "mm") -> dict[str, Any]:
+    """Layout for an atlas-space 3D scene (true proportions, labelled patient axes)."""
+    return dict(
+        title=title,
+        scene=dict(aspectmode="data",
+                   xaxis_title=f"x ({unit}, → left)", yaxis_title=f"y ({unit}, → posterior)",
+                   zaxis_title=f"z ({unit}, → superior)"),
+        margin=dict(l=0, r=0, t=40 if title else 10, b=0),
+        legend=dict(orientation="h"),
+    )
+
+
+def landmark_cloud(landmarks: np.ndarray, values: np.ndarray | None = None, *,
+                   lung_fraction: np.ndarray | None = None,
+                   subject_ids: Sequence[str] | None = None, value_name: str = "value",
+                   categorical: bool | None = None, patch_size: int = 32,
+                   spacing: Sequence[float] = (1.0, 1.0, 1.0), marker_size: float = 4.0,
+                   colorscale: str = "Viridis", title: str | None = None) -> go.Figure:
+    """3D cloud of the atlas landmarks coloured by a per-landmark value.
+
+    Args:
+        landmarks: (L, 3) atlas patch corners (x, y, z), e.g. ``embeddings.landmarks``.
+        values: ``(L,)`` for one subject or a cohort summary, or ``(N, L)`` for a cohort:
+            one trace per subject and a dropdown to switch between them (colour range
+            shared). Integer or string values are drawn as categories (e.g. k-means
+            clusters); floats on ``colorscale``. ``None``: one colour (or the lung
+            fraction when given).
+        lung_fraction: ``(L,)`` or ``(N, L)``, shown on hover.
+        subject_ids: names for the dropdown (N values).
+        value_name: the name of the value in the colour bar and hover.
+        categorical: force categorical (True) or continuous (False) colouring.
+        spacing: atlas voxel size (x, y, z) in mm.
+
+    Returns a ``plotly.graph_objects.Figure``; ``fig.write_html(path)`` saves it.
+
+    Example:
+        >>> fig = landmark_cloud(np.zeros((4, 3)), np.ones((2, 4)), subject_ids=["a", "b"])
+        >>> len(fig.data), [t.visible for t in fig.data]
+        (2, [True, False])
+    """
+    corners = np.asarray(landmarks)
+    n_loc = len(corners)
+    if values is None and lung_fraction is not None and np.ndim(lung_fraction) == 1:
+        values, value_name = np.asarray(lung_fraction), "lung fraction"
+    values = None if values is None else np.asarray(values)
+    if values is None or values.ndim == 1:
+        lung = None if lung_fraction is None else np.asarray(lung_fraction)
+        if lung is not None and lung.ndim == 2:
+            lung = lung.mean(axis=0)  # a cohort summary of a one-row colouring
+        trace = landmark_trace(corners, values, lung_fraction=lung, value_name=value_name,
+                               categorical=categorical, patch_size=patch_size, spacing=spacing,
+                               marker_size=marker_size, colorscale=colorscale)
+        fig = go.Figure(trace)
+        fig.update_layout(**scene_layout(title))
+        return fig
+
+    if values.ndim != 2 or values.shape[1] != n_loc:
+        raise ValueError(f"values must be (L,) or (N, L) with L = {n_loc}; got {values.shape}")
+    n = values.shape[0]
+    names = [str(s) for s in subject_ids] if subject_ids is not None else \
+        [f"subject {i}" for i in range(n)]
+    if len(names) != n:
+        raise ValueError(f"{len(names)} subject_ids for {n} rows of values")
+    lung = None if lung_fraction is None else np.asarray(lung_fraction)
+    if lung is not None and lung.shape != values.shape:
+        raise ValueError(f"lung_fraction must have the shape of values {values.shape}; "
+                         f"got {lung.shape}")
+    is_cat = categorical if categorical is not None else _is_categorical(values)
+    lo, hi = (None, None) if is_cat else (float(np.nanmin(values)), float(np.nanmax(values)))
+    fig = go.Figure()
+    for i in range(n):
+        trace = landmark_trace(corners, values[i], lung_fraction=None if lung is None else lung[i],
+                               value_name=value_name, categorical=is_cat,
+                               patch_size=patch_size, spacing=spacing,
+                               marker_size=marker_size, colorscale=colorscale, cmin=lo, cmax=hi,
+                               name=names[i])
+        trace.visible = i == 0
+        fig.add_trace(trace)
+    buttons = [dict(label=names[i], method="update",
+                    args=[{"visible": [j == i for j in range(n)]},
+                          {"title.text": f"{title or value_name}: {names[i]}"}])
+               for i in range(n)]
+    fig.update_layout(**scene_layout(f"{title or value_name}: {names[0]}"))
+    fig.update_layout(updatemenus=[dict(buttons=buttons, direction="down", x=0.0, y=1.0,
+                                        xanchor="left", yanchor="top", showactive=True)])
+    return fig

@@ -1,0 +1,246 @@
+"""Views build figures with the expected traces and data (figure objects, not pixels)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import pytest
+
+from drasclr_toolkit.embed import Embeddings
+from drasclr_toolkit.train.sources import ArrayPatchSource
+from drasclr_toolkit.viz import (
+    embedding_scatter,
+    landmark_centres,
+    landmark_cloud,
+    lung_surface,
+    patch_explorer,
+    patch_kmeans,
+    patch_pca,
+    retrieval_gallery,
+)
+
+P = 32
+
+
+def make_embeddings(n=5, n_loc=6, d=4, seed=0) -> Embeddings:
+    rng = np.random.default_rng(seed)
+    return Embeddings(rng.normal(size=(n, n_loc, d)), [f"s{i:03d}" for i in range(n)],
+                      landmarks=np.array([[26 * i, 26 * (i % 3), 26 * (i % 2)] for i in range(n_loc)]),
+                      landmark_coords=rng.uniform(-1, 1, (n_loc, 3)),
+                      lung_fraction=rng.uniform(0, 1, (n, n_loc)))
+
+
+def make_source(n=5, n_loc=6, seed=0) -> ArrayPatchSource:
+    rng = np.random.default_rng(seed)
+    emb = make_embeddings(n, n_loc)
+    return ArrayPatchSource(rng.integers(-1024, 240, (n, n_loc, P, P, P)), emb.landmarks,
+                            subject_ids=emb.subject_ids, lung_fraction=emb.lung_fraction)
+
+
+def test_landmark_cloud_one_subject_colours_and_hover():
+    emb = make_embeddings()
+    pcs = patch_pca(emb, 2, subject="s001")
+    fig = landmark_cloud(emb.landmarks, pcs[:, 0], lung_fraction=emb.lung_fraction[1],
+                         value_name="PC1", spacing=(2, 2, 2))
+    (trace,) = fig.data
+    assert trace.type == "scatter3d" and len(trace.x) == 6
+    np.testing.assert_allclose(trace.marker.color, pcs[:, 0], rtol=1e-6)
+    np.testing.assert_allclose(np.c_[trace.x, trace.y, trace.z], (emb.landmarks + 15.5) * 2)
+    assert trace.text[3].startswith("landmark 3<br>corner (x, y, z) = (78, 0, 26)")
+    assert f"lung fraction {emb.lung_fraction[1, 3]:.2f}" in trace.text[3]
+    assert f"PC1 = {pcs[3, 0]:.4g}" in trace.text[3]
+    assert fig.layout.scene.aspectmode == "data"
+
+
+def test_patch_pca_matches_sklearn_on_all_patches():
+    from sklearn.decomposition import PCA
+
+    emb = make_embeddings()
+    scores = patch_pca(emb, 3)
+    ref = PCA(3).fit_transform(emb.patch.reshape(-1, 4)).reshape(5, 6, 3)
+    np.testing.assert_allclose(scores, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_cohort_cloud_of_kmeans_clusters_has_a_dropdown_and_category_colours():
+    emb = make_embeddings()
+    clusters = patch_kmeans(emb, k=3, seed=0)
+    assert clusters.shape == (5, 6) and set(np.unique(clusters)) <= {0, 1, 2}
+    np.testing.assert_array_equal(clusters, patch_kmeans(emb, k=3, seed=0))
+    fig = landmark_cloud(emb.landmarks, clusters, lung_fraction=emb.lung_fraction,
+                         subject_ids=emb.subject_ids, value_name="cluster")
+    assert len(fig.data) == 5 and [t.visible for t in fig.data] == [True] + [False] * 4
+    buttons = fig.layout.updatemenus[0].buttons
+    assert [b.label for b in buttons] == emb.subject_ids
+    assert buttons[2].args[0]["visible"] == [False, False, True, False, False]
+    colours = fig.data[2].marker.color
+    for a in range(6):  # same cluster ⇔ same colour
+        for b in range(6):
+            assert (colours[a] == colours[b]) == (clusters[2, a] == clusters[2, b])
+    assert "cluster = " + str(clusters[2, 4]) in fig.data[2].text[4]
+
+
+def test_lung_surface_mesh_and_landmarks():
+    mask = np.zeros((30, 40, 50), np.uint8)
+    mask[5:25, 10:30, 10:40] = 2
+    corners = np.array([[10, 10, 5], [20, 12, 6]])
+    fig = lung_surface(mask, spacing=(1.0, 1.5, 2.0), landmarks=corners, values=[0.2, 0.7],
+                       downsample=2)
+    mesh, points = fig.data
+    assert mesh.type == "mesh3d" and points.type == "scatter3d"
+    x, y, z = (np.asarray(v) for v in (mesh.x, mesh.y, mesh.z))
+    assert len(mesh.i) == len(mesh.j) == len(mesh.k) > 0
+    # The surface wraps the box: x 10..40 voxels × 1 mm, y 10..30 × 1.5, z 5..25 × 2 (±1 block).
+    assert abs(x.min() - 10) <= 2 and abs(x.max() - 39) <= 2
+    assert abs(y.min() - 15) <= 3 and abs(y.max() - 43.5) <= 3
+    assert abs(z.min() - 10) <= 4 and abs(z.max() - 48) <= 4
+    np.testing.assert_allclose(np.c_[points.x, points.y, points.z],
+                               landmark_centres(corners, 32, (1.0, 1.5, 2.0)))
+    np.testing.assert_allclose(points.marker.color, [0.2, 0.7])
+    coarse = lung_surface(mask, (1.0, 1.5, 2.0), downsample=4).data[0]
+    assert len(coarse.i) < len(mesh.i)
+
+
+def test_lung_surface_of_the_official_atlas(shared_reference):
+    import SimpleITK as sitk
+
+    mask = sitk.ReadImage(str(shared_reference / "atlas_lung_mask.nii.gz"))
+    corners = np.load(shared_reference / "atlas_patch_loc.npy")
+    fig = lung_surface(mask, landmarks=corners, downsample=6)
+    mesh, points = fig.data
+    assert len(points.x) == 581
+    # The 575 patches with > 10 % lung in this mask (reference/README.md) overlap the
+    # surface's bounding box; a wrong axis order would put many outside.
+    overlaps = np.ones(581, bool)
+    for axis, coord in zip("xyz", (points.x, points.y, points.z)):
+        lo, hi = np.min(getattr(mesh, axis)), np.max(getattr(mesh, axis))
+        corner = np.asarray(coord) - 15.5
+        overlaps &= (corner <= hi) & (corner + 31 >= lo)
+    assert overlaps.sum() >= 575
+
+
+def test_embedding_scatter_continuous_and_categorical_labels():
+    emb = make_embeddings(n=8)
+    pooled = emb.pool("mean")
+    labels = pd.Series(np.linspace(0, 1, 8), index=emb.subject_ids[::-1], name="severity")
+    fig = embedding_scatter(pooled, labels, method="pca")
+    (trace,) = fig.data
+    assert trace.type == "scatter" and len(trace.x) == 8
+    # aligned by subject id, not by position
+    np.testing.assert_allclose(trace.marker.color, labels.loc[emb.subject_ids].to_numpy())
+    assert trace.text[0] == f"s000<br>severity = {labels['s000']:.4g}"
+    assert "PCA" in fig.layout.title.text
+
+    groups = np.array(["a", "b"] * 4)
+    fig = embedding_scatter(pooled, groups, label_name="pattern")
+    assert [t.name for t in fig.data] == ["pattern = a", "pattern = b"]
+    assert sorted(sum((list(t.text) for t in fig.data), [])) == sorted(
+        f"{s}<br>pattern = {g}" for s, g in zip(emb.subject_ids, groups))
+
+    fig = embedding_scatter(np.c_[np.arange(8.0), np.ones(8)])  # already 2D: drawn as is
+    np.testing.assert_array_equal(fig.data[0].x, np.arange(8.0))
+
+
+def test_embedding_scatter_umap_is_seeded_and_falls_back(monkeypatch):
+    import types
+
+    calls = []
+
+    class FakeUMAP:  # the real one JIT-compiles for a minute; its wiring is what we test
+        def __init__(self, **kwargs):
+            calls.append(kwargs)
+
+        def fit_transform(self, X):
+            return X[:, :2] * 10
+
+    emb = make_embeddings(n=12, d=6)
+    monkeypatch.setitem(sys.modules, "umap", types.SimpleNamespace(UMAP=FakeUMAP))
+    fig = embedding_scatter(emb, method="umap", seed=7, n_neighbors=30)
+    assert calls[0]["random_state"] == 7 and calls[0]["n_neighbors"] == 11  # N - 1
+    assert "UMAP" in fig.layout.title.text and fig.layout.xaxis.title.text == "UMAP 1"
+    np.testing.assert_allclose(fig.data[0].x, emb.pool("mean").to_numpy()[:, 0] * 10, rtol=1e-6)
+
+    monkeypatch.setitem(sys.modules, "umap", None)  # import umap now raises ImportError
+    with pytest.warns(UserWarning, match="umap-learn is not installed"):
+        fig = embedding_scatter(emb, method="umap")
+    assert "PCA (UMAP unavailable" in fig.layout.title.text
+
+
+def test_retrieval_gallery_shows_query_and_hits_with_similarities():
+    emb, src = make_embeddings(), make_source()
+    fig = retrieval_gallery(emb, src, "s002", landmark=4, k=3)
+    heatmaps = [t for t in fig.data if t.type == "heatmap"]
+    assert len(heatmaps) == 4
+    hits = fig.layout.meta["hits"]
+    titles = [a.text for a in fig.layout.annotations]
+    assert titles[0] == "query s002"
+    for sid, sim, title in zip(hits["subject_id"], hits["similarity"], titles[1:]):
+        assert title == f"{sid} · cos {sim:.3f}"
+    order = ["s002"] + hits["subject_id"]
+    for heatmap, sid in zip(heatmaps, order):
+        patch = src.read_subject(sid)[4]
+        np.testing.assert_array_equal(np.asarray(heatmap.z), patch[P // 2])
+
+
+def test_patch_explorer_links_landmark_choice_to_patch_and_ct_box():
+    src = make_source()
+    ct = np.random.default_rng(3).integers(-1000, 100, (90, 100, 110)).astype(np.int16)
+    corners = np.array([[5 + 10 * i, 6 + 5 * i, 7 + 8 * i] for i in range(6)])
+    ex = patch_explorer(src, "s001", ct=ct, subject_corners=corners)
+    assert ex.cloud.data[0].type == "scatter3d" and len(ex.cloud.data[0].x) == 6
+    ex.select(3)
+    patch = src.read_subject(1)[3]
+    for trace, image in zip(ex.patch_figure.data, (patch[16], patch[:, 16], patch[:, :, 16])):
+        np.testing.assert_array_equal(np.asarray(trace.z), image)
+    box = ex.ct_figure.layout.shapes[0]
+    assert (box.x0, box.x1, box.y0, box.y1) == (34.5, 66.5, 20.5, 52.5)
+    np.testing.assert_array_equal(np.asarray(ex.ct_figure.data[0].z), ct[31 + 16])
+    selected = ex.cloud.data[-1]
+    np.testing.assert_allclose([selected.x[0], selected.y[0], selected.z[0]],
+                               src.landmarks[3] + 15.5)
+
+    ex.dropdown.value = 5  # choosing from the list updates the views too
+    np.testing.assert_array_equal(np.asarray(ex.patch_figure.data[0].z), src.read_subject(1)[5][16])
+
+    class _Points:
+        point_inds = [2]
+    ex._on_click(ex.cloud.data[0], _Points(), None)  # what a click on point 2 calls
+    assert ex.landmark == 2 and ex.dropdown.value == 2
+
+    alone = patch_explorer(src, 0)  # no CT: the patch alone
+    assert alone.ct_figure is None and len(alone.patch_figure.data) == 3
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def test_3d_figure_exports_to_html_and_draws_webgl(tmp_path):
+    emb = make_embeddings()
+    mask = np.zeros((40, 40, 40), np.uint8)
+    mask[8:32, 8:32, 8:32] = 1
+    fig = lung_surface(mask, landmarks=emb.landmarks, values=patch_pca(emb, 1, subject=0)[:, 0])
+    page = tmp_path / "surface.html"
+    fig.write_html(page, include_plotlyjs=True, full_html=True)  # standalone: works offline
+    html = page.read_text()
+    assert '"type":"mesh3d"' in html and '"type":"scatter3d"' in html
+
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("chromium is not installed; the HTML export was checked, not its rendering")
+    cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--use-gl=swiftshader",
+           "--enable-unsafe-swiftshader", "--disable-background-networking",
+           "--disable-component-update", "--disable-sync", "--no-first-run",
+           f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=15000",
+           "--dump-dom", page.as_uri()]
+    dom = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
+    assert 'class="gl-container"' in dom, "plotly did not create its WebGL container"
+    container = dom[dom.index('class="gl-container"'):]
+    canvas = re.search(r'<canvas width="(\d+)" height="(\d+)"', container[:2000])
+    assert canvas, "no WebGL canvas was drawn in the plot div"
+    assert int(canvas.group(1)) > 100 and int(canvas.group(2)) > 100
