@@ -70,3 +70,13 @@ def test_viewer_controls_redraw_the_figure(volume):
     assert viewer.figure.data[0].zmin == WINDOW_PRESETS["mediastinum"][0] - WINDOW_PRESETS["mediastinum"][1] / 2
     viewer.show_overlay.value = False
     assert viewer.figure.data[1].visible is False
+
+
+def test_default_slices_show_the_most_overlay(volume):
+    vol, labels = volume
+    from drasclr_toolkit.viz.slices import default_indices
+
+    picked = default_indices(vol, labels)
+    # the first block (5x10x10 voxels) is larger than the second (5x5x5)
+    assert 5 <= picked["axial"] < 10 and 10 <= picked["coronal"] < 20 and 30 <= picked["sagittal"] < 40
+    assert default_indices(vol) == {"axial": 15, "coronal": 20, "sagittal": 25}

@@ -100,12 +100,14 @@ def _overlay_colorscale(max_label: int) -> list[list]:
 
 
 def default_indices(volume: np.ndarray, overlay: np.ndarray | None = None) -> dict[str, int]:
-    """Middle slices, or the centre of mass of the overlay when there is one."""
+    """Middle slices, or per plane the slice holding the most overlay voxels."""
     if overlay is not None and np.any(overlay):
-        zyx = np.argwhere(overlay > 0).mean(axis=0).round().astype(int)
+        labelled = np.asarray(overlay) > 0
+        zyx = [int(np.argmax(labelled.sum(axis=tuple(a for a in range(3) if a != axis))))
+               for axis in range(3)]
     else:
-        zyx = np.asarray(volume.shape) // 2
-    return {"axial": int(zyx[0]), "coronal": int(zyx[1]), "sagittal": int(zyx[2])}
+        zyx = [int(n) // 2 for n in volume.shape]
+    return {"axial": zyx[0], "coronal": zyx[1], "sagittal": zyx[2]}
 
 
 def slice_figure(
