@@ -273,3 +273,26 @@ def test_distributed_ranks_share_subjects_and_merge(tmp_path):
         assert merged.provenance["world_size"] == 2
         assert merged.provenance["encoder_sha1"] == single.provenance["encoder_sha1"]
         np.testing.assert_allclose(merged.patch, single.patch, rtol=1e-5, atol=1e-6)
+
+
+def test_cli_embed_writes_and_resumes(tmp_path, capsys):
+    from drasclr_toolkit.cli.main import main
+
+    src = make_source(n=3, n_loc=2)
+    store = ArrayPatchSource(src.patches, src.landmarks, subject_ids=src.subject_ids,
+                             lung_fraction=src.lung_fraction).save(tmp_path / "patches.npz")
+    config = tmp_path / "cfg.yaml"
+    config.write_text("embed:\n  batch_size: 2\n  seed: 4\n  encoder: {width: 0.125, rep_dim: 8, "
+                      "proj_dim: 8, num_experts: 2}\n")
+    out = tmp_path / "emb.npz"
+    argv = ["embed", "--store", str(store), "--out", str(out), "--config", str(config),
+            "--no-progress"]
+    assert main(argv) == 0
+    emb = Embeddings.load(out)
+    assert emb.subject_ids == src.subject_ids and emb.patch.shape == (3, 2, 8)
+    assert emb.provenance["encoder_kind"] == "random-init" and emb.provenance["seed"] == 4
+    direct = extract_embeddings(src, encoder_kwargs=TINY, seed=4, batch_size=2, progress=False)
+    np.testing.assert_array_equal(emb.patch, direct.patch)
+    assert main(argv) == 0  # everything finished: resumes by reading the parts
+    np.testing.assert_array_equal(Embeddings.load(out).patch, emb.patch)
+    assert "embeddings:" in capsys.readouterr().out

@@ -1,0 +1,59 @@
+"""``drasclr embed``: patch-level embeddings N × L × D of every subject of a patch store.
+
+Examples::
+
+    drasclr embed --store work/preprocess/patches --checkpoint work/pretrain/final.pt \\
+        --out work/embeddings/trained.npz
+    drasclr embed --store work/preprocess/patches --out work/embeddings/random.npz  # random init
+    drasclr embed --store STORE --checkpoint checkpoint_patch_0020.pth.tar --out official.npz
+    torchrun --nproc_per_node=4 -m drasclr_toolkit.cli.main embed --store STORE \\
+        --checkpoint final.pt --out emb.npz --config gpu
+
+Re-running the same command resumes: finished subjects (in ``<out>.parts/``) are skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def run(args: argparse.Namespace) -> int:
+    from drasclr_toolkit.cli.pretrain import open_patch_source
+    from drasclr_toolkit.config import load_config
+    from drasclr_toolkit.embed import EmbedConfig, extract_embeddings
+
+    config = EmbedConfig.from_dict(load_config(args.config).get("embed", {}))
+    overrides: dict[str, Any] = {"batch_size": args.batch_size, "device": args.device,
+                                 "seed": args.seed}
+    for key, value in overrides.items():
+        if value is not None:
+            setattr(config, key, value)
+    source = open_patch_source(args.store)
+    emb = extract_embeddings(source, checkpoint=args.checkpoint, batch_size=config.batch_size,
+                             device=config.device, out_path=args.out, amp=config.amp,
+                             seed=config.seed, encoder_kwargs=config.encoder,
+                             progress=not args.no_progress)
+    failed = emb.provenance.get("failed", {})
+    print(f"embeddings: {args.out}  {emb}")
+    for sid, reason in failed.items():
+        print(f"  failed {sid}: {reason}")
+    return 1 if failed and not len(emb) else 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("embed", help="extract patch embeddings (N × L × D) from a store",
+                              description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--store", required=True, help="patch store folder (or ArrayPatchSource .npz)")
+    p.add_argument("--checkpoint", default=None,
+                   help="our pretrain checkpoint (final.pt) or an official DrasCLR checkpoint; "
+                   "omitted: a randomly initialised encoder (seeded), the baseline")
+    p.add_argument("--out", required=True, help="embeddings file to write (.npz)")
+    p.add_argument("--config", default="tiny", help="packaged name (tiny, gpu) or YAML file; "
+                   "its `embed:` section is used")
+    p.add_argument("--batch-size", type=int, default=None, help="subjects per batch")
+    p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--seed", type=int, default=None, help="seed of the random-init encoder")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
