@@ -260,10 +260,10 @@ def build_template(size_scale: float = 1.0, spacing: float = 1.5) -> _Template:
     airways = _concat_trees(trachea, bronchi)
     mirror = lambda p: (-p[0], p[1], p[2])  # noqa: E731
     vessels = ph.grow_tree(
-        [(np.array(an.artery_root), sample(1, 1400), an.vessel_root_r),
-         (np.array(mirror(an.artery_root)), sample(2, 1400), an.vessel_root_r),
-         (np.array(an.vein_root), sample(1, 1400), an.vessel_root_r * 0.9),
-         (np.array(mirror(an.vein_root)), sample(2, 1400), an.vessel_root_r * 0.9)],
+        [(np.array(an.artery_root), sample(1, 2200), an.vessel_root_r),
+         (np.array(mirror(an.artery_root)), sample(2, 2200), an.vessel_root_r),
+         (np.array(an.vein_root), sample(1, 2200), an.vessel_root_r * 0.9),
+         (np.array(mirror(an.vein_root)), sample(2, 2200), an.vessel_root_r * 0.9)],
         r_min=r_min_vs, frac=0.5)
     hull = pts[ConvexHull(pts).vertices]
     return _Template(an, hull, airways, vessels, volume)
@@ -492,11 +492,6 @@ def _render_subject(prm: _SubjectParams, cfg: SyntheticConfig, template: _Templa
     par = F32(ph.HU_PARENCHYMA + prm.inspiration_hu) + F32(30.0) * post * post
     labels = np.zeros(len(li), dtype=np.uint8)
     sev = prm.severities
-    # panlobular: diffuse density loss, lower zones
-    w_pan = F32(0.12) + F32(0.88) * (F32(1.0) - _smoothstep(u, 0.15, 0.7))
-    shift = F32(-150.0 * sev["panlobular"]) * w_pan
-    par += shift
-    labels[shift < -35.0] = 3
     # centrilobular: holes at lobule centres, upper-zone predominant
     table = rng.uniform(-0.12, 0.12, (4099, 5)).astype(F32)
     table[:, 3:] = rng.uniform(0, 1, (4099, 2))
@@ -506,6 +501,11 @@ def _render_subject(prm: _SubjectParams, cfg: SyntheticConfig, template: _Templa
     p_hole = F32(sev["centrilobular"]) * (F32(0.1) + F32(0.9) * _smoothstep(uc, 0.3, 0.85))
     radius = F32(2.5) + F32(3.5) * cell[:, 4] * F32(0.4 + 0.6 * sev["centrilobular"])
     hole = (cell[:, 3] < p_hole) & (dist < radius)
+    # panlobular: diffuse density loss, lower zones, whole lobules more or less involved
+    w_pan = F32(0.12) + F32(0.88) * (F32(1.0) - _smoothstep(u, 0.15, 0.7))
+    shift = F32(-150.0 * sev["panlobular"]) * w_pan * (F32(0.7) + F32(0.6) * cell[:, 3])
+    par += shift
+    labels[shift < -35.0] = 3
     # partial volume at the hole's edge, as for the tubes (half-voxel ramp either side)
     edge = np.clip((radius - dist) * F32(1.0 / sp) + F32(0.5), 0.0, 1.0)
     par = np.where(cell[:, 3] < p_hole, par + (F32(-995.0) - par) * edge, par)
