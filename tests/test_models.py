@@ -19,6 +19,7 @@ from drasclr_toolkit.models import (
     load_official_checkpoint,
     normalize_landmarks,
     official_landmark_coords,
+    plan_locations,
 )
 
 TINY = dict(rep_dim=8, proj_dim=6, num_experts=3, width=0.25)
@@ -55,22 +56,31 @@ def _grads(conv: nn.Module, x: torch.Tensor, loc: torch.Tensor, seed: int = 7):
     return out.detach(), x.grad.clone(), grads
 
 
+CASES = ["per_sample_grouped", "per_sample_stacked", "per_sample_auto", "few_locations",
+         "shared_vector", "shared_row", "equal_rows"]
+
+
 @pytest.mark.parametrize("stride", [1, 2])
-@pytest.mark.parametrize("case", ["mixed", "shared_vector", "shared_row", "equal_rows"])
+@pytest.mark.parametrize("case", CASES)
 def test_condconv_matches_per_sample_outputs_and_gradients(stride: int, case: str) -> None:
     fast, ref = _pair(stride)
     batch = 5
     x = torch.randn(batch, 3, 7, 6, 5, dtype=torch.float64)
     g = torch.Generator().manual_seed(3)
-    if case == "mixed":  # per-sample locations, two samples share one
-        loc = torch.rand(batch, 3, generator=g, dtype=torch.float64) * 2 - 1
+    loc = torch.rand(batch, 3, generator=g, dtype=torch.float64) * 2 - 1
+    if case.startswith("per_sample"):  # distinct locations but two samples share one
         loc[3] = loc[0]
+        fast.max_groups = 1  # never group by location: one kernel per sample
+        fast.per_sample_impl = case.split("_")[-1]
+    elif case == "few_locations":  # e.g. a flattened batch of k = 2 neighbour locations
+        loc[2:4] = loc[0]
+        loc[4] = loc[1]
     elif case == "shared_vector":
-        loc = torch.rand(3, generator=g, dtype=torch.float64)
+        loc = loc[0]
     elif case == "shared_row":
-        loc = torch.rand(1, 3, generator=g, dtype=torch.float64)
+        loc = loc[:1]
     else:  # (B, 3) with all rows equal: takes the one-kernel path
-        loc = torch.rand(1, 3, generator=g, dtype=torch.float64).expand(batch, 3).clone()
+        loc = loc[:1].expand(batch, 3).clone()
     out_f, gx_f, gp_f = _grads(fast, x, loc)
     out_r, gx_r, gp_r = _grads(ref, x, loc)
     assert out_f.shape == (batch, 4, *[(s - 1) // stride + 1 for s in (7, 6, 5)])
@@ -80,6 +90,18 @@ def test_condconv_matches_per_sample_outputs_and_gradients(stride: int, case: st
     for name in gp_f:
         assert gp_f[name].abs().sum() > 0, name
         torch.testing.assert_close(gp_f[name], gp_r[name], rtol=1e-10, atol=1e-10)
+
+
+def test_location_plan_classifies_batches() -> None:
+    loc = torch.tensor([[0.0, 0, 1], [1, 0, 0], [0, 0, 1], [1, 0, 0]])
+    plan = plan_locations(loc, 4)
+    assert plan.grouped and plan.counts == (2, 2)
+    in_order = plan.locations.repeat_interleave(torch.tensor(plan.counts), dim=0)
+    torch.testing.assert_close(in_order[plan.restore], loc)  # groups map back to samples
+    assert not plan_locations(loc, 4, max_groups=1).grouped
+    assert plan_locations(loc, 4, max_groups=1).locations.shape == (4, 3)
+    assert plan_locations(loc[:1].expand(4, 3), 4).shared
+    assert not plan_locations(loc.requires_grad_(True), 4).grouped  # no unique() on grads
 
 
 def test_condconv_per_sample_path_differs_by_location_and_matches_single_calls() -> None:
@@ -123,7 +145,7 @@ def test_condconv_init_matches_conv3d_per_expert() -> None:
     for e in range(8):
         ratio = float(cond.weight[e].detach().std() / plain_std)
         assert 0.9 < ratio < 1.1, (e, ratio)
-        assert float(cond.weight[e].abs().max()) <= fan_in_bound + 1e-7
+        assert float(cond.weight[e].detach().abs().max()) <= fan_in_bound + 1e-7
     # The reference's fan-in on the 6-D tensor would be cout times larger: sqrt(cout) smaller std.
     assert float(cond.weight.std()) > 3 * plain_std / math.sqrt(cout)
     assert float(cond.bias.abs().max()) <= fan_in_bound
@@ -150,8 +172,10 @@ def test_encoder_shapes_and_location_dependence(conditioning: str) -> None:
     assert torch.allclose(z, z_b) == (conditioning == "none")
 
 
-def test_encoder_batched_equals_reference_loop_with_mixed_locations() -> None:
+@pytest.mark.parametrize("max_groups", [8, 1])
+def test_encoder_batched_equals_reference_loop_with_mixed_locations(max_groups: int) -> None:
     fast = DrasCLREncoder(**TINY).double()
+    fast.max_location_groups = max_groups  # 8: one conv per location; 1: per-sample kernels
     _randomise(fast, seed=4)
     ref = DrasCLREncoder(**TINY, reference_loop=True).double()
     ref.load_state_dict(fast.state_dict())

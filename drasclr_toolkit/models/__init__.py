@@ -9,7 +9,13 @@ Example:
     ((2, 16), (2, 8))
 """
 
-from .condconv import CondConv3d, PerSampleCondConv3d, canonical_locations
+from .condconv import (
+    CondConv3d,
+    LocationPlan,
+    PerSampleCondConv3d,
+    canonical_locations,
+    plan_locations,
+)
 from .encoder import CONDITIONINGS, DrasCLREncoder, layer_specs, normalize_landmarks
 from .checkpoint import (
     OfficialLoadReport,
@@ -23,6 +29,7 @@ __all__ = [
     "CONDITIONINGS",
     "CondConv3d",
     "DrasCLREncoder",
+    "LocationPlan",
     "OfficialLoadReport",
     "PerSampleCondConv3d",
     "canonical_locations",
@@ -32,4 +39,5 @@ __all__ = [
     "official_key_map",
     "official_landmark_coords",
     "official_state_dict",
+    "plan_locations",
 ]

@@ -6,26 +6,35 @@ anatomical location ``loc`` (3 normalised coordinates) is convolved with the ker
 The routing sees only the location, never the image (DrasCLR, Yu et al. 2023).
 
 The reference implementation loops over the batch in Python with one ``conv3d`` per sample.
-Here there is no loop over the batch:
+Here nothing loops over the batch; :func:`plan_locations` looks at the locations once and
+each layer picks the cheapest exact evaluation:
 
-* one location for the whole batch (``loc`` of shape ``(3,)`` or ``(1, 3)``, or ``(B, 3)``
-  whose rows are all equal): one mixed kernel and one ordinary ``F.conv3d``;
-* per-sample locations ``(B, 3)``: one grouped convolution with ``groups=B`` on the input
-  reshaped to ``(1, B*C, D, H, W)``.
+* one location for the batch (``loc`` ``(3,)``/``(1, 3)``, or ``(B, 3)`` with equal rows):
+  one mixed kernel and one ordinary ``F.conv3d`` — as cheap as a plain convolution;
+* a few distinct locations (at most ``max_groups``, e.g. the k neighbour locations of a
+  flattened neighbour batch): samples are sorted by location and each group gets one
+  ordinary convolution (a loop over locations, not samples);
+* many distinct locations, large outputs: one grouped convolution (``groups=B``) with the
+  input reshaped to ``(1, B*C, D, H, W)`` and the B mixed kernels stacked;
+* many distinct locations, tiny outputs (the last layers, 1–8 voxels): convolve with all E
+  experts at once and mix the E outputs per sample (``sum_e r_be (W_e * x_b)``, the same
+  linear map), which avoids materialising B large kernels.
 
-Both paths are numerically the per-sample formulation (tests compare outputs and gradients
-against :class:`PerSampleCondConv3d`, the straightforward loop kept as a reference).
+All paths compute the per-sample formulation (tests compare outputs and gradients against
+:class:`PerSampleCondConv3d`, the straightforward loop kept as a reference).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["CondConv3d", "PerSampleCondConv3d", "canonical_locations"]
+__all__ = ["CondConv3d", "LocationPlan", "PerSampleCondConv3d", "canonical_locations",
+           "plan_locations"]
 
 
 def canonical_locations(loc: torch.Tensor, batch_size: int, coord_dim: int = 3,
@@ -34,9 +43,7 @@ def canonical_locations(loc: torch.Tensor, batch_size: int, coord_dim: int = 3,
 
     ``loc`` may be ``(coord_dim,)``, ``(1, coord_dim)`` or ``(B, coord_dim)``. With
     ``detect_shared`` a ``(B, coord_dim)`` tensor whose rows are all equal collapses to one
-    row, so the caller can take the one-kernel fast path. On a GPU this check costs one
-    device synchronisation, so callers that convolve many layers do it once (the encoder
-    does) and pass ``detect_shared=False`` to each layer.
+    row (on a GPU this costs one synchronisation).
 
     Example:
         >>> canonical_locations(torch.zeros(3), batch_size=4).shape
@@ -60,6 +67,71 @@ def canonical_locations(loc: torch.Tensor, batch_size: int, coord_dim: int = 3,
     return loc
 
 
+@dataclass(frozen=True)
+class LocationPlan:
+    """How a batch's locations are laid out; computed once per forward pass.
+
+    Attributes:
+        locations: ``(1, d)`` one location shared by the batch; ``(U, d)`` the distinct
+            locations when ``order`` is set; otherwise ``(B, d)`` one per sample.
+        per_sample: ``(1, d)`` or ``(B, d)``: the locations as given (canonical shape).
+        batch_size: ``B``.
+        order: samples sorted by location group (``None`` unless grouped).
+        restore: inverse permutation of ``order``.
+        counts: group sizes in ``order``.
+    """
+
+    locations: torch.Tensor
+    per_sample: torch.Tensor
+    batch_size: int
+    order: torch.Tensor | None = None
+    restore: torch.Tensor | None = None
+    counts: tuple[int, ...] | None = None
+
+    @property
+    def shared(self) -> bool:
+        return self.locations.shape[0] == 1
+
+    @property
+    def grouped(self) -> bool:
+        return self.order is not None
+
+
+def plan_locations(loc: torch.Tensor | LocationPlan, batch_size: int, coord_dim: int = 3,
+                   max_groups: int = 8) -> LocationPlan:
+    """Inspect locations once: shared, a few distinct ones (≤ ``max_groups``), or many.
+
+    Deduplication uses exact equality and at most two device synchronisations; it is
+    skipped when ``loc`` requires gradients (``torch.unique`` has none).
+
+    Example:
+        >>> plan = plan_locations(torch.tensor([[0., 0, 1], [1, 0, 0], [0, 0, 1]]), 3)
+        >>> plan.grouped, plan.locations.shape[0], plan.counts
+        (True, 2, (2, 1))
+        >>> plan_locations(torch.zeros(3), 5).shared
+        True
+    """
+    if isinstance(loc, LocationPlan):
+        if loc.batch_size != batch_size:
+            raise ValueError(f"location plan is for a batch of {loc.batch_size}, "
+                             f"input has {batch_size} samples")
+        return loc
+    loc = canonical_locations(loc, batch_size, coord_dim, detect_shared=False)
+    if loc.shape[0] == 1 or loc.requires_grad:
+        return LocationPlan(loc, loc, batch_size)
+    if bool((loc == loc[:1]).all()):  # the common training case: one cheap check
+        return LocationPlan(loc[:1], loc, batch_size)
+    if max_groups < 2:
+        return LocationPlan(loc, loc, batch_size)
+    unique, inverse = torch.unique(loc, dim=0, return_inverse=True)
+    if unique.shape[0] > max_groups:
+        return LocationPlan(loc, loc, batch_size)
+    order = torch.argsort(inverse, stable=True)
+    counts = tuple(int(c) for c in torch.bincount(inverse, minlength=unique.shape[0]).tolist())
+    return LocationPlan(unique, loc, batch_size, order=order, restore=torch.argsort(order),
+                        counts=counts)
+
+
 class CondConv3d(nn.Module):
     """3D convolution whose kernel is a location-routed mixture of expert kernels.
 
@@ -72,6 +144,12 @@ class CondConv3d(nn.Module):
 
     Parameters: ``weight`` ``[E, out, in, k, k, k]``, ``bias`` ``[out]`` and ``routing``
     (``nn.Linear(coord_dim, E)``).
+
+    Attributes that tune the per-sample path (not parameters, results are the same):
+        per_sample_impl: ``"auto"``, ``"grouped"`` or ``"stacked"``.
+        stacked_budget: ``"auto"`` uses the stacked-expert evaluation when
+            ``(E - 1) * output_voxels <= stacked_budget`` (64: the last three layers of the
+            encoder at 32³, where per-sample kernels cost more than E small convolutions).
 
     Example:
         >>> conv = CondConv3d(1, 4, 3, num_experts=2, padding=1)
@@ -95,6 +173,9 @@ class CondConv3d(nn.Module):
         self.stride = stride
         self.padding = padding
         self.coord_dim = coord_dim
+        self.per_sample_impl = "auto"
+        self.stacked_budget = 64
+        self.max_groups = 8
         k = kernel_size
         self.weight = nn.Parameter(torch.empty(num_experts, out_channels, in_channels, k, k, k))
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
@@ -125,30 +206,70 @@ class CondConv3d(nn.Module):
         """Per-location kernels ``(N, out, in, k, k, k)`` for locations ``(N, coord_dim)``."""
         r = self.routing_weights(loc)
         # One (N, E) x (E, out*in*k^3) matmul instead of a broadcast-and-sum: less memory.
-        mixed = r @ self.weight.flatten(1)
+        mixed = r @ self.weight.flatten(1).to(r.dtype)
         return mixed.view(loc.shape[0], *self.weight.shape[1:])
 
-    def forward(self, x: torch.Tensor, loc: torch.Tensor, detect_shared: bool = True) -> torch.Tensor:
+    def _output_voxels(self, x: torch.Tensor) -> int:
+        n = 1
+        for size in x.shape[2:]:
+            n *= (size + 2 * self.padding - self.kernel_size) // self.stride + 1
+        return n
+
+    def forward(self, x: torch.Tensor, loc: torch.Tensor | LocationPlan) -> torch.Tensor:
         """Convolve ``x`` ``(B, in, D, H, W)`` at locations ``loc``.
 
         ``loc``: ``(coord_dim,)`` or ``(1, coord_dim)`` for one location shared by the
-        batch, or ``(B, coord_dim)`` per sample. ``detect_shared=False`` skips the check
-        that all rows are equal (see :func:`canonical_locations`).
+        batch, ``(B, coord_dim)`` per sample, or a :class:`LocationPlan` made once for many
+        layers (see :func:`plan_locations`).
         """
         if x.dim() != 5 or x.shape[1] != self.in_channels:
             raise ValueError(f"CondConv3d expects input (B, {self.in_channels}, D, H, W); "
                              f"got {tuple(x.shape)}")
+        plan = plan_locations(loc, x.shape[0], self.coord_dim, self.max_groups)
+        if plan.shared:
+            return F.conv3d(x, self.mixed_kernels(plan.locations)[0], self.bias,
+                            self.stride, self.padding)
+        if plan.grouped:
+            return self._forward_by_location(x, plan)
+        impl = self.per_sample_impl
+        if impl == "auto":
+            voxels = self._output_voxels(x)
+            impl = "stacked" if (self.num_experts - 1) * voxels <= self.stacked_budget else "grouped"
+        if impl == "stacked":
+            return self._forward_stacked(x, plan.locations)
+        if impl != "grouped":
+            raise ValueError(f"per_sample_impl must be 'auto', 'grouped' or 'stacked', got {impl!r}")
+        return self._forward_grouped(x, plan.locations)
+
+    def _forward_by_location(self, x: torch.Tensor, plan: LocationPlan) -> torch.Tensor:
+        # A loop over the few distinct locations (not over samples): ordinary convolutions.
+        kernels = self.mixed_kernels(plan.locations)
+        chunks = torch.split(x.index_select(0, plan.order), list(plan.counts))
+        out = torch.cat([F.conv3d(chunk, kernels[u], self.bias, self.stride, self.padding)
+                         for u, chunk in enumerate(chunks)])
+        return out.index_select(0, plan.restore)
+
+    def _forward_grouped(self, x: torch.Tensor, loc: torch.Tensor) -> torch.Tensor:
+        # Sample b's channels form group b of one grouped convolution.
         batch = x.shape[0]
-        loc = canonical_locations(loc, batch, self.coord_dim, detect_shared=detect_shared)
         kernels = self.mixed_kernels(loc)
-        if loc.shape[0] == 1:
-            return F.conv3d(x, kernels[0], self.bias, self.stride, self.padding)
-        # Per-sample kernels: sample b's channels form group b of one grouped convolution.
         out = F.conv3d(x.reshape(1, batch * self.in_channels, *x.shape[2:]),
                        kernels.reshape(batch * self.out_channels, *kernels.shape[2:]),
                        None if self.bias is None else self.bias.repeat(batch),
                        self.stride, self.padding, groups=batch)
         return out.view(batch, self.out_channels, *out.shape[2:])
+
+    def _forward_stacked(self, x: torch.Tensor, loc: torch.Tensor) -> torch.Tensor:
+        # sum_e r_be (W_e * x_b): all experts as one convolution, then a per-sample mix.
+        batch, experts = x.shape[0], self.num_experts
+        r = self.routing_weights(loc)
+        y = F.conv3d(x, self.weight.flatten(0, 1), None, self.stride, self.padding)
+        spatial = y.shape[2:]
+        y = torch.bmm(r.unsqueeze(1).to(y.dtype), y.reshape(batch, experts, -1))
+        y = y.view(batch, self.out_channels, *spatial)
+        if self.bias is not None:
+            y = y + self.bias.view(1, -1, 1, 1, 1).to(y.dtype)
+        return y
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
@@ -169,8 +290,10 @@ class PerSampleCondConv3d(CondConv3d):
         torch.Size([2, 4, 8, 8, 8])
     """
 
-    def forward(self, x: torch.Tensor, loc: torch.Tensor, detect_shared: bool = True) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, loc: torch.Tensor | LocationPlan) -> torch.Tensor:
         batch = x.shape[0]
+        if isinstance(loc, LocationPlan):
+            loc = loc.per_sample
         loc = canonical_locations(loc, batch, self.coord_dim, detect_shared=False)
         loc = loc.expand(batch, -1)
         outputs = []

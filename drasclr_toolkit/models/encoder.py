@@ -26,7 +26,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from .condconv import CondConv3d, PerSampleCondConv3d, canonical_locations
+from .condconv import (
+    CondConv3d,
+    LocationPlan,
+    PerSampleCondConv3d,
+    canonical_locations,
+    plan_locations,
+)
 
 __all__ = ["DrasCLREncoder", "CONDITIONINGS", "layer_specs", "normalize_landmarks"]
 
@@ -70,9 +76,9 @@ class _ConvUnit(nn.Module):
         self.bn = nn.BatchNorm3d(out_channels)
         self.act = nn.ELU(inplace=True)
 
-    def forward(self, x: torch.Tensor, loc: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, loc: LocationPlan) -> torch.Tensor:
         if isinstance(self.conv, CondConv3d):
-            x = self.conv(x, loc, detect_shared=False)  # the encoder already checked once
+            x = self.conv(x, loc)
         else:
             x = self.conv(x)
         return self.act(self.bn(x))
@@ -117,6 +123,8 @@ class DrasCLREncoder(nn.Module):
         self.width = width
         self.conditioning = conditioning
         self.in_channels = in_channels
+        # Up to this many distinct locations in a batch run as one ordinary conv each.
+        self.max_location_groups = 8
         conv_cls = PerSampleCondConv3d if reference_loop else CondConv3d
         units = []
         for cin, cout, stride in layer_specs(rep_dim, width, in_channels):
@@ -131,18 +139,20 @@ class DrasCLREncoder(nn.Module):
         self.head = nn.Sequential(nn.Linear(head_in, rep_dim), nn.ReLU(inplace=True),
                                   nn.Linear(rep_dim, proj_dim))
 
-    def _locations(self, x: torch.Tensor, loc: torch.Tensor) -> torch.Tensor:
+    def _locations(self, x: torch.Tensor, loc: torch.Tensor) -> LocationPlan:
         if x.dim() != 5 or x.shape[1] != self.in_channels:
             raise ValueError(f"DrasCLREncoder expects patches (B, {self.in_channels}, P, P, P); "
                              f"got {tuple(x.shape)}")
         if not torch.is_tensor(loc):
             loc = torch.as_tensor(np.asarray(loc))
         loc = loc.to(device=x.device, dtype=torch.float32)
-        # One shared-location check per forward pass (one GPU sync), not one per layer.
-        return canonical_locations(loc, x.shape[0], COORD_DIM,
-                                   detect_shared=self.conditioning == "condconv")
+        if self.conditioning != "condconv":
+            loc = canonical_locations(loc, x.shape[0], COORD_DIM, detect_shared=False)
+            return LocationPlan(loc, loc, x.shape[0])
+        # Locations are inspected once per forward pass (GPU syncs), not once per layer.
+        return plan_locations(loc, x.shape[0], COORD_DIM, self.max_location_groups)
 
-    def _encode(self, x: torch.Tensor, loc: torch.Tensor) -> torch.Tensor:
+    def _encode(self, x: torch.Tensor, loc: LocationPlan) -> torch.Tensor:
         for unit in self.features:
             x = unit(x, loc)
         if x.shape[2:].numel() != 1:
@@ -168,9 +178,9 @@ class DrasCLREncoder(nn.Module):
 
     def forward(self, x: torch.Tensor, loc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(h, z)``: representation ``(B, rep_dim)`` and projection ``(B, proj_dim)``."""
-        loc = self._locations(x, loc)
-        h = self._encode(x, loc)
-        return h, self.project(h, loc)
+        plan = self._locations(x, loc)
+        h = self._encode(x, plan)
+        return h, self.project(h, plan.per_sample)
 
     def num_parameters(self, trainable_only: bool = True) -> int:
         """Number of (trainable) parameters."""
