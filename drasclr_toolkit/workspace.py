@@ -109,3 +109,50 @@ class Workspace:
             image = sitk.DICOMOrient(sitk.ReadImage(str(path)), "LPS")
             maps[name] = sitk.GetArrayFromImage(image)
         return maps
+
+    # -- later stages ------------------------------------------------------------------
+    @property
+    def jobs(self) -> int:
+        """Worker processes for per-subject stages (the machine's cores, at most 4)."""
+        import os
+
+        return max(1, min(4, os.cpu_count() or 1))
+
+    def atlas(self):
+        """The atlas: the cohort subject with the median lung volume (built once, cached)."""
+        from drasclr_toolkit.preprocess.pipeline import build_default_atlas
+
+        return build_default_atlas(self.cohort(), self.preprocess_dir, self.section("preprocess"))
+
+    def patch_store(self):
+        """The patch store of the cohort; subjects already preprocessed are skipped."""
+        from drasclr_toolkit.preprocess.pipeline import run_preprocessing
+
+        return run_preprocessing(self.cohort(), self.atlas(), self.preprocess_dir,
+                                 config=self.section("preprocess"), n_jobs=self.jobs)
+
+    def checkpoint(self) -> Path:
+        """The pretrained encoder's final checkpoint (training resumes where it stopped)."""
+        from drasclr_toolkit.train.loop import pretrain
+
+        final = self.pretrain_dir / "final.pt"
+        if final.exists():
+            return final
+        return pretrain(self.patch_store(), self.section("pretrain"), self.pretrain_dir)
+
+    def embeddings(self, encoder: str = "trained"):
+        """Patch embeddings of the cohort from the ``trained`` or a ``random``-init encoder."""
+        from drasclr_toolkit.embed import Embeddings, EmbedConfig, extract_embeddings
+
+        if encoder not in ("trained", "random"):
+            raise ValueError(f"encoder must be 'trained' or 'random', got {encoder!r}")
+        path = self.embeddings_dir / f"{encoder}.npz"
+        if path.exists():
+            return Embeddings.load(path)
+        cfg = EmbedConfig.from_dict(self.section("embed"))
+        checkpoint = self.checkpoint() if encoder == "trained" else None
+        self.embeddings_dir.mkdir(parents=True, exist_ok=True)
+        return extract_embeddings(
+            self.patch_store(), checkpoint, batch_size=cfg.batch_size, device=cfg.device,
+            amp=cfg.amp, seed=cfg.seed, encoder_kwargs=cfg.encoder, out_path=path,
+        )
