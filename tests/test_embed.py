@@ -296,3 +296,32 @@ def test_cli_embed_writes_and_resumes(tmp_path, capsys):
     assert main(argv) == 0  # everything finished: resumes by reading the parts
     np.testing.assert_array_equal(Embeddings.load(out).patch, emb.patch)
     assert "embeddings:" in capsys.readouterr().out
+
+
+def test_pc_spearman_and_probe_find_the_encoded_target_not_the_noise():
+    from scipy.stats import spearmanr
+
+    from drasclr_toolkit.embed import pc_spearman, probe_scores
+
+    rng = np.random.default_rng(0)
+    n = 40
+    severity = rng.uniform(0, 1, n)
+    ids = [f"s{i}" for i in range(n)]
+    # Embeddings whose main axis of variation is the severity; the noise level is not in them.
+    X = np.c_[5 * severity, 5 * severity ** 2, rng.normal(0, 0.1, (n, 3))]
+    patient = pd.DataFrame(X, index=ids)
+    targets = pd.DataFrame({"severity": severity, "noise_hu": rng.uniform(10, 40, n)},
+                           index=ids)
+    corr = pc_spearman(patient, targets.iloc[::-1], n_components=2)  # aligned by id
+    assert list(corr.columns) == ["component", "target", "rho", "p_value"] and len(corr) == 4
+    pc1 = corr[(corr.component == "PC1")].set_index("target").rho
+    assert abs(pc1["severity"]) > 0.9 and abs(pc1["noise_hu"]) < 0.4
+    from sklearn.decomposition import PCA
+    from sklearn.preprocessing import StandardScaler
+    scores = PCA(2).fit_transform(StandardScaler().fit_transform(X))
+    assert np.isclose(pc1["severity"], spearmanr(scores[:, 0], severity)[0])
+
+    probe = probe_scores(patient, targets, cv=5)
+    assert probe.loc["severity", "r2"] > 0.8 and probe.loc["severity", "spearman"] > 0.9
+    assert probe.loc["noise_hu", "r2"] < 0.2
+    assert (probe.n == n).all()

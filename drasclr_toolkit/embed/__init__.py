@@ -6,6 +6,7 @@ Example:
     >>> patients = emb.pool("mean")  # DataFrame (N, D) indexed by subject id  # doctest: +SKIP
 """
 
+from .analysis import pc_spearman, probe_scores
 from .extract import EmbedConfig, extract_embeddings, load_encoder, resolve_device
 from .retrieval import retrieve_similar
 from .store import POOLING_METHODS, Embeddings
@@ -16,6 +17,8 @@ __all__ = [
     "Embeddings",
     "extract_embeddings",
     "load_encoder",
+    "pc_spearman",
+    "probe_scores",
     "resolve_device",
     "retrieve_similar",
 ]
