@@ -42,7 +42,7 @@ from .patches import (
 )
 from .registration import RegistrationConfig, register_affine, transform_to_dict
 from .resample import HU_MAX, HU_MIN, as_sitk, resample_isotropic, resample_like, to_lps
-from .store import PatchStore
+from .store import PatchStore, _atomic_write_text
 
 __all__ = [
     "PreprocessConfig",
@@ -399,7 +399,7 @@ def run_preprocessing(
         atlas = Atlas.load(atlas)
     sids = [str(s) for s in manifest.subject_ids]
     store = PatchStore.create(out, sids, atlas, neighbors_k=cfg.neighbors_k)
-    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1, default=str))
+    _atomic_write_text(out / "config.json", json.dumps(cfg.to_dict(), indent=1, default=str))
 
     todo = []
     for pos, sid in enumerate(sids):
