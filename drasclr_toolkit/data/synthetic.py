@@ -81,6 +81,10 @@ SCANNERS = (
     ("scanner3-lowdose", 40.0, 0.50, (1.25, 2.0, 3.0), 10.0),
 )
 
+# Irrational steps of the pattern-assignment recurrences (healthy, four patterns, small airways).
+_PATTERN_STEPS = np.array([np.sqrt(2) - 1, (np.sqrt(5) - 1) / 2, np.sqrt(3) - 1, np.sqrt(11) - 3,
+                           np.e - 2, np.sqrt(7) - 2])
+
 MANIFEST_COLUMNS = ("subject_id", "image", "lung_mask", "fev1_pp", "fev1_fvc", "gold",
                     "pct_emphysema", "cle_score", "pse_score", "mmrc", "time", "event")
 
@@ -316,15 +320,20 @@ def _draw_params(index: int, cfg: SyntheticConfig, template: _Template,
         heart_a=an.heart_a * rng.uniform(0.98, 1.02), heart_b=an.heart_b * rng.uniform(0.98, 1.02),
         heart_c=an.heart_c * rng.uniform(0.98, 1.02),
     )
-    healthy = bool(rng.uniform() < cfg.healthy_fraction)
+    # Which patterns a subject has: each present in about half of the subjects (small-airway
+    # disease in 60 %), some subjects healthy. Drawn by additive recurrences over the subject
+    # index (a different irrational step per pattern, a seed-dependent start), so that even
+    # a six-subject cohort shows every pattern and healthy subjects, while the patterns stay
+    # unrelated to each other and subject k stays the same whatever the cohort size.
+    start = np.random.default_rng([int(cfg.seed), 7919]).uniform(size=len(_PATTERN_STEPS))
+    u = np.mod(index * _PATTERN_STEPS + start, 1.0)
+    healthy = bool(u[0] < cfg.healthy_fraction)
     sev = {}
-    # each pattern present in about half of the subjects, mild more often than severe
-    for name in ("centrilobular", "paraseptal", "panlobular", "airway"):
-        present = rng.uniform() < 0.5
-        value = 0.05 + 0.95 * rng.uniform() ** 1.5
-        sev[name] = 0.0 if (healthy or not present) else float(value)
-    present, value = rng.uniform() < 0.6, rng.uniform(0.0, 0.8)
-    sev["small_airway"] = 0.0 if (healthy or not present) else float(value)
+    for j, name in enumerate(("centrilobular", "paraseptal", "panlobular", "airway"), start=1):
+        value = 0.05 + 0.95 * rng.uniform() ** 1.5  # mild more often than severe
+        sev[name] = 0.0 if (healthy or u[j] >= 0.5) else float(value)
+    value = rng.uniform(0.0, 0.8)
+    sev["small_airway"] = 0.0 if (healthy or u[5] >= 0.6) else float(value)
     k = int(rng.integers(len(SCANNERS)))
     name, noise, blur, thick, offset = SCANNERS[k]
     nuisance = {
