@@ -153,7 +153,8 @@ def test_clinical_labels_follow_the_design(cohort):
 
 
 def _lung_centroid(out, sid):
-    img, lungs = _read(out / "ground_truth" / f"{sid}_lungs.nii.gz")
+    name = "template_lungs" if sid == "template" else f"{sid}_lungs"
+    img, lungs = _read(out / "ground_truth" / f"{name}.nii.gz")
     zyx = np.argwhere(lungs > 0).mean(axis=0)
     return np.array(img.TransformContinuousIndexToPhysicalPoint(zyx[::-1].tolist()))
 
@@ -170,6 +171,11 @@ def test_stored_transform_reproduces_the_anatomy(cohort):
         naive.append(np.linalg.norm(cents[a] - cents[b]))
     assert max(errors) < 3.0, errors
     assert np.mean(naive) > 2 * np.mean(errors)
+    # the written template is the space of p: template -> subject through A, t alone
+    template = _lung_centroid(out, "template")
+    for sid in sids[:3]:
+        A, t = load_ground_truth_affine(gt / f"{sid}_transform.json")
+        assert np.linalg.norm(A @ template + t - cents[sid]) < 3.0
     # round trip and the shape of a pose
     a, b = sids[0], sids[1]
     pts = np.random.default_rng(0).uniform(-50, 50, (5, 3))

@@ -26,7 +26,9 @@ blur, slice thickness (simulated by blurring along z) and a small HU calibration
 Files (``out_dir``): ``manifest.csv``, ``dataset_card.yaml``, ``images/<sid>.nii.gz``,
 ``ground_truth/<sid>_disease.nii.gz``, ``ground_truth/<sid>_lungs.nii.gz`` (1 right lung,
 2 left lung), ``ground_truth/<sid>_transform.json``, ``ground_truth/<sid>_record.json``
-(written last: a subject is finished when it exists) and ``ground_truth.csv``.
+(written last: a subject is finished when it exists) and ``ground_truth.csv``. The
+template itself is written as ``ground_truth/template.nii.gz`` with ``template_lungs`` and an
+identity ``template_transform.json``: registering a subject to it should recover ``A, t``.
 
 Example
 -------
@@ -293,6 +295,7 @@ class _SubjectParams:
     nuisance: dict[str, Any]
     clinical_noise: dict[str, float]
     inspiration_hu: float
+    tree_jitter: float = 1.0  # per-subject wobble of the branch points (0 for the template)
 
 
 def _draw_params(index: int, cfg: SyntheticConfig, template: _Template,
@@ -538,7 +541,7 @@ def _render_subject(prm: _SubjectParams, cfg: SyntheticConfig, template: _Templa
     disease.reshape(-1)[full_idx] = labels
     # --- vessels and airways, drawn on the lung box (per-segment sub-boxes)
     box_origin = origin + sp * blo
-    jit = rng.normal(0.0, 0.8 * s, template.vessels.nodes.shape)
+    jit = rng.normal(0.0, 0.8 * s * prm.tree_jitter, template.vessels.nodes.shape)
     jit[template.vessels.fixed] = 0
     vn = _to_subject(template.vessels.nodes + jit, prm)
     scale_r = float(np.cbrt(abs(np.linalg.det(prm.A))))
@@ -547,7 +550,7 @@ def _render_subject(prm: _SubjectParams, cfg: SyntheticConfig, template: _Templa
     ph.render_tubes(bshape, box_origin, sp, vn[seg[:, 0]], vn[seg[:, 1]],
                     template.vessels.radii[:, 0] * scale_r, template.vessels.radii[:, 1] * scale_r,
                     vessel)
-    jit = rng.normal(0.0, 0.5 * s, template.airways.nodes.shape)
+    jit = rng.normal(0.0, 0.5 * s * prm.tree_jitter, template.airways.nodes.shape)
     jit[template.airways.fixed] = 0
     awn = _to_subject(template.airways.nodes + jit, prm)
     seg = template.airways.segments
@@ -704,6 +707,37 @@ def _generate_subject(index: int, cfg: SyntheticConfig, template: _Template, out
     return record
 
 
+def _template_params(template: _Template) -> _SubjectParams:
+    """The template itself as a healthy, noise-light subject with the identity pose."""
+    zeros = {k: 0.0 for k in ("centrilobular", "paraseptal", "panlobular", "airway",
+                              "small_airway")}
+    nuisance = {"scanner": -1, "scanner_name": "template", "noise_hu": 5.0, "blur_mm": 0.5,
+                "slice_thickness_mm": 1.0, "hu_offset": 0.0}
+    warp = [(0.0, (0.0, 0.0, 0.0), (0.0, 0.0, 0.0))] * 3
+    return _SubjectParams("template", np.eye(3), np.zeros(3), np.zeros(3), np.ones(3), warp,
+                          template.anatomy, zeros, nuisance, {}, 0.0, tree_jitter=0.0)
+
+
+def _write_template(cfg: SyntheticConfig, template: _Template, out_dir: Path) -> None:
+    """``ground_truth/template.nii.gz`` (+ ``template_lungs``, identity ``template_transform``):
+    the template as an image, so a registration to it can be checked against the stored
+    affines directly (template physical space is the space of ``p`` in ``q = A p + t``)."""
+    gt = out_dir / "ground_truth"
+    paths = {"image": gt / "template.nii.gz", "lungs": gt / "template_lungs.nii.gz",
+             "transform": gt / "template_transform.json"}
+    if all(p.exists() for p in paths.values()):
+        return
+    prm = _template_params(template)
+    rng = np.random.default_rng([int(cfg.seed), 2**31 - 1])
+    hu, lungs, _, origin = _render_subject(prm, cfg, template, rng)
+    image = _acquire(hu, prm, cfg.spacing, rng)
+    _write_image(image, origin, cfg.spacing, paths["image"], cfg.compression_level)
+    _write_image(lungs, origin, cfg.spacing, paths["lungs"], cfg.compression_level)
+    _write_text(json.dumps({"A": np.eye(3).tolist(), "t": [0.0, 0.0, 0.0],
+                            "convention": "identity: this image is the template space"},
+                           indent=2), paths["transform"])
+
+
 def _worker(args: tuple) -> tuple[int, dict[str, Any] | None, str | None]:
     index, cfg, template, out_dir = args
     try:
@@ -777,6 +811,11 @@ def make_synthetic_cohort(n_subjects: int, out_dir: str | os.PathLike, seed: int
             pool = ProcessPoolExecutor(max_workers=jobs)
             results = pool.map(_worker, tasks)
         try:
+            # the workers are busy with the subjects meanwhile (map submits them all at once)
+            try:
+                _write_template(config, template, out)
+            except Exception:  # the template is a convenience; the cohort goes on
+                log.exception("synthetic cohort %s: writing the template image failed", out)
             for i, rec, err in results:
                 if rec is not None:
                     records[i] = rec
