@@ -110,6 +110,16 @@ def test_queue_enqueue_pointer_wraparound_and_mask():
         q.enqueue(0, torch.ones(2, 3))
 
 
+def test_queue_leaves_out_the_querys_own_subject():
+    q = LocationQueues(num_locations=1, size=4, dim=2)
+    q.enqueue(0, torch.eye(2)[[0, 1, 0]], ids=torch.tensor([3, 5, 3]))
+    _, mask = q.negatives(0, exclude_ids=torch.tensor([3, 5, 9]))
+    assert mask.tolist() == [[False, True, False, False],
+                             [True, False, True, False],
+                             [True, True, True, False]]
+    assert q.ids[0].tolist() == [3, 5, 3, -1]
+
+
 def test_queue_memory_and_dtypes_and_state_round_trip():
     assert LocationQueues.estimate_nbytes(581, 4096, 128, "float32") == 581 * 4096 * 128 * 4
     q32 = LocationQueues(4, 8, 16, dtype="float32")

@@ -30,8 +30,7 @@ def open_patch_source(path: str | Path) -> Any:
         from drasclr_toolkit.preprocess.store import PatchStore
     except ImportError as exc:
         raise RuntimeError(f"cannot open {path}: the PatchStore reader is unavailable ({exc})") from exc
-    open_fn = getattr(PatchStore, "open", None)
-    return open_fn(path) if callable(open_fn) else PatchStore(path)
+    return PatchStore(path)
 
 
 def _overrides(pairs: list[str]) -> dict[str, Any]:

@@ -20,14 +20,16 @@ def info_nce_logits(query: torch.Tensor, positive: torch.Tensor, negatives: torc
     """Logits (B, 1 + K): column 0 the positive, then the K negatives, all divided by T.
 
     ``query`` and ``positive`` (B, D) and ``negatives`` (K, D) are expected L2-normalised.
-    Masked-out negatives (mask False) get -inf and so drop out of the softmax.
+    Masked-out negatives (mask False; shape (K,) shared or (B, K) per query) get -inf and
+    so drop out of the softmax.
     Computed in float32 whatever the input dtypes (bf16/fp16 queues, autocast).
     """
     q = query.float()
     pos = (q * positive.float()).sum(dim=1, keepdim=True)
     neg = q @ negatives.float().t()
     if negative_mask is not None:
-        neg = neg.masked_fill(~negative_mask.view(1, -1), float("-inf"))
+        mask = negative_mask if negative_mask.dim() == 2 else negative_mask.view(1, -1)
+        neg = neg.masked_fill(~mask, float("-inf"))
     return torch.cat([pos, neg], dim=1) / temperature
 
 

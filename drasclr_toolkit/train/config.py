@@ -42,6 +42,7 @@ class PretrainConfig:
     queue_size: int = 4096
     queue_dtype: str = "float32"          # float32 | bfloat16 | float16
     mask_unfilled_negatives: bool = True  # False: the reference's random-noise negatives
+    exclude_same_subject: bool = True     # a query's own subject's queued keys are not negatives
     neighbours: int = 2                   # k nearest landmarks in the neighbour loss (0: off)
     neighbour_reduction: str = "sum"      # sum (reference) | mean
     beta: float = 1.0

@@ -248,8 +248,13 @@ class DrasCLRTrainer:
         update_momentum(self.encoder, self.key_encoder, cfg.key_momentum)
         key = self._keys(view2, loc_coord)
 
-        negatives, mask = self.queues.negatives(loc)
-        mask = mask if cfg.mask_unfilled_negatives else None
+        subjects = batch["subjects"].to(self.device) if "subjects" in batch else None
+        exclude = subjects if cfg.exclude_same_subject else None
+        negatives, mask = self.queues.negatives(loc, exclude_ids=exclude)
+        if not cfg.mask_unfilled_negatives:
+            # reference behaviour: unwritten (random) entries count as negatives
+            written = self.queues.ids[loc] >= 0
+            mask = mask | ~written if exclude is not None else None
         loss_local, logits_local = self.local_loss(q, key, negatives, mask)
         beta = neighbour_weight(self.step_count, cfg.beta, cfg.beta_warmup_steps)
         if k:
@@ -264,7 +269,8 @@ class DrasCLRTrainer:
         lr = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
         # Enqueue after the loss: this batch's keys are negatives for later batches only.
-        self.queues.enqueue(loc, concat_all_gather(key, self.dist))
+        ids = concat_all_gather(subjects, self.dist) if subjects is not None else None
+        self.queues.enqueue(loc, concat_all_gather(key, self.dist), ids=ids)
         self.step_count += 1
         with torch.no_grad():
             acc_n = contrast_accuracy(logits_neighbour) if logits_neighbour is not None else loss.new_zeros(())

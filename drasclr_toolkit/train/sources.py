@@ -173,7 +173,8 @@ class ArrayPatchSource:
             for l in range(n_locations):
                 holes = gaussian_filter(rng.normal(size=(p, p, p)), 1.5)
                 holes = holes > np.quantile(holes, 1 - 0.3 * severity[s])
-                hu = -830 + 180 * anatomy[l] + 25 * rng.normal(size=(p, p, p))
+                # emphysema also lowers the overall density a little
+                hu = -830 - 60 * severity[s] + 180 * anatomy[l] + 25 * rng.normal(size=(p, p, p))
                 hu = np.where(anatomy[l] > 1.5, 40.0, hu)       # vessels
                 hu = np.where(holes, -980.0, hu)                 # low-density holes
                 out[s, l] = np.clip(hu, -1024, 240).astype(np.int16)
