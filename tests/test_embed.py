@@ -325,3 +325,21 @@ def test_pc_spearman_and_probe_find_the_encoded_target_not_the_noise():
     assert probe.loc["severity", "r2"] > 0.8 and probe.loc["severity", "spearman"] > 0.9
     assert probe.loc["noise_hu", "r2"] < 0.2
     assert (probe.n == n).all()
+
+
+def test_compare_encoders_table():
+    from drasclr_toolkit.embed import compare_encoders, pc_spearman, probe_scores
+
+    rng = np.random.default_rng(1)
+    ids = [f"s{i}" for i in range(20)]
+    truth = pd.DataFrame({"severity": rng.uniform(0, 1, 20), "noise_hu": rng.uniform(10, 40, 20)},
+                         index=ids)
+    good = pd.DataFrame(np.c_[truth.severity * 3, rng.normal(0, 0.1, (20, 2))], index=ids)
+    bad = pd.DataFrame(rng.normal(size=(20, 3)), index=ids)
+    table = compare_encoders({"good": good, "bad": bad}, truth, nuisance=["noise_hu"])
+    assert len(table) == 4 and set(table.kind) == {"disease", "nuisance"}
+    row = table.set_index(["encoder", "target"]).loc[("good", "severity")]
+    corr = pc_spearman(good, truth)
+    assert row.pc_max_abs_rho == corr[corr.target == "severity"].rho.abs().max()
+    assert row.probe_r2 == probe_scores(good, truth).loc["severity", "r2"]
+    assert row.pc_max_abs_rho > table.set_index(["encoder", "target"]).loc[("bad", "severity")].pc_max_abs_rho

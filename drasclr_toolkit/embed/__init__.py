@@ -6,7 +6,7 @@ Example:
     >>> patients = emb.pool("mean")  # DataFrame (N, D) indexed by subject id  # doctest: +SKIP
 """
 
-from .analysis import pc_spearman, probe_scores
+from .analysis import compare_encoders, pc_spearman, probe_scores
 from .extract import EmbedConfig, extract_embeddings, load_encoder, resolve_device
 from .retrieval import retrieve_similar
 from .store import POOLING_METHODS, Embeddings
@@ -14,6 +14,7 @@ from .store import POOLING_METHODS, Embeddings
 __all__ = [
     "POOLING_METHODS",
     "EmbedConfig",
+    "compare_encoders",
     "Embeddings",
     "extract_embeddings",
     "load_encoder",

@@ -15,13 +15,13 @@ Example:
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
-__all__ = ["pc_spearman", "probe_scores"]
+__all__ = ["compare_encoders", "pc_spearman", "probe_scores"]
 
 
 def _aligned(patient: pd.DataFrame, targets: pd.DataFrame | pd.Series
@@ -91,3 +91,30 @@ def probe_scores(patient: pd.DataFrame, targets: pd.DataFrame | pd.Series, cv: i
         rho = spearmanr(pred, y)[0] if np.ptp(y) > 0 and np.ptp(pred) > 0 else np.nan
         rows[name] = {"r2": float(r2_score(y, pred)), "spearman": float(rho), "n": len(y)}
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("target")
+
+
+def compare_encoders(patients: Mapping[str, pd.DataFrame], targets: pd.DataFrame,
+                     nuisance: Sequence[str] = (), n_components: int = 3, cv: int = 5,
+                     seed: int = 0) -> pd.DataFrame:
+    """One row per (encoder, target): how strongly the patient embeddings follow it.
+
+    ``patients`` maps an encoder name (e.g. ``"trained"``, ``"random-init"``) to its pooled
+    patient embeddings. Columns: ``encoder``, ``target``, ``kind`` (``"nuisance"`` for the
+    names in ``nuisance``, else ``"disease"``), ``pc_max_abs_rho`` (largest ``|ρ|`` over the
+    first ``n_components`` PCs), ``best_pc``, ``probe_r2`` and ``probe_spearman``
+    (:func:`probe_scores`). Wanted: high for disease, low for nuisance.
+    """
+    rows = []
+    for name, patient in patients.items():
+        corr = pc_spearman(patient, targets, n_components)
+        corr["abs_rho"] = corr.rho.abs()
+        best = corr.loc[corr.groupby("target").abs_rho.idxmax()].set_index("target")
+        probe = probe_scores(patient, targets, cv=cv, seed=seed)
+        for target in targets.columns:
+            rows.append({"encoder": name, "target": target,
+                         "kind": "nuisance" if target in nuisance else "disease",
+                         "pc_max_abs_rho": float(best.loc[target, "abs_rho"]),
+                         "best_pc": best.loc[target, "component"],
+                         "probe_r2": float(probe.loc[target, "r2"]),
+                         "probe_spearman": float(probe.loc[target, "spearman"])})
+    return pd.DataFrame(rows)
