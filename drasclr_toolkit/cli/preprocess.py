@@ -3,7 +3,8 @@
 Example::
 
     drasclr preprocess --manifest cohort/manifest.csv --out work/preprocess --jobs 2
-    drasclr preprocess --manifest m.csv --out o --atlas shared/atlas_dir --shard 0/8
+    drasclr preprocess --manifest m.csv --out o --atlas-only        # once, then per job:
+    drasclr preprocess --manifest m.csv --out o --atlas o/atlas --shard 3/8
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="config YAML path or packaged name (tiny, gpu); its preprocess: section")
     p.add_argument("--jobs", type=int, default=1, help="worker processes")
     p.add_argument("--shard", type=_parse_shard, default=(0, 1), help="i/n: this job's share")
+    p.add_argument("--atlas-only", action="store_true",
+                   help="build (or check) the atlas in --out and stop: run this once before "
+                   "starting several --shard jobs on one output directory")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -60,6 +65,11 @@ def run(args: argparse.Namespace) -> int:
     else:
         atlas = build_default_atlas(manifest, args.out, cfg, reference=args.reference,
                                     progress=not args.no_progress)
+    if args.atlas_only:
+        if args.atlas or args.official_atlas:
+            atlas.save(Path(args.out) / "atlas")
+        print(f"atlas with {atlas.n_landmarks} landmarks in {Path(args.out) / 'atlas'}")
+        return 0
     store = run_preprocessing(manifest, atlas, args.out, cfg, n_jobs=args.jobs, shard=args.shard,
                               progress=not args.no_progress)
     df = qc_table(store)

@@ -64,6 +64,24 @@ def _atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
+def _create_arrays(root, N: int, L: int, P: int, blosc) -> None:
+    if "patches" in root:
+        return
+    root.create_array(
+        "patches", shape=(N, L, P, P, P), dtype="int16",
+        chunks=(1, 1, P, P, P), shards=(1, L, P, P, P),
+        compressors=[blosc], fill_value=-1024,
+    )
+    root.create_array(
+        "lung_fraction", shape=(N, L), dtype="float32", chunks=(1, L),
+        compressors=[blosc], fill_value=0.0,
+    )
+    root.create_array(
+        "corners", shape=(N, L, 3), dtype="int32", chunks=(1, L, 3),
+        compressors=[blosc], fill_value=0,
+    )
+
+
 class PatchStore:
     """Patches of a cohort at the atlas landmarks (the patch-source protocol on disk).
 
@@ -129,20 +147,13 @@ class PatchStore:
         N = len(subject_ids)
         root = zarr.open_group(str(path / "patches.zarr"), mode="a")
         blosc = BloscCodec(cname="zstd", clevel=int(compression_level), shuffle="bitshuffle")
-        if "patches" not in root:
-            root.create_array(
-                "patches", shape=(N, L, P, P, P), dtype="int16",
-                chunks=(1, 1, P, P, P), shards=(1, L, P, P, P),
-                compressors=[blosc], fill_value=-1024,
-            )
-            root.create_array(
-                "lung_fraction", shape=(N, L), dtype="float32", chunks=(1, L),
-                compressors=[blosc], fill_value=0.0,
-            )
-            root.create_array(
-                "corners", shape=(N, L, 3), dtype="int32", chunks=(1, L, 3),
-                compressors=[blosc], fill_value=0,
-            )
+        try:
+            _create_arrays(root, N, L, P, blosc)
+        except Exception:
+            # Another shard job created them at the same moment: theirs are identical.
+            root = zarr.open_group(str(path / "patches.zarr"), mode="a")
+            if not {"patches", "lung_fraction", "corners"} <= set(root.array_keys()):
+                raise
         meta = {
             "format_version": STORE_FORMAT_VERSION,
             "subject_slots": subject_ids,
