@@ -343,3 +343,15 @@ def test_compare_encoders_table():
     assert row.pc_max_abs_rho == corr[corr.target == "severity"].rho.abs().max()
     assert row.probe_r2 == probe_scores(good, truth).loc["severity", "r2"]
     assert row.pc_max_abs_rho > table.set_index(["encoder", "target"]).loc[("bad", "severity")].pc_max_abs_rho
+
+
+def test_given_encoder_is_used_in_eval_mode_and_left_as_it_was():
+    src = make_source(n=3, n_loc=2)
+    torch.manual_seed(0)
+    enc = DrasCLREncoder(**TINY)  # training mode: BatchNorm would use batch statistics
+    emb = extract_embeddings(src, encoder=enc, progress=False)
+    assert enc.training and emb.provenance["encoder_kind"] == "given"
+    with torch.no_grad():
+        x = hu_to_unit(torch.from_numpy(src.patches[:1, 1]).float())[:, None]
+        h = enc.eval().encode(x, torch.from_numpy(src.landmark_coords[1])).numpy()
+    np.testing.assert_allclose(emb.patch[0, 1], h[0], rtol=1e-4, atol=1e-5)

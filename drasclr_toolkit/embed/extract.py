@@ -198,6 +198,8 @@ def _distributed(device: torch.device) -> tuple[int, int, bool]:
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size(), False
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if device.type == "cuda":
+            torch.cuda.set_device(device)  # NCCL collectives run on the current device
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
         return dist.get_rank(), dist.get_world_size(), True
     return 0, 1, False
@@ -256,6 +258,7 @@ def extract_embeddings(
         info = {"encoder_kind": "random-init", "checkpoint": None,
                 "checkpoint_config": _jsonable(dict(encoder_kwargs or {})),
                 "landmark_convention": "ours"}
+    was_training = encoder.training  # a caller's encoder goes back to its mode afterwards
     encoder = encoder.to(device).eval()
 
     landmarks = np.asarray(source.landmarks)
@@ -334,6 +337,7 @@ def extract_embeddings(
                 else:
                     results[sid] = out[row]
     bar.close()
+    encoder.train(was_training)
     seconds = time.perf_counter() - started
 
     if world > 1:
