@@ -202,9 +202,13 @@ class CondConv3d(nn.Module):
         """Sigmoid routing weights ``(N, E)`` for locations ``(N, coord_dim)``."""
         return torch.sigmoid(self.routing(loc.to(self.routing.weight.dtype)))
 
-    def mixed_kernels(self, loc: torch.Tensor) -> torch.Tensor:
-        """Per-location kernels ``(N, out, in, k, k, k)`` for locations ``(N, coord_dim)``."""
-        r = self.routing_weights(loc)
+    def mixed_kernels(self, loc: torch.Tensor, routing: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-location kernels ``(N, out, in, k, k, k)`` for locations ``(N, coord_dim)``.
+
+        ``routing``: precomputed :meth:`routing_weights` ``(N, E)`` (the encoder computes all
+        layers' routing in one operation, which saves GPU kernel launches).
+        """
+        r = self.routing_weights(loc) if routing is None else routing
         # One (N, E) x (E, out*in*k^3) matmul instead of a broadcast-and-sum: less memory.
         mixed = r @ self.weight.flatten(1).to(r.dtype)
         return mixed.view(loc.shape[0], *self.weight.shape[1:])
@@ -215,54 +219,62 @@ class CondConv3d(nn.Module):
             n *= (size + 2 * self.padding - self.kernel_size) // self.stride + 1
         return n
 
-    def forward(self, x: torch.Tensor, loc: torch.Tensor | LocationPlan) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, loc: torch.Tensor | LocationPlan,
+                routing: torch.Tensor | None = None) -> torch.Tensor:
         """Convolve ``x`` ``(B, in, D, H, W)`` at locations ``loc``.
 
         ``loc``: ``(coord_dim,)`` or ``(1, coord_dim)`` for one location shared by the
         batch, ``(B, coord_dim)`` per sample, or a :class:`LocationPlan` made once for many
-        layers (see :func:`plan_locations`).
+        layers (see :func:`plan_locations`). ``routing``: optional precomputed routing
+        weights ``(len(plan.locations), E)``.
         """
         if x.dim() != 5 or x.shape[1] != self.in_channels:
             raise ValueError(f"CondConv3d expects input (B, {self.in_channels}, D, H, W); "
                              f"got {tuple(x.shape)}")
         plan = plan_locations(loc, x.shape[0], self.coord_dim, self.max_groups)
+        if routing is not None and routing.shape != (plan.locations.shape[0], self.num_experts):
+            raise ValueError(f"routing has shape {tuple(routing.shape)}; expected "
+                             f"({plan.locations.shape[0]}, {self.num_experts})")
         if plan.shared:
-            return F.conv3d(x, self.mixed_kernels(plan.locations)[0], self.bias,
+            return F.conv3d(x, self.mixed_kernels(plan.locations, routing)[0], self.bias,
                             self.stride, self.padding)
         if plan.grouped:
-            return self._forward_by_location(x, plan)
+            return self._forward_by_location(x, plan, routing)
         impl = self.per_sample_impl
         if impl == "auto":
             voxels = self._output_voxels(x)
             impl = "stacked" if (self.num_experts - 1) * voxels <= self.stacked_budget else "grouped"
         if impl == "stacked":
-            return self._forward_stacked(x, plan.locations)
+            return self._forward_stacked(x, plan.locations, routing)
         if impl != "grouped":
             raise ValueError(f"per_sample_impl must be 'auto', 'grouped' or 'stacked', got {impl!r}")
-        return self._forward_grouped(x, plan.locations)
+        return self._forward_grouped(x, plan.locations, routing)
 
-    def _forward_by_location(self, x: torch.Tensor, plan: LocationPlan) -> torch.Tensor:
+    def _forward_by_location(self, x: torch.Tensor, plan: LocationPlan,
+                             routing: torch.Tensor | None) -> torch.Tensor:
         # A loop over the few distinct locations (not over samples): ordinary convolutions.
-        kernels = self.mixed_kernels(plan.locations)
+        kernels = self.mixed_kernels(plan.locations, routing)
         chunks = torch.split(x.index_select(0, plan.order), list(plan.counts))
         out = torch.cat([F.conv3d(chunk, kernels[u], self.bias, self.stride, self.padding)
                          for u, chunk in enumerate(chunks)])
         return out.index_select(0, plan.restore)
 
-    def _forward_grouped(self, x: torch.Tensor, loc: torch.Tensor) -> torch.Tensor:
+    def _forward_grouped(self, x: torch.Tensor, loc: torch.Tensor,
+                         routing: torch.Tensor | None) -> torch.Tensor:
         # Sample b's channels form group b of one grouped convolution.
         batch = x.shape[0]
-        kernels = self.mixed_kernels(loc)
+        kernels = self.mixed_kernels(loc, routing)
         out = F.conv3d(x.reshape(1, batch * self.in_channels, *x.shape[2:]),
                        kernels.reshape(batch * self.out_channels, *kernels.shape[2:]),
                        None if self.bias is None else self.bias.repeat(batch),
                        self.stride, self.padding, groups=batch)
         return out.view(batch, self.out_channels, *out.shape[2:])
 
-    def _forward_stacked(self, x: torch.Tensor, loc: torch.Tensor) -> torch.Tensor:
+    def _forward_stacked(self, x: torch.Tensor, loc: torch.Tensor,
+                         routing: torch.Tensor | None) -> torch.Tensor:
         # sum_e r_be (W_e * x_b): all experts as one convolution, then a per-sample mix.
         batch, experts = x.shape[0], self.num_experts
-        r = self.routing_weights(loc)
+        r = self.routing_weights(loc) if routing is None else routing
         y = F.conv3d(x, self.weight.flatten(0, 1), None, self.stride, self.padding)
         spatial = y.shape[2:]
         y = torch.bmm(r.unsqueeze(1).to(y.dtype), y.reshape(batch, experts, -1))
@@ -290,7 +302,9 @@ class PerSampleCondConv3d(CondConv3d):
         torch.Size([2, 4, 8, 8, 8])
     """
 
-    def forward(self, x: torch.Tensor, loc: torch.Tensor | LocationPlan) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, loc: torch.Tensor | LocationPlan,
+                routing: torch.Tensor | None = None) -> torch.Tensor:
+        # ``routing`` is ignored: the reference recomputes it per sample, as the original did.
         batch = x.shape[0]
         if isinstance(loc, LocationPlan):
             loc = loc.per_sample
