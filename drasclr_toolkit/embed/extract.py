@@ -284,16 +284,6 @@ def extract_embeddings(
     rank, world, started_group = _distributed(device)
     mine = wanted[rank::world]
 
-    fingerprint = {"encoder_sha1": _encoder_fingerprint(encoder),
-                   "landmark_coords_sha1": hashlib.sha1(coords.tobytes()).hexdigest(),
-                   "encoder_kind": info["encoder_kind"], "checkpoint": info["checkpoint"],
-                   "seed": seed if info["encoder_kind"] == "random-init" else None}
-    parts_dir = None
-    if out_path is not None:
-        out_path = Path(out_path)
-        parts_dir = out_path.with_name(out_path.name + ".parts")
-        _check_parts_dir(parts_dir, fingerprint)
-
     use_amp = (device.type == "cuda") if amp is None else bool(amp)
     if use_amp and device.type == "cuda":
         amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -302,6 +292,17 @@ def extract_embeddings(
         autocast = torch.autocast("cpu", dtype=torch.bfloat16)
     else:
         autocast = nullcontext()
+
+    fingerprint = {"encoder_sha1": _encoder_fingerprint(encoder),
+                   "landmark_coords_sha1": hashlib.sha1(coords.tobytes()).hexdigest(),
+                   "encoder_kind": info["encoder_kind"], "checkpoint": info["checkpoint"],
+                   "seed": seed if info["encoder_kind"] == "random-init" else None,
+                   "amp": use_amp}
+    parts_dir = None
+    if out_path is not None:
+        out_path = Path(out_path)
+        parts_dir = out_path.with_name(out_path.name + ".parts")
+        _check_parts_dir(parts_dir, fingerprint)
 
     todo = [i for i in mine
             if parts_dir is None or not (parts_dir / _part_name(all_ids[i])).exists()]
@@ -389,7 +390,10 @@ def _check_parts_dir(parts_dir: Path, fingerprint: dict[str, Any]) -> None:
     run_file = parts_dir / "run.json"
     if run_file.exists():
         previous = json.loads(run_file.read_text())
-        if previous != _jsonable(fingerprint):
+        # The weights' hash, the locations and the precision decide the numbers; a moved
+        # checkpoint file with the same weights may resume.
+        decisive = ("encoder_sha1", "landmark_coords_sha1", "amp")
+        if any(previous.get(k) != fingerprint[k] for k in decisive):
             raise ValueError(
                 f"{parts_dir} holds embeddings made by another encoder or landmark set "
                 f"({previous.get('encoder_kind')}, checkpoint {previous.get('checkpoint')}); "
