@@ -15,7 +15,7 @@ are timed on the first ``--time-landmarks`` landmarks and scaled to L = 581; the
 
 Usage::
 
-    python benchmarks/bench_extract.py                     # 2 CPU threads, full width
+    python benchmarks/bench_extract.py                     # 2 CPU threads, full width, 16 subjects
     python benchmarks/bench_extract.py --device cuda       # subjects/s on a GPU (< 1 min)
 
 Writes ``benchmarks/results/extract_<device>.json`` (atomically) and prints a summary.
@@ -95,8 +95,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (torch)")
     parser.add_argument("--subjects", type=int, default=None,
-                        help="subjects for the shared path (default 8 on CPU = tiny batch, "
-                        "64 on GPU = gpu.yaml batch)")
+                        help="subjects for the shared path (default 16 on CPU = tiny.yaml "
+                        "batch, 64 on GPU = gpu.yaml batch)")
     parser.add_argument("--landmarks", type=int, default=581, help="L per subject")
     parser.add_argument("--time-landmarks", type=int, default=None,
                         help="landmarks actually timed, scaled to L (default 32 on CPU, L on GPU)")
@@ -115,7 +115,7 @@ def main() -> None:
     gpu = device.type == "cuda"
     torch.set_num_threads(args.threads)
     amp = args.amp or gpu
-    n_subjects = args.subjects or (64 if gpu else 8)
+    n_subjects = args.subjects or (64 if gpu else 16)
     batch_size = args.batch_size or n_subjects
     n_loc = args.landmarks
     timed = min(args.time_landmarks or (n_loc if gpu else 32), n_loc)
