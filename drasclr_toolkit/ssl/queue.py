@@ -101,12 +101,12 @@ class LocationQueues(nn.Module):
         keys = keys.detach()[-self.size:].to(device=self.keys.device, dtype=self.keys.dtype)
         ids = ids.detach()[-self.size:].to(device=self.keys.device, dtype=torch.int32)
         n = keys.shape[0]
-        start = int(self.ptr[loc])
-        idx = (start + torch.arange(n, device=self.keys.device)) % self.size
+        # Pointer arithmetic stays on the queue's device: no host synchronisation per step.
+        idx = (self.ptr[loc] + torch.arange(n, device=self.keys.device)) % self.size
         self.keys[loc, idx] = keys
         self.ids[loc, idx] = ids
-        self.ptr[loc] = (start + n) % self.size
-        self.filled[loc] = min(int(self.filled[loc]) + n, self.size)
+        self.ptr[loc] = (self.ptr[loc] + n) % self.size
+        self.filled[loc] = torch.clamp(self.filled[loc] + n, max=self.size)
 
     def negatives(self, loc: int, exclude_ids: torch.Tensor | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor]:
