@@ -229,6 +229,11 @@ def test_retrieve_similar_ranks_by_cosine_at_the_same_landmark():
     assert hits.subject_index.tolist() == expected
     np.testing.assert_allclose(hits.similarity, cos[expected])
     assert "p0" in retrieve_similar(emb, "p0", 1, k=1, include_self=True).subject_id.tolist()
+    centred = v - v.mean(0)
+    cos_c = centred @ centred[0] / np.linalg.norm(centred, axis=1) / np.linalg.norm(centred[0])
+    hits_c = retrieve_similar(emb, "p0", landmark=1, k=5, center=True)
+    assert hits_c.subject_index.tolist() == [i for i in np.argsort(-cos_c) if i != 0]
+    np.testing.assert_allclose(hits_c.similarity, cos_c[hits_c.subject_index])
 
 
 def test_embed_config_rejects_unknown_keys():

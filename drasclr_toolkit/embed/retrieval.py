@@ -21,9 +21,13 @@ __all__ = ["retrieve_similar"]
 
 
 def retrieve_similar(embeddings: Embeddings, subject: int | str, landmark: int, k: int = 5,
-                     include_self: bool = False) -> pd.DataFrame:
+                     include_self: bool = False, center: bool = False) -> pd.DataFrame:
     """The ``k`` patches most similar (cosine) to ``subject``'s patch at ``landmark``, among
     all subjects' patches at that same landmark.
+
+    ``center`` subtracts the cohort mean at that landmark first: embeddings of one location
+    share a large common part (what every lung looks like there), which makes raw cosines
+    all close to 1; centred, the similarity reflects how patients differ.
 
     Returns a DataFrame with columns ``rank`` (1 = most similar), ``subject_id``,
     ``subject_index``, ``landmark`` and ``similarity``, best first. The query subject is
@@ -35,6 +39,8 @@ def retrieve_similar(embeddings: Embeddings, subject: int | str, landmark: int, 
         raise ValueError(f"k must be >= 1, got {k}")
     query_row = embeddings.subject_index(subject)
     vectors = embeddings.patch[:, int(landmark)].astype(np.float64)
+    if center:
+        vectors = vectors - vectors.mean(axis=0)
     norms = np.linalg.norm(vectors, axis=1)
     # A zero vector has no direction: give it similarity 0 rather than NaN.
     unit = vectors / np.where(norms > 0, norms, 1.0)[:, None]

@@ -38,16 +38,17 @@ def _source_index(source: Any, subject_id: str) -> int:
 
 
 def retrieval_gallery(embeddings: Embeddings, source: Any, subject: int | str, landmark: int,
-                      k: int = 5, *, plane: str = "axial", window: tuple[float, float] = (-1024, 240),
+                      k: int = 5, *, center: bool = False, plane: str = "axial",
+                      window: tuple[float, float] = (-1024, 240),
                       title: str | None = None) -> go.Figure:
     """Gallery (1 × k+1 heatmaps): the query patch's middle slice, then its ``k`` nearest
     neighbours by cosine similarity among the other subjects' patches at the same landmark,
-    with subject id and similarity in each title.
+    with subject id and similarity in each title. ``center``: see :func:`retrieve_similar`.
 
     ``source`` is the patch source the embeddings were extracted from (patches are read
     with ``read_location``); ``window`` is the HU display range.
     """
-    hits = retrieve_similar(embeddings, subject, landmark, k)
+    hits = retrieve_similar(embeddings, subject, landmark, k, center=center)
     query_id = embeddings.subject_ids[embeddings.subject_index(subject)]
     order = [query_id] + hits.subject_id.tolist()
     patches = source.read_location(int(landmark), [_source_index(source, s) for s in order])
