@@ -104,6 +104,14 @@ def test_lung_surface_mesh_and_landmarks():
     np.testing.assert_allclose(points.marker.color, [0.2, 0.7])
     coarse = lung_surface(mask, (1.0, 1.5, 2.0), downsample=4).data[0]
     assert len(coarse.i) < len(mesh.i)
+    # An index→world affine moves surface and landmarks alike (here: spacing plus an origin).
+    affine = np.diag([1.0, 1.5, 2.0, 1.0])
+    affine[:3, 3] = (-100, 20, 300)
+    world_mesh, world_points = lung_surface(mask, (1.0, 1.5, 2.0), affine=affine,
+                                            landmarks=corners, downsample=2).data
+    np.testing.assert_allclose(np.asarray(world_mesh.x), x - 100, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(world_mesh.z), z + 300, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(world_points.y), np.asarray(points.y) + 20)
 
 
 def test_lung_surface_of_the_official_atlas(shared_reference):
