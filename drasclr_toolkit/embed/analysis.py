@@ -9,7 +9,7 @@ Example:
     >>> rng = np.random.default_rng(0)
     >>> X = pd.DataFrame(rng.normal(size=(30, 4)), index=[f"s{i}" for i in range(30)])
     >>> y = pd.DataFrame({"signal": X[0] * 2, "noise": rng.normal(size=30)}, index=X.index)
-    >>> probe_scores(X, y).loc["signal", "r2"] > 0.9
+    >>> bool(probe_scores(X, y).loc["signal", "r2"] > 0.9)
     True
 """
 
