@@ -15,6 +15,7 @@ Re-running the same command resumes: finished subjects (in ``<out>.parts/``) are
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 
@@ -35,9 +36,10 @@ def run(args: argparse.Namespace) -> int:
                              seed=config.seed, encoder_kwargs=config.encoder,
                              progress=not args.no_progress)
     failed = emb.provenance.get("failed", {})
-    print(f"embeddings: {args.out}  {emb}")
-    for sid, reason in failed.items():
-        print(f"  failed {sid}: {reason}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun every rank returns the same result
+        print(f"embeddings: {args.out}  {emb}")
+        for sid, reason in failed.items():
+            print(f"  failed {sid}: {reason}")
     return 1 if failed and not len(emb) else 0
 
 
