@@ -362,8 +362,10 @@ class PretrainRun:
             self.device = torch.device("cuda", self.dist.local_rank)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
-        elif cfg.cpu_threads:
-            # On a shared or small machine, fewer threads than cores is often much faster.
+        self._threads_before = torch.get_num_threads()
+        if self.device.type == "cpu" and cfg.cpu_threads:
+            # On a shared or small machine, fewer threads than cores is often much faster;
+            # restored when the run ends.
             torch.set_num_threads(cfg.cpu_threads)
         self.sampler = LocationBatchSampler(len(source.subject_ids), len(source.landmarks),
                                             cfg.batch_size, seed=cfg.seed, rank=self.dist.rank,
@@ -523,6 +525,7 @@ class PretrainRun:
         finally:
             if bar is not None:
                 bar.close()
+            torch.set_num_threads(self._threads_before)
 
 
 def pretrain(source: Any, config: PretrainConfig | Mapping[str, Any] | str | Path | None,
