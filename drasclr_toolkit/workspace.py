@@ -141,11 +141,11 @@ class Workspace:
         return pretrain(self.patch_store(), self.section("pretrain"), self.pretrain_dir)
 
     def embeddings(self, encoder: str = "trained"):
-        """Patch embeddings of the cohort from the ``trained`` or a ``random``-init encoder."""
+        """Patch embeddings of the cohort from the ``trained`` or the ``random-init`` encoder."""
         from drasclr_toolkit.embed import Embeddings, EmbedConfig, extract_embeddings
 
-        if encoder not in ("trained", "random"):
-            raise ValueError(f"encoder must be 'trained' or 'random', got {encoder!r}")
+        if encoder not in ("trained", "random-init"):
+            raise ValueError(f"encoder must be 'trained' or 'random-init', got {encoder!r}")
         path = self.embeddings_dir / f"{encoder}.npz"
         if path.exists():
             return Embeddings.load(path)
