@@ -156,6 +156,21 @@ def test_loss_falls_on_a_tiny_synthetic_source(tmp_path):
     assert np.isfinite(df.loss_neighbour).all()
 
 
+def test_batch_negatives_give_a_signal_before_the_queue_fills(source):
+    from drasclr_toolkit.train import DrasCLRTrainer
+    from drasclr_toolkit.train.sampler import LocationPatchDataset
+
+    batch = LocationPatchDataset(source, 2)[BatchSpec(0, 0, loc=1, subjects=(0, 1, 2, 3), seed=0)]
+    losses = {}
+    for flag in (False, True):
+        cfg = PretrainConfig.from_dict(dict(TINY, batch_negatives=flag))
+        trainer = DrasCLRTrainer(cfg, source.landmark_coords, total_steps=5)
+        out = trainer.step(batch)
+        losses[flag] = float(out["loss_local"])
+    assert losses[False] == 0.0          # empty queue, everything masked: no signal
+    assert losses[True] > 0.1            # 3 other subjects' keys as negatives
+
+
 def test_resumed_run_matches_uninterrupted_run_exactly(source, tmp_path):
     cfg = dict(TINY, max_steps=10, epochs=5)      # 8 steps per epoch: crosses an epoch boundary
     whole = pretrain(source, cfg, tmp_path / "whole")

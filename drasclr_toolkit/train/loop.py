@@ -255,6 +255,17 @@ class DrasCLRTrainer:
             # reference behaviour: unwritten (random) entries count as negatives
             written = self.queues.ids[loc] >= 0
             mask = mask | ~written if exclude is not None else None
+        all_keys = concat_all_gather(key, self.dist)
+        all_ids = concat_all_gather(subjects, self.dist) if subjects is not None else None
+        if cfg.batch_negatives and all_ids is not None:
+            # This step's keys of other subjects (same location) as extra negatives: a
+            # signal from the first visit of a location, when its queue is still empty.
+            in_batch = all_ids[None, :] != subjects[:, None]
+            queue_mask = (torch.ones(negatives.shape[0], dtype=torch.bool, device=self.device)
+                          if mask is None else mask)
+            queue_mask = queue_mask.expand(q.shape[0], -1) if queue_mask.dim() == 1 else queue_mask
+            negatives = torch.cat([negatives.float(), all_keys])
+            mask = torch.cat([queue_mask, in_batch], dim=1)
         loss_local, logits_local = self.local_loss(q, key, negatives, mask)
         beta = neighbour_weight(self.step_count, cfg.beta, cfg.beta_warmup_steps)
         if k:
@@ -269,8 +280,7 @@ class DrasCLRTrainer:
         lr = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
         # Enqueue after the loss: this batch's keys are negatives for later batches only.
-        ids = concat_all_gather(subjects, self.dist) if subjects is not None else None
-        self.queues.enqueue(loc, concat_all_gather(key, self.dist), ids=ids)
+        self.queues.enqueue(loc, all_keys, ids=all_ids)
         self.step_count += 1
         with torch.no_grad():
             acc_n = contrast_accuracy(logits_neighbour) if logits_neighbour is not None else loss.new_zeros(())
@@ -408,7 +418,9 @@ class PretrainRun:
         return path
 
     def _load(self, path: Path) -> None:
-        state = torch.load(path, map_location=self.device, weights_only=True)
+        # CPU first: RNG states must stay CPU tensors; load_state_dict copies weights, queues
+        # and optimiser state onto the model's device.
+        state = torch.load(path, map_location="cpu", weights_only=True)
         if state.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"checkpoint {path}: field 'format' is {state.get('format')!r}, not "
                              f"{CHECKPOINT_FORMAT!r}; use a new out_dir or resume=False")
