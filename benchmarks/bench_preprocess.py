@@ -173,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-ants", action="store_true", help="skip the antspyx reference run")
     ap.add_argument("--interpolator", default="bspline", choices=["bspline", "linear"],
                     help="timed first; linear is always timed too")
+    ap.add_argument("--out", default=None, help="JSON path (default results/preprocess_<host>.json)")
     args, _ = ap.parse_known_args(argv)  # run_all.py may pass e.g. --device: ignored here
 
     os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(args.threads)
@@ -215,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
                 "time of this process (all its threads): wall on 2 idle cores ~ cpu / 2..cpu",
         "target": "whole chain <= 60 s per full-size scan on 2 cores",
     }
-    out = HERE / "results" / f"preprocess_{socket.gethostname()}.json"
+    out = Path(args.out) if args.out else HERE / "results" / f"preprocess_{socket.gethostname()}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
     print(f"wrote {out}")
