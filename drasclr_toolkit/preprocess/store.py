@@ -108,6 +108,8 @@ class PatchStore:
         self._landmarks: np.ndarray | None = None
         self._done_cache: list[str] | None = None
         self._lung_fraction: np.ndarray | None = None
+        self._coords: np.ndarray | None = None
+        self._neighbors: np.ndarray | None = None
 
     # ------------------------------------------------------------------ creation
     @classmethod
@@ -199,15 +201,21 @@ class PatchStore:
 
     @property
     def landmark_coords(self) -> np.ndarray:
-        from .atlas import normalise_coords
+        """(L, 3) float32: (p - min) / (max - min) * 2 - 1 per axis (cached)."""
+        if self._coords is None:
+            from .atlas import normalise_coords
 
-        return normalise_coords(self.landmarks)
+            self._coords = normalise_coords(self.landmarks)
+        return self._coords
 
     @property
     def neighbors(self) -> np.ndarray:
-        from .atlas import nearest_neighbors
+        """(L, k) nearest landmarks, ties by distance then index (cached; k from store.json)."""
+        if self._neighbors is None:
+            from .atlas import nearest_neighbors
 
-        return nearest_neighbors(self.landmarks, int(self.meta.get("neighbors_k", 2)))
+            self._neighbors = nearest_neighbors(self.landmarks, int(self.meta.get("neighbors_k", 2)))
+        return self._neighbors
 
     @property
     def subject_ids(self) -> list[str]:
