@@ -26,7 +26,7 @@ def test_notebooks_are_found_in_order():
 @pytest.mark.notebook
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs_top_to_bottom(notebook, demo_dir):
-    source = json.loads(notebook.read_text())
+    source = json.loads(notebook.read_text(encoding="utf-8"))
     assert all(not c.get("outputs") for c in source["cells"] if c["cell_type"] == "code"), (
         f"{notebook.name} is committed with outputs; strip them"
     )
@@ -36,6 +36,6 @@ def test_notebook_runs_top_to_bottom(notebook, demo_dir):
     run = run_notebook(notebook, demo_dir, {"work_dir": str(demo_dir / "work"), "config_name": "tiny"})
     assert run.ok, f"{notebook.name} failed after {run.seconds:.0f} s: {run.error}"
     assert run.html is not None and run.html.stat().st_size > 10_000
-    executed = json.loads(run.executed.read_text())
+    executed = json.loads(run.executed.read_text(encoding="utf-8"))
     errors = [o for c in executed["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors

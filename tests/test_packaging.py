@@ -9,7 +9,7 @@ import yaml
 
 
 def _requirements(repo_root):
-    project = tomllib.loads((repo_root / "pyproject.toml").read_text())["project"]
+    project = tomllib.loads((repo_root / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     return project["dependencies"] + project["optional-dependencies"]["dev"]
 
 
@@ -18,7 +18,7 @@ def _name(requirement: str) -> str:
 
 
 def test_environment_yml_matches_pyproject(repo_root):
-    env = yaml.safe_load((repo_root / "environment.yml").read_text())
+    env = yaml.safe_load((repo_root / "environment.yml").read_text(encoding="utf-8"))
     pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
     from_env = {_name(r): r for r in pip_section if not r.startswith("-e")}
     from_pyproject = {_name(r): r for r in _requirements(repo_root)}
@@ -31,15 +31,15 @@ def test_torch_is_pinned_exactly(repo_root):
 
 
 def test_ci_runs_the_readme_test_command(repo_root):
-    readme = (repo_root / "README.md").read_text()
+    readme = (repo_root / "README.md").read_text(encoding="utf-8")
     commands = re.findall(r"```(?:bash|sh)\n(.*?)```", readme, flags=re.S)
     assert commands, "README has no shell block with the set-up commands"
     first_block = [line for line in commands[0].splitlines() if line and not line.startswith("#")]
     assert first_block == ["make demo", "make test"]
-    ci = (repo_root / ".ci" / "run").read_text()
+    ci = (repo_root / ".ci" / "run").read_text(encoding="utf-8")
     assert re.search(r"^make test$", ci, flags=re.M)
 
 
 def test_console_script_is_declared(repo_root):
-    project = tomllib.loads((repo_root / "pyproject.toml").read_text())["project"]
+    project = tomllib.loads((repo_root / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     assert project["scripts"]["drasclr"] == "drasclr_toolkit.cli.main:main"
