@@ -11,7 +11,7 @@ import pytest
 import SimpleITK as sitk
 
 from drasclr_toolkit.data import CTChecks, CTImage, CTLoadError, CTLoadWarning, load_ct
-from drasclr_toolkit.data.ct import IDENTITY_DIRECTION, list_dicom_series, reorient_to_lps
+from drasclr_toolkit.data.ct import IDENTITY_DIRECTION, list_dicom_series, preserve_locale, reorient_to_lps
 
 SPACING = (0.8, 0.7, 1.25)
 ORIGIN = (-12.0, 30.5, -100.0)
@@ -49,6 +49,7 @@ def to_image(a: np.ndarray, spacing=SPACING, origin=ORIGIN, direction=IDENTITY_D
     return img
 
 
+@preserve_locale()
 def write_dicom_series(img: sitk.Image, folder: Path, series_uid: str, modality="CT",
                        phi: dict | None = None, extra: dict | None = None,
                        skip: tuple[int, ...] = (), z_of=None) -> None:
@@ -406,3 +407,12 @@ def test_ctimage_contract():
         CTImage(a[0], SPACING, ORIGIN, IDENTITY_DIRECTION)
     with pytest.raises(ValueError, match="unknown key"):
         CTChecks.from_dict({"min_slice": 3})
+
+
+def test_dicom_work_leaves_the_process_locale_alone(tmp_path):
+    import locale
+
+    before = (locale.setlocale(locale.LC_ALL), locale.getpreferredencoding(False))
+    write_dicom_series(to_image(chest_like()), tmp_path / "s", "1.2.3.99", phi=PHI)
+    load_ct(tmp_path / "s")
+    assert (locale.setlocale(locale.LC_ALL), locale.getpreferredencoding(False)) == before

@@ -12,6 +12,7 @@ import yaml
 
 from drasclr_toolkit.cli.main import main as cli_main
 from drasclr_toolkit.data import Manifest, ManifestError, scan_folder
+from drasclr_toolkit.data.ct import preserve_locale
 from drasclr_toolkit.data.manifest import (
     STANDARD_COLUMNS,
     ColumnRule,
@@ -264,6 +265,7 @@ def test_synthetic_template_matches_the_generator(tmp_path):
 # ------------------------------------------------------------------------ scan_folder
 
 
+@preserve_locale()
 def _dicom_series(folder: Path, series: int, n: int = 18) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     img = sitk.GetImageFromArray(np.full((n, 8, 8), -1000, np.int16))

@@ -19,9 +19,11 @@ Example:
 
 from __future__ import annotations
 
+import locale
 import math
 import os
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -291,6 +293,23 @@ def _has_dicom_files(folder: Path) -> bool:
     return any(_is_dicom_file(folder / n) for n in names)
 
 
+@contextmanager
+def preserve_locale():
+    """Keep the process locale as it was around DICOM work in SimpleITK.
+
+    GDCM switches the C locale to "C" while it formats DICOM numbers and can leave it there,
+    after which Python's default text encoding is ASCII for the rest of the process (in a
+    notebook: every later ``open()`` of a UTF-8 file fails). Usable as a decorator too.
+    """
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        yield
+    finally:
+        if locale.setlocale(locale.LC_ALL) != saved:
+            locale.setlocale(locale.LC_ALL, saved)
+
+
+@preserve_locale()
 def list_dicom_series(folder: str | os.PathLike, recursive: bool = True) -> list[DicomSeriesInfo]:
     """DICOM series in ``folder`` (and its sub-folders when ``recursive``), most files first.
 
@@ -363,6 +382,7 @@ def _pick_series(
     return series[0]
 
 
+@preserve_locale()
 def _read_dicom_series(
     path: Path, series_id: str | int | None, subject_id: str | None, file_hint: Path | None
 ) -> tuple[sitk.Image, str | None]:
