@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from drasclr_toolkit.io_utils import atomic_write_text
+
 log = logging.getLogger(__name__)
 
 KERNEL_NAME = "drasclr_toolkit"
@@ -82,10 +84,7 @@ def export_html(executed: Path) -> Path:
     notebook = nbformat.read(executed, as_version=4)
     body, _ = HTMLExporter().from_notebook_node(notebook)
     html = executed.with_suffix(".html")
-    tmp = html.with_suffix(".html.tmp")
-    tmp.write_text(body, encoding="utf-8")
-    tmp.replace(html)
-    return html
+    return atomic_write_text(html, body)
 
 
 def run_notebook(

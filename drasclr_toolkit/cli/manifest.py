@@ -115,10 +115,10 @@ def run_probe(args: argparse.Namespace) -> int:
     from drasclr_toolkit.data.manifest import (
         Manifest,
         ManifestError,
-        _atomic_write_text,
         probe_headers,
         scan_folder,
     )
+    from drasclr_toolkit.io_utils import atomic_write_text
 
     source = Path(args.source)
     try:
@@ -135,6 +135,6 @@ def run_probe(args: argparse.Namespace) -> int:
     if args.output:
         out = Path(args.output)
         out.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(out, table.to_csv(index=False))
+        atomic_write_text(out, table.to_csv(index=False))
         print(f"wrote {out}")
     return 1 if len(with_errors) else 0

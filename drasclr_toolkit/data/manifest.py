@@ -27,7 +27,6 @@ import logging
 import math
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from ..io_utils import atomic_write_text
 from .ct import (
     IMAGE_SUFFIXES,
     _has_dicom_files,
@@ -733,11 +733,11 @@ class Manifest:
         for col in path_columns:
             if col in table.columns:
                 table[col] = table[col].map(lambda v: _path_text(v, base, relative_paths))
-        _atomic_write_text(csv_path, table.to_csv(index=False, lineterminator="\n"))
+        atomic_write_text(csv_path, table.to_csv(index=False, lineterminator="\n"))
         if self.card:
             card_out = Path(card_path) if card_path else csv_path.parent / CARD_FILENAME
-            _atomic_write_text(card_out, yaml.safe_dump(self.card, sort_keys=False,
-                                                        allow_unicode=True))
+            atomic_write_text(card_out, yaml.safe_dump(self.card, sort_keys=False,
+                                                       allow_unicode=True))
         self.path = csv_path
         return csv_path
 
@@ -761,18 +761,6 @@ def _path_text(v: Any, base: Path, relative: bool) -> str:
         except ValueError:  # another drive on Windows
             return str(p)
     return str(p)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 # ----------------------------------------------------------------------------- scan_folder

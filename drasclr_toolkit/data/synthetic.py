@@ -48,7 +48,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -62,6 +61,7 @@ from scipy import ndimage as ndi
 from scipy.spatial import ConvexHull
 
 from drasclr_toolkit.data import _phantom as ph
+from drasclr_toolkit.io_utils import atomic_write, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -625,24 +625,13 @@ def _write_image(array: np.ndarray, origin: np.ndarray, spacing: float, path: Pa
     img.SetSpacing((spacing, spacing, spacing))
     img.SetOrigin(tuple(float(v) for v in origin))
     img.SetDirection((1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
-    tmp = path.with_name(f".{path.name[:-7]}.{os.getpid()}.tmp.nii.gz")
-    try:
-        sitk.WriteImage(img, str(tmp), True, int(level))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    # SimpleITK picks the writer from the suffix, so the temp name ends in ".nii.gz".
+    atomic_write(path, lambda tmp: sitk.WriteImage(img, str(tmp), True, int(level)),
+                 suffix=".tmp.nii.gz")
 
 
 def _write_text(text: str, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write_text(path, text)
 
 
 def _subject_paths(out_dir: Path, sid: str) -> dict[str, Path]:
@@ -774,6 +763,7 @@ def make_synthetic_cohort(n_subjects: int, out_dir: str | os.PathLike, seed: int
     interrupted run resumes. ``options`` are further :class:`SyntheticConfig` fields;
     ``config`` replaces all keyword options at once.
 
+    >>> import tempfile
     >>> m = make_synthetic_cohort(1, tempfile.mkdtemp(), spacing=3.0, size_scale=0.4)
     >>> m.subject_ids
     ['syn000']

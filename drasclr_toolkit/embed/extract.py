@@ -46,6 +46,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from drasclr_toolkit.io_utils import atomic_write_text
 from drasclr_toolkit.models import DrasCLREncoder
 from drasclr_toolkit.models.checkpoint import load_official_checkpoint, official_landmark_coords
 from drasclr_toolkit.ssl.augment import hu_to_unit
@@ -400,9 +401,7 @@ def _check_parts_dir(parts_dir: Path, fingerprint: dict[str, Any]) -> None:
                 "delete that folder or choose another out_path")
         return
     parts_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_file.with_name(f".run.json.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(fingerprint, indent=1))
-    os.replace(tmp, run_file)
+    atomic_write_text(run_file, json.dumps(fingerprint, indent=1))
 
 
 def _merge_ranks(results: dict[str, np.ndarray], failed: dict[str, str], on_disk: bool

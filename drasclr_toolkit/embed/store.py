@@ -22,8 +22,6 @@ Example:
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,29 +30,18 @@ from typing import Any, Literal, Sequence
 import numpy as np
 import pandas as pd
 
+from ..io_utils import atomic_write_stream
+
 __all__ = ["Embeddings", "POOLING_METHODS", "atomic_save_npy"]
 
 POOLING_METHODS = ("mean", "max", "lung_weighted")
 FORMAT_VERSION = 1
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def atomic_save_npy(path: str | Path, array: np.ndarray) -> None:
     """``np.save`` that never leaves a half-written file behind (temp file, then rename)."""
-    _atomic_write(Path(path), lambda handle: np.save(handle, array, allow_pickle=False))
+    atomic_write_stream(path, lambda handle: np.save(handle, array, allow_pickle=False),
+                        make_parents=True)
 
 
 @dataclass
@@ -196,7 +183,7 @@ class Embeddings:
         arrays = dict(patch=self.patch, landmarks=self.landmarks,
                       landmark_coords=self.landmark_coords, lung_fraction=self.lung_fraction,
                       metadata=np.array(meta_text))
-        _atomic_write(path, lambda handle: np.savez(handle, **arrays))
+        atomic_write_stream(path, lambda handle: np.savez(handle, **arrays), make_parents=True)
         return path
 
     @classmethod

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
+from ..io_utils import atomic_write, atomic_write_stream, atomic_write_text
 from .patches import corners_to_centres_physical, patch_fractions
 
 __all__ = ["Atlas", "landmark_grid", "nearest_neighbors", "normalise_coords"]
@@ -228,7 +228,7 @@ class Atlas:
         _atomic_write_image(self.mask, d / "mask.nii.gz")
         if self.image is not None:
             _atomic_write_image(self.image, d / "image.nii.gz")
-        _atomic_write(d / "landmarks.npy", lambda f: np.save(f, self.landmarks))
+        atomic_write_stream(d / "landmarks.npy", lambda f: np.save(f, self.landmarks))
         meta = {
             "format_version": ATLAS_FORMAT_VERSION,
             "patch_size": self.patch_size,
@@ -238,7 +238,7 @@ class Atlas:
             "has_image": self.image is not None,
             "info": self.info,
         }
-        _atomic_write(d / "atlas.json", lambda f: f.write(json.dumps(meta, indent=2).encode()))
+        atomic_write_text(d / "atlas.json", json.dumps(meta, indent=2))
         return d
 
     @classmethod
@@ -301,20 +301,7 @@ def _jsonable(v: Any) -> bool:
         return False
 
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _atomic_write_image(image: sitk.Image, path: Path) -> None:
     # SimpleITK picks the format from the suffix, so the temp name keeps ".nii.gz".
-    tmp = path.parent / f".tmp-{os.getpid()}-{path.name}"
-    sitk.WriteImage(image, str(tmp), useCompression=True)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: sitk.WriteImage(image, str(tmp), useCompression=True),
+                 suffix=".tmp" + "".join(path.suffixes))

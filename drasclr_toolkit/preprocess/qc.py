@@ -19,13 +19,14 @@ Example:
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 import SimpleITK as sitk
+
+from ..io_utils import atomic_write
 
 __all__ = [
     "plot_landmarks_3d",
@@ -122,10 +123,7 @@ def qc_table(
         df["qc_flags"] = flags.str.rstrip(";")
         df["outlier"] = ok & (df["qc_flags"] != "")
     if write:
-        path = Path(store.path) / "qc.csv"
-        tmp = path.with_name(f".qc.csv.{os.getpid()}.tmp")
-        df.to_csv(tmp, index=False)
-        os.replace(tmp, path)
+        atomic_write(Path(store.path) / "qc.csv", lambda tmp: df.to_csv(tmp, index=False))
     return df
 
 

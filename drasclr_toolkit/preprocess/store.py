@@ -36,11 +36,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+
+from ..io_utils import atomic_write_text
 
 __all__ = ["PatchStore", "StoreError"]
 
@@ -52,16 +53,7 @@ class StoreError(RuntimeError):
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_text(path, text, make_parents=True)
 
 
 def _create_arrays(root, N: int, L: int, P: int, blosc) -> None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import random
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ import yaml
 from torch import nn
 from torch.utils.data import DataLoader
 
+from drasclr_toolkit.io_utils import atomic_write, atomic_write_text
 from drasclr_toolkit.models import DrasCLREncoder
 from drasclr_toolkit.ssl import (
     LocalInfoNCE,
@@ -74,12 +74,7 @@ def resolve_device(device: str | torch.device = "auto", local_rank: int = 0) -> 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     """``torch.save`` to a temporary file next to ``path``, then ``os.replace``: a killed
     process leaves either the old file or the new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp), make_parents=True)
 
 
 def capture_rng_state() -> dict[str, Any]:
@@ -441,9 +436,7 @@ class PretrainRun:
             return
         kept = [line for line in self.metrics_path.read_text().splitlines()
                 if line.strip() and json.loads(line)["step"] <= step]
-        tmp = self.metrics_path.with_name(".metrics.jsonl.tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        os.replace(tmp, self.metrics_path)
+        atomic_write_text(self.metrics_path, "".join(line + "\n" for line in kept))
 
     def save_encoder(self, path: Path) -> Path:
         """Encoder-only checkpoint (what embedding reads), atomically, main rank."""

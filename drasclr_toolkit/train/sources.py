@@ -13,12 +13,12 @@ way to train on patches you cut yourself, and a quick way to hold a small store 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from drasclr_toolkit.io_utils import atomic_write
 from drasclr_toolkit.models import normalize_landmarks
 
 
@@ -114,12 +114,10 @@ class ArrayPatchSource:
     def save(self, path: str | Path) -> Path:
         """Write the source to one ``.npz`` file (atomically), readable by :meth:`load` and
         by ``drasclr pretrain --store file.npz``."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.stem}.tmp.npz")
-        np.savez(tmp, patches=self.patches, landmarks=self.landmarks, neighbors=self.neighbors,
-                 lung_fraction=self.lung_fraction, subject_ids=np.asarray(self.subject_ids))
-        os.replace(tmp, path)
-        return path
+        arrays = dict(patches=self.patches, landmarks=self.landmarks, neighbors=self.neighbors,
+                      lung_fraction=self.lung_fraction, subject_ids=np.asarray(self.subject_ids))
+        # np.savez appends ".npz" to a path without it, so the temp name ends in ".npz".
+        return atomic_write(path, lambda tmp: np.savez(tmp, **arrays), suffix=".tmp.npz")
 
     @classmethod
     def load(cls, path: str | Path) -> "ArrayPatchSource":
