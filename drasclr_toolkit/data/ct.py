@@ -32,6 +32,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import SimpleITK as sitk
 
+from ..config import check_keys
+
 __all__ = [
     "CTImage",
     "CTChecks",
@@ -125,13 +127,8 @@ class CTChecks:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> CTChecks:
         d = dict(d or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(
-                f"CTChecks: unknown key(s) {unknown}; allowed keys are {sorted(known)}. "
-                "Fix the spelling in your config."
-            )
+        check_keys("CTChecks", d, [f.name for f in fields(cls)],
+                   advice="Fix the spelling in your config.")
         return cls(**d)
 
 

@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from ..config import check_keys
 from ..io_utils import atomic_write_text
 from .ct import (
     IMAGE_SUFFIXES,
@@ -98,10 +99,7 @@ class ColumnRule:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], base: ColumnRule | None = None) -> ColumnRule:
         """Build a rule from a card entry; keys not given keep ``base``'s values."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown key(s) {unknown}; allowed keys are {sorted(known)}")
+        check_keys("column rule", d, [f.name for f in fields(cls)])
         values = {f.name: getattr(base, f.name) for f in fields(cls)} if base else {}
         values.update(d)
         if values.get("allowed") is not None:

@@ -60,6 +60,7 @@ import yaml
 from scipy import ndimage as ndi
 from scipy.spatial import ConvexHull
 
+from drasclr_toolkit.config import check_keys
 from drasclr_toolkit.data import _phantom as ph
 from drasclr_toolkit.io_utils import atomic_write, atomic_write_text
 
@@ -118,13 +119,7 @@ class SyntheticConfig:
         """Build from a mapping; unknown keys are an error that lists the known ones."""
         d = dict(d or {})
         d.pop("n_subjects", None)  # the config section also holds the cohort size
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(
-                f"synthetic config: unknown key(s) {unknown}; known keys are "
-                f"{sorted(known | {'n_subjects'})}"
-            )
+        check_keys("synthetic config", d, [f.name for f in fields(cls)] + ["n_subjects"])
         cfg = cls(**d)
         cfg.validate()
         return cfg

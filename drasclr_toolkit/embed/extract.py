@@ -46,6 +46,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from drasclr_toolkit.config import check_keys
 from drasclr_toolkit.io_utils import atomic_write_text
 from drasclr_toolkit.models import DrasCLREncoder
 from drasclr_toolkit.models.checkpoint import load_official_checkpoint, official_landmark_coords
@@ -89,15 +90,8 @@ class EmbedConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> "EmbedConfig":
         data = dict(data or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"embed config: unknown key(s) {unknown}; "
-                             f"allowed keys are {sorted(known)}")
-        bad = sorted(set(data.get("encoder", {})) - set(ENCODER_ARGS))
-        if bad:
-            raise ValueError(f"embed config: unknown encoder key(s) {bad}; "
-                             f"allowed: {list(ENCODER_ARGS)}")
+        check_keys("embed config", data, [f.name for f in fields(cls)])
+        check_keys("embed.encoder", data.get("encoder", {}), ENCODER_ARGS)
         config = cls(**data)
         if config.batch_size < 1:
             raise ValueError(f"embed config: batch_size must be >= 1, got {config.batch_size}")
@@ -115,9 +109,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 def _random_encoder(seed: int, encoder_kwargs: Mapping[str, Any]) -> DrasCLREncoder:
-    bad = sorted(set(encoder_kwargs) - set(ENCODER_ARGS))
-    if bad:
-        raise ValueError(f"encoder_kwargs: unknown key(s) {bad}; allowed: {list(ENCODER_ARGS)}")
+    check_keys("encoder_kwargs", encoder_kwargs, ENCODER_ARGS)
     # fork_rng keeps the caller's global RNG untouched while seeding the initialisation.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

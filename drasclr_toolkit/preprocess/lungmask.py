@@ -38,6 +38,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage as ndi
 
+from ..config import check_keys
 from .resample import as_sitk, resample_like, to_lps
 
 __all__ = ["LungSegConfig", "LungSegmentationError", "lungmask_available", "segment_lungs"]
@@ -72,12 +73,7 @@ class LungSegConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> "LungSegConfig":
         d = dict(d or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(
-                f"preprocess.segmentation: unknown key(s) {unknown}; allowed: {sorted(known)}"
-            )
+        check_keys("preprocess.segmentation", d, [f.name for f in fields(cls)])
         return cls(**d)
 
 

@@ -32,6 +32,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import SimpleITK as sitk
 
+from ..config import check_keys
 from .atlas import Atlas
 from .lungmask import LungSegConfig, segment_lungs
 from .patches import (
@@ -83,13 +84,8 @@ class PreprocessConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> "PreprocessConfig":
         d = dict(d or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(
-                f"preprocess config: unknown key(s) {unknown}; allowed keys are {sorted(known)}. "
-                "Fix the spelling in the preprocess: section of your config."
-            )
+        check_keys("preprocess config", d, [f.name for f in fields(cls)],
+                   advice="Fix the spelling in the preprocess: section of your config.")
         if "segmentation" in d and not isinstance(d["segmentation"], LungSegConfig):
             d["segmentation"] = LungSegConfig.from_dict(d["segmentation"])
         if "registration" in d and not isinstance(d["registration"], RegistrationConfig):

@@ -37,6 +37,8 @@ from typing import Any, Mapping
 import numpy as np
 import SimpleITK as sitk
 
+from ..config import check_keys
+
 __all__ = [
     "RegistrationConfig",
     "RegistrationResult",
@@ -73,12 +75,7 @@ class RegistrationConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> "RegistrationConfig":
         d = dict(d or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(
-                f"preprocess.registration: unknown key(s) {unknown}; allowed: {sorted(known)}"
-            )
+        check_keys("preprocess.registration", d, [f.name for f in fields(cls)])
         for k in ("shrink_factors", "smoothing_sigmas"):
             if k in d:
                 d[k] = tuple(d[k])

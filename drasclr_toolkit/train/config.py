@@ -9,6 +9,7 @@ from typing import Any, Mapping
 
 import yaml
 
+from drasclr_toolkit.config import check_keys
 from drasclr_toolkit.models import CONDITIONINGS
 from drasclr_toolkit.ssl.queue import _DTYPES
 
@@ -74,15 +75,7 @@ class PretrainConfig:
     def from_dict(cls, d: Mapping[str, Any] | None) -> "PretrainConfig":
         """Build from a mapping; unknown keys and bad values raise ``ValueError``."""
         d = dict(d or {})
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(d) - set(names))
-        if unknown:
-            import difflib
-
-            hints = [difflib.get_close_matches(k, names, n=1) for k in unknown]
-            hint = "; ".join(f"did you mean {h[0]!r}?" for h in hints if h)
-            raise ValueError(f"pretrain config: unknown key(s) {unknown}; {hint + ' ' if hint else ''}"
-                             f"allowed keys: {names}")
+        check_keys("pretrain config", d, [f.name for f in dataclasses.fields(cls)])
         cfg = cls(**d)
         cfg.validate()
         return cfg
