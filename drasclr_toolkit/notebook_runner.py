@@ -97,6 +97,8 @@ def run_notebook(
     """Execute one notebook with injected parameters; never raises on a cell error."""
     import papermill
 
+    # papermill logs every cell at INFO; our own lines say which notebook ran and how long.
+    logging.getLogger("papermill").setLevel(max(logging.WARNING, log.getEffectiveLevel()))
     out_dir.mkdir(parents=True, exist_ok=True)
     executed = out_dir / notebook.name
     start = time.perf_counter()
