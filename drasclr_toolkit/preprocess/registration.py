@@ -7,6 +7,11 @@ two is minimised with SimpleITK's ``ImageRegistrationMethod`` (affine, 3 resolut
 with shrink factors / smoothing sigmas, regular-step gradient descent with physical-shift
 scales). Initialisation: centres of mass (``CenteredTransformInitializer`` in MOMENTS
 mode) and, when both scans hold the whole lungs, an isotropic scale from the volume ratio.
+A final level (``refine_spacing`` mm, default 1 mm; 0 turns it off) then minimises the same
+metric on the *binary* masks, unsmoothed, over a narrow band around the atlas lung surface
+with a fixed-seed random subset of its points: smoothing biases the optimum by a fraction
+of a mm, this level removes that (landmark error 0.23 → 0.06 mm mean on the benchmark
+subject, for about 5 s on 2 cores; benchmarks/README.md).
 
 The atlas is the fixed image and the subject the moving image, so the resulting transform
 maps *atlas physical points to subject physical points*: exactly what landmark mapping
@@ -71,6 +76,14 @@ class RegistrationConfig:
     sampling_percentage: float = 1.0  # of fixed voxels per iteration (fixed seed)
     init_scale: bool = True  # isotropic scale from the lung volume ratio (whole-lung scans)
     threads: int = 0  # SimpleITK threads for this registration; 0 = SimpleITK default
+    # Final level on the *binary* masks, unsmoothed (see _refine): grid in mm (never finer
+    # than the masks' own grid; 0 = no refinement), band around the atlas lung surface,
+    # expected number of random metric points per iteration, iterations and max step (mm).
+    refine_spacing: float = 1.0
+    refine_band_mm: float = 2.0
+    refine_points: int = 100_000
+    refine_iterations: int = 100
+    refine_learning_rate: float = 0.5
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> "RegistrationConfig":
@@ -264,15 +277,23 @@ def register_affine(
     iters = [0]
     reg.AddCommand(sitk.sitkIterationEvent, lambda: iters.__setitem__(0, iters[0] + 1))
     out = reg.Execute(fixed, moving)
-    t_reg = time.perf_counter() - t0
     transform = _as_affine(out)
+    metric = float(reg.GetMetricValue())
+    stop = reg.GetOptimizerStopConditionDescription()
+    t_coarse = time.perf_counter() - t0
+    refine_qc: dict[str, Any] = {}
+    if cfg.refine_spacing > 0:
+        transform, refine_qc = _refine(subject_mask, atlas_mask, transform, cfg)
+    t_reg = time.perf_counter() - t0
     dice_init, _ = mask_dice(subject_mask, atlas_mask, init)
     dice, covered = mask_dice(subject_mask, atlas_mask, transform)
     qc = {
         "backend": "sitk",
-        "metric": float(reg.GetMetricValue()),
+        "metric": metric,
         "iterations": iters[0],
-        "stop": reg.GetOptimizerStopConditionDescription(),
+        "stop": stop,
+        "seconds_coarse": t_coarse,
+        "refine": refine_qc,
         "dice_init": dice_init,
         "dice": dice,
         "atlas_lung_covered": covered,
@@ -281,6 +302,69 @@ def register_affine(
         "config": asdict(cfg),
     }
     return RegistrationResult(transform, qc)
+
+
+def _refine(
+    subject_mask: sitk.Image,
+    atlas_mask: sitk.Image,
+    start: sitk.AffineTransform,
+    cfg: RegistrationConfig,
+) -> tuple[sitk.AffineTransform, dict[str, Any]]:
+    """Final level: mean squares of the binary masks at ``refine_spacing``, no smoothing.
+
+    Why: Gaussian smoothing in mm does not commute with the subject's (anisotropic) scale,
+    so the optimum of the smoothed-mask metric sits a fraction of a mm off the true
+    transform; on the unsmoothed masks the true transform is the better fit. Only a narrow
+    band around the atlas lung surface carries signal here (binary images are flat
+    elsewhere), and a fixed-seed random subset of it (``refine_points`` expected points,
+    continuous positions, so the voxel grid does not alias) keeps each iteration cheap.
+    The start is the coarse result, already well inside the band's capture range.
+    """
+    t0 = time.perf_counter()
+    sp = float(max(cfg.refine_spacing, min(atlas_mask.GetSpacing()), min(subject_mask.GetSpacing())))
+    band = float(max(cfg.refine_band_mm, 2.0 * sp))
+    fixed = _crop_to_mask(_soft_mask(atlas_mask, sp, 0.0), band + 2 * sp)
+    moving = _crop_xy(_soft_mask(subject_mask, sp, 0.0), band + 2 * sp)
+    band_img = _surface_band(fixed, band)
+    n_band = float(sitk.GetArrayViewFromImage(band_img).sum())
+    n_domain = float(np.prod(fixed.GetSize()))
+    reg = sitk.ImageRegistrationMethod()
+    if cfg.threads > 0:
+        reg.SetNumberOfThreads(int(cfg.threads))
+    reg.SetMetricAsMeanSquares()
+    # The sampler draws percentage × domain voxels and keeps those in the band, so
+    # percentage = wanted / band voxels gives ``refine_points`` points on average.
+    pct = min(1.0, cfg.refine_points / max(n_band, 1.0))
+    if pct < 1.0:
+        reg.SetMetricSamplingStrategy(reg.RANDOM)
+        reg.SetMetricSamplingPercentage(pct, 1234)  # fixed seed: same scan, same transform
+    else:
+        reg.SetMetricSamplingStrategy(reg.NONE)
+    reg.SetMetricFixedMask(band_img)
+    reg.SetInterpolator(sitk.sitkLinear)
+    # Sparse points: gradients by finite differences at the points, not a gradient image
+    # of the whole moving volume (seconds at 1 mm for nothing).
+    reg.SetMetricUseMovingImageGradientFilter(False)
+    reg.SetMetricUseFixedImageGradientFilter(False)
+    reg.SetOptimizerAsRegularStepGradientDescent(
+        learningRate=cfg.refine_learning_rate, minStep=cfg.min_step,
+        numberOfIterations=int(cfg.refine_iterations), relaxationFactor=0.6,
+        gradientMagnitudeTolerance=1e-8,
+    )
+    reg.SetOptimizerScalesFromPhysicalShift()
+    reg.SetShrinkFactorsPerLevel([1])
+    reg.SetSmoothingSigmasPerLevel([0.0])
+    reg.SetInitialTransform(sitk.AffineTransform(start), inPlace=False)
+    iters = [0]
+    reg.AddCommand(sitk.sitkIterationEvent, lambda: iters.__setitem__(0, iters[0] + 1))
+    out = _as_affine(reg.Execute(fixed, moving))
+    qc = {
+        "spacing": sp, "band_mm": band, "points": int(round(pct * n_band)), "band_voxels": int(n_band),
+        "metric": float(reg.GetMetricValue()), "iterations": iters[0],
+        "stop": reg.GetOptimizerStopConditionDescription(),
+        "seconds": time.perf_counter() - t0,
+    }
+    return out, qc
 
 
 def _surface_band(soft: sitk.Image, band_mm: float) -> sitk.Image:
