@@ -11,7 +11,8 @@ A final level (``refine_spacing`` mm, default 1 mm; 0 turns it off) then minimis
 metric on the *binary* masks, unsmoothed, over a narrow band around the atlas lung surface
 with a fixed-seed random subset of its points: smoothing biases the optimum by a fraction
 of a mm, this level removes that (landmark error 0.23 → 0.06 mm mean on the benchmark
-subject, for about 5 s on 2 cores; benchmarks/README.md).
+subject, for about 5 s on 2 cores; benchmarks/README.md). It runs only when the coarse
+Dice is at least ``refine_min_dice`` and is kept only if the Dice does not drop.
 
 The atlas is the fixed image and the subject the moving image, so the resulting transform
 maps *atlas physical points to subject physical points*: exactly what landmark mapping
