@@ -36,3 +36,15 @@ def tiny_cohort(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("tiny_cohort")
     return make_synthetic_cohort(6, out, seed=7, spacing=2.0, size_scale=0.6)
+
+
+@pytest.fixture()
+def one_torch_thread():
+    """Run a test with one torch thread: on a busy 2-core machine small 3D convolutions are
+    many times faster with one thread than with two competing ones."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

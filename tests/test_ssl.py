@@ -23,13 +23,7 @@ from drasclr_toolkit.ssl import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The test machine's cores are shared: one thread is many times faster than two here.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # -- intensity ---------------------------------------------------------------------------------

@@ -26,13 +26,7 @@ TINY = dict(width=0.125, rep_dim=16, proj_dim=16, num_experts=2, queue_size=8, b
             progress=False, device="cpu", cpu_threads=1, checkpoint_every=3)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The test machine's cores are shared: one thread is many times faster than two here.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
