@@ -34,6 +34,8 @@ class Workspace:
         self.config_name = config if isinstance(config, (str, Path)) else "<dict>"
         self.config = load_config(config)
         self.manifest_path = Path(manifest).expanduser().resolve() if manifest else None
+        # Products already made or checked in this session: each stage runs once per Workspace.
+        self._made: dict[str, Any] = {}
 
     def __repr__(self) -> str:
         source = self.manifest_path or "synthetic cohort"
@@ -72,11 +74,14 @@ class Workspace:
         """The manifest: the user's, or the synthetic cohort (generated when missing)."""
         from drasclr_toolkit.data import Manifest, make_synthetic_cohort
 
-        if self.manifest_path is not None:
-            return Manifest.load(self.manifest_path)
-        options = self.section("synthetic")
-        n_subjects = int(options.pop("n_subjects", 12))
-        return make_synthetic_cohort(n_subjects, self.cohort_dir, **options)
+        if "cohort" not in self._made:
+            if self.manifest_path is not None:
+                self._made["cohort"] = Manifest.load(self.manifest_path)
+            else:
+                options = self.section("synthetic")
+                n_subjects = int(options.pop("n_subjects", 12))
+                self._made["cohort"] = make_synthetic_cohort(n_subjects, self.cohort_dir, **options)
+        return self._made["cohort"]
 
     def ground_truth(self):
         """Per-subject ground truth of the synthetic cohort (severities, nuisance), or None."""
@@ -122,14 +127,21 @@ class Workspace:
         """The atlas: the cohort subject with the median lung volume (built once, cached)."""
         from drasclr_toolkit.preprocess.pipeline import build_default_atlas
 
-        return build_default_atlas(self.cohort(), self.preprocess_dir, self.section("preprocess"))
+        if "atlas" not in self._made:
+            self._made["atlas"] = build_default_atlas(self.cohort(), self.preprocess_dir,
+                                                      self.section("preprocess"))
+        return self._made["atlas"]
 
     def patch_store(self):
         """The patch store of the cohort; subjects already preprocessed are skipped."""
         from drasclr_toolkit.preprocess.pipeline import run_preprocessing
 
-        return run_preprocessing(self.cohort(), self.atlas(), self.preprocess_dir,
-                                 config=self.section("preprocess"), n_jobs=self.jobs)
+        if "patch_store" not in self._made:
+            self._made["patch_store"] = run_preprocessing(
+                self.cohort(), self.atlas(), self.preprocess_dir,
+                config=self.section("preprocess"), n_jobs=self.jobs,
+            )
+        return self._made["patch_store"]
 
     def checkpoint(self) -> Path:
         """The pretrained encoder's final checkpoint (training resumes where it stopped)."""
