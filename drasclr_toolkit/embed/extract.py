@@ -51,6 +51,7 @@ from drasclr_toolkit.io_utils import atomic_write_text
 from drasclr_toolkit.models import DrasCLREncoder
 from drasclr_toolkit.models.checkpoint import load_official_checkpoint, official_landmark_coords
 from drasclr_toolkit.ssl.augment import hu_to_unit
+from drasclr_toolkit.train.loop import resolve_device
 
 from .store import Embeddings, atomic_save_npy
 
@@ -99,15 +100,6 @@ class EmbedConfig:
 
 
 # -- encoder ---------------------------------------------------------------------------
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` → ``cuda`` (this rank's GPU under torchrun) when available, else ``cpu``."""
-    if str(device) != "auto":
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cpu")
-
-
 def _random_encoder(seed: int, encoder_kwargs: Mapping[str, Any]) -> DrasCLREncoder:
     check_keys("encoder_kwargs", encoder_kwargs, ENCODER_ARGS)
     # fork_rng keeps the caller's global RNG untouched while seeding the initialisation.

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import random
 import time
 from pathlib import Path
@@ -62,12 +63,16 @@ FINAL_FORMAT = "drasclr_toolkit.encoder/1"
 
 
 # -- small utilities -----------------------------------------------------------------------
-def resolve_device(device: str | torch.device = "auto", local_rank: int = 0) -> torch.device:
-    """``"auto"`` → this rank's GPU when CUDA is available, else the CPU."""
+def resolve_device(device: str | torch.device = "auto", local_rank: int | None = None) -> torch.device:
+    """``"auto"`` → this rank's GPU when CUDA is available, else the CPU.
+
+    ``local_rank`` defaults to torchrun's ``LOCAL_RANK`` (0 outside torchrun).
+    """
     if str(device) != "auto":
         return torch.device(device)
     if torch.cuda.is_available():
-        return torch.device("cuda", local_rank)
+        rank = int(os.environ.get("LOCAL_RANK", 0)) if local_rank is None else local_rank
+        return torch.device("cuda", rank)
     return torch.device("cpu")
 
 
@@ -361,10 +366,8 @@ class PretrainRun:
         self.stop_after_steps = stop_after_steps
         self.callbacks = list(callbacks)
         cfg = self.config
-        self.device = resolve_device(cfg.device)
+        self.device = resolve_device(cfg.device)  # "auto" picks LOCAL_RANK's GPU under torchrun
         self.dist = init_distributed(self.device.type)
-        if self.dist.enabled and str(cfg.device) == "auto" and self.device.type == "cuda":
-            self.device = torch.device("cuda", self.dist.local_rank)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         self._threads_before = torch.get_num_threads()
