@@ -97,16 +97,9 @@ class PreprocessConfig:
     @classmethod
     def from_yaml(cls, path_or_name: str | os.PathLike) -> "PreprocessConfig":
         """Read the ``preprocess:`` section of a config file or a packaged config name."""
-        import yaml
+        from drasclr_toolkit.config import load_config
 
-        p = Path(path_or_name)
-        if not p.exists():
-            p = Path(__file__).resolve().parent.parent / "configs" / f"{path_or_name}.yaml"
-        if not p.exists():
-            raise FileNotFoundError(
-                f"config {path_or_name!r} not found (a YAML path, or a packaged name: tiny, gpu)"
-            )
-        return cls.from_dict((yaml.safe_load(p.read_text()) or {}).get("preprocess") or {})
+        return cls.from_dict(load_config(path_or_name)["preprocess"])
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
