@@ -77,14 +77,18 @@ class NotebookRun:
 
 
 def export_html(executed: Path) -> Path:
-    """Write an HTML copy beside an executed notebook (widgets' saved state included)."""
+    """Write a self-contained HTML copy beside an executed notebook.
+
+    The page works with no network: one compressed plotly.js draws every figure, and each
+    widget shows the static copy it carried when displayed (see ``viz.export``).
+    """
     import nbformat
-    from nbconvert import HTMLExporter
+
+    from drasclr_toolkit.viz.export import notebook_page
 
     notebook = nbformat.read(executed, as_version=4)
-    body, _ = HTMLExporter().from_notebook_node(notebook)
     html = executed.with_suffix(".html")
-    return atomic_write_text(html, body)
+    return atomic_write_text(html, notebook_page(notebook))
 
 
 def run_notebook(

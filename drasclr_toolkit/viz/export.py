@@ -1,0 +1,176 @@
+"""Pages that work offline: static copies of interactive views and a self-contained HTML export.
+
+In JupyterLab, figures are live (plotly's mimetype renderer) and the viewers are widgets.
+An exported page has no kernel and, often, no network, so:
+
+* every plotly figure becomes a ``<div>`` plus its JSON (:func:`figure_html`);
+* every widget we make carries a static copy of what it showed when it was displayed
+  (:func:`attach_static_fallback`), and the page shows that copy;
+* the page holds exactly one plotly.js, gzip-compressed, which a small loader unpacks in
+  the browser and then draws every figure (:func:`notebook_page`). Widget state (one
+  plotly.js copy per ``FigureWidget``) and scripts from the internet are left out.
+
+Example:
+    >>> import plotly.graph_objects as go
+    >>> html = figure_html(go.Figure(go.Scatter(x=[0, 1], y=[1, 0])))
+    >>> html.startswith('<div class="drasclr-plot"')
+    True
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import functools
+import gzip
+import re
+import uuid
+from typing import Any, Callable, Iterable
+
+import plotly.graph_objects as go
+import plotly.io as pio
+
+__all__ = ["PLOT_CLASS", "attach_static_fallback", "figure_html", "notebook_page",
+           "static_notebook"]
+
+PLOT_CLASS = "drasclr-plot"
+PLOTLY_MIME = "application/vnd.plotly.v1+json"
+WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+# Plotly's "notebook" renderer writes its whole bundle into one output; it starts like this.
+_PLOTLY_BUNDLE_MARK = "plotly.js v"
+_EXTERNAL_SCRIPT = re.compile(r'<script[^>]*\ssrc="https?://[^"]*"[^>]*>\s*</script>\s*')
+
+
+def _figure_dict(fig: go.Figure | dict[str, Any]) -> dict[str, Any]:
+    if isinstance(fig, dict):
+        return fig
+    return fig.to_plotly_json()
+
+
+def figure_html(fig: go.Figure | dict[str, Any], height: int | None = None) -> str:
+    """A placeholder ``<div>`` and the figure's JSON, gzip-compressed; the page draws it.
+
+    The data sits in a ``<script type="application/octet-stream">`` (never executed), so a
+    figure costs its compressed data only, not another plotly.js.
+    """
+    spec = _figure_dict(fig)
+    layout = spec.get("layout", {}) or {}
+    height = int(height or layout.get("height") or 450)
+    div_id = f"drasclr-{uuid.uuid4().hex[:12]}"
+    payload = pio.to_json({"data": spec.get("data", []), "layout": layout}, validate=False)
+    packed = base64.b64encode(gzip.compress(payload.encode("utf-8"), 6)).decode("ascii")
+    return (f'<div class="{PLOT_CLASS}" id="{div_id}" style="width:100%;height:{height}px">'
+            f'</div><script type="application/octet-stream" data-drasclr-plot="{div_id}">'
+            f"{packed}</script>")
+
+
+def attach_static_fallback(widget: Any, render: Callable[[], Iterable[go.Figure]],
+                           note: str | None = None) -> Any:
+    """Give ``widget`` a static copy for pages without a kernel; returns the widget.
+
+    ``render()`` is called each time the widget is displayed and returns the figures that
+    show its current state. JupyterLab still draws the live widget (its mimetype ranks
+    first); an exported page draws the copy.
+    """
+    live_bundle = widget._repr_mimebundle_
+
+    @functools.wraps(live_bundle)
+    def bundle(**kwargs: Any) -> Any:
+        data = live_bundle(**kwargs)
+        if isinstance(data, tuple):
+            data = data[0]
+        data = dict(data or {})
+        caption = note or "Static copy of an interactive view (open the notebook in " \
+            "JupyterLab to use it)."
+        data["text/html"] = (f'<div style="font:12px sans-serif;color:#555">{caption}</div>'
+                             + "".join(figure_html(f) for f in render()))
+        return data
+
+    widget._repr_mimebundle_ = bundle
+    return widget
+
+
+def static_notebook(notebook: Any) -> Any:
+    """A copy of an executed notebook ready for a static page.
+
+    Widget state goes (the page shows each widget's static copy instead), plotly outputs
+    get a :func:`figure_html` copy, and outputs that only carry plotly's bundle go.
+    """
+    nb = copy.deepcopy(notebook)
+    nb.metadata.pop("widgets", None)
+    for cell in nb.cells:
+        if cell.get("cell_type") != "code":
+            continue
+        kept = []
+        for output in cell.get("outputs", []):
+            data = output.get("data")
+            if data is None:
+                kept.append(output)
+                continue
+            html = data.get("text/html", "")
+            if isinstance(html, list):
+                html = "".join(html)
+            if _PLOTLY_BUNDLE_MARK in html and PLOTLY_MIME not in data:
+                continue  # plotly.js itself: the page carries one copy of its own
+            data.pop(WIDGET_MIME, None)
+            if PLOTLY_MIME in data:
+                data["text/html"] = figure_html(data[PLOTLY_MIME])
+            if not data:
+                continue
+            kept.append(output)
+        cell["outputs"] = kept
+    return nb
+
+
+@functools.lru_cache(maxsize=1)
+def _compressed_plotlyjs() -> str:
+    from plotly.offline import get_plotlyjs
+
+    return base64.b64encode(gzip.compress(get_plotlyjs().encode("utf-8"), 9)).decode("ascii")
+
+
+_LOADER = """
+<script>
+(function () {
+  function unpack(text) {
+    var bytes = Uint8Array.from(atob(text.trim()), function (c) { return c.charCodeAt(0); });
+    var stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream('gzip'));
+    return new Response(stream).text();
+  }
+  function drawAll() {
+    document.querySelectorAll('script[data-drasclr-plot]').forEach(function (node) {
+      var target = document.getElementById(node.getAttribute('data-drasclr-plot'));
+      if (!target || target.classList.contains('js-plotly-plot')) { return; }
+      unpack(node.textContent).then(function (json) {
+        var spec = JSON.parse(json);
+        return Plotly.newPlot(target, spec.data, spec.layout, {responsive: true});
+      }).catch(function (err) {
+        target.textContent = 'figure could not be drawn: ' + err;
+      });
+    });
+  }
+  if (window.Plotly) { drawAll(); return; }
+  unpack(document.getElementById('drasclr-plotlyjs').textContent).then(function (source) {
+    var script = document.createElement('script');
+    script.textContent = source;
+    document.head.appendChild(script);
+    drawAll();
+  });
+})();
+</script>
+"""
+
+
+def notebook_page(notebook: Any) -> str:
+    """A self-contained HTML page of an executed notebook that works with no network."""
+    from nbconvert import HTMLExporter
+
+    nb = static_notebook(notebook)
+    exporter = HTMLExporter(template_name="lab")
+    body, _ = exporter.from_notebook_node(nb)
+    body = _EXTERNAL_SCRIPT.sub("", body)  # require.js, MathJax: nothing here needs them
+    assets = (f'<script id="drasclr-plotlyjs" type="application/octet-stream">'
+              f"{_compressed_plotlyjs()}</script>{_LOADER}")
+    if "</body>" in body:
+        return body.replace("</body>", assets + "</body>", 1)
+    return body + assets
