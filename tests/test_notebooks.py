@@ -35,7 +35,8 @@ def test_notebook_runs_top_to_bottom(notebook, demo_dir):
 
     run = run_notebook(notebook, demo_dir, {"work_dir": str(demo_dir / "work"), "config_name": "tiny"})
     assert run.ok, f"{notebook.name} failed after {run.seconds:.0f} s: {run.error}"
-    assert run.html is not None and run.html.stat().st_size > 10_000
+    assert run.html is not None and 10_000 < run.html.stat().st_size < 5_000_000, (
+        f"{run.html.name} is {run.html.stat().st_size / 1e6:.1f} MB (pages must stay under 5 MB)")
     executed = json.loads(run.executed.read_text(encoding="utf-8"))
     errors = [o for c in executed["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors

@@ -23,8 +23,8 @@ def test_slice_figure_cuts_planes_in_millimetres(volume):
     fig = slice_figure(vol, spacing=(0.5, 0.5, 2.0), indices={"axial": 3, "coronal": 7, "sagittal": 11})
     axial, coronal, sagittal = fig.data
     np.testing.assert_array_equal(np.asarray(axial.z), vol[3])
-    np.testing.assert_array_equal(np.asarray(coronal.z), vol[:, 7, :][::-1])
-    np.testing.assert_array_equal(np.asarray(sagittal.z), vol[:, :, 11][::-1])
+    np.testing.assert_array_equal(np.asarray(coronal.z), vol[:, 7, :])
+    np.testing.assert_array_equal(np.asarray(sagittal.z), vol[:, :, 11])
     assert (axial.dx, axial.dy) == (0.5, 0.5)
     assert (coronal.dx, coronal.dy) == (0.5, 2.0)
     level, width = WINDOW_PRESETS["lung"]
@@ -80,3 +80,49 @@ def test_default_slices_show_the_most_overlay(volume):
     # the first block (5x10x10 voxels) is larger than the second (5x5x5)
     assert 5 <= picked["axial"] < 10 and 10 <= picked["coronal"] < 20 and 30 <= picked["sagittal"] < 40
     assert default_indices(vol) == {"axial": 15, "coronal": 20, "sagittal": 25}
+
+
+def _screen_position(fig, trace_index: int, row: int, col: int) -> tuple[float, float]:
+    """Where a pixel lands on screen, as fractions: (0, 0) top left, (1, 1) bottom right."""
+    trace = fig.data[trace_index]
+    n_rows, n_cols = np.asarray(trace.z).shape
+    suffix = "" if trace_index == 0 else str(trace_index + 1)
+    yaxis = fig.layout["yaxis" + suffix]
+    xaxis = fig.layout["xaxis" + suffix]
+    down = row / (n_rows - 1)
+    across = col / (n_cols - 1)
+    if yaxis.autorange != "reversed":  # plotly's y grows upwards unless reversed
+        down = 1.0 - down
+    if xaxis.autorange == "reversed":
+        across = 1.0 - across
+    return across, down
+
+
+def test_slices_are_shown_as_radiologists_read_them():
+    """An LPS phantom (numpy z, y, x; z grows to the head, x to the patient's left, y to
+    the back) with a bright block high, left and at the front: superior must be up,
+    anterior up on the axial view, the patient's left on the viewer's right."""
+    vol = np.full((20, 30, 40), -1000, dtype=np.int16)
+    vol[15:20, 0:6, 30:40] = 500  # superior (high z), anterior (low y), left (high x)
+    fig = slice_figure(vol, indices={"axial": 17, "coronal": 3, "sagittal": 35}, max_pixels=512)
+    for index, name in enumerate(("axial", "coronal", "sagittal")):
+        image = np.asarray(fig.data[index].z)
+        rows, cols = np.nonzero(image > 0)
+        across, down = _screen_position(fig, index, rows.mean(), cols.mean())
+        if name == "axial":
+            assert down < 0.5, "anterior must be at the top of the axial view"
+            assert across > 0.5, "the patient's left must be on the viewer's right"
+        elif name == "coronal":
+            assert down < 0.5, "superior must be at the top of the coronal view"
+            assert across > 0.5, "the patient's left must be on the viewer's right"
+        else:
+            assert down < 0.5, "superior must be at the top of the sagittal view"
+            assert across < 0.5, "anterior must be on the left of the sagittal view"
+
+
+def test_viewer_carries_a_static_copy_for_exported_pages(volume):
+    vol, labels = volume
+    viewer = slice_viewer(vol, overlay=labels)
+    bundle = viewer._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle
+    assert bundle["text/html"].count('class="drasclr-plot"') == 1

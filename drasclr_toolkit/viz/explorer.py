@@ -23,6 +23,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from .export import figure_html
 from .landmarks import landmark_centres, landmark_cloud
 
 __all__ = ["PatchExplorer", "patch_explorer"]
@@ -110,6 +111,19 @@ class PatchExplorer(widgets.VBox):
         super().__init__([self.dropdown, widgets.HBox(views)])
         self.landmark = -1
         self._show(int(landmark))
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
+        """The live widget, plus a static copy of the current view for exported pages."""
+        data = super()._repr_mimebundle_(**kwargs)
+        data = dict(data[0] if isinstance(data, tuple) else data or {})
+        figures = [go.Figure(self.cloud), go.Figure(self.patch_figure)]
+        if self.ct_figure is not None:
+            figures.append(go.Figure(self.ct_figure))
+        data["text/html"] = (
+            '<div style="font:12px sans-serif;color:#555">Static copy of the patch explorer '
+            f"at landmark {self.landmark} (selection works in JupyterLab).</div>"
+            + "".join(figure_html(f) for f in figures))
+        return data
 
     def select(self, landmark: int) -> None:
         """Show ``landmark`` (what choosing it in the list or clicking it does)."""

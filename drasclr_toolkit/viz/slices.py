@@ -21,6 +21,8 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from .export import attach_static_fallback
+
 # (level, width) in HU; the usual radiology presets for chest CT.
 WINDOW_PRESETS: dict[str, tuple[float, float]] = {
     "lung": (-600.0, 1500.0),
@@ -39,6 +41,10 @@ DISEASE_LABELS: dict[int, tuple[str, str]] = {
 }
 
 PLANES = ("axial", "coronal", "sagittal")
+# What the picture's axes point to (patient directions, radiological display).
+ROW_LABELS = {"axial": "anterior ↑", "coronal": "superior ↑", "sagittal": "superior ↑"}
+COLUMN_LABELS = {"axial": "patient left →", "coronal": "patient left →",
+                 "sagittal": "posterior →"}
 
 
 @dataclass(frozen=True)
@@ -61,9 +67,12 @@ def _planes(spacing: Sequence[float]) -> dict[str, _Plane]:
 
 
 def _cut(volume: np.ndarray, plane: _Plane, index: int) -> np.ndarray:
-    image = np.take(volume, index, axis=plane.axis)
-    # Coronal and sagittal: put superior at the top of the picture.
-    return image[::-1] if plane.axis != 0 else image
+    # Rows are drawn at y = row · spacing. Axial rows run anterior → posterior and that axis
+    # is reversed (anterior at the top); coronal and sagittal rows run inferior → superior
+    # (LPS: z grows to the head) on a plain upward axis, so superior is at the top. Columns
+    # run x → patient left (axial, coronal): the patient's left is on the viewer's right,
+    # as radiologists read CT.
+    return np.take(volume, index, axis=plane.axis)
 
 
 def _window(name_or_pair: str | tuple[float, float]) -> tuple[float, float]:
@@ -166,8 +175,9 @@ def slice_figure(
             )
         axis_suffix = "" if col == 1 else str(col)
         fig.update_yaxes(autorange="reversed" if name == "axial" else True,
-                         scaleanchor=f"x{axis_suffix}", showticklabels=False, row=1, col=col)
-        fig.update_xaxes(showticklabels=False, row=1, col=col)
+                         scaleanchor=f"x{axis_suffix}", showticklabels=False, row=1, col=col,
+                         title_text=ROW_LABELS[name])
+        fig.update_xaxes(showticklabels=False, row=1, col=col, title_text=COLUMN_LABELS[name])
     fig.update_layout(
         height=360, margin=dict(l=10, r=10, t=50 if title else 30, b=10),
         title=title, plot_bgcolor="black",
@@ -219,6 +229,9 @@ def slice_viewer(
         control.observe(redraw, names="value")
     box = widgets.VBox([widgets.HBox([preset, show_overlay]),
                         widgets.HBox(list(sliders.values())), figure])
+    attach_static_fallback(box, lambda: [go.Figure(figure)],
+                           note="Static copy of the slice viewer at its current slices "
+                                "(the sliders work in JupyterLab).")
     box.figure = figure
     box.sliders = sliders
     box.window = preset

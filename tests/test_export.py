@@ -1,0 +1,83 @@
+"""Exported notebook pages are small, self-contained and draw every figure with no network."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+import nbformat
+import numpy as np
+import plotly.graph_objects as go
+import pytest
+
+from drasclr_toolkit.viz.export import PLOT_CLASS, notebook_page, static_notebook
+from drasclr_toolkit.viz.slices import slice_viewer
+
+WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+
+
+def _executed_notebook() -> nbformat.NotebookNode:
+    """What an executed notebook of ours holds: a plotly figure, a 3D figure, a widget with
+    its static copy, plotly's bundle output and per-widget state."""
+    nb = nbformat.v4.new_notebook()
+    fig = go.Figure(go.Heatmap(z=np.arange(400).reshape(20, 20)))
+    cloud = go.Figure(go.Scatter3d(x=[0, 1, 2], y=[2, 1, 0], z=[0, 1, 0], mode="markers"))
+    viewer = slice_viewer(np.random.default_rng(0).integers(-1000, 0, (16, 16, 16)).astype(np.int16))
+    cells = [
+        nbformat.v4.new_markdown_cell("# A page"),
+        nbformat.v4.new_code_cell("bundle", outputs=[nbformat.v4.new_output(
+            "display_data", data={"text/html": "<script>/** plotly.js v3 */" + "x" * 5_000_000
+                                               + "</script>"})]),
+        nbformat.v4.new_code_cell("fig", outputs=[nbformat.v4.new_output(
+            "display_data", data={"application/vnd.plotly.v1+json": fig.to_plotly_json(),
+                                  "text/plain": "Figure"})]),
+        nbformat.v4.new_code_cell("cloud", outputs=[nbformat.v4.new_output(
+            "display_data", data={"application/vnd.plotly.v1+json": cloud.to_plotly_json()})]),
+        nbformat.v4.new_code_cell("viewer", outputs=[nbformat.v4.new_output(
+            "display_data", data=viewer._repr_mimebundle_())]),
+    ]
+    nb.cells = cells
+    nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {
+        "state": {"x": {"esm": "y" * 5_000_000}}, "version_major": 2, "version_minor": 0}}
+    return nb
+
+
+def test_static_notebook_drops_widget_state_and_bundles():
+    nb = static_notebook(_executed_notebook())
+    assert "widgets" not in nb.metadata
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert len(outputs) == 3  # the bundle-only output is gone
+    assert all(WIDGET_MIME not in o.data for o in outputs)
+    assert all(PLOT_CLASS in o.data["text/html"] for o in outputs)
+
+
+def test_page_is_small_and_needs_no_network():
+    html = notebook_page(_executed_notebook())
+    assert len(html.encode()) < 5_000_000
+    assert not re.search(r'<script[^>]*src="https?://', html), "page loads a script from the web"
+    assert html.count('id="drasclr-plotlyjs"') == 1
+    assert "y" * 1000 not in html and "x" * 1000 not in html
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def test_page_draws_every_figure_offline(tmp_path):
+    page = tmp_path / "page.html"
+    page.write_text(notebook_page(_executed_notebook()), encoding="utf-8")
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("chromium is not installed; the page was checked, not its rendering")
+    # A proxy on a closed port: any request to the network fails, as on a plane.
+    cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--use-gl=swiftshader",
+           "--enable-unsafe-swiftshader", "--disable-background-networking",
+           "--disable-component-update", "--disable-sync", "--no-first-run",
+           "--proxy-server=127.0.0.1:9", f"--user-data-dir={tmp_path / 'profile'}",
+           "--virtual-time-budget=20000", "--dump-dom", page.as_uri()]
+    dom = subprocess.run(cmd, capture_output=True, text=True, timeout=180).stdout
+    divs = re.findall(r'<div class="(' + PLOT_CLASS + r'[^"]*)"', dom)
+    assert len(divs) == 3, f"expected 3 figure slots, found {len(divs)}"
+    assert all("js-plotly-plot" in d for d in divs), f"not every figure drew: {divs}"
+    assert "figure could not be drawn:" not in dom.replace("'figure could not be drawn: '", "")
