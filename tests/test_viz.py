@@ -74,15 +74,23 @@ def test_cohort_cloud_of_kmeans_clusters_has_a_dropdown_and_category_colours():
     np.testing.assert_array_equal(clusters, patch_kmeans(emb, k=3, seed=0))
     fig = landmark_cloud(emb.landmarks, clusters, lung_fraction=emb.lung_fraction,
                          subject_ids=emb.subject_ids, value_name="cluster")
-    assert len(fig.data) == 5 and [t.visible for t in fig.data] == [True] + [False] * 4
+    # one trace per (subject, cluster): the legend names every colour
+    visible = [t for t in fig.data if t.visible]
+    assert sorted(t.name for t in visible) == [f"cluster {c}" for c in np.unique(clusters[0])]
+    assert all(t.showlegend for t in fig.data)
     buttons = fig.layout.updatemenus[0].buttons
     assert [b.label for b in buttons] == emb.subject_ids
-    assert buttons[2].args[0]["visible"] == [False, False, True, False, False]
-    colours = fig.data[2].marker.color
-    for a in range(6):  # same cluster ⇔ same colour
-        for b in range(6):
-            assert (colours[a] == colours[b]) == (clusters[2, a] == clusters[2, b])
-    assert "cluster = " + str(clusters[2, 4]) in fig.data[2].text[4]
+    shown = [t for t, v in zip(fig.data, buttons[2].args[0]["visible"]) if v]
+    assert sum(len(t.x) for t in shown) == 6  # every landmark of subject 2, once
+    colour_of = {}
+    for trace in fig.data:  # same cluster ⇔ same colour, for every subject
+        colour_of.setdefault(trace.name, set()).add(trace.marker.color)
+    assert all(len(c) == 1 for c in colour_of.values())
+    assert len({next(iter(c)) for c in colour_of.values()}) == len(colour_of)
+    for trace in shown:
+        for landmark, text in zip(trace.customdata, trace.text):
+            assert text.endswith(f"cluster = {clusters[2, landmark]}")
+            assert trace.name == f"cluster {clusters[2, landmark]}"
 
 
 def test_lung_surface_mesh_and_landmarks():
@@ -220,6 +228,19 @@ def test_patch_explorer_links_landmark_choice_to_patch_and_ct_box():
     ex._on_click(ex.cloud.data[0], _Points(), None)  # what a click on point 2 calls
     assert ex.landmark == 2 and ex.dropdown.value == 2
 
+    class _Near:
+        point_inds = [4]
+    ex._on_hover(ex.cloud.data[0], _Near(), None)  # hovering near a point selects it
+    assert ex.landmark == 4
+    ex.follow_hover.value = False  # pinned: hovering elsewhere keeps the selection
+    ex._on_hover(ex.cloud.data[0], _Points(), None)
+    assert ex.landmark == 4
+
+    # side by side the panels fit a 1,500 px output area
+    assert ex.cloud.layout.width + ex.patch_figure.layout.width <= 1400
+    bundle = ex._repr_mimebundle_()
+    assert bundle["text/html"].count('class="drasclr-plot"') == 3  # cloud, patch, CT
+
     alone = patch_explorer(src, 0)  # no CT: the patch alone
     assert alone.ct_figure is None and len(alone.patch_figure.data) == 3
 
@@ -252,3 +273,13 @@ def test_3d_figure_exports_to_html_and_draws_webgl(tmp_path):
     canvas = re.search(r'<canvas width="(\d+)" height="(\d+)"', container[:2000])
     assert canvas, "no WebGL canvas was drawn in the plot div"
     assert int(canvas.group(1)) > 100 and int(canvas.group(2)) > 100
+
+
+def test_3d_axes_say_mm_only_when_the_spacing_is_known():
+    corners = np.array([[0, 0, 0], [16, 0, 0]])
+    in_voxels = landmark_cloud(corners, values=np.array([0.1, 0.9]))
+    assert "voxel" in in_voxels.layout.scene.xaxis.title.text
+    in_mm = landmark_cloud(corners, values=np.array([0.1, 0.9]), spacing=(2.0, 2.0, 2.0))
+    assert "mm" in in_mm.layout.scene.xaxis.title.text
+    # patch centres: (corner + 15.5) · 2 mm
+    np.testing.assert_allclose(in_mm.data[0].x, [31.0, 63.0])

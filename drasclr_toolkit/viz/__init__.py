@@ -12,7 +12,8 @@ Example:
 """
 
 from .explorer import PatchExplorer, patch_explorer
-from .landmarks import landmark_centres, landmark_cloud, landmark_trace, patch_kmeans, patch_pca
+from .landmarks import (landmark_centres, landmark_cloud, landmark_trace, landmark_traces,
+                        patch_kmeans, patch_pca)
 from .retrieval import middle_slice, retrieval_gallery, retrieve_similar
 from .scatter import embedding_scatter, reduce_2d
 from .slices import slice_figure, slice_viewer
@@ -24,6 +25,7 @@ __all__ = [
     "landmark_centres",
     "landmark_cloud",
     "landmark_trace",
+    "landmark_traces",
     "lung_surface",
     "middle_slice",
     "patch_explorer",

@@ -29,6 +29,9 @@ from .landmarks import landmark_centres, landmark_cloud
 __all__ = ["PatchExplorer", "patch_explorer"]
 
 SLICE_NAMES = ("axial", "coronal", "sagittal")
+# Side by side the views fit a 1,500 px output area (JupyterLab at full width on a laptop).
+CLOUD_WIDTH = 640
+PANEL_WIDTH = 680
 
 
 def _ct_array(ct: Any) -> tuple[np.ndarray, tuple[float, float, float]]:
@@ -75,8 +78,16 @@ class PatchExplorer(widgets.VBox):
                                    marker=dict(size=10, color="rgba(0,0,0,0)",
                                                line=dict(color="red", width=4)),
                                    name="selected", hoverinfo="skip"))
+        fig.update_layout(width=CLOUD_WIDTH, height=460)
         self.cloud = go.FigureWidget(fig)
-        self.cloud.data[0].on_click(self._on_click)
+        # Plotly picks a 3D point on click only within a few pixels of its centre, but
+        # reports hover from further away: following the hovered landmark (and clicks,
+        # when they hit) makes selection forgiving. The checkbox pins the current one.
+        self.follow_hover = widgets.Checkbox(value=True, description="follow hover",
+                                             indent=False)
+        for trace in self.cloud.data[:-1]:
+            trace.on_click(self._on_click)
+            trace.on_hover(self._on_hover)
 
         self.patch_figure = go.FigureWidget(make_subplots(rows=1, cols=3,
                                                           subplot_titles=SLICE_NAMES))
@@ -87,7 +98,8 @@ class PatchExplorer(widgets.VBox):
                                         row=1, col=col)
             self.patch_figure.update_yaxes(autorange="reversed", scaleanchor=f"x{col}",
                                            row=1, col=col)
-        self.patch_figure.update_layout(height=300, margin=dict(l=10, r=10, t=60, b=10))
+        self.patch_figure.update_layout(width=PANEL_WIDTH, height=280,
+                                        margin=dict(l=10, r=10, t=60, b=10))
 
         ct_array, self.ct_spacing = _ct_array(ct)
         if subject_corners is None and ct_array is not None:
@@ -101,14 +113,15 @@ class PatchExplorer(widgets.VBox):
                                                         zmin=window[0], zmax=window[1],
                                                         hovertemplate="HU %{z}<extra></extra>"))
             self.ct_figure.update_yaxes(autorange="reversed", scaleanchor="x")
-            self.ct_figure.update_layout(height=420, margin=dict(l=10, r=10, t=40, b=10))
+            self.ct_figure.update_layout(width=PANEL_WIDTH, height=380,
+                                         margin=dict(l=10, r=10, t=40, b=10))
 
         self.dropdown = widgets.Dropdown(options=[(str(i), i) for i in range(len(self.landmarks))],
                                          value=int(landmark), description="landmark")
         self.dropdown.observe(lambda change: self._show(int(change["new"])), names="value")
         views = [self.cloud, self.patch_figure] if self.ct_figure is None else \
             [self.cloud, widgets.VBox([self.patch_figure, self.ct_figure])]
-        super().__init__([self.dropdown, widgets.HBox(views)])
+        super().__init__([widgets.HBox([self.dropdown, self.follow_hover]), widgets.HBox(views)])
         self.landmark = -1
         self._show(int(landmark))
 
@@ -131,9 +144,20 @@ class PatchExplorer(widgets.VBox):
         if self.landmark != int(landmark):
             self._show(int(landmark))
 
+    def _picked(self, trace: Any, points: Any) -> int | None:
+        if not points.point_inds:
+            return None
+        return int(trace.customdata[points.point_inds[0]])
+
     def _on_click(self, trace: Any, points: Any, state: Any) -> None:
-        if points.point_inds:
-            self.select(int(points.point_inds[0]))
+        landmark = self._picked(trace, points)
+        if landmark is not None:
+            self.select(landmark)
+
+    def _on_hover(self, trace: Any, points: Any, state: Any) -> None:
+        landmark = self._picked(trace, points)
+        if landmark is not None and self.follow_hover.value:
+            self.select(landmark)
 
     def _show(self, landmark: int) -> None:
         if not 0 <= landmark < len(self.landmarks):

@@ -6,8 +6,8 @@ per-patch prediction or the synthetic cohort's ground truth are plain ``(L,)`` o
 ``(N, L)`` arrays and go in the same way.
 
 Points sit at the patch centres, ``(corner + (P - 1) / 2) · spacing``, in the atlas voxel
-frame (x grows to the patient's left, y posterior, z superior); with the default spacing of
-1 mm that is atlas millimetres from the atlas corner.
+frame (x grows to the patient's left, y posterior, z superior): millimetres from the atlas
+corner when the atlas spacing is given, voxel indices (and axes that say so) when not.
 
 Example:
     >>> import numpy as np
@@ -27,7 +27,8 @@ from plotly.colors import qualitative
 
 from drasclr_toolkit.embed import Embeddings
 
-__all__ = ["landmark_centres", "landmark_cloud", "landmark_trace", "patch_kmeans", "patch_pca",
+__all__ = ["landmark_centres", "landmark_cloud", "landmark_trace", "landmark_traces",
+           "patch_kmeans", "patch_pca",
            "CATEGORY_COLOURS"]
 
 CATEGORY_COLOURS: tuple[str, ...] = tuple(qualitative.Plotly) + tuple(qualitative.Dark24)
@@ -152,23 +153,73 @@ def landmark_trace(landmarks: np.ndarray, values: np.ndarray | None = None, *,
                         customdata=ids)
 
 
+def landmark_traces(landmarks: np.ndarray, values: np.ndarray | None = None, *,
+                    value_name: str = "value", categorical: bool | None = None,
+                    name: str = "landmarks", categories: Sequence[Any] | None = None,
+                    **kwargs: Any) -> list[go.Scatter3d]:
+    """The landmarks as traces: one per category for categorical values (so the legend
+    names each colour), otherwise the single trace of :func:`landmark_trace`. ``categories``
+    fixes the colour order (pass the cohort's categories so a colour means the same
+    category for every subject).
+
+    Example:
+        >>> traces = landmark_traces(np.zeros((3, 3)), np.array([0, 1, 1]), value_name="cluster")
+        >>> [(t.name, len(t.x)) for t in traces]
+        [('cluster 0', 1), ('cluster 1', 2)]
+    """
+    vals = None if values is None else np.asarray(values)
+    is_cat = vals is not None and (categorical if categorical is not None else _is_categorical(vals))
+    if not is_cat:
+        return [landmark_trace(landmarks, vals, value_name=value_name, categorical=False,
+                               name=name, **kwargs)]
+    corners = np.asarray(landmarks)
+    ids = np.asarray(kwargs.pop("landmark_ids", None) if "landmark_ids" in kwargs else
+                     np.arange(len(corners)))
+    positions = kwargs.pop("positions", None)
+    lung = kwargs.pop("lung_fraction", None)
+    traces = []
+    order = list(categories) if categories is not None else sorted(set(vals.tolist()), key=str)
+    for j, category in enumerate(order):
+        keep = vals == category
+        if not keep.any():
+            continue
+        trace = landmark_trace(corners[keep], None, value_name=value_name,
+                               lung_fraction=None if lung is None else np.asarray(lung)[keep],
+                               positions=None if positions is None else np.asarray(positions)[keep],
+                               landmark_ids=ids[keep], name=f"{value_name} {category}", **kwargs)
+        trace.marker.color = CATEGORY_COLOURS[j % len(CATEGORY_COLOURS)]
+        trace.legendgroup = f"{value_name} {category}"
+        trace.showlegend = True
+        trace.text = [t + f"<br>{value_name} = {category}" for t in trace.text]
+        traces.append(trace)
+    return traces
+
+
 def scene_layout(title: str | None = None, unit: str = "mm") -> dict[str, Any]:
-    """Layout for an atlas-space 3D scene (true proportions, labelled patient axes)."""
+    """Layout for an atlas-space 3D scene (true proportions, labelled patient axes).
+
+    ``unit`` is ``"mm"`` when positions are voxel index × spacing, ``"voxel"`` when the
+    spacing is unknown and positions are atlas voxel indices.
+    """
     return dict(
         title=title,
         scene=dict(aspectmode="data",
                    xaxis_title=f"x ({unit}, → left)", yaxis_title=f"y ({unit}, → posterior)",
                    zaxis_title=f"z ({unit}, → superior)"),
-        margin=dict(l=0, r=0, t=40 if title else 10, b=0),
+        margin=dict(l=10, r=10, t=40 if title else 10, b=10),
         legend=dict(orientation="h"),
     )
+
+
+def _unit(spacing: Sequence[float] | None) -> str:
+    return "voxel" if spacing is None else "mm"
 
 
 def landmark_cloud(landmarks: np.ndarray, values: np.ndarray | None = None, *,
                    lung_fraction: np.ndarray | None = None,
                    subject_ids: Sequence[str] | None = None, value_name: str = "value",
                    categorical: bool | None = None, patch_size: int = 32,
-                   spacing: Sequence[float] = (1.0, 1.0, 1.0), marker_size: float = 4.0,
+                   spacing: Sequence[float] | None = None, marker_size: float = 4.0,
                    colorscale: str = "Viridis", title: str | None = None) -> go.Figure:
     """3D cloud of the atlas landmarks coloured by a per-landmark value.
 
@@ -183,7 +234,8 @@ def landmark_cloud(landmarks: np.ndarray, values: np.ndarray | None = None, *,
         subject_ids: names for the dropdown (N values).
         value_name: the name of the value in the colour bar and hover.
         categorical: force categorical (True) or continuous (False) colouring.
-        spacing: atlas voxel size (x, y, z) in mm.
+        spacing: atlas voxel size (x, y, z) in mm (e.g. ``atlas.mask.GetSpacing()``): the
+            axes are then in mm. Without it the axes are atlas voxel indices, and say so.
 
     Returns a ``plotly.graph_objects.Figure``; ``fig.write_html(path)`` saves it.
 
@@ -194,6 +246,8 @@ def landmark_cloud(landmarks: np.ndarray, values: np.ndarray | None = None, *,
     """
     corners = np.asarray(landmarks)
     n_loc = len(corners)
+    unit = _unit(spacing)
+    spacing = (1.0, 1.0, 1.0) if spacing is None else tuple(float(v) for v in spacing)
     if values is None and lung_fraction is not None and np.ndim(lung_fraction) == 1:
         values, value_name = np.asarray(lung_fraction), "lung fraction"
     values = None if values is None else np.asarray(values)
@@ -201,11 +255,12 @@ def landmark_cloud(landmarks: np.ndarray, values: np.ndarray | None = None, *,
         lung = None if lung_fraction is None else np.asarray(lung_fraction)
         if lung is not None and lung.ndim == 2:
             lung = lung.mean(axis=0)  # a cohort summary of a one-row colouring
-        trace = landmark_trace(corners, values, lung_fraction=lung, value_name=value_name,
-                               categorical=categorical, patch_size=patch_size, spacing=spacing,
-                               marker_size=marker_size, colorscale=colorscale)
-        fig = go.Figure(trace)
-        fig.update_layout(**scene_layout(title))
+        traces = landmark_traces(corners, values, lung_fraction=lung, value_name=value_name,
+                                 categorical=categorical, patch_size=patch_size,
+                                 spacing=spacing, marker_size=marker_size,
+                                 colorscale=colorscale)
+        fig = go.Figure(traces)
+        fig.update_layout(**scene_layout(title, unit))
         return fig
 
     if values.ndim != 2 or values.shape[1] != n_loc:
@@ -222,19 +277,25 @@ def landmark_cloud(landmarks: np.ndarray, values: np.ndarray | None = None, *,
     is_cat = categorical if categorical is not None else _is_categorical(values)
     lo, hi = (None, None) if is_cat else (float(np.nanmin(values)), float(np.nanmax(values)))
     fig = go.Figure()
+    owner: list[int] = []  # the subject each trace belongs to
     for i in range(n):
-        trace = landmark_trace(corners, values[i], lung_fraction=None if lung is None else lung[i],
-                               value_name=value_name, categorical=is_cat,
-                               patch_size=patch_size, spacing=spacing,
-                               marker_size=marker_size, colorscale=colorscale, cmin=lo, cmax=hi,
-                               name=names[i])
-        trace.visible = i == 0
-        fig.add_trace(trace)
+        extra = {"categories": sorted(set(values.ravel().tolist()), key=str)} if is_cat else \
+            {"cmin": lo, "cmax": hi}
+        traces = landmark_traces(corners, values[i],
+                                 lung_fraction=None if lung is None else lung[i],
+                                 value_name=value_name, categorical=is_cat,
+                                 patch_size=patch_size, spacing=spacing,
+                                 marker_size=marker_size, colorscale=colorscale,
+                                 name=names[i], **extra)
+        for trace in traces:
+            trace.visible = i == 0
+            fig.add_trace(trace)
+            owner.append(i)
     buttons = [dict(label=names[i], method="update",
-                    args=[{"visible": [j == i for j in range(n)]},
+                    args=[{"visible": [o == i for o in owner]},
                           {"title.text": f"{title or value_name}: {names[i]}"}])
                for i in range(n)]
-    fig.update_layout(**scene_layout(f"{title or value_name}: {names[0]}"))
+    fig.update_layout(**scene_layout(f"{title or value_name}: {names[0]}", unit))
     fig.update_layout(updatemenus=[dict(buttons=buttons, direction="down", x=0.0, y=1.0,
                                         xanchor="left", yanchor="top", showactive=True)])
     return fig

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 import plotly.graph_objects as go
 
-from .landmarks import landmark_centres, landmark_trace, scene_layout
+from .landmarks import landmark_centres, landmark_traces, scene_layout
 
 __all__ = ["lung_surface", "surface_mesh"]
 
@@ -82,6 +82,7 @@ def lung_surface(mask: Any, spacing: Sequence[float] | None = None, affine: np.n
 
         spacing = spacing if spacing is not None else mask.GetSpacing()
         mask = sitk.GetArrayViewFromImage(mask)
+    unit = "voxel" if spacing is None and affine is None else "mm"
     spacing = tuple(float(v) for v in (spacing if spacing is not None else (1.0, 1.0, 1.0)))
     verts, faces = surface_mesh(mask, spacing, downsample)
     if affine is not None:
@@ -95,10 +96,10 @@ def lung_surface(mask: Any, spacing: Sequence[float] | None = None, affine: np.n
         positions = landmark_centres(corners, patch_size, spacing)
         if affine is not None:
             positions = _apply_affine(affine, positions / np.asarray(spacing))
-        fig.add_trace(landmark_trace(corners, None if values is None else np.asarray(values),
-                                     lung_fraction=lung_fraction, value_name=value_name,
-                                     categorical=categorical, patch_size=patch_size,
-                                     positions=positions, marker_size=marker_size,
-                                     colorscale=colorscale))
-    fig.update_layout(**scene_layout(title))
+        fig.add_traces(landmark_traces(corners, None if values is None else np.asarray(values),
+                                       lung_fraction=lung_fraction, value_name=value_name,
+                                       categorical=categorical, patch_size=patch_size,
+                                       positions=positions, marker_size=marker_size,
+                                       colorscale=colorscale))
+    fig.update_layout(**scene_layout(title, unit))
     return fig
