@@ -81,3 +81,27 @@ def test_page_draws_every_figure_offline(tmp_path):
     assert len(divs) == 3, f"expected 3 figure slots, found {len(divs)}"
     assert all("js-plotly-plot" in d for d in divs), f"not every figure drew: {divs}"
     assert "figure could not be drawn:" not in dom.replace("'figure could not be drawn: '", "")
+
+
+def test_report_page_draws_offline(tmp_path):
+    import pandas as pd
+
+    from drasclr_toolkit.viz.export import html_report
+
+    page = tmp_path / "report.html"
+    page.write_text(html_report("A report", [
+        ("Table", pd.DataFrame({"subject": ["a<b>", "c"], "dice": [0.91, 0.5]})),
+        ("Figure", go.Figure(go.Bar(x=["a", "c"], y=[0.91, 0.5]))),
+        ("Text", "plain <text> is escaped"),
+    ]), encoding="utf-8")
+    html = page.read_text(encoding="utf-8")
+    assert "a&lt;b&gt;" in html and "plain &lt;text&gt; is escaped" in html
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("chromium is not installed")
+    cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+           "--disable-background-networking", "--proxy-server=127.0.0.1:9",
+           f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=20000",
+           "--dump-dom", page.as_uri()]
+    dom = subprocess.run(cmd, capture_output=True, text=True, timeout=180).stdout
+    assert re.search(r'<div class="' + PLOT_CLASS + r' js-plotly-plot', dom)

@@ -30,8 +30,8 @@ from typing import Any, Callable, Iterable
 import plotly.graph_objects as go
 import plotly.io as pio
 
-__all__ = ["PLOT_CLASS", "attach_static_fallback", "figure_html", "notebook_page",
-           "static_notebook"]
+__all__ = ["PLOT_CLASS", "attach_static_fallback", "figure_html", "html_report",
+           "notebook_page", "static_notebook", "write_figure_html"]
 
 PLOT_CLASS = "drasclr-plot"
 PLOTLY_MIME = "application/vnd.plotly.v1+json"
@@ -174,3 +174,71 @@ def notebook_page(notebook: Any) -> str:
     if "</body>" in body:
         return body.replace("</body>", assets + "</body>", 1)
     return body + assets
+
+
+_REPORT_STYLE = """
+<style>
+body { font: 14px/1.45 -apple-system, "Segoe UI", Roboto, sans-serif; margin: 24px auto;
+       max-width: 1400px; color: #222; padding: 0 16px; }
+h1 { font-size: 24px; } h2 { font-size: 19px; border-bottom: 1px solid #ddd; }
+table { border-collapse: collapse; font-size: 12px; margin: 8px 0; }
+th, td { border: 1px solid #ccc; padding: 3px 6px; text-align: right; }
+th { background: #f4f4f4; } tr.flagged td { background: #fde8e8; }
+.note { color: #555; font-size: 13px; }
+</style>
+"""
+
+
+def _section_html(item: Any) -> str:
+    import html as html_lib
+
+    import pandas as pd
+
+    if item is None:
+        return ""
+    if isinstance(item, go.Figure) or (isinstance(item, dict) and "data" in item):
+        return figure_html(item)
+    if isinstance(item, pd.DataFrame):
+        return item.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="–",
+                            border=0, escape=True)
+    if isinstance(item, str):
+        return item if item.lstrip().startswith("<") else f"<p>{html_lib.escape(item)}</p>"
+    if isinstance(item, (list, tuple)):
+        return "".join(_section_html(part) for part in item)
+    return f"<pre>{html_lib.escape(str(item))}</pre>"
+
+
+def html_report(title: str, sections: Iterable[tuple[str, Any]], intro: str | None = None) -> str:
+    """A self-contained, offline HTML page: a title and sections of text, tables, figures.
+
+    ``sections`` is a sequence of ``(heading, content)``; content is a plotly figure, a
+    pandas DataFrame, text (plain text is escaped; text starting with ``<`` is HTML), or a
+    list of those. The page holds one compressed plotly.js and needs no network.
+
+    Example:
+        >>> import pandas as pd
+        >>> page = html_report("QC", [("Table", pd.DataFrame({"a": [1]}))])
+        >>> "<h2>Table</h2>" in page and "drasclr-plotlyjs" in page
+        True
+    """
+    import html as html_lib
+
+    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html_lib.escape(title)}"
+             f"</title>{_REPORT_STYLE}</head><body><h1>{html_lib.escape(title)}</h1>"]
+    if intro:
+        parts.append(_section_html(intro))
+    for heading, content in sections:
+        parts.append(f"<h2>{html_lib.escape(heading)}</h2>{_section_html(content)}")
+    parts.append(f'<script id="drasclr-plotlyjs" type="application/octet-stream">'
+                 f"{_compressed_plotlyjs()}</script>{_LOADER}</body></html>")
+    return "".join(parts)
+
+
+def write_figure_html(fig: go.Figure, path: Any, title: str | None = None) -> Any:
+    """Write one figure as an offline page (compressed plotly.js, about 2 MB)."""
+    from pathlib import Path
+
+    from drasclr_toolkit.io_utils import atomic_write_text
+
+    page = html_report(title or (fig.layout.title.text or "figure"), [("", fig)])
+    return atomic_write_text(Path(path), page.replace("<h2></h2>", ""))
