@@ -277,7 +277,7 @@ def _pid_alive(pid: int) -> bool:
 # --------------------------------------------------------------------------- JSON-lines logs
 
 
-def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+def read_jsonl(path: str | os.PathLike, *, stacklevel: int = 2) -> list[dict[str, Any]]:
     """Records of a JSON-lines log, tolerating a torn last line (a writer killed mid-line).
 
     A last line that does not parse is ignored with a warning; a bad line anywhere else is
@@ -305,7 +305,7 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
                 warnings.warn(
                     f"file {path}, line {lineno}: the last line is incomplete (the run was "
                     "interrupted while writing it); it is ignored",
-                    RuntimeWarning, stacklevel=2,
+                    RuntimeWarning, stacklevel=stacklevel,
                 )
                 break
             raise ValueError(
