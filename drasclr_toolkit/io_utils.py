@@ -324,8 +324,9 @@ def die_with_parent() -> None:
     """Make this (worker) process exit when its parent dies, even by ``kill -9``.
 
     Use as a process-pool ``initializer``. On Linux the kernel sends SIGKILL on parent death
-    (``prctl(PR_SET_PDEATHSIG)``); elsewhere a daemon thread polls the parent pid every
-    0.5 s and exits the process when it changes.
+    (``prctl(PR_SET_PDEATHSIG)``; strictly, when the parent *thread* that started the worker
+    ends, so start the pool from the thread that waits for it, as a ``with`` block does);
+    elsewhere a daemon thread polls the parent pid every 0.5 s and exits when it changes.
     """
     parent = os.getppid()
     if sys.platform.startswith("linux"):

@@ -223,3 +223,67 @@ def test_leftover_temp_files_of_dead_writers_are_removed(tmp_path):
     atomic_write_bytes(tmp_path / "ok.bin", b"1")
     assert remove_stale_temp_files(tmp_path) == [stale]
     assert live.exists() and user_file.exists() and not stale.exists()
+
+
+# ---------------------------------------------------------------------------------- CLI
+
+
+def test_cli_prints_known_errors_without_traceback_and_debug_shows_it(tmp_path, capsys):
+    from drasclr_toolkit.cli.main import is_known_error, main
+
+    assert main(["store", "verify", str(tmp_path / "nowhere")]) == 1
+    err = capsys.readouterr().err
+    assert "not a patch store" in err and "Traceback" not in err and "--debug" in err
+    with pytest.raises(StoreError):
+        main(["--debug", "store", "verify", str(tmp_path / "nowhere")])
+    assert not is_known_error(KeyError("a bug")) and is_known_error(FileNotFoundError("x"))
+
+
+def test_cli_store_verify_prints_a_table_and_can_forget_damaged_subjects(tmp_path, capsys):
+    from drasclr_toolkit.cli.main import main
+
+    store = make_store(tmp_path / "s")
+    assert main(["store", "verify", str(tmp_path / "s")]) == 0
+    store.chunk_file("patches", "s2").unlink()
+    assert main(["store", "verify", str(tmp_path / "s")]) == 1
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split() == ["subject", "status", "reason"]
+    assert any(line.startswith("s2") and "damaged" in line for line in out.splitlines())
+    assert main(["store", "verify", str(tmp_path / "s"), "--forget-damaged"]) == 1
+    assert PatchStore(tmp_path / "s").subject_ids == ["s0", "s1"]
+    assert main(["store", "verify", str(tmp_path / "s")]) == 0  # s2 is now 'not done'
+
+
+def test_synthetic_refuses_a_folder_with_other_files_unless_forced(tmp_path):
+    import yaml
+
+    from drasclr_toolkit.cli.synthetic import check_out_folder
+    from drasclr_toolkit.data.synthetic import SyntheticConfig
+
+    config = SyntheticConfig()
+    check_out_folder(tmp_path / "new", config)  # missing folder
+    user = tmp_path / "user"
+    (user / "images").mkdir(parents=True)
+    (user / "manifest.csv").write_text("subject_id,image\nmine,images/mine.nii.gz\n")
+    with pytest.raises(FileExistsError, match="--force"):
+        check_out_folder(user, config)
+    check_out_folder(user, config, force=True)
+    # an interrupted synthetic run: only its own files
+    partial = tmp_path / "partial"
+    (partial / "images").mkdir(parents=True)
+    (partial / "images" / "syn000.nii.gz").write_bytes(b"")
+    (partial / "ground_truth").mkdir()
+    (partial / "ground_truth" / "syn000_record.json").write_text("{}")
+    check_out_folder(partial, config)
+    (partial / "images" / "patient7.nii.gz").write_bytes(b"")
+    with pytest.raises(FileExistsError, match="patient7"):
+        check_out_folder(partial, config)
+    # a finished cohort: reused with the same options, refused with others
+    done = tmp_path / "done"
+    done.mkdir()
+    (done / "manifest.csv").write_text("subject_id,image\n")
+    (done / "dataset_card.yaml").write_text(yaml.safe_dump(
+        {"source": "synthetic", "options": config.fingerprint()}))
+    check_out_folder(done, config)
+    with pytest.raises(FileExistsError, match="spacing"):
+        check_out_folder(done, SyntheticConfig(spacing=3.0))
