@@ -149,10 +149,16 @@ class PatchStore:
         meta_path = self.path / "store.json"
         if not meta_path.exists():
             raise StoreError(
-                f"{self.path} is not a patch store (no store.json); run "
-                "`drasclr preprocess` (or run_preprocessing) to make one"
-            )
-        self.meta = json.loads(meta_path.read_text())
+                f"{self.path} is not a patch store (no store.json)", store=self.path,
+                file=meta_path, fix="check the path, or run `drasclr preprocess` (or "
+                "run_preprocessing) to make one")
+        try:
+            self.meta = json.loads(meta_path.read_text())
+        except (OSError, ValueError) as exc:
+            raise StoreError(
+                f"the store description cannot be read ({exc})", store=self.path,
+                file=meta_path, fix="restore store.json from a backup, or preprocess into a "
+                "new --out folder") from None
         self.slots: list[str] = list(self.meta["subject_slots"])
         self.patch_size: int = int(self.meta["patch_size"])
         self.n_landmarks: int = int(self.meta["n_landmarks"])
@@ -320,9 +326,16 @@ class PatchStore:
     def _marker(self, sid: str) -> Path:
         return subject_file(self.path / "subjects", sid, ".json")
 
-    def chunk_file(self, array: str, subject: int | str) -> Path:
-        """The file holding one subject's part of ``array`` (its shard or chunk)."""
-        slot = self._slot_of[subject] if isinstance(subject, str) else int(subject)
+    def chunk_file(self, array: str, subject_id: str) -> Path:
+        """The file holding one subject's part of ``array`` (its shard or chunk).
+
+        Example:
+            >>> PatchStore("out/pre").chunk_file("patches", "syn001")   # doctest: +SKIP
+            PosixPath('out/pre/patches.zarr/patches/c/1/0/0/0/0')
+        """
+        return self._slot_file(array, self._slot_of[subject_id])
+
+    def _slot_file(self, array: str, slot: int) -> Path:
         ndim = {"patches": 5, "lung_fraction": 2, "corners": 3}[array]
         return self.path.joinpath("patches.zarr", array, "c", str(slot), *["0"] * (ndim - 1))
 
@@ -363,7 +376,7 @@ class PatchStore:
                 try:
                     arr.get_orthogonal_selection(([slot], *rest))
                 except Exception as one:  # noqa: BLE001
-                    raise self._damage(self.slots[slot], self.chunk_file(array, slot), array,
+                    raise self._damage(self.slots[slot], self._slot_file(array, slot), array,
                                        f"the data cannot be decoded ({type(one).__name__}: "
                                        f"{one})") from None
             raise StoreError(f"reading {array} failed ({type(exc).__name__}: {exc})",
