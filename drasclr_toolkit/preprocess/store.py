@@ -397,8 +397,8 @@ class PatchStore:
         if bad:
             where = ""
             if array == "patches":
-                where = f" at {len(bad)} location(s) ({', '.join(map(str, bad[:5]))}" + \
-                        (", …)" if len(bad) > 5 else ")")
+                listed = ", ".join(map(str, bad[:5])) + (", …" if len(bad) > 5 else "")
+                where = f" at {len(bad)} location(s) ({listed})"
             filled = {"patches": -1024, "lung_fraction": 0, "corners": 0}[array]
             hint = (" and read as the fill value (file deleted or emptied?)"
                     if np.all(values == filled) else "")
