@@ -35,12 +35,40 @@ Example:
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import re
 import secrets
+import signal
+import sys
+import threading
+import time
+import warnings
 from pathlib import Path
 from typing import IO, Any, Callable
 
-__all__ = ["atomic_write", "atomic_write_stream", "atomic_write_bytes", "atomic_write_text"]
+__all__ = [
+    "SUBJECT_ID_PATTERN",
+    "UnsafeSubjectIdError",
+    "atomic_write",
+    "atomic_write_bytes",
+    "atomic_write_stream",
+    "atomic_write_text",
+    "die_with_parent",
+    "read_jsonl",
+    "remove_stale_temp_files",
+    "safe_subject_id",
+    "subject_file",
+]
+
+log = logging.getLogger(__name__)
+
+# Subject ids become file names (store records, failure notes, images), so only characters
+# that are safe in a file name on every system, and no leading '.' (no '..', no hidden file).
+SUBJECT_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# The temporary names atomic_write makes: ".<name>.<pid>.<8 hex><suffix>", suffix from ".tmp".
+_TEMP_NAME = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{8}\.tmp(\.[A-Za-z0-9.]+)?$")
 
 
 def atomic_write(path: str | os.PathLike, write_fn: Callable[[Path], Any], *,
@@ -130,3 +158,194 @@ def atomic_write_text(path: str | os.PathLike, text: str, *, encoding: str = "ut
         'unit: µm\\n'
     """
     return atomic_write_bytes(path, text.encode(encoding), make_parents=make_parents)
+
+
+# ------------------------------------------------------------------------ subject file names
+
+
+class UnsafeSubjectIdError(ValueError):
+    """A subject id that would name a file outside its folder, or an unusable file name."""
+
+
+def safe_subject_id(subject_id: Any) -> str:
+    """``subject_id`` as a string, if it is safe as a file name; else UnsafeSubjectIdError.
+
+    Every API that names a file after a subject checks here, not only the manifest reader,
+    so a table built in Python cannot write outside the output folder.
+
+    Example:
+        >>> safe_subject_id("case-01.a")
+        'case-01.a'
+        >>> safe_subject_id("../../escape")
+        Traceback (most recent call last):
+        ...
+        drasclr_toolkit.io_utils.UnsafeSubjectIdError: subject '../../escape', field 'subject_id': \
+the id has characters that are unsafe in file names ('/', '\\', a leading '.', spaces, ...). \
+What to do: use letters, digits, '.', '_' or '-' (starting with a letter or digit), and fix \
+the id in the manifest or the table you passed
+    """
+    sid = str(subject_id)
+    if not SUBJECT_ID_PATTERN.match(sid):
+        raise UnsafeSubjectIdError(
+            f"subject {sid!r}, field 'subject_id': the id has characters that are unsafe in "
+            "file names ('/', '\\', a leading '.', spaces, ...). What to do: use letters, "
+            "digits, '.', '_' or '-' (starting with a letter or digit), and fix the id in the "
+            "manifest or the table you passed"
+        )
+    return sid
+
+
+def subject_file(folder: str | os.PathLike, subject_id: Any, suffix: str = "") -> Path:
+    """``folder / (subject_id + suffix)``, refusing an id that is unsafe or leaves ``folder``.
+
+    Example:
+        >>> subject_file("out/subjects", "syn001", ".json").as_posix()
+        'out/subjects/syn001.json'
+    """
+    folder = Path(folder)
+    path = folder / f"{safe_subject_id(subject_id)}{suffix}"
+    # The pattern already forbids separators; this second check guards future changes to it.
+    if os.path.dirname(os.path.normpath(path)) != os.path.normpath(folder):
+        raise UnsafeSubjectIdError(
+            f"subject {subject_id!r}, file {path}: the name leaves the folder {folder}. "
+            "What to do: use a subject id without path separators"
+        )
+    return path
+
+
+# ------------------------------------------------------------------- leftovers of killed runs
+
+
+def remove_stale_temp_files(folder: str | os.PathLike, *, recursive: bool = True,
+                            min_age_s: float = 0.0) -> list[Path]:
+    """Remove temporary files that a killed :func:`atomic_write` left in ``folder``.
+
+    Only names this module makes (``.<name>.<pid>.<8 hex>.tmp[.ext]``) are touched, and only
+    when the process whose pid is in the name is no longer running (a live writer, e.g. a
+    parallel shard job on this machine, keeps its file) and the file is at least
+    ``min_age_s`` old. Returns the removed paths. Stages call this at start.
+
+    Example:
+        >>> import tempfile
+        >>> d = Path(tempfile.mkdtemp())
+        >>> _ = (d / ".last.pt.999999999.0123abcd.tmp").write_bytes(b"half a checkpoint")
+        >>> [p.name for p in remove_stale_temp_files(d)]
+        ['.last.pt.999999999.0123abcd.tmp']
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed: list[Path] = []
+    walker = os.walk(folder) if recursive else [(str(folder), [], os.listdir(folder))]
+    now = time.time()
+    for root, _dirs, files in walker:
+        for name in files:
+            match = _TEMP_NAME.match(name)
+            if not match:
+                continue
+            path = Path(root) / name
+            pid = int(match.group(1))
+            if pid == os.getpid() or _pid_alive(pid):
+                continue  # a write in progress (ours in another thread, or a live job's)
+            try:
+                if now - path.stat().st_mtime < min_age_s:
+                    continue
+                path.unlink()
+            except OSError:
+                continue
+            removed.append(path)
+    if removed:
+        log.info("removed %d temporary file(s) left by an interrupted run in %s",
+                 len(removed), folder)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    except OSError:
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------- JSON-lines logs
+
+
+def read_jsonl(path: str | os.PathLike, *, stacklevel: int = 2) -> list[dict[str, Any]]:
+    """Records of a JSON-lines log, tolerating a torn last line (a writer killed mid-line).
+
+    A last line that does not parse is ignored with a warning; a bad line anywhere else is
+    damage, not an interrupted write, and raises ValueError naming the file and line.
+
+    Example:
+        >>> import tempfile
+        >>> p = Path(tempfile.mkdtemp()) / "metrics.jsonl"
+        >>> _ = p.write_text('{"step": 1}\\n{"step": 2, "lo')
+        >>> import warnings
+        >>> with warnings.catch_warnings():
+        ...     warnings.simplefilter("ignore")
+        ...     read_jsonl(p)
+        [{'step': 1}]
+    """
+    path = Path(path)
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    numbered = [(i + 1, line) for i, line in enumerate(lines) if line.strip()]
+    records: list[dict[str, Any]] = []
+    for k, (lineno, line) in enumerate(numbered):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            if k == len(numbered) - 1:
+                warnings.warn(
+                    f"file {path}, line {lineno}: the last line is incomplete (the run was "
+                    "interrupted while writing it); it is ignored",
+                    RuntimeWarning, stacklevel=stacklevel,
+                )
+                break
+            raise ValueError(
+                f"file {path}, line {lineno} of {len(lines)}: not valid JSON ({exc.msg}); a "
+                "damaged line in the middle is not an interrupted write. What to do: restore "
+                "the file from a backup, or delete that line (the steps it logged are lost "
+                "from the curves)"
+            ) from None
+    return records
+
+
+# ----------------------------------------------------------------------- worker processes
+
+
+def die_with_parent() -> None:
+    """Make this (worker) process exit when its parent dies, even by ``kill -9``.
+
+    Use as a process-pool ``initializer``. On Linux the kernel sends SIGKILL on parent death
+    (``prctl(PR_SET_PDEATHSIG)``; strictly, when the parent *thread* that started the worker
+    ends, so start the pool from the thread that waits for it, as a ``with`` block does);
+    elsewhere a daemon thread polls the parent pid every 0.5 s and exits when it changes.
+    """
+    parent = os.getppid()
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL("libc.so.6", use_errno=True)
+            pr_set_pdeathsig = 1
+            if libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0) == 0:
+                if os.getppid() != parent:  # the parent died before prctl took effect
+                    os._exit(1)
+                return
+        except (OSError, AttributeError):
+            pass
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()

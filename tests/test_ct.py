@@ -416,3 +416,71 @@ def test_dicom_work_leaves_the_process_locale_alone(tmp_path):
     write_dicom_series(to_image(chest_like()), tmp_path / "s", "1.2.3.99", phi=PHI)
     load_ct(tmp_path / "s")
     assert (locale.setlocale(locale.LC_ALL), locale.getpreferredencoding(False)) == before
+
+
+# ----------------------------------------------------------- damaged files (issue 8, item 1)
+
+
+def _cut(src: Path, dst: Path, fraction: float) -> Path:
+    data = src.read_bytes()
+    dst.write_bytes(data[: int(len(data) * fraction)])
+    return dst
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii"])
+@pytest.mark.parametrize("fraction", [0.5, 0.9])
+def test_truncated_nifti_is_refused_naming_the_file_size(tmp_path, suffix, fraction):
+    # Before: SimpleITK read the cut file, the missing voxels became 0 HU, and the scan
+    # preprocessed as 'ok' (or failed later with an error blaming the anatomy).
+    whole = tmp_path / f"whole{suffix}"
+    sitk.WriteImage(to_image(chest_like((40, 32, 36))), str(whole))
+    load_ct(whole, subject_id="s9")  # the whole file is fine
+    cut = _cut(whole, tmp_path / f"cut{suffix}", fraction)
+    with pytest.raises(CTLoadError) as exc:
+        load_ct(cut, subject_id="s9")
+    _assert_names(exc.value, cut, "file size")
+    assert "truncated" in str(exc.value) and "What to do" in str(exc.value)
+
+
+def test_flipped_bit_in_nifti_gz_is_caught_by_the_gzip_checksum(tmp_path):
+    whole = tmp_path / "whole.nii.gz"
+    sitk.WriteImage(to_image(chest_like((40, 32, 36))), str(whole))
+    data = bytearray(whole.read_bytes())
+    data[len(data) // 2] ^= 0x08
+    damaged = tmp_path / "flip.nii.gz"
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(CTLoadError) as exc:
+        load_ct(damaged, subject_id="s9")
+    _assert_names(exc.value, damaged, "file")
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii", ".nrrd", ".mha"])
+def test_nan_voxels_are_refused_in_every_format(tmp_path, suffix):
+    # Before: SimpleITK's NIfTI reader turned NaN into 0, so 12 % missing voxels loaded.
+    a = chest_like((20, 24, 28)).astype(np.float32)
+    a[np.random.default_rng(1).random(a.shape) < 0.12] = np.nan
+    path = tmp_path / f"nan{suffix}"
+    sitk.WriteImage(to_image(a), str(path))
+    with pytest.raises(CTLoadError) as exc:
+        load_ct(path, subject_id="s9")
+    _assert_names(exc.value, path, "pixel values")
+    assert "NaN" in str(exc.value) and "large part" in str(exc.value)
+
+
+def test_a_single_nan_voxel_in_nifti_is_refused(tmp_path):
+    a = chest_like((20, 24, 28)).astype(np.float64)
+    a[4, 5, 6] = np.nan
+    path = tmp_path / "one_nan.nii.gz"
+    sitk.WriteImage(to_image(a), str(path))
+    with pytest.raises(CTLoadError, match="1 of"):
+        load_ct(path, subject_id="s9")
+
+
+@pytest.mark.parametrize("suffix", [".nrrd", ".mha"])
+def test_truncated_compressed_nrrd_and_mha_name_the_file_size(tmp_path, suffix):
+    whole = tmp_path / f"whole{suffix}"
+    sitk.WriteImage(to_image(chest_like((40, 32, 36))), str(whole), useCompression=True)
+    cut = _cut(whole, tmp_path / f"cut{suffix}", 0.5)
+    with pytest.raises(CTLoadError) as exc:
+        load_ct(cut, subject_id="s9")
+    _assert_names(exc.value, cut, "file size")

@@ -19,10 +19,14 @@ Example:
 
 from __future__ import annotations
 
+import gzip
 import locale
 import math
 import os
+import re
+import struct
 import warnings
+import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -595,11 +599,26 @@ def _read_image(
         return _read_dicom_series(path, series_id, subject_id, None)
     if _is_dicom_file(path):
         return _read_dicom_series(path.parent, series_id, subject_id, path)
+    if path.name.lower().endswith((".nii", ".nii.gz")):
+        check_nifti_file(path, subject_id)
+    elif path.suffix.lower() in (".mha", ".mhd"):
+        check_metaimage_file(path, subject_id)
     try:
         reader = sitk.ImageFileReader()
         reader.SetFileName(str(path))
         image = reader.Execute()
     except RuntimeError as exc:
+        short = _short_read(str(exc))
+        if short is not None:
+            expected, got = short
+            raise CTLoadError(
+                f"the file is truncated: the header needs {expected:,} bytes of image data but "
+                f"only {got:,} ({got / max(expected, 1):.0%}) could be read",
+                subject_id=subject_id,
+                file=path,
+                field="file size",
+                fix=_TRUNCATED_FIX,
+            ) from None
         raise CTLoadError(
             f"SimpleITK could not read it ({_first_line(exc)})",
             subject_id=subject_id,
@@ -609,6 +628,229 @@ def _read_image(
             "file or a DICOM folder; re-export or re-download it if it is truncated",
         ) from None
     return image, None
+
+
+_TRUNCATED_FIX = ("copy or download the file again and compare its size or checksum with the "
+                  "source, or re-export it from the original scan")
+# SimpleITK's NRRD and MetaImage readers say how much data they expected and got.
+_SHORT_READ = (
+    re.compile(r"expected (\d+) bytes but received (\d+)"),
+    re.compile(r"ideal\s*=\s*(\d+)\s*:\s*actual\s*=\s*(\d+)"),
+)
+_NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}  # NIfTI datatype codes of float32 / float64
+_STREAM_BLOCK = 8 << 20
+
+
+def _short_read(message: str) -> tuple[int, int] | None:
+    for pattern in _SHORT_READ:
+        m = pattern.search(message)
+        if m:
+            return int(m.group(1)), int(m.group(2))
+    return None
+
+
+def _nifti_header(head: bytes, subject_id: str | None, path: Path) -> tuple[int, int, str, int]:
+    """(data offset, data bytes, endianness, datatype) from a NIfTI-1 or NIfTI-2 header."""
+    for endian in ("<", ">"):
+        if len(head) >= 4 and struct.unpack(endian + "i", head[:4])[0] == 348 and len(head) >= 348:
+            ndim = struct.unpack(endian + "h", head[40:42])[0]
+            dims = struct.unpack(endian + "8h", head[40:56])
+            datatype, bitpix = struct.unpack(endian + "2h", head[70:74])
+            offset = int(struct.unpack(endian + "f", head[108:112])[0])
+            single_file = head[344:348] in (b"n+1\0", b"n+2\0")
+            break
+        if len(head) >= 540 and struct.unpack(endian + "i", head[:4])[0] == 540:
+            datatype, bitpix = struct.unpack(endian + "2h", head[12:16])
+            dims = struct.unpack(endian + "8q", head[16:80])
+            ndim = dims[0]
+            offset = int(struct.unpack(endian + "q", head[168:176])[0])
+            single_file = True
+            break
+    else:
+        raise CTLoadError(
+            "the NIfTI header is missing or damaged (its first field is not 348 or 540)",
+            subject_id=subject_id, file=path, field="NIfTI header", fix=_TRUNCATED_FIX,
+        )
+    if not single_file:
+        offset = 0  # .hdr/.img pair: SimpleITK reports a missing .img itself
+    if not 1 <= ndim <= 7 or bitpix <= 0:
+        raise CTLoadError(
+            f"the NIfTI header is damaged (dim[0] = {ndim}, bitpix = {bitpix})",
+            subject_id=subject_id, file=path, field="NIfTI header", fix=_TRUNCATED_FIX,
+        )
+    n_voxels = int(np.prod([max(int(d), 1) for d in dims[1:ndim + 1]], dtype=np.int64))
+    return max(offset, 0), n_voxels * int(bitpix) // 8, endian, int(datatype)
+
+
+def _decompressed_blocks(path: Path, gz: bool):
+    """Blocks of the file's (decompressed) bytes; raises EOFError when a gzip stream ends
+    early and zlib.error when its data or checksum is damaged."""
+    with open(path, "rb") as fh:
+        if not gz:
+            while block := fh.read(_STREAM_BLOCK):
+                yield block
+            return
+        inflater = zlib.decompressobj(wbits=31)  # gzip header and CRC-32/size trailer checked
+        while True:
+            raw = fh.read(_STREAM_BLOCK)
+            if not raw:
+                break
+            while raw:
+                out = inflater.decompress(raw)
+                if out:
+                    yield out
+                if inflater.eof:  # a member ended; another may follow (concatenated gzip)
+                    raw = inflater.unused_data
+                    inflater = zlib.decompressobj(wbits=31)
+                    if not raw.strip(b"\0"):
+                        raw = b""
+                        inflater = None
+                        break
+                else:
+                    raw = b""
+            if inflater is None:
+                return
+        if not inflater.eof:
+            yield inflater.flush()
+            raise EOFError("compressed file ended before the end-of-stream marker")
+
+
+def check_nifti_file(path: str | os.PathLike, subject_id: str | None = None) -> None:
+    """Refuse a truncated or damaged NIfTI file and one whose float voxels are NaN.
+
+    SimpleITK reads a cut ``.nii``/``.nii.gz`` without complaint (missing voxels become 0
+    HU) and turns NaN voxels into 0, so this reads the (decompressed) stream once: its
+    length must reach what the header promises, the gzip checksum must match, and float
+    data must be finite. Raises :class:`CTLoadError` with field ``file size``,
+    ``file`` (damaged gzip data) or ``pixel values``.
+
+    Example:
+        >>> check_nifti_file("case01.nii.gz", "case01")     # doctest: +SKIP
+    """
+    path = Path(path)
+    gz = path.name.lower().endswith(".gz")
+    header = b""
+    data_start = data_bytes = 0
+    dtype = None
+    n_bad = n_seen = total = 0
+    carry = b""
+    try:
+        for block in _decompressed_blocks(path, gz):
+            start, total = total, total + len(block)
+            if dtype is None and data_bytes == 0:
+                header += block[: max(0, 540 - len(header))]
+                if len(header) < 540 and start + len(block) < 540:
+                    continue
+                data_start, data_bytes, endian, datatype = _nifti_header(header, subject_id, path)
+                if datatype in _NIFTI_FLOAT_TYPES:
+                    dtype = np.dtype(endian + _NIFTI_FLOAT_TYPES[datatype])
+                elif not gz:
+                    total = path.stat().st_size  # plain file without floats: size is enough
+                    break
+            if dtype is not None:
+                # The part of this block inside the voxel data, whole items only.
+                lo = max(data_start - start, 0)
+                hi = min(data_start + data_bytes - start, len(block))
+                if hi > lo:
+                    buf = carry + block[lo:hi]
+                    usable = len(buf) - len(buf) % dtype.itemsize
+                    values = np.frombuffer(buf[:usable], dtype)
+                    n_bad += int(values.size - np.count_nonzero(np.isfinite(values)))
+                    n_seen += values.size
+                    carry = buf[usable:]
+    except CTLoadError:
+        raise
+    except EOFError:
+        needed = data_start + data_bytes
+        raise CTLoadError(
+            "the file is truncated: its gzip stream ends early, after "
+            + (f"{total:,} of the {needed:,} decompressed bytes the header needs ({total / needed:.0%})"
+               if needed else f"{total:,} decompressed bytes")
+            + "; the missing voxels would silently read as 0 HU",
+            subject_id=subject_id, file=path, field="file size", fix=_TRUNCATED_FIX,
+        ) from None
+    except (zlib.error, OSError) as exc:
+        raise CTLoadError(
+            f"the compressed data is damaged ({exc})",
+            subject_id=subject_id, file=path, field="file", fix=_TRUNCATED_FIX,
+        ) from None
+    if data_bytes == 0 and dtype is None:  # a file shorter than 540 bytes (or empty)
+        data_start, data_bytes, _, _ = _nifti_header(header, subject_id, path)
+    needed = data_start + data_bytes
+    if total < needed:
+        raise CTLoadError(
+            f"the file is truncated: the header needs {needed:,} bytes ({data_bytes:,} of voxel "
+            f"data from offset {data_start}) but the {'decompressed ' if gz else ''}file has "
+            f"{total:,} ({total / max(needed, 1):.0%}); the missing voxels would silently read "
+            "as 0 HU",
+            subject_id=subject_id, file=path, field="file size", fix=_TRUNCATED_FIX,
+        )
+    if n_bad:
+        raise CTLoadError(
+            f"{n_bad:,} of {n_seen:,} voxel(s) ({n_bad / max(n_seen, 1):.1%}) are NaN or infinite"
+            + ("; a large part of the scan is missing" if n_bad > 0.05 * n_seen else "")
+            + " (SimpleITK would read them as 0 HU)",
+            subject_id=subject_id, file=path, field="pixel values",
+            fix="re-export the scan without missing values (NaN), or fill them with -1024 HU",
+        )
+
+
+_MET_TYPE_BYTES = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2,
+                   "MET_INT": 4, "MET_UINT": 4, "MET_LONG": 4, "MET_ULONG": 4,
+                   "MET_LONG_LONG": 8, "MET_ULONG_LONG": 8, "MET_FLOAT": 4, "MET_DOUBLE": 8}
+
+
+def check_metaimage_file(path: str | os.PathLike, subject_id: str | None = None) -> None:
+    """Refuse a truncated MHA/MHD file: the data must be as long as the header says.
+
+    Only the text header is parsed and file sizes compared (no pixel data is read);
+    SimpleITK's own message for a short file is misleading ("No such file or directory").
+    """
+    path = Path(path)
+    with open(path, "rb") as fh:
+        head = fh.read(65536)
+    fields_: dict[str, str] = {}
+    header_len = None
+    pos = 0
+    for line in head.split(b"\n"):
+        pos += len(line) + 1
+        key, sep, value = line.decode("latin-1").partition("=")
+        if not sep:
+            continue
+        fields_[key.strip()] = value.strip()
+        if key.strip() == "ElementDataFile":
+            header_len = pos
+            break
+    data_name = fields_.get("ElementDataFile")
+    if header_len is None or not data_name:
+        return  # not a header we understand: SimpleITK reports it
+    try:
+        dims = [int(v) for v in fields_["DimSize"].split()]
+        item = _MET_TYPE_BYTES[fields_["ElementType"]]
+        channels = int(fields_.get("ElementNumberOfChannels", "1"))
+    except (KeyError, ValueError):
+        return
+    if data_name == "LOCAL":
+        data_file, available = path, path.stat().st_size - header_len
+    elif data_name.startswith("LIST") or "%" in data_name:
+        return  # one file per slice: SimpleITK reports missing ones
+    else:
+        data_file = path.parent / data_name
+        if not data_file.exists():
+            return
+        available = data_file.stat().st_size
+    compressed = fields_.get("CompressedData", "False").lower() == "true"
+    if compressed and "CompressedDataSize" not in fields_:
+        return
+    needed = (int(fields_["CompressedDataSize"]) if compressed
+              else int(np.prod(dims, dtype=np.int64)) * item * channels)
+    if available < needed:
+        raise CTLoadError(
+            f"the file is truncated: the header needs {needed:,} bytes of "
+            f"{'compressed ' if compressed else ''}image data but {data_file.name} holds "
+            f"{max(available, 0):,} ({max(available, 0) / max(needed, 1):.0%})",
+            subject_id=subject_id, file=path, field="file size", fix=_TRUNCATED_FIX,
+        )
 
 
 def _check_shape(image: sitk.Image, subject_id: str | None, path: Path) -> sitk.Image:
@@ -747,8 +989,10 @@ def load_ct(
 
     array = sitk.GetArrayFromImage(image)
     if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+        n_bad = int((~np.isfinite(array)).sum())
         raise CTLoadError(
-            f"{int((~np.isfinite(array)).sum())} voxel(s) are NaN or infinite",
+            f"{n_bad:,} of {array.size:,} voxel(s) ({n_bad / array.size:.1%}) are NaN or infinite"
+            + ("; a large part of the scan is missing" if n_bad > 0.05 * array.size else ""),
             subject_id=subject_id,
             file=p,
             field="pixel values",

@@ -33,6 +33,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..config import check_keys
+from ..io_utils import die_with_parent, remove_stale_temp_files, safe_subject_id
 from .atlas import Atlas
 from .lungmask import LungSegConfig, segment_lungs
 from .patches import (
@@ -382,11 +383,16 @@ def run_preprocessing(
     i, n = (int(v) for v in shard)
     if not (n >= 1 and 0 <= i < n):
         raise ValueError(f"shard must be (i, n) with 0 <= i < n, got {shard}")
+    # Ids name files (records, failure notes): a table built in Python skipped the
+    # manifest reader's check, so check here, before anything is written.
+    sids = [safe_subject_id(s) for s in manifest.subject_ids]
+    # Temporary files left by a run killed mid-write. A dead pid is exact on one machine;
+    # shard jobs may run on other hosts sharing the folder, so then only old files go.
+    remove_stale_temp_files(out, min_age_s=0.0 if n == 1 else 3600.0)
     if atlas is None:
         atlas = build_default_atlas(manifest, out, cfg, progress=progress)
     elif not isinstance(atlas, Atlas):
         atlas = Atlas.load(atlas)
-    sids = [str(s) for s in manifest.subject_ids]
     store = PatchStore.create(out, sids, atlas, neighbors_k=cfg.neighbors_k)
     _atomic_write_text(out / "config.json", json.dumps(cfg.to_dict(), indent=1, default=str))
 
@@ -428,7 +434,9 @@ def _run_pool(jobs: list[tuple], n_jobs: int, store: PatchStore, bar: Any) -> No
     pending = list(jobs)
     ctx = mp.get_context("spawn")  # fork after SimpleITK has started threads can deadlock
     while pending:
-        with cf.ProcessPoolExecutor(max_workers=n_jobs, mp_context=ctx) as pool:
+        # Workers die with this process (even after kill -9) instead of writing on.
+        with cf.ProcessPoolExecutor(max_workers=n_jobs, mp_context=ctx,
+                                    initializer=die_with_parent) as pool:
             futures = {pool.submit(_work_one, *job): job for job in pending}
             pending = []
             broken = False

@@ -23,6 +23,15 @@ Atomicity: a subject's arrays are written first, then ``subjects/<sid>.json`` is
 to a temporary file and renamed. Readers list only subjects with that file, so a run
 killed mid-write leaves a subject that is simply redone on resume.
 
+Integrity: each subject's record keeps CRC-32 checksums of what was written (one per
+location of ``patches``, one for its ``lung_fraction`` row, one for its ``corners``), and
+``store.json`` one of the atlas landmarks. Every read checks what it returns: a subject
+read checks all its locations, a location read checks only the patches it returns (one
+CRC-32 of 64 KiB per patch, a few per cent of the read), so a deleted, emptied or altered
+chunk raises :class:`StoreError` naming the subject, the file and the array instead of
+reading as air or silently changed voxels. ``verify()`` (``drasclr store verify``) checks a
+whole store. Records written before checksums existed are read unchecked.
+
 Processes: the store object holds no open handles until first read, and drops them when
 pickled, so each DataLoader worker re-opens the arrays lazily in its own process.
 
@@ -34,22 +43,75 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import zlib
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from ..io_utils import atomic_write_text
+from ..io_utils import atomic_write_text, subject_file
 
 __all__ = ["PatchStore", "StoreError"]
 
 STORE_FORMAT_VERSION = 1
+CHECKSUM_ALGORITHM = "crc32"
+# The per-subject arrays of patches.zarr, in the order verify() reports them.
+SUBJECT_ARRAYS = ("patches", "lung_fraction", "corners")
+_DTYPES = {"patches": "<i2", "lung_fraction": "<f4", "corners": "<i4"}
 
 
 class StoreError(RuntimeError):
-    """A store directory that cannot be used as asked (what to do is in the message)."""
+    """A store directory that cannot be used as asked.
+
+    Built from a plain message (older call sites) or from a problem with keyword fields;
+    then the message names the store, subject, file and field and says what to do, and
+    the same values are attributes for a runner that records the failure.
+    """
+
+    def __init__(self, problem: str, *, store: str | os.PathLike | None = None,
+                 subject_id: str | None = None, file: str | os.PathLike | None = None,
+                 field: str | None = None, fix: str | None = None) -> None:
+        self.problem = problem
+        self.store = None if store is None else str(store)
+        self.subject_id = subject_id
+        self.file = None if file is None else str(file)
+        self.field = field
+        self.fix = fix
+        where = []
+        if self.store is not None:
+            where.append(f"store {self.store}")
+        if subject_id is not None:
+            where.append(f"subject {subject_id!r}")
+        if self.file is not None:
+            where.append(f"file {self.file}")
+        if field is not None:
+            where.append(f"field {field!r}")
+        msg = (", ".join(where) + ": " if where else "") + problem
+        if fix:
+            msg += f". What to do: {fix}"
+        super().__init__(msg)
+
+
+def _crc(a: np.ndarray) -> int:
+    return zlib.crc32(np.ascontiguousarray(a).tobytes())
+
+
+def _checksums(patches: np.ndarray, lung_fraction: np.ndarray, corners: np.ndarray) -> dict:
+    """What write_subject records: CRC-32 per location of the patches, and one per row."""
+    p = np.ascontiguousarray(patches, _DTYPES["patches"])
+    return {
+        "algorithm": CHECKSUM_ALGORITHM,
+        "patches": [_crc(p[i]) for i in range(len(p))],
+        "lung_fraction": _crc(np.asarray(lung_fraction, _DTYPES["lung_fraction"])),
+        "corners": _crc(np.asarray(corners, _DTYPES["corners"])),
+    }
+
+
+def _landmarks_crc(landmarks: np.ndarray) -> int:
+    return _crc(np.asarray(landmarks, "<i8"))
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -87,10 +149,16 @@ class PatchStore:
         meta_path = self.path / "store.json"
         if not meta_path.exists():
             raise StoreError(
-                f"{self.path} is not a patch store (no store.json); run "
-                "`drasclr preprocess` (or run_preprocessing) to make one"
-            )
-        self.meta = json.loads(meta_path.read_text())
+                f"{self.path} is not a patch store (no store.json)", store=self.path,
+                file=meta_path, fix="check the path, or run `drasclr preprocess` (or "
+                "run_preprocessing) to make one")
+        try:
+            self.meta = json.loads(meta_path.read_text())
+        except (OSError, ValueError) as exc:
+            raise StoreError(
+                f"the store description cannot be read ({exc})", store=self.path,
+                file=meta_path, fix="restore store.json from a backup, or preprocess into a "
+                "new --out folder") from None
         self.slots: list[str] = list(self.meta["subject_slots"])
         self.patch_size: int = int(self.meta["patch_size"])
         self.n_landmarks: int = int(self.meta["n_landmarks"])
@@ -102,6 +170,7 @@ class PatchStore:
         self._lung_fraction: np.ndarray | None = None
         self._coords: np.ndarray | None = None
         self._neighbors: np.ndarray | None = None
+        self._sums: dict[str, dict | None] = {}  # subject -> its record's checksums
 
     # ------------------------------------------------------------------ creation
     @classmethod
@@ -156,6 +225,8 @@ class PatchStore:
             "neighbors_k": int(neighbors_k),
             "layout": "patches (N, L, P, P, P) int16 in (z, y, x) voxel order; "
             "shard per subject, chunk per (subject, location)",
+            "checksums": f"{CHECKSUM_ALGORITHM} per subject and array in subjects/<sid>.json",
+            "landmarks_crc32": _landmarks_crc(np.load(path / "atlas" / "landmarks.npy")),
         }
         _atomic_write_text(meta_path, json.dumps(meta, indent=1))
         return cls(path)
@@ -167,6 +238,7 @@ class PatchStore:
         state["_group"] = None
         state["_done_cache"] = None
         state["_lung_fraction"] = None
+        state["_sums"] = {}
         return state
 
     def _arrays(self):
@@ -188,7 +260,20 @@ class PatchStore:
     @property
     def landmarks(self) -> np.ndarray:
         if self._landmarks is None:
-            self._landmarks = np.load(self.path / "atlas" / "landmarks.npy")
+            path = self.path / "atlas" / "landmarks.npy"
+            try:
+                landmarks = np.load(path)
+            except (OSError, ValueError) as exc:
+                raise self._damage(None, path, "atlas landmarks",
+                                   f"cannot be read ({type(exc).__name__}: {exc})") from None
+            expected = self.meta.get("landmarks_crc32")
+            if expected is not None and _landmarks_crc(landmarks) != int(expected):
+                raise StoreError(
+                    "the atlas landmarks differ from those the store was made with "
+                    "(checksum mismatch)", store=self.path, file=path, field="atlas landmarks",
+                    fix="the whole store depends on them: restore atlas/ from a backup or "
+                    "run `drasclr preprocess` into a new --out folder")
+            self._landmarks = landmarks
         return self._landmarks
 
     @property
@@ -222,6 +307,7 @@ class PatchStore:
         """Forget cached listings (after another process added subjects)."""
         self._done_cache = None
         self._lung_fraction = None
+        self._sums = {}
 
     def __len__(self) -> int:
         return len(self.subject_ids)
@@ -236,16 +322,103 @@ class PatchStore:
             raise KeyError(f"subject {subject!r} is not a finished subject of store {self.path}")
         return self._slot_of[subject]
 
+    # ------------------------------------------------------------------ integrity
+    def _marker(self, sid: str) -> Path:
+        return subject_file(self.path / "subjects", sid, ".json")
+
+    def chunk_file(self, array: str, subject_id: str) -> Path:
+        """The file holding one subject's part of ``array`` (its shard or chunk).
+
+        Example:
+            >>> PatchStore("out/pre").chunk_file("patches", "syn001")   # doctest: +SKIP
+            PosixPath('out/pre/patches.zarr/patches/c/1/0/0/0/0')
+        """
+        return self._slot_file(array, self._slot_of[subject_id])
+
+    def _slot_file(self, array: str, slot: int) -> Path:
+        ndim = {"patches": 5, "lung_fraction": 2, "corners": 3}[array]
+        return self.path.joinpath("patches.zarr", array, "c", str(slot), *["0"] * (ndim - 1))
+
+    def _redo_fix(self, sid: str) -> str:
+        return (f"re-run preprocessing for this subject: delete {self._marker(sid)} (or run "
+                f"`drasclr store verify {self.path} --forget-damaged`), then run `drasclr "
+                "preprocess` again with the same manifest and --out; it resumes and redoes "
+                "only that subject")
+
+    def _damage(self, sid: str | None, file: Path, field: str, problem: str) -> StoreError:
+        fix = (self._redo_fix(sid) if sid is not None else
+               f"run `drasclr store verify {self.path}` to see what else is damaged")
+        return StoreError(problem, store=self.path, subject_id=sid, file=file, field=field,
+                          fix=fix)
+
+    def _sums_of(self, sid: str) -> dict | None:
+        """The checksums in a subject's record (cached per process), None for old records."""
+        if sid not in self._sums:
+            marker = self._marker(sid)
+            try:
+                record = json.loads(marker.read_text())
+            except (OSError, ValueError) as exc:
+                raise self._damage(sid, marker, "record",
+                                   f"the subject's record cannot be read ({exc})") from None
+            sums = record.get("checksums")
+            if sums is not None and sums.get("algorithm") != CHECKSUM_ALGORITHM:
+                sums = None
+            self._sums[sid] = sums
+        return self._sums[sid]
+
+    def _read_rows(self, array: str, slots: Sequence[int], *rest) -> np.ndarray:
+        """``array[slots, *rest]``; a codec or I/O error names the damaged subject's file."""
+        arr = self._arrays()[array]
+        try:
+            return np.asarray(arr.get_orthogonal_selection((list(slots), *rest)))
+        except Exception as exc:  # noqa: BLE001 - any codec/IO error is damage; find whose
+            for slot in slots:  # read one by one to name the subject whose file is broken
+                try:
+                    arr.get_orthogonal_selection(([slot], *rest))
+                except Exception as one:  # noqa: BLE001
+                    raise self._damage(self.slots[slot], self._slot_file(array, slot), array,
+                                       f"the data cannot be decoded ({type(one).__name__}: "
+                                       f"{one})") from None
+            raise StoreError(f"reading {array} failed ({type(exc).__name__}: {exc})",
+                             store=self.path, field=array,
+                             fix=f"run `drasclr store verify {self.path}`") from None
+
+    def _check(self, sid: str, array: str, values: np.ndarray, loc: int | None = None) -> None:
+        sums = self._sums_of(sid)
+        if sums is None:
+            return  # written before checksums existed
+        values = np.asarray(values, _DTYPES[array])
+        if array == "patches":
+            locs = range(len(values)) if loc is None else [loc]
+            rows = values if loc is None else values[None]
+            bad = [i for i, row in zip(locs, rows) if _crc(row) != int(sums["patches"][i])]
+        else:
+            bad = [] if _crc(values) == int(sums[array]) else [None]
+        if bad:
+            where = ""
+            if array == "patches":
+                listed = ", ".join(map(str, bad[:5])) + (", …" if len(bad) > 5 else "")
+                where = f" at {len(bad)} location(s) ({listed})"
+            filled = {"patches": -1024, "lung_fraction": 0, "corners": 0}[array]
+            hint = (" and read as the fill value (file deleted or emptied?)"
+                    if np.all(values == filled) else "")
+            raise self._damage(sid, self.chunk_file(array, sid), array,
+                               f"checksum mismatch{where}: the data differs from what "
+                               f"preprocessing wrote{hint}")
+
     @property
     def lung_fraction(self) -> np.ndarray:
         """(N, L) float32 lung fraction of each patch of the finished subjects."""
         if self._lung_fraction is None:
-            slots = [self._slot_of[s] for s in self.subject_ids]
-            arr = self._arrays()["lung_fraction"]
-            self._lung_fraction = (
-                np.asarray(arr.get_orthogonal_selection((slots, slice(None))), np.float32)
-                if slots else np.zeros((0, self.n_landmarks), np.float32)
-            )
+            ids = self.subject_ids
+            slots = [self._slot_of[s] for s in ids]
+            if not slots:
+                self._lung_fraction = np.zeros((0, self.n_landmarks), np.float32)
+            else:
+                rows = self._read_rows("lung_fraction", slots, slice(None)).astype(np.float32)
+                for sid, row in zip(ids, rows):
+                    self._check(sid, "lung_fraction", row)
+                self._lung_fraction = rows
         return self._lung_fraction
 
     def read_location(self, loc: int, subjects: Sequence[int]) -> np.ndarray:
@@ -254,24 +427,112 @@ class PatchStore:
         if not slots:
             P = self.patch_size
             return np.zeros((0, P, P, P), np.int16)
-        arr = self._arrays()["patches"]
         # Sorted unique slots read each inner chunk once; then back to the asked order.
         uniq, inv = np.unique(slots, return_inverse=True)
-        out = arr.get_orthogonal_selection((uniq, int(loc)))
-        return np.asarray(out)[inv]
+        out = self._read_rows("patches", uniq, int(loc))
+        for slot, patch in zip(uniq, out):
+            self._check(self.slots[slot], "patches", patch, loc=int(loc))
+        return out[inv]
 
     def read_subject(self, subject: int | str) -> np.ndarray:
         """(L, P, P, P) int16 HU: all patches of one subject (index or subject id)."""
-        return np.asarray(self._arrays()["patches"][self._slot(subject)])
+        slot = self._slot(subject)
+        out = self._read_rows("patches", [slot], slice(None))[0]
+        self._check(self.slots[slot], "patches", out)
+        return out
 
     def subject_record(self, subject: int | str) -> dict[str, Any]:
-        """The subject's JSON record: mapped landmarks, transform, QC."""
+        """The subject's JSON record: mapped landmarks, transform, QC, checksums."""
         sid = subject if isinstance(subject, str) else self.subject_ids[int(subject)]
-        return json.loads((self.path / "subjects" / f"{sid}.json").read_text())
+        return json.loads(self._marker(sid).read_text())
 
     def subject_corners(self, subject: int | str) -> np.ndarray:
         """(L, 3) int patch corners (x, y, z) in the subject's resampled grid."""
-        return np.asarray(self._arrays()["corners"][self._slot(subject)])
+        slot = self._slot(subject)
+        out = self._read_rows("corners", [slot], slice(None), slice(None))[0]
+        self._check(self.slots[slot], "corners", out)
+        return out
+
+    def verify(self, subjects: Sequence[str] | None = None) -> list[dict[str, str]]:
+        """Check every finished subject's arrays against its checksums (all of its data).
+
+        Returns rows ``{"subject", "status", "reason"}``; status is ``ok``, ``damaged``,
+        ``unverified`` (record older than checksums), ``failed`` (preprocessing failed),
+        ``not done`` (not preprocessed yet); a first row ``(atlas landmarks)`` covers the
+        store-wide landmarks.
+
+        Example:
+            >>> [r["status"] for r in PatchStore("out/pre").verify()]   # doctest: +SKIP
+            ['ok', 'ok', 'damaged']
+        """
+        self.refresh()
+        rows: list[dict[str, str]] = []
+        try:
+            self._landmarks = None
+            _ = self.landmarks
+            rows.append({"subject": "(atlas landmarks)", "status": "ok", "reason": ""})
+        except StoreError as exc:
+            rows.append({"subject": "(atlas landmarks)", "status": "damaged", "reason": str(exc)})
+        done = set(self.subject_ids)
+        failures = self.failures()
+        for sid in (self.slots if subjects is None else list(subjects)):
+            if sid not in done:
+                if sid in failures:
+                    rows.append({"subject": sid, "status": "failed",
+                                 "reason": str(failures[sid].get("reason", ""))})
+                else:
+                    rows.append({"subject": sid, "status": "not done", "reason": ""})
+                continue
+            try:
+                if self._sums_of(sid) is None:
+                    rows.append({"subject": sid, "status": "unverified",
+                                 "reason": "record written before checksums existed"})
+                    continue
+                self.read_subject(sid)
+                slot = self._slot_of[sid]
+                self._check(sid, "lung_fraction",
+                            self._read_rows("lung_fraction", [slot], slice(None))[0])
+                self.subject_corners(sid)
+            except StoreError as exc:
+                rows.append({"subject": sid, "status": "damaged", "reason": str(exc)})
+                continue
+            rows.append({"subject": sid, "status": "ok", "reason": ""})
+        return rows
+
+    def forget(self, subject_id: str) -> None:
+        """Remove a subject's commit marker, so the next preprocessing run redoes it."""
+        self._marker(subject_id).unlink(missing_ok=True)
+        self.refresh()
+
+    def fingerprint(self) -> str:
+        """A short hash of what the store holds: subjects, their checksums, the landmarks.
+
+        A run that trained on a store can keep this and compare it on resume: it changes
+        when a subject is added, removed or redone.
+        """
+        h = hashlib.blake2b(digest_size=8)
+        h.update(str(self.meta.get("landmarks_crc32")).encode())
+        for sid in self.subject_ids:
+            h.update(sid.encode() + b"\0")
+            h.update(json.dumps(self._sums_of(sid), sort_keys=True).encode())
+        return h.hexdigest()
+
+    def require_subjects(self, minimum: int, purpose: str) -> None:
+        """Raise StoreError unless at least ``minimum`` subjects are finished.
+
+        Example:
+            >>> PatchStore("out/pre").require_subjects(2, "pretraining")   # doctest: +SKIP
+        """
+        n = len(self.subject_ids)
+        if n < minimum:
+            failed = len(self.failures())
+            raise StoreError(
+                f"{purpose} needs at least {minimum} preprocessed subjects, the store has {n}"
+                + (f" ({failed} failed: see {self.path / 'qc.csv'})" if failed else ""),
+                store=self.path, field="subjects",
+                fix="preprocess more subjects into this store (`drasclr preprocess` with a "
+                "larger manifest; failed ones are retried), or fix the failed ones",
+            )
 
     def failures(self) -> dict[str, dict[str, Any]]:
         d = self.path / "failures"
@@ -281,7 +542,7 @@ class PatchStore:
 
     # ------------------------------------------------------------------ writing
     def is_done(self, subject_id: str) -> bool:
-        return (self.path / "subjects" / f"{subject_id}.json").exists()
+        return self._marker(subject_id).exists()
 
     def write_subject(
         self,
@@ -293,6 +554,7 @@ class PatchStore:
     ) -> None:
         """Write one subject (arrays first, then the commit marker). Safe across processes
         as long as each subject is written by one process at a time."""
+        marker = self._marker(subject_id)  # refuses an unsafe id before anything is written
         if subject_id not in self._slot_of:
             raise StoreError(f"subject {subject_id!r} has no slot in store {self.path}")
         P, L = self.patch_size, self.n_landmarks
@@ -302,19 +564,23 @@ class PatchStore:
                 f"got {patches.dtype} {patches.shape}"
             )
         i = self._slot_of[subject_id]
+        lung_fraction = np.asarray(lung_fraction, np.float32)
+        corners = np.asarray(corners, np.int32)
         g = self._arrays()
         g["patches"][i] = patches
-        g["lung_fraction"][i] = np.asarray(lung_fraction, np.float32)
-        g["corners"][i] = np.asarray(corners, np.int32)
-        fail = self.path / "failures" / f"{subject_id}.json"
-        _atomic_write_text(self.path / "subjects" / f"{subject_id}.json", json.dumps(record, indent=1))
+        g["lung_fraction"][i] = lung_fraction
+        g["corners"][i] = corners
+        record = {**record, "checksums": _checksums(patches, lung_fraction, corners)}
+        fail = subject_file(self.path / "failures", subject_id, ".json")
+        _atomic_write_text(marker, json.dumps(record, indent=1))
         if fail.exists():
             fail.unlink()
         self.refresh()
 
     def write_failure(self, subject_id: str, reason: str, stage: str = "") -> None:
         rec = {"subject_id": subject_id, "status": "failed", "stage": stage, "reason": reason}
-        _atomic_write_text(self.path / "failures" / f"{subject_id}.json", json.dumps(rec, indent=1))
+        _atomic_write_text(subject_file(self.path / "failures", subject_id, ".json"),
+                           json.dumps(rec, indent=1))
 
     def __repr__(self) -> str:
         return (
