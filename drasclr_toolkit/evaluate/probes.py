@@ -389,7 +389,7 @@ def _evaluate_one(frame: pd.DataFrame, y_all: pd.Series, set_name: str, target: 
         row[f"{m}_p"] = permutation_p_value(value, values, greater_is_better=not lower)
     row["ci_method"] = (f"bootstrap of out-of-fold predictions ({n_bootstrap} resamples)"
                         if n_bootstrap else "none")
-    row["verdict"] = verdict(row[f"{PRIMARY_METRIC[kind]}_p"], alpha)
+    row["verdict"] = verdict(row[f"{PRIMARY_METRIC[kind]}_p"], alpha, int(n_permutations))
     return row
 
 
