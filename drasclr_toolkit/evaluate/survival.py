@@ -61,7 +61,8 @@ from threadpoolctl import threadpool_limits
 
 from ._common import as_feature_sets, drop_incomplete_features, permutation_p_value, verdict
 
-__all__ = ["CoxnetCV", "LifelinesCoxPH", "RiskGroups", "evaluate_survival",
+__all__ = ["CoxnetCV", "LifelinesCoxPH", "RiskGroups", "corrected_ci", "default_horizons",
+           "evaluate_survival",
            "make_survival_model", "risk_groups", "survival_metrics", "to_structured"]
 
 SURVIVAL_MODELS = ("coxph", "coxnet", "rsf")
