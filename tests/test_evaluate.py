@@ -277,3 +277,21 @@ def test_feature_sets_combine_embeddings_with_densitometry():
     assert both.shape[1] == 4
     with pytest.raises(KeyError, match="'dens'"):
         feature_sets({"drasclr": emb}, ["drasclr+dens"])
+
+
+def test_landmark_zones_from_an_atlas_use_its_geometry_and_lung_labels():
+    import SimpleITK as sitk
+
+    from drasclr_toolkit.preprocess.atlas import Atlas
+
+    mask = np.zeros((48, 16, 48), np.uint8)  # (z, y, x)
+    mask[:, :, 2:22] = 1  # right lung: low x (LPS +x is the patient's left)
+    mask[:, :, 26:46] = 2
+    image = sitk.GetImageFromArray(mask[::-1].copy())  # stored with z running downwards
+    image.SetDirection((1, 0, 0, 0, 1, 0, 0, 0, -1))
+    atlas = Atlas.from_mask(image, patch_size=8, step=8, min_lung_fraction=0.5)
+    zones = landmark_zones(atlas.landmarks, atlas=atlas)
+    for (x, _, z), zone in zip(atlas.landmarks, zones):
+        side = "right" if x + 4 < 24 else "left"
+        level = "lower" if z + 4 > 32 else ("upper" if z + 4 < 16 else "middle")
+        assert zone == f"{side}_{level}", ((x, z), zone)

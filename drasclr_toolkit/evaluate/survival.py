@@ -476,6 +476,8 @@ def evaluate_survival(
                 warnings.filterwarnings("ignore", module="lifelines")
                 fold_rows = pd.DataFrame(_run_folds(model, X, y, splits, horizons, tau))
                 null_rows = []
+                # a penalised model of shuffled features is often all zeros: that is the null
+                warnings.filterwarnings("ignore", message="all coefficients are zero")
                 for i in range(int(n_permutations)):
                     perm = rng.permutation(len(X))
                     null_splits = _cv_splits(ev, folds, 1, seed + 1 + i)
