@@ -295,3 +295,13 @@ def test_landmark_zones_from_an_atlas_use_its_geometry_and_lung_labels():
         side = "right" if x + 4 < 24 else "left"
         level = "lower" if z + 4 > 32 else ("upper" if z + 4 < 16 else "middle")
         assert zone == f"{side}_{level}", ((x, z), zone)
+
+
+def test_a_target_too_thin_to_cross_validate_gets_a_row_that_says_why():
+    X, labels = _planted(n=12, d=2)
+    labels["gold"] = [0] * 10 + [1, 2]
+    with pytest.warns(UserWarning, match="not evaluated"):
+        table = evaluate_phenotypes(X, labels, ["planted", "gold"], n_repeats=1,
+                                    n_permutations=0, n_bootstrap=0)
+    assert table.loc[0, "verdict"] == "no null computed"
+    assert table.loc[1, "verdict"].startswith("not evaluated: target 'gold'")

@@ -71,8 +71,8 @@ from threadpoolctl import threadpool_limits
 from ._common import (align, as_feature_sets, drop_incomplete_features, permutation_p_value,
                       verdict)
 
-__all__ = ["CATEGORICAL_METRICS", "CONTINUOUS_METRICS", "evaluate_phenotypes",
-           "infer_target_kind", "make_probe"]
+__all__ = ["CATEGORICAL_METRICS", "CONTINUOUS_METRICS", "NotEnoughData",
+           "evaluate_phenotypes", "infer_target_kind", "make_probe"]
 
 TargetKind = Literal["continuous", "categorical"]
 CONTINUOUS_METRICS = ("r2", "mae")
@@ -82,6 +82,10 @@ LOWER_IS_BETTER = {"mae"}
 MIN_CLASS_SIZE = 3  # a class needs this many subjects to be stratified at all
 DEFAULT_ALPHAS = np.logspace(-3, 5, 17)
 DEFAULT_CS = np.logspace(-3, 1, 5)
+
+
+class NotEnoughData(ValueError):
+    """A target with too few subjects or classes to cross-validate (its row says why)."""
 
 
 def infer_target_kind(values: pd.Series | np.ndarray, max_levels: int = 10) -> TargetKind:
@@ -201,7 +205,7 @@ def _prepare_categorical(y: pd.Series, target: str, cv: int, set_name: str
         y = y[~y.isin(rare.index)]
         counts = counts.drop(rare.index)
     if len(counts) < 2:
-        raise ValueError(f"target {target!r}: fewer than two classes with at least "
+        raise NotEnoughData(f"target {target!r}: fewer than two classes with at least "
                          f"{MIN_CLASS_SIZE} subjects ({counts.to_dict()}); it cannot be probed")
     folds = int(min(cv, counts.min()))
     if folds < cv:
@@ -282,11 +286,13 @@ def evaluate_phenotypes(
         One row per (feature set, target): ``feature_set, target, kind, n, n_dropped,
         n_features, cv, n_repeats, primary_metric``, then for each metric ``m`` of the kind
         ``m, m_ci_low, m_ci_high, m_chance, m_null_mean, m_null_p95 (mae: mae_null_p05),
-        m_p``, then ``ci_method`` and ``verdict``. Metrics of the other kind are absent.
+        m_p``, then ``ci_method`` and ``verdict``. Metrics of the other kind are NaN. A
+        target with too few subjects or classes to cross-validate gets a row whose
+        ``verdict`` starts with "not evaluated:" and says why (and a warning).
     """
     if not isinstance(labels, pd.DataFrame):
         raise TypeError("labels must be a pandas DataFrame indexed by subject id "
-                        "(e.g. manifest.labels().set_index('subject_id'))")
+                        "(e.g. manifest.labels())")
     labels = labels.copy()
     labels.index = labels.index.astype(str)
     if targets is None:
@@ -311,11 +317,18 @@ def evaluate_phenotypes(
         frame, set_labels = align(drop_incomplete_features(frame, set_name), labels, set_name)
         for target in targets:
             kind = kinds.get(target) or infer_target_kind(set_labels[target], max_levels)
-            rows.append(_evaluate_one(
-                frame, set_labels[target], set_name, target, kind, cv=cv,
-                n_repeats=n_repeats, seed=seed, n_permutations=n_permutations,
-                n_bootstrap=n_bootstrap, pca=pca, alpha=alpha, inner_cv=inner_cv,
-                preprocessing=preprocessing, rng=rng))
+            try:
+                rows.append(_evaluate_one(
+                    frame, set_labels[target], set_name, target, kind, cv=cv,
+                    n_repeats=n_repeats, seed=seed, n_permutations=n_permutations,
+                    n_bootstrap=n_bootstrap, pca=pca, alpha=alpha, inner_cv=inner_cv,
+                    preprocessing=preprocessing, rng=rng))
+            except NotEnoughData as exc:  # one thin target never sinks the whole table
+                warnings.warn(f"not evaluated: {exc}", stacklevel=2)
+                rows.append({"feature_set": set_name, "target": target, "kind": kind,
+                             "n": int(set_labels[target].notna().sum()),
+                             "n_features": int(frame.shape[1]),
+                             "verdict": f"not evaluated: {exc}"})
     return pd.DataFrame(rows)
 
 
@@ -339,7 +352,7 @@ def _evaluate_one(frame: pd.DataFrame, y_all: pd.Series, set_name: str, target: 
     else:
         y_series = y_series.astype(np.float64)
     if len(y_series) < 2 * folds:
-        raise ValueError(f"target {target!r} ({set_name}): only {len(y_series)} subjects with "
+        raise NotEnoughData(f"target {target!r} ({set_name}): only {len(y_series)} subjects with "
                          f"a value; {folds}-fold cross-validation needs at least {2 * folds}")
     X = frame.loc[y_series.index].to_numpy(np.float64)
     y = y_series.to_numpy()
