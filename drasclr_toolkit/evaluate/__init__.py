@@ -2,7 +2,7 @@
 feature sets, each result next to chance and a null.
 
 Example:
-    >>> from drasclr_toolkit.evaluate import evaluate_phenotypes, evaluate_survival  # doctest: +SKIP
+    >>> from drasclr_toolkit.evaluate import feature_sets, evaluate_phenotypes
     >>> sets = feature_sets({"drasclr": emb, "densitometry": dens},              # doctest: +SKIP
     ...                     ["drasclr+densitometry"])
     >>> evaluate_phenotypes(sets, labels, ["fev1_pp", "gold"])                     # doctest: +SKIP

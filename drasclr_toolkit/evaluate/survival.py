@@ -536,7 +536,7 @@ class RiskGroups:
     n_groups: int
 
     def figure(self, title: str | None = None):
-        """The Kaplan–Meier figure (plotly), see :func:`drasclr_toolkit.evaluate.plots.km_figure`."""
+        """The Kaplan–Meier figure (plotly): :func:`~drasclr_toolkit.evaluate.plots.km_figure`."""
         from .plots import km_figure
 
         return km_figure(self, title=title)
