@@ -1,0 +1,190 @@
+"""Feature sets for the probes: patient pooling of patch embeddings (including by lung
+zone) and named combinations such as ``"drasclr+densitometry"``.
+
+Pooling (:func:`pool_embeddings`):
+
+* ``mean``: average over landmarks (the DrasCLR default),
+* ``max``: maximum over landmarks,
+* ``lung_weighted``: average weighted by each patch's lung fraction (from the patch store,
+  kept in ``Embeddings.lung_fraction``),
+* ``zones``: the mean over the landmarks of each of the six lung zones (upper / middle /
+  lower third along the superior–inferior axis × right / left; the zones of
+  :mod:`~drasclr_toolkit.evaluate.densitometry`), concatenated: ``6 × D`` columns named
+  ``<zone>_h<j>``.
+
+Missing landmarks (a patch whose embedding is NaN, e.g. outside the scan) are left out of
+every pool; a subject with no valid landmark in a zone gets NaN there (with a warning).
+
+Landmark zones (:func:`landmark_zones`): landmarks are patch corners (x, y, z) in atlas
+voxels. With an ``atlas`` the patch centres go through its geometry to LPS millimetres
+(+x patient Left, +z Superior), thirds are taken of the atlas lung mask's superior–inferior
+extent, and right/left comes from the mask's labels (1 right, 2 left) at the centre, or the
+midline of a binary mask. Without one, the atlas is taken to have the identity direction
+(every atlas this toolkit builds; the official atlas's diag(1, -1, 1) flips only y): a
+higher z index is more superior, a higher x index further left, thirds are of the
+landmark centres' z range and the midline is the middle of their x range.
+
+Example:
+    >>> import numpy as np
+    >>> from drasclr_toolkit.embed import Embeddings
+    >>> lm = np.array([[x, 0, z] for x in (0, 64) for z in (0, 32, 64)])
+    >>> emb = Embeddings(np.arange(12, dtype=np.float32).reshape(1, 6, 2), ["s1"], lm,
+    ...                  np.zeros((6, 3)), np.ones((1, 6)))
+    >>> list(landmark_zones(lm))
+    ['right_lower', 'right_middle', 'right_upper', 'left_lower', 'left_middle', 'left_upper']
+    >>> pool_embeddings(emb, "zones").shape
+    (1, 12)
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Literal, Mapping
+
+import numpy as np
+import pandas as pd
+
+from .densitometry import ZONES
+
+__all__ = ["POOLINGS", "feature_sets", "landmark_zones", "pool_embeddings"]
+
+POOLINGS = ("mean", "max", "lung_weighted", "zones")
+Pooling = Literal["mean", "max", "lung_weighted", "zones"]
+
+
+def landmark_zones(landmarks: np.ndarray, patch_size: int = 32, atlas: Any = None
+                   ) -> np.ndarray:
+    """Zone name (one of :data:`~drasclr_toolkit.evaluate.densitometry.ZONES`) of each
+    landmark; see the module docstring for the orientation rules."""
+    landmarks = np.asarray(landmarks, dtype=np.float64).reshape(-1, 3)
+    if atlas is not None:
+        import SimpleITK as sitk
+
+        from .densitometry import lung_zones
+
+        mask = atlas.mask
+        arr = sitk.GetArrayFromImage(mask)
+        zone_map = lung_zones(arr, mask.GetSpacing(), mask.GetOrigin(),
+                              np.reshape(mask.GetDirection(), (3, 3)))
+        centre = np.clip(np.round(landmarks + (atlas.patch_size - 1) / 2).astype(int), 0,
+                         np.array(arr.shape[::-1]) - 1)
+        out = []
+        for x, y, z in centre:
+            k = int(zone_map[z, y, x])
+            if k == 0:  # centre outside the lung: the most common zone in the patch
+                x0, y0, z0 = np.maximum(np.array([x, y, z]) - atlas.patch_size // 2, 0)
+                block = zone_map[z0:z0 + atlas.patch_size, y0:y0 + atlas.patch_size,
+                                 x0:x0 + atlas.patch_size]
+                inside = block[block > 0]
+                k = int(np.bincount(inside).argmax()) if inside.size else 0
+            out.append(ZONES[k - 1] if k else _zone_from_grid(landmarks, patch_size, (x, y, z)))
+        return np.array(out, dtype=object)
+    centres = landmarks + (patch_size - 1) / 2
+    return np.array([_zone_from_grid(landmarks, patch_size, c) for c in centres], dtype=object)
+
+
+def _zone_from_grid(landmarks: np.ndarray, patch_size: int, centre) -> str:
+    centres = landmarks + (patch_size - 1) / 2
+    x_lo, x_hi = centres[:, 0].min(), centres[:, 0].max()
+    z_lo, z_hi = centres[:, 2].min(), centres[:, 2].max()
+    third = (centre[2] - z_lo) / max(z_hi - z_lo, 1e-9)
+    level = "upper" if third > 2 / 3 else ("middle" if third > 1 / 3 else "lower")
+    side = "left" if centre[0] > (x_lo + x_hi) / 2 else "right"
+    return f"{side}_{level}"
+
+
+def pool_embeddings(embeddings: Any, method: Pooling = "mean", *, atlas: Any = None,
+                    patch_size: int = 32) -> pd.DataFrame:
+    """Patient-level features ``(N, D)`` (``zones``: ``(N, 6·D)``) indexed by subject id.
+
+    ``mean``, ``max`` and ``lung_weighted`` are :meth:`Embeddings.pool` when no patch is
+    missing; with missing (NaN) patches they skip them. ``zones`` needs landmark zones:
+    from ``atlas`` when given, else from the landmark grid (module docstring).
+    """
+    if method not in POOLINGS:
+        raise ValueError(f"unknown pooling {method!r}; use one of {POOLINGS}")
+    patch = np.asarray(embeddings.patch, dtype=np.float64)
+    missing = np.isnan(patch).any(axis=2)  # (N, L)
+    index = pd.Index(embeddings.subject_ids, name="subject_id")
+    if method != "zones":
+        if not missing.any():
+            return embeddings.pool(method)
+        valid = np.where(missing[..., None], np.nan, patch)
+        if method == "mean":
+            pooled = np.nanmean(valid, axis=1)
+        elif method == "max":
+            pooled = np.nanmax(valid, axis=1)
+        else:
+            w = np.where(missing, 0.0, np.clip(embeddings.lung_fraction, 0, None))
+            w = np.where(w.sum(1, keepdims=True) > 0, w, (~missing).astype(float))
+            pooled = np.einsum("nl,nld->nd", w / w.sum(1, keepdims=True),
+                               np.nan_to_num(valid))
+        columns = [f"h{j}" for j in range(patch.shape[2])]
+        frame = pd.DataFrame(pooled.astype(np.float32), index=index, columns=columns)
+        frame.attrs["pooling"] = method
+        return frame
+    zones = landmark_zones(embeddings.landmarks, patch_size, atlas)
+    parts = []
+    empty_zones = []
+    for zone in ZONES:
+        cols = zones == zone
+        block = np.where(missing[:, cols, None], np.nan, patch[:, cols])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN zone → NaN, said below
+            pooled = np.nanmean(block, axis=1) if cols.any() else \
+                np.full((len(patch), patch.shape[2]), np.nan)
+        if np.isnan(pooled).all(axis=1).any():
+            empty_zones.append(zone)
+        parts.append(pd.DataFrame(pooled.astype(np.float32), index=index,
+                                  columns=[f"{zone}_h{j}" for j in range(patch.shape[2])]))
+    if empty_zones:
+        warnings.warn(f"zone pooling: some subjects have no valid landmark in {empty_zones}; "
+                      "their values there are NaN (the probes leave such subjects out)",
+                      stacklevel=2)
+    frame = pd.concat(parts, axis=1)
+    frame.attrs["pooling"] = "zones"
+    return frame
+
+
+def feature_sets(sets: Mapping[str, Any], combine: Any = (), *, pooling: Pooling = "mean",
+                 atlas: Any = None) -> dict[str, pd.DataFrame]:
+    """Named feature tables, plus combinations named by joining names with ``+``.
+
+    ``sets`` maps a name to an ``Embeddings`` (pooled with ``pooling``) or a DataFrame
+    indexed by subject id (e.g. :func:`~drasclr_toolkit.evaluate.densitometry.cohort_densitometry`);
+    ``combine`` lists combinations like ``"drasclr+densitometry"``: the named tables side by
+    side (columns prefixed by the set name), on the subjects they share.
+
+    Example:
+        >>> a = pd.DataFrame({"h0": [1.0, 2.0]}, index=["s1", "s2"])
+        >>> b = pd.DataFrame({"laa950_pct": [3.0, 4.0]}, index=["s2", "s1"])
+        >>> out = feature_sets({"drasclr": a, "densitometry": b}, ["drasclr+densitometry"])
+        >>> list(out), out["drasclr+densitometry"].loc["s1"].tolist()
+        (['drasclr', 'densitometry', 'drasclr+densitometry'], [1.0, 4.0])
+    """
+    combine = [combine] if isinstance(combine, str) else list(combine)
+    out: dict[str, pd.DataFrame] = {}
+    for name, value in sets.items():
+        if hasattr(value, "patch") and hasattr(value, "pool"):
+            frame = pool_embeddings(value, pooling, atlas=atlas)
+        elif isinstance(value, pd.DataFrame):
+            frame = value.copy()
+        else:
+            raise TypeError(f"feature set {name!r} is a {type(value).__name__}; give an "
+                            "Embeddings or a DataFrame indexed by subject id")
+        frame.index = frame.index.astype(str)
+        out[str(name)] = frame
+    for combo in combine:
+        names = [n.strip() for n in combo.split("+")]
+        unknown = [n for n in names if n not in out]
+        if unknown:
+            raise KeyError(f"combination {combo!r} names {unknown}, which are not among the "
+                           f"feature sets {list(out)}")
+        frames = [out[n].add_prefix(f"{n}:") for n in names]
+        joined = pd.concat(frames, axis=1, join="inner")
+        dropped = max(len(f) for f in frames) - len(joined)
+        if dropped:
+            warnings.warn(f"{combo}: {dropped} subjects are missing from some of its sets "
+                          f"and are left out ({len(joined)} kept)", stacklevel=2)
+        out[combo] = joined
+    return out

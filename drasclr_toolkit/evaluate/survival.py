@@ -1,0 +1,612 @@
+"""Survival from features: cross-validated Cox and forest models, library metrics, a
+shuffled-feature null, and Kaplan–Meier curves of out-of-fold risk groups.
+
+:func:`evaluate_survival` fits, inside each training fold of a repeated K-fold split
+stratified on the event indicator, ``StandardScaler → [PCA] → model`` for
+
+* ``coxph``: lifelines ``CoxPHFitter(penalizer=…)`` (ridge-penalised Cox),
+* ``coxnet``: scikit-survival ``CoxnetSurvivalAnalysis`` (elastic net; its penalty chosen
+  by an inner CV on Harrell's C over the training fold's own alpha path, refitted with
+  ``fit_baseline_model=True`` so survival functions exist),
+* ``rsf``: scikit-survival ``RandomSurvivalForest``,
+
+and scores each test fold with the libraries' own metrics only: Harrell's C
+(``concordance_index_censored``), Uno's IPCW C (``concordance_index_ipcw`` with ``tau``
+inside the training fold's follow-up), the time-dependent AUC at ``horizons``
+(``cumulative_dynamic_auc``) and the integrated Brier score (``integrated_brier_score``).
+
+Test follow-up beyond the training fold's last time is censored there for the IPCW
+metrics (it changes no value at earlier times; scikit-survival refuses such events).
+
+Horizons: by default the 25th, 50th and 75th percentiles of the observed event times. In
+each fold a horizon is used only where the metrics are defined: inside the test fold's
+follow-up (``min ≤ t < max`` of the test times) and before the training fold's last time
+(the survival functions and the censoring weights come from the training fold); a horizon
+outside gives NaN for that fold. The Brier grid is 15 points between the 10th and 80th
+percentile of the test fold's times, clipped the same way.
+
+Uncertainty: metrics are computed per test fold (risk scores of different fold models are
+not on one scale, so they are not pooled); the estimate is the mean over the ``cv ×
+n_repeats`` folds and the 95 % CI the Nadeau–Bengio corrected repeated-CV interval, mean
+± t · sqrt((1/J + n_test/n_train) · s²) over the J folds, which allows for the overlap of
+training sets that makes the plain fold spread too narrow.
+
+Null: the feature rows are shuffled against (time, event) ``n_permutations`` times and one
+repeat of the CV rerun; ``*_null_mean``, ``*_null_p95`` and ``*_p`` (lower-is-better for the
+integrated Brier score: ``ibs_null_p05``). ``verdict`` reads Harrell's C.
+
+Example:
+    >>> import numpy as np, pandas as pd
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(size=(120, 3))
+    >>> time = rng.exponential(np.exp(-X[:, 0])) + 0.01
+    >>> event = rng.random(120) < 0.7
+    >>> table = evaluate_survival(X, time, event, models=("coxph",), n_repeats=1,
+    ...                           n_permutations=5)
+    >>> bool(table.loc[0, "harrell_c"] > 0.6), table.loc[0, "model"]
+    (True, 'coxph')
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+from sklearn.base import BaseEstimator, clone
+from threadpoolctl import threadpool_limits
+
+from ._common import as_feature_sets, drop_incomplete_features, permutation_p_value, verdict
+
+__all__ = ["CoxnetCV", "LifelinesCoxPH", "RiskGroups", "corrected_ci", "default_horizons",
+           "evaluate_survival",
+           "make_survival_model", "risk_groups", "survival_metrics", "to_structured"]
+
+SURVIVAL_MODELS = ("coxph", "coxnet", "rsf")
+LOWER_IS_BETTER = {"ibs"}
+
+
+# ----------------------------------------------------------------------------- models
+def to_structured(time: Any, event: Any):
+    """scikit-survival's structured outcome array ``(event: bool, time: float)``.
+
+    Example:
+        >>> to_structured([5.0, 3.0], [1, 0])["event"].tolist()
+        [True, False]
+    """
+    from sksurv.util import Surv
+
+    return Surv.from_arrays(event=np.asarray(event).astype(bool),
+                            time=np.asarray(time, dtype=np.float64), name_event="event",
+                            name_time="time")
+
+
+class LifelinesCoxPH(BaseEstimator):
+    """lifelines ``CoxPHFitter(penalizer=…)`` with the scikit-survival estimator API.
+
+    ``predict`` returns the log partial hazard (higher = riskier);
+    ``predict_survival_function(X, return_array=True)`` the survival curves at the
+    training event times, as scikit-survival models do (``times`` picks other times).
+
+    Example:
+        >>> from sksurv.datasets import load_veterans_lung_cancer
+        >>> X, y = load_veterans_lung_cancer()
+        >>> m = LifelinesCoxPH().fit(X[["Age_in_years", "Karnofsky_score"]].to_numpy(), y)
+        >>> m.predict(X[["Age_in_years", "Karnofsky_score"]].to_numpy()[:2]).shape
+        (2,)
+    """
+
+    def __init__(self, penalizer: float = 0.1, l1_ratio: float = 0.0) -> None:
+        self.penalizer = penalizer
+        self.l1_ratio = l1_ratio
+
+    def _frame(self, X: np.ndarray) -> pd.DataFrame:
+        X = np.asarray(X, dtype=np.float64)
+        return pd.DataFrame(X, columns=[f"x{j}" for j in range(X.shape[1])])
+
+    def fit(self, X: np.ndarray, y) -> "LifelinesCoxPH":
+        from lifelines import CoxPHFitter
+
+        names = y.dtype.names
+        frame = self._frame(X)
+        frame["_time"] = y[names[1]]
+        frame["_event"] = y[names[0]].astype(int)
+        self.fitter_ = CoxPHFitter(penalizer=self.penalizer, l1_ratio=self.l1_ratio)
+        self.fitter_.fit(frame, duration_col="_time", event_col="_event")
+        self.event_times_ = np.unique(np.asarray(y[names[1]])[np.asarray(y[names[0]], bool)])
+        return self
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return np.asarray(self.fitter_.predict_log_partial_hazard(self._frame(X)),
+                          dtype=np.float64).ravel()
+
+    def predict_survival_function(self, X: np.ndarray, times: Sequence[float] | None = None,
+                                  return_array: bool = True) -> np.ndarray:
+        times = self.event_times_ if times is None else np.asarray(times, dtype=np.float64)
+        surv = self.fitter_.predict_survival_function(self._frame(X), times=times)
+        return surv.to_numpy().T  # (n_samples, n_times)
+
+
+class CoxnetCV(BaseEstimator):
+    """``CoxnetSurvivalAnalysis`` whose penalty is picked by an inner CV on Harrell's C.
+
+    The alpha path is computed on the training data; each alpha is scored by ``inner_cv``
+    folds (scikit-survival's ``score`` = Harrell's C), the best is refitted with
+    ``fit_baseline_model=True`` (needed for survival functions and the Brier score).
+
+    Example:
+        >>> from sksurv.datasets import load_whas500
+        >>> X, y = load_whas500()
+        >>> X = X[["age", "bmi", "hr", "sysbp"]].to_numpy()
+        >>> CoxnetCV(n_alphas=5).fit(X, y).alpha_ > 0
+        True
+    """
+
+    def __init__(self, l1_ratio: float = 0.5, n_alphas: int = 10, alpha_min_ratio: float = 0.01,
+                 inner_cv: int = 3, seed: int = 0) -> None:
+        self.l1_ratio = l1_ratio
+        self.n_alphas = n_alphas
+        self.alpha_min_ratio = alpha_min_ratio
+        self.inner_cv = inner_cv
+        self.seed = seed
+
+    def fit(self, X: np.ndarray, y) -> "CoxnetCV":
+        from sklearn.model_selection import StratifiedKFold
+        from sksurv.linear_model import CoxnetSurvivalAnalysis
+
+        X = np.asarray(X, dtype=np.float64)
+        event = np.asarray(y[y.dtype.names[0]], bool)
+        path = CoxnetSurvivalAnalysis(l1_ratio=self.l1_ratio, n_alphas=self.n_alphas,
+                                      alpha_min_ratio=self.alpha_min_ratio).fit(X, y)
+        alphas = path.alphas_
+        scores = np.zeros(len(alphas))
+        folds = StratifiedKFold(self.inner_cv, shuffle=True, random_state=self.seed)
+        for train, test in folds.split(X, event):
+            model = CoxnetSurvivalAnalysis(l1_ratio=self.l1_ratio, alphas=alphas).fit(
+                X[train], y[train])
+            for i, a in enumerate(alphas):
+                try:
+                    scores[i] += _harrell(y[test], model.predict(X[test], alpha=a))
+                except ValueError:  # a test fold with no comparable pair
+                    pass
+        self.alpha_ = float(alphas[int(np.argmax(scores))])
+        self.model_ = CoxnetSurvivalAnalysis(l1_ratio=self.l1_ratio, alphas=[self.alpha_],
+                                             fit_baseline_model=True).fit(X, y)
+        return self
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return self.model_.predict(np.asarray(X, dtype=np.float64))
+
+    def predict_survival_function(self, X: np.ndarray, return_array: bool = True):
+        return self.model_.predict_survival_function(np.asarray(X, dtype=np.float64),
+                                                     return_array=return_array)
+
+    @property
+    def unique_times_(self) -> np.ndarray:
+        return self.model_.unique_times_
+
+
+def make_survival_model(name: str, pca: int | float | None = None, *, penalizer: float = 0.1,
+                        n_estimators: int = 100, seed: int = 0):
+    """``StandardScaler → [PCA] → model`` for ``name`` in ``coxph``, ``coxnet``, ``rsf``.
+
+    Example:
+        >>> [step for step, _ in make_survival_model("rsf", pca=5).steps]
+        ['standardscaler', 'pca', 'rsf']
+    """
+    from sklearn.decomposition import PCA
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sksurv.ensemble import RandomSurvivalForest
+
+    models = {
+        "coxph": lambda: LifelinesCoxPH(penalizer=penalizer),
+        "coxnet": lambda: CoxnetCV(seed=seed),
+        "rsf": lambda: RandomSurvivalForest(n_estimators=n_estimators, min_samples_leaf=10,
+                                            max_features="sqrt", random_state=seed, n_jobs=1),
+    }
+    if name not in models:
+        raise ValueError(f"unknown survival model {name!r}; use some of {SURVIVAL_MODELS}")
+    steps: list[tuple[str, Any]] = [("standardscaler", StandardScaler())]
+    if pca is not None:
+        steps.append(("pca", PCA(n_components=pca, random_state=seed)))
+    steps.append((name, models[name]()))
+    return Pipeline(steps)
+
+
+def _survival_curves(model, X: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """(n_samples, n_times) survival probabilities of a fitted pipeline at ``times``."""
+    final = model[-1]
+    Xt = model[:-1].transform(X)
+    if isinstance(final, LifelinesCoxPH):
+        return final.predict_survival_function(Xt, times=times)
+    functions = final.predict_survival_function(Xt, return_array=False)
+    return np.vstack([fn(times) for fn in functions])
+
+
+# ----------------------------------------------------------------------------- metrics
+def _harrell(y, risk: np.ndarray) -> float:
+    from sksurv.metrics import concordance_index_censored
+
+    names = y.dtype.names
+    return float(concordance_index_censored(y[names[0]], y[names[1]], risk)[0])
+
+
+def _fold_window(y_train, y_test) -> tuple[float, float]:
+    """[lo, hi): times where the test fold's metrics and the training fold's curves exist."""
+    t_train = np.asarray(y_train["time"])
+    e_train = np.asarray(y_train["event"], bool)
+    t_test = np.asarray(y_test["time"])
+    lo = max(float(t_test.min()), float(t_train[e_train].min()) if e_train.any() else -np.inf)
+    hi = min(float(t_test.max()), float(t_train.max()))
+    return lo, hi
+
+
+def survival_metrics(y_train, y_test, risk: np.ndarray, survival: np.ndarray | None = None,
+                     times: np.ndarray | None = None, horizons: Sequence[float] = (),
+                     tau: float | None = None) -> dict[str, float]:
+    """Harrell's C, Uno's C, time-dependent AUC per horizon and the integrated Brier score
+    of one test set, all computed by scikit-survival.
+
+    ``risk``: higher = worse; ``survival``: (n_test, len(times)) probabilities on the grid
+    ``times`` (for the Brier score); ``tau``: Uno's truncation time (default: the 80th
+    percentile of the training times, inside the training follow-up). A horizon outside the
+    window where the metrics are defined gives NaN.
+
+    Example:
+        >>> y = to_structured([1.0, 2.0, 3.0, 4.0, 5.0, 6.0], [1, 1, 0, 1, 1, 0])
+        >>> survival_metrics(y, y, -np.arange(6.0))["harrell_c"]
+        1.0
+    """
+    from sksurv.metrics import (concordance_index_ipcw, cumulative_dynamic_auc,
+                                integrated_brier_score)
+
+    out: dict[str, float] = {"harrell_c": _harrell(y_test, risk)}
+    lo, hi = _fold_window(y_train, y_test)
+    y_ipcw = _censor_at(y_test, float(np.max(y_train["time"])))
+    if tau is None:
+        tau = float(np.percentile(y_train["time"], 80))
+    tau = min(tau, float(np.max(y_train["time"])) * (1 - 1e-9))
+    try:
+        out["uno_c"] = float(concordance_index_ipcw(y_train, y_ipcw, risk, tau=tau)[0])
+    except ValueError:
+        out["uno_c"] = float("nan")
+    valid = [h for h in horizons if lo <= h < hi]
+    for h in horizons:
+        out[f"auc_at_{h:g}"] = float("nan")
+    if valid:
+        aucs, _ = cumulative_dynamic_auc(y_train, y_ipcw, risk, np.asarray(valid))
+        for h, a in zip(valid, np.atleast_1d(aucs)):
+            out[f"auc_at_{h:g}"] = float(a)
+    out["ibs"] = float("nan")
+    if survival is not None and times is not None and len(times) >= 2:
+        out["ibs"] = float(integrated_brier_score(y_train, y_ipcw, survival, times))
+    return out
+
+
+def _censor_at(y, cut: float):
+    """Test outcomes censored just before ``cut`` (the training fold's last time).
+
+    The censoring weights come from the training fold's censoring distribution, which is
+    zero after its last time; an event later than that would get an infinite weight. Every
+    metric here is evaluated before ``cut`` and uses only events before its time point, so
+    censoring there changes no value, it only keeps scikit-survival from refusing the fold.
+    """
+    late = np.asarray(y["time"]) >= cut
+    if not late.any():
+        return y
+    out = y.copy()
+    out["time"][late] = cut * (1 - 1e-9)
+    out["event"][late] = False
+    return out
+
+
+def _brier_grid(y_train, y_test, n: int = 15) -> np.ndarray:
+    lo, hi = _fold_window(y_train, y_test)
+    t_test = np.asarray(y_test["time"])
+    grid = np.percentile(t_test, np.linspace(10, 80, n))
+    grid = np.unique(grid[(grid >= lo) & (grid < hi)])
+    return grid
+
+
+def default_horizons(time: np.ndarray, event: np.ndarray,
+                     quantiles: Sequence[float] = (0.25, 0.5, 0.75)) -> list[float]:
+    """Percentiles of the observed event times (rounded to 3 significant digits).
+
+    Example:
+        >>> default_horizons(np.arange(1.0, 101.0), np.ones(100, bool))
+        [25.8, 50.5, 75.2]
+    """
+    t = np.asarray(time, dtype=np.float64)[np.asarray(event, bool)]
+    if len(t) == 0:
+        raise ValueError("no event is observed: survival metrics need at least one event")
+    return [float(f"{v:.3g}") for v in np.quantile(t, quantiles)]
+
+
+# ----------------------------------------------------------------------------- CV
+def _cv_splits(event: np.ndarray, cv: int, n_repeats: int, seed: int) -> list:
+    from sklearn.model_selection import RepeatedStratifiedKFold
+
+    n_events = int(event.sum())
+    n_censored = int((~event).sum())
+    folds = int(min(cv, max(n_events, 2), max(n_censored, 2) if n_censored else cv))
+    if folds < cv:
+        warnings.warn(f"only {n_events} events and {n_censored} censored subjects: "
+                      f"{folds}-fold instead of {cv}-fold cross-validation", stacklevel=4)
+    if n_censored == 0 or n_events == 0:  # nothing to stratify on
+        from sklearn.model_selection import RepeatedKFold
+
+        return list(RepeatedKFold(n_splits=folds, n_repeats=n_repeats,
+                                  random_state=seed).split(event))
+    return list(RepeatedStratifiedKFold(n_splits=folds, n_repeats=n_repeats,
+                                        random_state=seed).split(np.zeros(len(event)), event))
+
+
+def _run_folds(model, X: np.ndarray, y, splits: list, horizons: Sequence[float],
+               tau: float | None) -> list[dict[str, float]]:
+    rows = []
+    for train, test in splits:
+        fitted = clone(model).fit(X[train], y[train])
+        risk = fitted.predict(X[test])
+        grid = _brier_grid(y[train], y[test])
+        surv = _survival_curves(fitted, X[test], grid) if len(grid) >= 2 else None
+        metrics = survival_metrics(y[train], y[test], risk, surv, grid, horizons, tau)
+        metrics["n_train"], metrics["n_test"] = len(train), len(test)
+        rows.append(metrics)
+    return rows
+
+
+def corrected_ci(values: np.ndarray, n_train: float, n_test: float,
+                 level: float = 0.95) -> tuple[float, float]:
+    """Nadeau–Bengio corrected repeated-CV interval of the mean of per-fold ``values``.
+
+    Example:
+        >>> lo, hi = corrected_ci(np.array([0.70, 0.72, 0.68, 0.71, 0.69]), 80, 20)
+        >>> round(lo, 3), round(hi, 3)
+        (0.671, 0.729)
+    """
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if len(v) < 2:
+        return float("nan"), float("nan")
+    var = (1.0 / len(v) + n_test / n_train) * v.var(ddof=1)
+    half = stats.t.ppf(0.5 + level / 2, len(v) - 1) * np.sqrt(var)
+    return float(v.mean() - half), float(v.mean() + half)
+
+
+def _as_outcome(features, time, event) -> tuple[dict[str, pd.DataFrame], pd.Series, pd.Series]:
+    index = time.index.astype(str) if isinstance(time, pd.Series) else None
+    if index is None and not isinstance(features, (dict, pd.DataFrame)) \
+            and not hasattr(features, "pool"):
+        n = len(np.asarray(features))
+        index = pd.Index([str(i) for i in range(n)])
+    sets = as_feature_sets(features, index)
+    first = next(iter(sets.values()))
+    if isinstance(time, pd.Series):
+        time = time.set_axis(time.index.astype(str))
+    else:
+        time = pd.Series(np.asarray(time, dtype=np.float64), index=first.index)
+    if isinstance(event, pd.Series):
+        event = event.set_axis(event.index.astype(str))
+    else:
+        event = pd.Series(np.asarray(event), index=time.index)
+    if len(time) != len(event) or not time.index.equals(event.index):
+        raise ValueError("time and event must have the same subjects (same length, or Series "
+                         "with the same index)")
+    return sets, time, event
+
+
+def evaluate_survival(
+    features: Any,
+    time: Any,
+    event: Any,
+    *,
+    cv: int = 5,
+    n_repeats: int = 3,
+    seed: int = 0,
+    models: Sequence[str] = SURVIVAL_MODELS,
+    pca: int | float | None = None,
+    horizons: Sequence[float] | None = None,
+    tau: float | None = None,
+    n_permutations: int = 20,
+    penalizer: float = 0.1,
+    n_estimators: int = 100,
+    alpha: float = 0.05,
+) -> pd.DataFrame:
+    """Cross-validated survival models from feature sets (see module docstring).
+
+    Args:
+        features: one feature set (DataFrame indexed by subject id, ``Embeddings``, or an
+            ``(N, D)`` array) or a dict ``name → feature set``.
+        time, event: follow-up time and event indicator (1/True = event observed); Series
+            indexed by subject id (matched to the features by id) or arrays in the
+            features' order.
+        cv, n_repeats, seed: the repeated K-fold split, stratified on ``event``.
+        models: any of ``"coxph"`` (lifelines, ridge ``penalizer``), ``"coxnet"``,
+            ``"rsf"`` (``n_estimators`` trees).
+        pca: PCA components (int) or variance kept (float < 1), fitted in each training fold.
+        horizons: times for the time-dependent AUC (default: event-time quartiles).
+        tau: Uno's C truncation time (default: 80th percentile of each training fold's times).
+        n_permutations: shuffled-feature null runs (one CV repeat each; 0: none).
+        alpha: p-value threshold of the ``verdict``.
+
+    Returns:
+        One row per (feature set, model): ``feature_set, model, n, n_events, n_features,
+        cv, n_repeats``, then for each metric ``m`` in ``harrell_c, uno_c, auc_at_<h>…,
+        td_auc_mean, ibs``: ``m, m_ci_low, m_ci_high``; for ``harrell_c, uno_c, ibs`` also
+        ``m_null_mean, m_null_p95`` (``ibs_null_p05``), ``m_p``; then ``ci_method``,
+        ``verdict``.
+    """
+    sets, time_s, event_s = _as_outcome(features, time, event)
+    bad = time_s.isna() | event_s.isna()
+    if bad.any():
+        warnings.warn(f"{int(bad.sum())} subjects have no time or event and are left out",
+                      stacklevel=2)
+        time_s, event_s = time_s[~bad], event_s[~bad]
+    if (time_s <= 0).any():
+        raise ValueError(f"{int((time_s <= 0).sum())} follow-up times are <= 0; survival "
+                         "times must be positive")
+    for name in models:
+        if name not in SURVIVAL_MODELS:
+            raise ValueError(f"unknown survival model {name!r}; use some of {SURVIVAL_MODELS}")
+    if horizons is None:
+        horizons = default_horizons(time_s.to_numpy(), event_s.to_numpy().astype(bool))
+    horizons = [float(h) for h in horizons]
+    rng = np.random.default_rng(seed)
+    rows = []
+    for set_name, frame in sets.items():
+        frame = drop_incomplete_features(frame, set_name)
+        common = time_s.index[time_s.index.isin(frame.index)]
+        if len(common) < len(time_s) or len(common) < len(frame):
+            warnings.warn(f"feature set {set_name!r}: using the {len(common)} subjects with "
+                          f"both features and outcome (features: {len(frame)}, outcome: "
+                          f"{len(time_s)})", stacklevel=2)
+        X = frame.loc[common].to_numpy(np.float64)
+        ev = event_s.loc[common].to_numpy().astype(bool)
+        y = to_structured(time_s.loc[common].to_numpy(), ev)
+        splits = _cv_splits(ev, cv, n_repeats, seed)
+        folds = len(splits) // n_repeats
+        for name in models:
+            model = make_survival_model(name, pca, penalizer=penalizer,
+                                        n_estimators=n_estimators, seed=seed)
+            with warnings.catch_warnings(), threadpool_limits(limits=1):
+                warnings.filterwarnings("ignore", module="lifelines")
+                fold_rows = pd.DataFrame(_run_folds(model, X, y, splits, horizons, tau))
+                null_rows = []
+                # a penalised model of shuffled features is often all zeros: that is the null
+                warnings.filterwarnings("ignore", message="all coefficients are zero")
+                for i in range(int(n_permutations)):
+                    perm = rng.permutation(len(X))
+                    null_splits = _cv_splits(ev, folds, 1, seed + 1 + i)
+                    null_rows.append(pd.DataFrame(
+                        _run_folds(model, X[perm], y, null_splits, horizons, tau)).mean())
+            null = pd.DataFrame(null_rows)
+            rows.append(_summarise(fold_rows, null, set_name, name, X, ev, folds, n_repeats,
+                                   horizons, alpha, int(n_permutations)))
+    return pd.DataFrame(rows)
+
+
+def _summarise(folds: pd.DataFrame, null: pd.DataFrame, set_name: str, model: str,
+               X: np.ndarray, event: np.ndarray, n_folds: int, n_repeats: int,
+               horizons: Sequence[float], alpha: float, n_permutations: int
+               ) -> dict[str, Any]:
+    auc_cols = [f"auc_at_{h:g}" for h in horizons]
+    folds = folds.copy()
+    folds["td_auc_mean"] = folds[auc_cols].mean(axis=1) if auc_cols else np.nan
+    if not null.empty and auc_cols:
+        null["td_auc_mean"] = null[auc_cols].mean(axis=1)
+    n_train, n_test = folds["n_train"].mean(), folds["n_test"].mean()
+    row: dict[str, Any] = {"feature_set": set_name, "model": model, "n": int(len(X)),
+                           "n_events": int(event.sum()), "n_features": int(X.shape[1]),
+                           "cv": n_folds, "n_repeats": n_repeats}
+    for m in ["harrell_c", "uno_c", *auc_cols, "td_auc_mean", "ibs"]:
+        row[m] = float(np.nanmean(folds[m])) if folds[m].notna().any() else np.nan
+        row[f"{m}_ci_low"], row[f"{m}_ci_high"] = corrected_ci(folds[m].to_numpy(),
+                                                               n_train, n_test)
+    for m in ("harrell_c", "uno_c", "td_auc_mean", "ibs"):
+        lower = m in LOWER_IS_BETTER
+        values = null[m].to_numpy(np.float64) if m in null else np.array([])
+        finite = values[np.isfinite(values)]
+        row[f"{m}_null_mean"] = float(finite.mean()) if len(finite) else np.nan
+        row[f"{m}_null_p05" if lower else f"{m}_null_p95"] = (
+            float(np.percentile(finite, 5 if lower else 95)) if len(finite) else np.nan)
+        row[f"{m}_p"] = permutation_p_value(row[m], values, greater_is_better=not lower)
+    row["ci_method"] = "Nadeau-Bengio corrected repeated-CV t interval over folds"
+    row["verdict"] = verdict(row["harrell_c_p"], alpha, n_permutations)
+    return row
+
+
+# ----------------------------------------------------------------------------- KM groups
+@dataclass
+class RiskGroups:
+    """Out-of-fold risk groups with their Kaplan–Meier curves and a log-rank test.
+
+    ``table``: per subject ``time, event, risk, group`` (indexed by subject id);
+    ``curves``: tidy ``group, time, survival, ci_low, ci_high, at_risk``;
+    ``logrank``: ``test_statistic``, ``p_value``, ``degrees_of_freedom``, ``test``.
+    """
+
+    table: pd.DataFrame
+    curves: pd.DataFrame
+    logrank: dict[str, Any]
+    model: str
+    n_groups: int
+
+    def figure(self, title: str | None = None):
+        """The Kaplan–Meier figure (plotly): :func:`~drasclr_toolkit.evaluate.plots.km_figure`."""
+        from .plots import km_figure
+
+        return km_figure(self, title=title)
+
+
+GROUP_NAMES = {2: ("low risk", "high risk"), 3: ("low risk", "middle risk", "high risk")}
+
+
+def risk_groups(features: Any, time: Any, event: Any, *, model: str = "coxph",
+                n_groups: int = 2, cv: int = 5, seed: int = 0, pca: int | float | None = None,
+                penalizer: float = 0.1, n_estimators: int = 100) -> RiskGroups:
+    """Kaplan–Meier curves of subjects grouped by out-of-fold predicted risk.
+
+    Each test fold's subjects are grouped by the cut points (median, or tertiles with
+    ``n_groups=3``) of the risk the same fold model predicts for its own training subjects,
+    so no subject's group uses its own outcome and every fold's scale is its own. Curves
+    come from lifelines ``KaplanMeierFitter``, the test from lifelines
+    ``multivariate_logrank_test`` (the plain log-rank test for two groups).
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> X = rng.normal(size=(150, 2))
+        >>> groups = risk_groups(X, rng.exponential(np.exp(-X[:, 0])) + 0.01,
+        ...                      rng.random(150) < 0.8)
+        >>> groups.logrank["p_value"] < 0.01, sorted(groups.curves["group"].unique())
+        (True, ['high risk', 'low risk'])
+    """
+    from lifelines import KaplanMeierFitter
+    from lifelines.statistics import multivariate_logrank_test
+
+    if n_groups not in GROUP_NAMES:
+        raise ValueError(f"n_groups must be 2 (median split) or 3 (tertiles), got {n_groups}")
+    sets, time_s, event_s = _as_outcome(features, time, event)
+    if len(sets) != 1:
+        raise ValueError("risk_groups takes one feature set; call it once per set")
+    frame = drop_incomplete_features(next(iter(sets.values())), "features")
+    common = time_s.index[time_s.index.isin(frame.index) & time_s.notna() & event_s.notna()]
+    X = frame.loc[common].to_numpy(np.float64)
+    ev = event_s.loc[common].to_numpy().astype(bool)
+    y = to_structured(time_s.loc[common].to_numpy(), ev)
+    pipeline = make_survival_model(model, pca, penalizer=penalizer, n_estimators=n_estimators,
+                                   seed=seed)
+    risk = np.zeros(len(X))
+    group = np.zeros(len(X), dtype=int)
+    qs = np.linspace(0, 1, n_groups + 1)[1:-1]
+    with warnings.catch_warnings(), threadpool_limits(limits=1):
+        warnings.filterwarnings("ignore", module="lifelines")
+        for train, test in _cv_splits(ev, cv, 1, seed):
+            fitted = clone(pipeline).fit(X[train], y[train])
+            cuts = np.quantile(fitted.predict(X[train]), qs)
+            risk[test] = fitted.predict(X[test])
+            group[test] = np.searchsorted(cuts, risk[test], side="right")
+    names = np.array(GROUP_NAMES[n_groups])[group]
+    table = pd.DataFrame({"time": y["time"], "event": ev, "risk": risk, "group": names},
+                         index=pd.Index(common, name="subject_id"))
+    curves = []
+    for g in GROUP_NAMES[n_groups]:
+        part = table[table["group"] == g]
+        if part.empty:
+            continue
+        km = KaplanMeierFitter().fit(part["time"], part["event"], label=g)
+        sf = km.survival_function_.iloc[:, 0]
+        ci = km.confidence_interval_survival_function_
+        at_risk = km.event_table["at_risk"].reindex(sf.index)
+        curves.append(pd.DataFrame({"group": g, "time": sf.index.to_numpy(),
+                                    "survival": sf.to_numpy(), "ci_low": ci.iloc[:, 0].to_numpy(),
+                                    "ci_high": ci.iloc[:, 1].to_numpy(),
+                                    "at_risk": at_risk.to_numpy()}))
+    test = multivariate_logrank_test(table["time"], table["group"], table["event"])
+    logrank = {"test_statistic": float(test.test_statistic), "p_value": float(test.p_value),
+               "degrees_of_freedom": int(test.degrees_of_freedom),
+               "test": "log-rank (lifelines multivariate_logrank_test)"}
+    return RiskGroups(table, pd.concat(curves, ignore_index=True), logrank, model, n_groups)
