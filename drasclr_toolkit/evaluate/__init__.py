@@ -1,5 +1,6 @@
 """Evaluation: phenotype probes, survival models and metrics, densitometry baselines and
-feature sets, each result next to chance and a null.
+feature sets, dense emphysema maps and label efficiency, each result next to chance and a
+null.
 
 Example:
     >>> from drasclr_toolkit.evaluate import feature_sets, evaluate_phenotypes
@@ -10,13 +11,18 @@ Example:
 Figures live in :mod:`drasclr_toolkit.evaluate.plots` (to move to ``viz`` later).
 """
 
+from .dense import (DISEASE_CLASSES, DenseResult, PatchTruth, evaluate_dense,
+                    patch_truth_from_table, synthetic_patch_truth)
 from .densitometry import HIST_EDGES, ZONES, cohort_densitometry, densitometry, lung_zones
+from .finetune import LABEL_FRACTIONS, label_efficiency
 from .features import POOLINGS, feature_sets, landmark_zones, pool_embeddings
 from .probes import evaluate_phenotypes, infer_target_kind, make_probe
 from .survival import (RiskGroups, corrected_ci, default_horizons, evaluate_survival,
                        make_survival_model, risk_groups, survival_metrics, to_structured)
 
 __all__ = [
+    "DISEASE_CLASSES", "DenseResult", "LABEL_FRACTIONS", "PatchTruth", "evaluate_dense",
+    "label_efficiency", "patch_truth_from_table", "synthetic_patch_truth",
     "HIST_EDGES", "POOLINGS", "RiskGroups", "ZONES", "cohort_densitometry", "corrected_ci",
     "default_horizons", "densitometry", "evaluate_phenotypes", "evaluate_survival",
     "feature_sets", "infer_target_kind", "landmark_zones", "lung_zones", "make_probe",
