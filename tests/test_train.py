@@ -197,12 +197,18 @@ def test_checkpoints_are_plain_and_feed_the_embedding_stage(source, tmp_path):
     assert full["queues"]["keys"].dtype == torch.bfloat16
     assert set(full["rng"]) >= {"python", "numpy", "torch"}
     assert (tmp_path / "config.yaml").is_file()
-    from drasclr_toolkit.embed.extract import load_encoder
+    from drasclr_toolkit.models.checkpoint import load_encoder
 
     encoder, info = load_encoder(final)
     assert info["encoder_kind"] == "trained"
     for name, tensor in state["encoder"].items():
         assert torch.equal(encoder.state_dict()[name], tensor)
+    # a file whose format tag the reader does not know is refused, naming the file
+    for tag in ("drasclr_toolkit.encoder/2", None):
+        odd = tmp_path / f"odd_{tag is None}.pt"
+        torch.save({k: v for k, v in dict(state, format=tag).items() if v is not None}, odd)
+        with pytest.raises(ValueError, match=rf"{odd.name}.*field 'format'"):
+            load_encoder(odd)
 
 
 def test_metrics_log_and_curves(source, tmp_path):

@@ -18,7 +18,11 @@ from .condconv import (
 )
 from .encoder import CONDITIONINGS, DrasCLREncoder, layer_specs, normalize_landmarks
 from .checkpoint import (
+    CHECKPOINT_FORMAT,
+    FINAL_FORMAT,
     OfficialLoadReport,
+    atomic_torch_save,
+    load_encoder,
     load_official_checkpoint,
     official_key_map,
     official_landmark_coords,
@@ -26,14 +30,18 @@ from .checkpoint import (
 )
 
 __all__ = [
+    "CHECKPOINT_FORMAT",
     "CONDITIONINGS",
     "CondConv3d",
     "DrasCLREncoder",
+    "FINAL_FORMAT",
     "LocationPlan",
     "OfficialLoadReport",
     "PerSampleCondConv3d",
+    "atomic_torch_save",
     "canonical_locations",
     "layer_specs",
+    "load_encoder",
     "load_official_checkpoint",
     "normalize_landmarks",
     "official_key_map",

@@ -11,18 +11,16 @@ from drasclr_toolkit.train.config import PretrainConfig
 from drasclr_toolkit.train.loop import (
     DrasCLRTrainer,
     PretrainRun,
-    atomic_torch_save,
     config_summary,
     pretrain,
-    resolve_device,
 )
 from drasclr_toolkit.train.metrics import LiveTrainingCurves, plot_training_curves, read_metrics
 from drasclr_toolkit.train.sampler import BatchSpec, LocationBatchSampler, LocationPatchDataset
 from drasclr_toolkit.train.sources import ArrayPatchSource, nearest_neighbours
 
 __all__ = [
-    "PretrainConfig", "DrasCLRTrainer", "PretrainRun", "pretrain", "atomic_torch_save",
-    "config_summary", "resolve_device", "LiveTrainingCurves", "plot_training_curves",
+    "PretrainConfig", "DrasCLRTrainer", "PretrainRun", "pretrain",
+    "config_summary", "LiveTrainingCurves", "plot_training_curves",
     "read_metrics", "BatchSpec", "LocationBatchSampler", "LocationPatchDataset",
     "ArrayPatchSource", "nearest_neighbours",
 ]
