@@ -23,12 +23,13 @@ from drasclr_toolkit.preprocess import (
     build_default_atlas,
     crop_patches,
     landmark_grid,
-    nearest_neighbors,
     preprocess_subject,
     qc_table,
     run_preprocessing,
     segment_lungs,
 )
+from drasclr_toolkit.landmarks import nearest_neighbors
+from drasclr_toolkit.patch_source import PatchSource
 from drasclr_toolkit.preprocess.resample import resample_isotropic
 
 TINY = {
@@ -162,6 +163,7 @@ def test_store_protocol_and_failures_recorded(tiny_cohort, cohort_atlas, tmp_pat
     ])
     store = run_preprocessing(csv, atlas_dir, tmp_path / "out", TINY, progress=False)
     assert store.subject_ids == ids
+    assert isinstance(store, PatchSource)
     L = atlas.n_landmarks
     assert store.landmarks.shape == (L, 3) and store.patch_size == 32
     assert store.landmark_coords.shape == (L, 3) and store.neighbors.shape == (L, 2)

@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from drasclr_toolkit.patch_source import ArrayPatchSource, PatchSource
 from drasclr_toolkit.ssl import hu_to_unit
 from drasclr_toolkit.train import (
-    ArrayPatchSource,
     BatchSpec,
     LocationBatchSampler,
     LocationPatchDataset,
@@ -31,7 +31,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def source() -> ArrayPatchSource:
-    return ArrayPatchSource.synthetic(n_subjects=8, n_locations=4, patch_size=20, seed=0)
+    src = ArrayPatchSource.synthetic(n_subjects=8, n_locations=4, patch_size=20, seed=0)
+    assert isinstance(src, PatchSource)
+    return src
 
 
 def coded_source(n_subjects: int = 6, n_locations: int = 5, p: int = 8) -> ArrayPatchSource:

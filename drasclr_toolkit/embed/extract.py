@@ -19,7 +19,7 @@ subject; the results are merged (through the part files, or gathered when there 
 
 Example:
     >>> import numpy as np
-    >>> from drasclr_toolkit.train.sources import ArrayPatchSource  # doctest: +SKIP
+    >>> from drasclr_toolkit.patch_source import ArrayPatchSource  # doctest: +SKIP
     >>> src = ArrayPatchSource(np.full((2, 4, 32, 32, 32), -800, np.int16),
     ...                        landmarks=np.arange(12).reshape(4, 3) * 26)  # doctest: +SKIP
     >>> emb = extract_embeddings(src, encoder_kwargs=dict(width=0.25, rep_dim=16),
@@ -48,6 +48,7 @@ from drasclr_toolkit.config import check_keys
 from drasclr_toolkit.io_utils import atomic_write_text
 from drasclr_toolkit.models import DrasCLREncoder
 from drasclr_toolkit.models.checkpoint import ENCODER_ARGS, load_encoder, official_landmark_coords
+from drasclr_toolkit.patch_source import PatchSource
 from drasclr_toolkit.runtime import (
     DistInfo,
     all_gather_objects,
@@ -131,7 +132,7 @@ def _part_name(subject_id: str) -> str:
 
 # -- extraction ------------------------------------------------------------------------
 def extract_embeddings(
-    source: Any,
+    source: PatchSource,
     checkpoint: str | Path | None = None,
     encoder: torch.nn.Module | None = None,
     *,
@@ -234,7 +235,7 @@ def _choose_encoder(checkpoint: str | Path | None, encoder: torch.nn.Module | No
         "landmark_convention": "ours"}
 
 
-def _location_inputs(source: Any, info: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+def _location_inputs(source: PatchSource, info: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     """The source's landmarks and their network coordinates in the encoder's convention.
 
     Pops ``trained_landmark_coords`` from ``info`` and warns when they differ from the
@@ -259,7 +260,7 @@ def _progress_bar(total: int, progress: bool, dist_info: DistInfo) -> tqdm:
     return tqdm(total=total, unit="patch", disable=not progress, desc=desc)
 
 
-def _embed_subjects(source: Any, encoder: torch.nn.Module, todo: list[tuple[int, str]],
+def _embed_subjects(source: PatchSource, encoder: torch.nn.Module, todo: list[tuple[int, str]],
                     coords: torch.Tensor, batch_size: int, device: torch.device,
                     dtype: torch.dtype | None, parts_dir: Path | None, bar: tqdm
                     ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
@@ -313,7 +314,7 @@ def _index_of(ids: list[str], subject: str) -> int:
         raise KeyError(f"subject {subject!r} is not in the patch source") from None
 
 
-def _read_subject(source: Any, index: int, sid: str, n_loc: int) -> np.ndarray:
+def _read_subject(source: PatchSource, index: int, sid: str, n_loc: int) -> np.ndarray:
     patches = np.asarray(source.read_subject(index))
     size = int(source.patch_size)
     if patches.shape != (n_loc, size, size, size):
@@ -356,7 +357,7 @@ def _merge_ranks(results: dict[str, np.ndarray], failed: dict[str, str], on_disk
     return merged, merged_failed
 
 
-def _assemble(source: Any, all_ids: list[str], wanted: list[int],
+def _assemble(source: PatchSource, all_ids: list[str], wanted: list[int],
               results: dict[str, np.ndarray], failed: dict[str, str], parts_dir: Path | None,
               landmarks: np.ndarray, coords: np.ndarray) -> Embeddings:
     rows, ids, vectors = [], [], []

@@ -16,7 +16,7 @@ from .condconv import (
     canonical_locations,
     plan_locations,
 )
-from .encoder import CONDITIONINGS, DrasCLREncoder, layer_specs, normalize_landmarks
+from .encoder import CONDITIONINGS, DrasCLREncoder, layer_specs
 from .checkpoint import (
     CHECKPOINT_FORMAT,
     FINAL_FORMAT,
@@ -43,7 +43,6 @@ __all__ = [
     "layer_specs",
     "load_encoder",
     "load_official_checkpoint",
-    "normalize_landmarks",
     "official_key_map",
     "official_landmark_coords",
     "official_state_dict",

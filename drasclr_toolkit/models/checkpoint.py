@@ -145,7 +145,7 @@ def official_landmark_coords(landmarks: Sequence[Sequence[float]] | np.ndarray) 
     """The reference's location normalisation ``p / max * 2 - 1`` per axis (no min).
 
     Use it with official checkpoints; our own training uses
-    :func:`drasclr_toolkit.models.normalize_landmarks`. The reference landmarks start at 0
+    :func:`drasclr_toolkit.landmarks.normalize_landmarks`. The reference landmarks start at 0
     on z but at 26/78 on x/y, so the two conventions give different inputs.
 
     Example:

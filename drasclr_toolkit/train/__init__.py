@@ -1,7 +1,10 @@
-"""Pretraining: sampler, loop, checkpoints, metrics, and in-memory patch sources.
+"""Pretraining: sampler, loop, checkpoints and metrics.
+
+Patch sources (the protocol and the in-memory :class:`ArrayPatchSource`) live in
+:mod:`drasclr_toolkit.patch_source`.
 
 Example:
-    >>> from drasclr_toolkit.train import ArrayPatchSource, PretrainConfig, pretrain
+    >>> from drasclr_toolkit.train import PretrainConfig, pretrain
     >>> cfg = PretrainConfig.from_yaml("tiny")      # the ``pretrain:`` section of tiny.yaml
     >>> cfg.device
     'auto'
@@ -16,11 +19,9 @@ from drasclr_toolkit.train.loop import (
 )
 from drasclr_toolkit.train.metrics import LiveTrainingCurves, plot_training_curves, read_metrics
 from drasclr_toolkit.train.sampler import BatchSpec, LocationBatchSampler, LocationPatchDataset
-from drasclr_toolkit.train.sources import ArrayPatchSource, nearest_neighbours
 
 __all__ = [
     "PretrainConfig", "DrasCLRTrainer", "PretrainRun", "pretrain",
     "config_summary", "LiveTrainingCurves", "plot_training_curves",
     "read_metrics", "BatchSpec", "LocationBatchSampler", "LocationPatchDataset",
-    "ArrayPatchSource", "nearest_neighbours",
 ]

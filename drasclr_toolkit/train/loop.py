@@ -39,6 +39,7 @@ from drasclr_toolkit.models.checkpoint import (
     read_training_checkpoint,
     save_encoder_checkpoint,
 )
+from drasclr_toolkit.patch_source import PatchSource
 from drasclr_toolkit.runtime import (
     DistInfo,
     all_reduce_mean,
@@ -299,7 +300,7 @@ class DrasCLRTrainer:
 
 
 # -- the run -----------------------------------------------------------------------------------
-def config_summary(config: PretrainConfig, trainer: DrasCLRTrainer, source: Any,
+def config_summary(config: PretrainConfig, trainer: DrasCLRTrainer, source: PatchSource,
                    sampler: LocationBatchSampler, device: torch.device, dist_info: DistInfo) -> str:
     """Human-readable summary of a run: data, model size, queue memory, schedule."""
     n_params = trainer.encoder.num_parameters()
@@ -341,7 +342,7 @@ class PretrainRun:
         callbacks: functions called with each metrics record (dict) on the main rank.
     """
 
-    def __init__(self, source: Any, config: PretrainConfig | Mapping[str, Any] | str | Path | None,
+    def __init__(self, source: PatchSource, config: PretrainConfig | Mapping[str, Any] | str | Path | None,
                  out_dir: str | Path, *, resume: bool = True, stop_after_steps: int | None = None,
                  callbacks: Sequence[Callable[[dict], Any]] = ()) -> None:
         self.config = PretrainConfig.coerce(config)
@@ -512,7 +513,7 @@ class PretrainRun:
             torch.set_num_threads(self._threads_before)
 
 
-def pretrain(source: Any, config: PretrainConfig | Mapping[str, Any] | str | Path | None,
+def pretrain(source: PatchSource, config: PretrainConfig | Mapping[str, Any] | str | Path | None,
              out_dir: str | Path, *, resume: bool = True, stop_after_steps: int | None = None,
              callbacks: Iterable[Callable[[dict], Any]] = ()) -> Path:
     """Pretrain a DrasCLR encoder on a patch source; return the final checkpoint's path.
@@ -521,7 +522,7 @@ def pretrain(source: Any, config: PretrainConfig | Mapping[str, Any] | str | Pat
     (DDP). Re-running with the same ``out_dir`` resumes exactly where it stopped.
 
     Example:
-        >>> from drasclr_toolkit.train.sources import ArrayPatchSource
+        >>> from drasclr_toolkit.patch_source import ArrayPatchSource
         >>> import tempfile
         >>> src = ArrayPatchSource.synthetic(n_subjects=4, n_locations=3, patch_size=20)
         >>> cfg = dict(width=0.125, rep_dim=8, proj_dim=8, num_experts=2, queue_size=8,

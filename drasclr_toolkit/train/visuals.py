@@ -67,7 +67,7 @@ def plot_positive_and_negatives(source: Any, loc: int, subject: int, n_negatives
     same location in other subjects (what the location's queue holds as negatives).
 
     Example:
-        >>> from drasclr_toolkit.train.sources import ArrayPatchSource
+        >>> from drasclr_toolkit.patch_source import ArrayPatchSource
         >>> src = ArrayPatchSource.synthetic(4, 3, patch_size=16)
         >>> len(plot_positive_and_negatives(src, loc=1, subject=0, n_negatives=2).data)
         4
