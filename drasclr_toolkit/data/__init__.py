@@ -13,15 +13,11 @@ import importlib.util
 from typing import Any
 
 from .ct import CTChecks, CTImage, CTLoadError, CTLoadWarning, list_dicom_series, load_ct
-from .manifest import (
-    ColumnRule,
-    Manifest,
-    ManifestError,
-    ManifestProblem,
-    check_scans,
-    probe_headers,
-    scan_folder,
-)
+from .card import ColumnRule
+from .discovery import scan_folder
+from .manifest import Manifest
+from .problems import ManifestError, ManifestProblem
+from .scan_checks import check_scans, probe_headers
 
 __all__ = [
     "CTChecks",
