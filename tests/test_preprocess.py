@@ -142,8 +142,7 @@ def test_affine_patch_sampling(tiny_cohort, cohort_atlas):
     frac_b = (lung > 0).reshape(len(lung), -1).mean(1)
     assert np.abs(a.lung_fraction - frac_b).mean() < 0.1
     # QC pictures build from the result (3 slices × image, mask outline, patch boxes).
-    from drasclr_toolkit.preprocess import (plot_landmarks_3d, plot_overlay, plot_patches,
-                                            plot_registration)
+    from drasclr_toolkit.viz import plot_landmarks_3d, plot_overlay, plot_patches, plot_registration
 
     assert len(plot_overlay(a.image, a.mask, a.corners, 32).data) == 9
     assert len(plot_landmarks_3d(a.centres_mm, a.lung_fraction, a.mask).data[-1].x) == len(a.corners)

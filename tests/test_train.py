@@ -17,10 +17,10 @@ from drasclr_toolkit.train import (
     LocationBatchSampler,
     LocationPatchDataset,
     PretrainConfig,
-    plot_training_curves,
     pretrain,
     read_metrics,
 )
+from drasclr_toolkit.viz import plot_training_curves
 
 TINY = dict(width=0.125, rep_dim=16, proj_dim=16, num_experts=2, queue_size=8, batch_size=4,
             progress=False, device="cpu", cpu_threads=1, checkpoint_every=3)

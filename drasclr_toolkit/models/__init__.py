@@ -17,6 +17,7 @@ from .condconv import (
     plan_locations,
 )
 from .encoder import CONDITIONINGS, DrasCLREncoder, layer_specs
+from .routing import first_condconv, routing_weights
 from .checkpoint import (
     CHECKPOINT_FORMAT,
     FINAL_FORMAT,
@@ -40,6 +41,7 @@ __all__ = [
     "PerSampleCondConv3d",
     "atomic_torch_save",
     "canonical_locations",
+    "first_condconv",
     "layer_specs",
     "load_encoder",
     "load_official_checkpoint",
@@ -47,4 +49,5 @@ __all__ = [
     "official_landmark_coords",
     "official_state_dict",
     "plan_locations",
+    "routing_weights",
 ]

@@ -17,7 +17,7 @@ from .pipeline import (
     preprocess_subject,
     run_preprocessing,
 )
-from .qc import plot_landmarks_3d, plot_overlay, plot_patches, plot_registration, qc_table, robust_z
+from .qc import qc_table, robust_z
 from .registration import (
     RegistrationConfig,
     RegistrationResult,
@@ -35,8 +35,7 @@ __all__ = [
     "PreprocessConfig", "RegistrationConfig", "RegistrationResult", "StoreError",
     "SubjectResult", "ants_available", "build_default_atlas", "clip_hu", "crop_patches",
     "landmark_grid", "lungmask_available", "map_landmarks", "mask_dice",
-    "patch_fractions", "plot_landmarks_3d", "plot_overlay", "plot_patches",
-    "plot_registration", "preprocess_subject", "qc_table", "register_affine",
+    "patch_fractions", "preprocess_subject", "qc_table", "register_affine",
     "resample_isotropic", "robust_z", "run_preprocessing", "sample_patches_affine",
     "segment_lungs", "transform_from_dict", "transform_to_dict",
 ]

@@ -17,11 +17,10 @@ from drasclr_toolkit.train.loop import (
     config_summary,
     pretrain,
 )
-from drasclr_toolkit.train.metrics import LiveTrainingCurves, plot_training_curves, read_metrics
+from drasclr_toolkit.train.metrics import read_metrics
 from drasclr_toolkit.train.sampler import BatchSpec, LocationBatchSampler, LocationPatchDataset
 
 __all__ = [
     "PretrainConfig", "DrasCLRTrainer", "PretrainRun", "pretrain",
-    "config_summary", "LiveTrainingCurves", "plot_training_curves",
-    "read_metrics", "BatchSpec", "LocationBatchSampler", "LocationPatchDataset",
+    "config_summary", "read_metrics", "BatchSpec", "LocationBatchSampler", "LocationPatchDataset",
 ]
