@@ -13,9 +13,8 @@ import yaml
 from drasclr_toolkit.cli.main import main as cli_main
 from drasclr_toolkit.data import Manifest, ManifestError, scan_folder
 from drasclr_toolkit.data.ct import preserve_locale
-from drasclr_toolkit.data import ColumnRule, check_scans, probe_headers
-from drasclr_toolkit.data.card import STANDARD_COLUMNS, load_card
-from drasclr_toolkit.data.validation import validate_table
+from drasclr_toolkit.data import ColumnRule, check_scans, load_card, probe_headers, validate_table
+from drasclr_toolkit.data.card import STANDARD_COLUMNS
 
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATES = REPO / "data_manifests"
