@@ -38,7 +38,7 @@ import torch
 from drasclr_toolkit.embed import extract_embeddings
 from drasclr_toolkit.models import DrasCLREncoder
 from drasclr_toolkit.ssl.augment import hu_to_unit
-from drasclr_toolkit.train.sources import ArrayPatchSource
+from drasclr_toolkit.patch_source import ArrayPatchSource
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

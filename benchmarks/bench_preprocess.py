@@ -79,6 +79,7 @@ class _Timer:
 
 def time_chain(scan: sitk.Image, atlas, cfg) -> dict:
     """The stages of preprocess_subject one by one (same calls), then the store."""
+    from drasclr_toolkit.constants import HU_MAX, HU_MIN
     from drasclr_toolkit.preprocess import (PatchStore, crop_patches, map_landmarks,
                                             patch_fractions, register_affine,
                                             resample_isotropic, segment_lungs)
@@ -93,7 +94,7 @@ def time_chain(scan: sitk.Image, atlas, cfg) -> dict:
     with _Timer(t, "patches"):
         mapped = map_landmarks(atlas.mask, atlas.landmarks, atlas.patch_size, reg.transform, image)
         arr = sitk.GetArrayViewFromImage(image)
-        patches = np.clip(crop_patches(arr, mapped["corners"], atlas.patch_size), -1024, 240).astype(np.int16)
+        patches = np.clip(crop_patches(arr, mapped["corners"], atlas.patch_size), HU_MIN, HU_MAX).astype(np.int16)
         frac = patch_fractions(sitk.GetArrayViewFromImage(mask), mapped["corners"], atlas.patch_size)
     with tempfile.TemporaryDirectory() as tmp:
         with _Timer(t, "store_create"):

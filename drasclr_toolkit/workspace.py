@@ -92,7 +92,8 @@ class Workspace:
             return None
         if not path.exists():
             self.cohort()
-        return pd.read_csv(path, dtype={"subject_id": str}).set_index("subject_id")
+        # A converter keeps ids such as "NA" as text; pandas would read them as missing.
+        return pd.read_csv(path, converters={"subject_id": str}).set_index("subject_id")
 
     def ground_truth_maps(self, subject_id: str) -> dict[str, Any]:
         """The synthetic subject's true lung mask and disease map, on the CT's voxel grid."""

@@ -238,6 +238,8 @@ def test_oblique_scan_is_resampled_with_warning(tmp_path):
     with pytest.warns(CTLoadWarning, match="oblique") as rec:
         ct = load_ct(write(tmp_path, "obl.mha", img))
     assert "'direction'" in str(rec[0].message)
+    warning = rec[0].message  # the field travels as an attribute, not only in the text
+    assert (warning.field, warning.file) == ("direction", str(tmp_path / "obl.mha"))
     assert ct.direction == IDENTITY_DIRECTION
     zyx = np.argwhere(ct.array > 1000).mean(axis=0)
     found = np.array(ct.to_sitk().TransformContinuousIndexToPhysicalPoint(

@@ -24,8 +24,9 @@ def _free_port() -> int:
 def _worker(rank: int, world: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
-    from drasclr_toolkit.train import ArrayPatchSource, PretrainRun
-    from drasclr_toolkit.train.distributed import shutdown
+    from drasclr_toolkit.patch_source import ArrayPatchSource
+    from drasclr_toolkit.train import PretrainRun
+    from drasclr_toolkit.runtime import shutdown
 
     source = ArrayPatchSource.synthetic(n_subjects=8, n_locations=3, patch_size=20, seed=0)
     run = PretrainRun(source, CONFIG, os.path.join(out, "run"))

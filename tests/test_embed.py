@@ -14,7 +14,7 @@ from drasclr_toolkit.embed import EmbedConfig, Embeddings, extract_embeddings, r
 from drasclr_toolkit.models import DrasCLREncoder
 from drasclr_toolkit.models.checkpoint import official_landmark_coords, official_state_dict
 from drasclr_toolkit.ssl.augment import hu_to_unit
-from drasclr_toolkit.train.sources import ArrayPatchSource
+from drasclr_toolkit.patch_source import ArrayPatchSource
 
 TINY = dict(rep_dim=8, proj_dim=8, num_experts=2, width=0.125)
 P = 32

@@ -13,14 +13,8 @@ import yaml
 from drasclr_toolkit.cli.main import main as cli_main
 from drasclr_toolkit.data import Manifest, ManifestError, scan_folder
 from drasclr_toolkit.data.ct import preserve_locale
-from drasclr_toolkit.data.manifest import (
-    STANDARD_COLUMNS,
-    ColumnRule,
-    check_scans,
-    load_card,
-    probe_headers,
-    validate_table,
-)
+from drasclr_toolkit.data import ColumnRule, check_scans, load_card, probe_headers, validate_table
+from drasclr_toolkit.data.card import STANDARD_COLUMNS
 
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATES = REPO / "data_manifests"
@@ -371,3 +365,41 @@ def test_cli_validate_and_scan(cohort, tmp_path, capsys):
     assert cli_main(["manifest", "probe", str(out_csv), "-o", str(probe_csv)]) == 0
     assert "spacing_z" in capsys.readouterr().out
     assert pd.read_csv(probe_csv)["size_z"].tolist() == [18, 18]
+
+
+def test_ids_that_read_like_missing_values_stay_ids(tmp_path):
+    # Folders named like missing-value tokens ("NA", "null", ...) are real subjects.
+    names = ["NA", "null", "missing", "None"]
+    for name in names:
+        small_ct(tmp_path / "scans" / name / "ct.nii.gz")
+    m = scan_folder(tmp_path / "scans", pattern="*/ct.nii.gz")
+    ids = m.subject_ids
+    assert sorted(ids) == sorted(f"{n}_ct" for n in names)  # ids are qualified by folder
+    rows = [{"subject_id": n, "image": f"scans/{n}/ct.nii.gz"} for n in names]
+    csv = write_csv(tmp_path / "manifest.csv", rows)
+    loaded = Manifest.load(csv)
+    assert loaded.subject_ids == names
+    assert loaded.image_path("NA") == tmp_path / "scans" / "NA" / "ct.nii.gz"
+    m.save(tmp_path / "scanned.csv")
+    assert Manifest.load(tmp_path / "scanned.csv").subject_ids == ids
+    # a blank id is still missing, and reported
+    write_csv(tmp_path / "blank.csv", [{"subject_id": "", "image": "scans/NA/ct.nii.gz"}])
+    with pytest.raises(ManifestError, match="empty but required"):
+        Manifest.load(tmp_path / "blank.csv")
+
+
+def test_dicom_folder_named_like_a_missing_value_round_trips(tmp_path):
+    _dicom_series(tmp_path / "NA", 1)
+    m = scan_folder(tmp_path)
+    assert m.subject_ids == ["NA"]
+    m.save(tmp_path / "manifest.csv")  # writes the relative path "NA"
+    again = Manifest.load(tmp_path / "manifest.csv")
+    assert again.subject_ids == ["NA"] and again.image_path("NA") == tmp_path / "NA"
+
+
+def test_cli_scan_of_a_relative_folder(cohort, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert cli_main(["manifest", "scan", "images", "-o", "scanned.csv"]) == 0
+    m = Manifest.load(tmp_path / "scanned.csv")
+    assert m.subject_ids == ["a", "b"]
+    assert m.image_path("a") == tmp_path / "images" / "a.nii.gz"

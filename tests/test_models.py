@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from drasclr_toolkit.landmarks import normalize_landmarks
 from drasclr_toolkit.models import (
     CONDITIONINGS,
     CondConv3d,
@@ -17,7 +18,6 @@ from drasclr_toolkit.models import (
     PerSampleCondConv3d,
     layer_specs,
     load_official_checkpoint,
-    normalize_landmarks,
     official_landmark_coords,
     plan_locations,
 )

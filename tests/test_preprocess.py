@@ -23,12 +23,13 @@ from drasclr_toolkit.preprocess import (
     build_default_atlas,
     crop_patches,
     landmark_grid,
-    nearest_neighbors,
     preprocess_subject,
     qc_table,
     run_preprocessing,
     segment_lungs,
 )
+from drasclr_toolkit.landmarks import nearest_neighbors
+from drasclr_toolkit.patch_source import PatchSource
 from drasclr_toolkit.preprocess.resample import resample_isotropic
 
 TINY = {
@@ -141,8 +142,7 @@ def test_affine_patch_sampling(tiny_cohort, cohort_atlas):
     frac_b = (lung > 0).reshape(len(lung), -1).mean(1)
     assert np.abs(a.lung_fraction - frac_b).mean() < 0.1
     # QC pictures build from the result (3 slices × image, mask outline, patch boxes).
-    from drasclr_toolkit.preprocess import (plot_landmarks_3d, plot_overlay, plot_patches,
-                                            plot_registration)
+    from drasclr_toolkit.viz import plot_landmarks_3d, plot_overlay, plot_patches, plot_registration
 
     assert len(plot_overlay(a.image, a.mask, a.corners, 32).data) == 9
     assert len(plot_landmarks_3d(a.centres_mm, a.lung_fraction, a.mask).data[-1].x) == len(a.corners)
@@ -162,6 +162,7 @@ def test_store_protocol_and_failures_recorded(tiny_cohort, cohort_atlas, tmp_pat
     ])
     store = run_preprocessing(csv, atlas_dir, tmp_path / "out", TINY, progress=False)
     assert store.subject_ids == ids
+    assert isinstance(store, PatchSource)
     L = atlas.n_landmarks
     assert store.landmarks.shape == (L, 3) and store.patch_size == 32
     assert store.landmark_coords.shape == (L, 3) and store.neighbors.shape == (L, 2)

@@ -10,17 +10,17 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from drasclr_toolkit.patch_source import ArrayPatchSource, PatchSource
 from drasclr_toolkit.ssl import hu_to_unit
 from drasclr_toolkit.train import (
-    ArrayPatchSource,
     BatchSpec,
     LocationBatchSampler,
     LocationPatchDataset,
     PretrainConfig,
-    plot_training_curves,
     pretrain,
     read_metrics,
 )
+from drasclr_toolkit.viz import plot_training_curves
 
 TINY = dict(width=0.125, rep_dim=16, proj_dim=16, num_experts=2, queue_size=8, batch_size=4,
             progress=False, device="cpu", cpu_threads=1, checkpoint_every=3)
@@ -31,7 +31,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def source() -> ArrayPatchSource:
-    return ArrayPatchSource.synthetic(n_subjects=8, n_locations=4, patch_size=20, seed=0)
+    src = ArrayPatchSource.synthetic(n_subjects=8, n_locations=4, patch_size=20, seed=0)
+    assert isinstance(src, PatchSource)
+    return src
 
 
 def coded_source(n_subjects: int = 6, n_locations: int = 5, p: int = 8) -> ArrayPatchSource:
@@ -197,12 +199,18 @@ def test_checkpoints_are_plain_and_feed_the_embedding_stage(source, tmp_path):
     assert full["queues"]["keys"].dtype == torch.bfloat16
     assert set(full["rng"]) >= {"python", "numpy", "torch"}
     assert (tmp_path / "config.yaml").is_file()
-    from drasclr_toolkit.embed.extract import load_encoder
+    from drasclr_toolkit.models.checkpoint import load_encoder
 
     encoder, info = load_encoder(final)
     assert info["encoder_kind"] == "trained"
     for name, tensor in state["encoder"].items():
         assert torch.equal(encoder.state_dict()[name], tensor)
+    # a file whose format tag the reader does not know is refused, naming the file
+    for tag in ("drasclr_toolkit.encoder/2", None):
+        odd = tmp_path / f"odd_{tag is None}.pt"
+        torch.save({k: v for k, v in dict(state, format=tag).items() if v is not None}, odd)
+        with pytest.raises(ValueError, match=rf"{odd.name}.*field 'format'"):
+            load_encoder(odd)
 
 
 def test_metrics_log_and_curves(source, tmp_path):

@@ -13,7 +13,7 @@ import plotly.graph_objects as go
 import pytest
 
 from drasclr_toolkit.embed import Embeddings
-from drasclr_toolkit.train.sources import ArrayPatchSource
+from drasclr_toolkit.patch_source import ArrayPatchSource
 from drasclr_toolkit.viz import (
     embedding_scatter,
     landmark_centres,

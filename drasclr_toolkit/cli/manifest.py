@@ -65,7 +65,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_validate(args: argparse.Namespace) -> int:
-    from drasclr_toolkit.data.manifest import Manifest, ManifestError, check_scans
+    from drasclr_toolkit.data import Manifest, ManifestError, check_scans
 
     try:
         manifest = Manifest.load(args.csv, card_path=args.card,
@@ -93,7 +93,8 @@ def run_validate(args: argparse.Namespace) -> int:
 
 
 def run_scan(args: argparse.Namespace) -> int:
-    from drasclr_toolkit.data.manifest import DEFAULT_EXCLUDE, ManifestError, scan_folder
+    from drasclr_toolkit.data import ManifestError, scan_folder
+    from drasclr_toolkit.data.discovery import DEFAULT_EXCLUDE
 
     try:
         manifest = scan_folder(args.directory, pattern=args.pattern,
@@ -112,12 +113,7 @@ def run_scan(args: argparse.Namespace) -> int:
 def run_probe(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from drasclr_toolkit.data.manifest import (
-        Manifest,
-        ManifestError,
-        probe_headers,
-        scan_folder,
-    )
+    from drasclr_toolkit.data import Manifest, ManifestError, probe_headers, scan_folder
     from drasclr_toolkit.io_utils import atomic_write_text
 
     source = Path(args.source)

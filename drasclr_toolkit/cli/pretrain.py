@@ -23,7 +23,7 @@ def open_patch_source(path: str | Path) -> Any:
         raise FileNotFoundError(f"patch store {path} does not exist; run `drasclr preprocess` "
                                 "first or pass the folder it wrote")
     if path.suffix == ".npz":
-        from drasclr_toolkit.train.sources import ArrayPatchSource
+        from drasclr_toolkit.patch_source import ArrayPatchSource
 
         return ArrayPatchSource.load(path)
     try:

@@ -13,15 +13,12 @@ import importlib.util
 from typing import Any
 
 from .ct import CTChecks, CTImage, CTLoadError, CTLoadWarning, list_dicom_series, load_ct
-from .manifest import (
-    ColumnRule,
-    Manifest,
-    ManifestError,
-    ManifestProblem,
-    check_scans,
-    probe_headers,
-    scan_folder,
-)
+from .card import ColumnRule, load_card
+from .discovery import scan_folder
+from .manifest import Manifest
+from .problems import ManifestError, ManifestProblem
+from .scan_checks import check_scans, probe_headers
+from .validation import validate_table
 
 __all__ = [
     "CTChecks",
@@ -34,9 +31,11 @@ __all__ = [
     "ManifestProblem",
     "check_scans",
     "list_dicom_series",
+    "load_card",
     "load_ct",
     "probe_headers",
     "scan_folder",
+    "validate_table",
 ]
 
 # Listed for ``import *`` only when the module exists, so a star import never fails.

@@ -92,7 +92,26 @@ class CTLoadError(ValueError):
 
 
 class CTLoadWarning(UserWarning):
-    """A scan that loads but may give poor results (thick slices, oblique, several series)."""
+    """A scan that loads but may give poor results (thick slices, oblique, several series).
+
+    Like :class:`CTLoadError` it carries ``subject_id``, ``file``, ``field``, ``problem`` and
+    ``fix`` as attributes, so a report reads the field instead of parsing the message.
+    """
+
+    def __init__(
+        self,
+        problem: str,
+        subject_id: str | None = None,
+        file: str | os.PathLike | None = None,
+        field: str | None = None,
+        fix: str | None = None,
+    ) -> None:
+        self.subject_id = subject_id
+        self.file = None if file is None else str(file)
+        self.field = field
+        self.problem = problem
+        self.fix = fix
+        super().__init__(_format_message(problem, subject_id, self.file, field, fix))
 
 
 def _format_message(
@@ -368,7 +387,7 @@ def _pick_series(
         )
     if len(series) > 1:
         warnings.warn(
-            _format_message(
+            CTLoadWarning(
                 f"the folder holds {len(series)} DICOM series ({listing}); using the one with "
                 f"the most slices (index 0, {series[0].n_files} files)",
                 subject_id,
@@ -377,7 +396,6 @@ def _pick_series(
                 "pass series_id=<index or SeriesInstanceUID> to choose another, or keep one "
                 "series per folder",
             ),
-            CTLoadWarning,
             stacklevel=3,
         )
     return series[0]
@@ -501,13 +519,12 @@ def _check_slice_positions(
         )
     if (gaps.max() - gaps.min()) > 0.1 * step:
         warnings.warn(
-            _format_message(
+            CTLoadWarning(
                 f"slice spacing varies from {gaps.min():.3g} to {gaps.max():.3g} mm; the volume "
                 f"uses one spacing ({step:.3g} mm)",
                 subject_id, str(path), "slice positions (0020,0032)",
                 "check the reconstruction; resample it to even spacing if needed",
             ),
-            CTLoadWarning,
             stacklevel=4,
         )
     travel = pts[np.argmax(pts @ normal)] - pts[np.argmin(pts @ normal)]
@@ -515,13 +532,12 @@ def _check_slice_positions(
     tilt = float(np.degrees(np.arccos(min(cos, 1.0))))
     if tilt > 0.5:
         warnings.warn(
-            _format_message(
+            CTLoadWarning(
                 f"the slices are sheared by {tilt:.1f}° (gantry tilt); the volume is stacked "
                 "as if there were no tilt, so anatomy is slightly distorted",
                 subject_id, str(path), "slice positions (0020,0032)",
                 "use a reconstruction corrected for gantry tilt when available",
             ),
-            CTLoadWarning,
             stacklevel=4,
         )
 
@@ -932,14 +948,13 @@ def load_ct(
     if modality is not None and modality != "CT":
         # 'OT' (other) or secondary captures are often converted CT: the HU checks decide.
         warnings.warn(
-            _format_message(
+            CTLoadWarning(
                 f"DICOM Modality is {modality!r}, not 'CT'; loading it as CT",
                 subject_id,
                 str(p),
                 "Modality (0008,0060)",
                 "check that this series is a CT reconstruction",
             ),
-            CTLoadWarning,
             stacklevel=2,
         )
 
@@ -958,7 +973,7 @@ def load_ct(
         )
     if thickness > checks.max_slice_thickness_mm + 1e-6:
         warnings.warn(
-            _format_message(
+            CTLoadWarning(
                 f"slice spacing is {thickness:g} mm (> {checks.max_slice_thickness_mm:g} mm); "
                 "fine lung detail such as emphysema is poorly resolved",
                 subject_id,
@@ -967,14 +982,13 @@ def load_ct(
                 "use a thin-slice reconstruction (≤ 1.25 mm is typical for lung studies) when "
                 "one exists",
             ),
-            CTLoadWarning,
             stacklevel=2,
         )
 
     image, resampled = reorient_to_lps(image)
     if resampled:
         warnings.warn(
-            _format_message(
+            CTLoadWarning(
                 "the scan is oblique (direction not aligned with the patient axes) and was "
                 "resampled with linear interpolation onto an axis-aligned grid",
                 subject_id,
@@ -983,7 +997,6 @@ def load_ct(
                 "nothing if the result looks right; otherwise reconstruct the scan without "
                 "gantry tilt",
             ),
-            CTLoadWarning,
             stacklevel=2,
         )
 

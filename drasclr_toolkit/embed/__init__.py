@@ -7,7 +7,7 @@ Example:
 """
 
 from .analysis import compare_encoders, pc_spearman, probe_scores
-from .extract import EmbedConfig, extract_embeddings, load_encoder, resolve_device
+from .extract import EmbedConfig, extract_embeddings
 from .retrieval import retrieve_similar
 from .store import POOLING_METHODS, Embeddings
 
@@ -17,9 +17,7 @@ __all__ = [
     "compare_encoders",
     "Embeddings",
     "extract_embeddings",
-    "load_encoder",
     "pc_spearman",
     "probe_scores",
-    "resolve_device",
     "retrieve_similar",
 ]

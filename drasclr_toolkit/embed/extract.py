@@ -19,7 +19,7 @@ subject; the results are merged (through the part files, or gathered when there 
 
 Example:
     >>> import numpy as np
-    >>> from drasclr_toolkit.train.sources import ArrayPatchSource  # doctest: +SKIP
+    >>> from drasclr_toolkit.patch_source import ArrayPatchSource  # doctest: +SKIP
     >>> src = ArrayPatchSource(np.full((2, 4, 32, 32, 32), -800, np.int16),
     ...                        landmarks=np.arange(12).reshape(4, 3) * 26)  # doctest: +SKIP
     >>> emb = extract_embeddings(src, encoder_kwargs=dict(width=0.25, rep_dim=16),
@@ -33,10 +33,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 import warnings
-from contextlib import nullcontext
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -49,17 +47,25 @@ from tqdm.auto import tqdm
 from drasclr_toolkit.config import check_keys
 from drasclr_toolkit.io_utils import atomic_write_text
 from drasclr_toolkit.models import DrasCLREncoder
-from drasclr_toolkit.models.checkpoint import load_official_checkpoint, official_landmark_coords
+from drasclr_toolkit.models.checkpoint import ENCODER_ARGS, load_encoder, official_landmark_coords
+from drasclr_toolkit.patch_source import PatchSource
+from drasclr_toolkit.runtime import (
+    DistInfo,
+    all_gather_objects,
+    amp_dtype,
+    autocast,
+    barrier,
+    init_distributed,
+    resolve_device,
+    shutdown,
+)
 from drasclr_toolkit.ssl.augment import hu_to_unit
-from drasclr_toolkit.train.loop import resolve_device
 
 from .store import Embeddings, atomic_save_npy
 
-__all__ = ["EmbedConfig", "extract_embeddings", "load_encoder", "resolve_device"]
+__all__ = ["EmbedConfig", "extract_embeddings"]
 
 log = logging.getLogger(__name__)
-
-ENCODER_ARGS = ("rep_dim", "num_experts", "width", "conditioning", "proj_dim", "in_channels")
 
 
 @dataclass
@@ -108,59 +114,6 @@ def _random_encoder(seed: int, encoder_kwargs: Mapping[str, Any]) -> DrasCLREnco
         return DrasCLREncoder(**dict(encoder_kwargs))
 
 
-def load_encoder(checkpoint: str | Path, map_location: str = "cpu"
-                 ) -> tuple[DrasCLREncoder, dict[str, Any]]:
-    """Encoder from one of our trainer's checkpoints or from an official DrasCLR one.
-
-    Returns the encoder and a provenance dict with ``encoder_kind`` (``"trained"`` or
-    ``"official"``), ``checkpoint`` (path), ``checkpoint_config`` and
-    ``landmark_convention`` (``"ours"``: ``(p - min)/(max - min)·2 - 1``; ``"reference"``:
-    ``p / max · 2 - 1``, what official weights were trained with).
-    """
-    path = Path(checkpoint).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    state = torch.load(path, map_location=map_location, weights_only=True)
-    if not isinstance(state, dict):
-        raise ValueError(f"checkpoint {path}: expected a dict, got {type(state).__name__}")
-    if _is_official(state):
-        encoder, report = load_official_checkpoint(path)
-        return encoder, {"encoder_kind": "official", "checkpoint": str(path.resolve()),
-                         "checkpoint_config": _jsonable(report.config),
-                         "official_epoch": report.epoch,
-                         "official_missing_keys": list(report.missing_keys),
-                         "landmark_convention": "reference"}
-    # Our trainer: final.pt / encoder_epochNNN.pt / checkpoints/last.pt all carry the query
-    # encoder's weights under "encoder" and its constructor arguments under "encoder_config".
-    weights, arch = state.get("encoder"), state.get("encoder_config")
-    if not isinstance(weights, Mapping) or not isinstance(arch, Mapping):
-        raise ValueError(f"checkpoint {path}: fields 'encoder' and 'encoder_config' are missing; "
-                         "pass a checkpoint written by `drasclr pretrain` (final.pt) or an "
-                         "official DrasCLR checkpoint_patch_XXXX.pth.tar")
-    unknown = sorted(set(arch) - set(ENCODER_ARGS))
-    if unknown:
-        raise ValueError(f"checkpoint {path}: field 'encoder_config' has keys {unknown} that "
-                         "DrasCLREncoder does not take")
-    encoder = DrasCLREncoder(**arch)
-    encoder.load_state_dict(weights)
-    info = {"encoder_kind": "trained", "checkpoint": str(path.resolve()),
-            "checkpoint_config": _jsonable(state.get("config", dict(arch))),
-            "encoder_config": _jsonable(dict(arch)),
-            "landmark_convention": str(state.get("landmark_convention", "ours"))}
-    for key in ("step", "epoch", "format"):
-        if key in state:
-            info[f"checkpoint_{key}"] = _jsonable(state[key])
-    if "landmark_coords" in state:
-        info["trained_landmark_coords"] = np.asarray(state["landmark_coords"], np.float32)
-    return encoder, info
-
-
-def _is_official(state: Mapping[str, Any]) -> bool:
-    inner = state.get("state_dict")
-    return isinstance(inner, Mapping) and any(str(k).startswith("module.encoder_q")
-                                              for k in inner)
-
-
 def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
@@ -173,30 +126,13 @@ def _encoder_fingerprint(encoder: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-# -- distributed -----------------------------------------------------------------------
-def _distributed(device: torch.device) -> tuple[int, int, bool]:
-    """(rank, world, we_started_it); starts the process group under torchrun if needed."""
-    import torch.distributed as dist
-
-    if not dist.is_available():
-        return 0, 1, False
-    if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size(), False
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        if device.type == "cuda":
-            torch.cuda.set_device(device)  # NCCL collectives run on the current device
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-        return dist.get_rank(), dist.get_world_size(), True
-    return 0, 1, False
-
-
 def _part_name(subject_id: str) -> str:
     return quote(subject_id, safe="") + ".npy"
 
 
 # -- extraction ------------------------------------------------------------------------
 def extract_embeddings(
-    source: Any,
+    source: PatchSource,
     checkpoint: str | Path | None = None,
     encoder: torch.nn.Module | None = None,
     *,
@@ -233,19 +169,78 @@ def extract_embeddings(
     if checkpoint is not None and encoder is not None:
         raise ValueError("give either checkpoint or encoder, not both")
     device = resolve_device(device)
-    if encoder is not None:
-        info = {"encoder_kind": "given", "checkpoint": None, "checkpoint_config": None,
-                "landmark_convention": "ours"}
-    elif checkpoint is not None:
-        encoder, info = load_encoder(checkpoint)
-    else:
-        encoder = _random_encoder(seed, encoder_kwargs or {})
-        info = {"encoder_kind": "random-init", "checkpoint": None,
-                "checkpoint_config": _jsonable(dict(encoder_kwargs or {})),
-                "landmark_convention": "ours"}
+    encoder, info = _choose_encoder(checkpoint, encoder, seed, encoder_kwargs)
     was_training = encoder.training  # a caller's encoder goes back to its mode afterwards
     encoder = encoder.to(device).eval()
+    landmarks, coords = _location_inputs(source, info)
 
+    all_ids = [str(s) for s in source.subject_ids]
+    wanted = (list(range(len(all_ids))) if subjects is None else
+              [s if isinstance(s, (int, np.integer)) else _index_of(all_ids, s) for s in subjects])
+    dist_info = init_distributed(device)
+    dtype = amp_dtype(device, amp)
+    fingerprint = {"encoder_sha1": _encoder_fingerprint(encoder),
+                   "landmark_coords_sha1": hashlib.sha1(coords.tobytes()).hexdigest(),
+                   "encoder_kind": info["encoder_kind"], "checkpoint": info["checkpoint"],
+                   "seed": seed if info["encoder_kind"] == "random-init" else None,
+                   "amp": dtype is not None}
+    parts_dir = None
+    if out_path is not None:
+        out_path = Path(out_path)
+        parts_dir = out_path.with_name(out_path.name + ".parts")
+        _check_parts_dir(parts_dir, fingerprint)
+
+    mine = wanted[dist_info.rank::dist_info.world_size]
+    todo = [i for i in mine
+            if parts_dir is None or not (parts_dir / _part_name(all_ids[i])).exists()]
+    started = time.perf_counter()
+    results, failed = _embed_subjects(
+        source, encoder, [(i, all_ids[i]) for i in todo],
+        torch.as_tensor(coords, dtype=torch.float32, device=device), batch_size, device, dtype,
+        parts_dir, _progress_bar(len(todo) * len(landmarks), progress, dist_info))
+    encoder.train(was_training)
+    seconds = time.perf_counter() - started
+
+    if dist_info.enabled:
+        results, failed = _merge_ranks(results, failed, parts_dir is not None, dist_info)
+    emb = _assemble(source, all_ids, wanted, results, failed, parts_dir, landmarks, coords)
+    emb.provenance.update(info)
+    emb.provenance.update({
+        "seed": fingerprint["seed"], "encoder_sha1": fingerprint["encoder_sha1"],
+        "rep_dim": int(encoder.rep_dim), "device": str(device), "amp": fingerprint["amp"],
+        "batch_size": batch_size, "world_size": dist_info.world_size, "failed": failed,
+        "source": str(getattr(source, "path", getattr(source, "root", type(source).__name__))),
+        "seconds_rank0": round(seconds, 3), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "torch": torch.__version__,
+    })
+    if out_path is not None and dist_info.is_main:
+        emb.save(out_path)
+    barrier(dist_info)
+    shutdown(dist_info)
+    return emb
+
+
+def _choose_encoder(checkpoint: str | Path | None, encoder: torch.nn.Module | None, seed: int,
+                    encoder_kwargs: Mapping[str, Any] | None
+                    ) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The encoder to run (given, loaded, or random-init) and its provenance."""
+    if encoder is not None:
+        return encoder, {"encoder_kind": "given", "checkpoint": None, "checkpoint_config": None,
+                         "landmark_convention": "ours"}
+    if checkpoint is not None:
+        return load_encoder(checkpoint)
+    return _random_encoder(seed, encoder_kwargs or {}), {
+        "encoder_kind": "random-init", "checkpoint": None,
+        "checkpoint_config": _jsonable(dict(encoder_kwargs or {})),
+        "landmark_convention": "ours"}
+
+
+def _location_inputs(source: PatchSource, info: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """The source's landmarks and their network coordinates in the encoder's convention.
+
+    Pops ``trained_landmark_coords`` from ``info`` and warns when they differ from the
+    source's: the checkpoint's location routing was learnt on another atlas.
+    """
     landmarks = np.asarray(source.landmarks)
     if info["landmark_convention"] == "reference":
         coords = official_landmark_coords(landmarks)
@@ -256,51 +251,31 @@ def extract_embeddings(
                                        or not np.allclose(trained_coords, coords, atol=1e-5)):
         warnings.warn(f"checkpoint {info['checkpoint']} was trained on other landmarks "
                       f"({len(trained_coords)} locations) than this source has ({len(coords)}); "
-                      "its location routing may not fit this atlas", stacklevel=2)
-    n_loc = len(landmarks)
-    coords_t = torch.as_tensor(coords, dtype=torch.float32, device=device)
+                      "its location routing may not fit this atlas", stacklevel=3)
+    return landmarks, coords
 
-    all_ids = [str(s) for s in source.subject_ids]
-    if subjects is None:
-        wanted = list(range(len(all_ids)))
-    else:
-        wanted = [s if isinstance(s, (int, np.integer)) else _index_of(all_ids, s)
-                  for s in subjects]
-    rank, world, started_group = _distributed(device)
-    mine = wanted[rank::world]
 
-    use_amp = (device.type == "cuda") if amp is None else bool(amp)
-    if use_amp and device.type == "cuda":
-        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        autocast = torch.autocast("cuda", dtype=amp_dtype)
-    elif use_amp:
-        autocast = torch.autocast("cpu", dtype=torch.bfloat16)
-    else:
-        autocast = nullcontext()
+def _progress_bar(total: int, progress: bool, dist_info: DistInfo) -> tqdm:
+    desc = f"embed (rank {dist_info.rank})" if dist_info.enabled else "embed"
+    return tqdm(total=total, unit="patch", disable=not progress, desc=desc)
 
-    fingerprint = {"encoder_sha1": _encoder_fingerprint(encoder),
-                   "landmark_coords_sha1": hashlib.sha1(coords.tobytes()).hexdigest(),
-                   "encoder_kind": info["encoder_kind"], "checkpoint": info["checkpoint"],
-                   "seed": seed if info["encoder_kind"] == "random-init" else None,
-                   "amp": use_amp}
-    parts_dir = None
-    if out_path is not None:
-        out_path = Path(out_path)
-        parts_dir = out_path.with_name(out_path.name + ".parts")
-        _check_parts_dir(parts_dir, fingerprint)
 
-    todo = [i for i in mine
-            if parts_dir is None or not (parts_dir / _part_name(all_ids[i])).exists()]
+def _embed_subjects(source: PatchSource, encoder: torch.nn.Module, todo: list[tuple[int, str]],
+                    coords: torch.Tensor, batch_size: int, device: torch.device,
+                    dtype: torch.dtype | None, parts_dir: Path | None, bar: tqdm
+                    ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Embed ``todo`` (source index, subject id) ``batch_size`` subjects at a time.
+
+    Returns the embeddings kept in memory (none when they go to ``parts_dir``) and the
+    subjects that failed, with the reason.
+    """
+    n_loc = len(coords)
     results: dict[str, np.ndarray] = {}
     failed: dict[str, str] = {}
-    bar = tqdm(total=len(todo) * n_loc, unit="patch", disable=not progress,
-               desc=f"embed (rank {rank})" if world > 1 else "embed")
-    started = time.perf_counter()
-    with torch.inference_mode(), autocast:
+    with torch.inference_mode(), autocast(device, dtype):
         for begin in range(0, len(todo), batch_size):
             chunk_ids, chunk = [], []
-            for index in todo[begin:begin + batch_size]:
-                sid = all_ids[index]
+            for index, sid in todo[begin:begin + batch_size]:
                 try:
                     chunk.append(_read_subject(source, index, sid, n_loc))
                     chunk_ids.append(sid)
@@ -310,43 +285,26 @@ def extract_embeddings(
                     bar.update(n_loc)
             if not chunk:
                 continue
-            patches = np.stack(chunk)  # (C, L, P, P, P) int16
-            out = np.empty((len(chunk), n_loc, encoder.rep_dim), dtype=np.float32)
-            for loc in range(n_loc):
-                x = _to_network(patches[:, loc], device)
-                h = encoder.encode(x, coords_t[loc])
-                out[:, loc] = h.float().cpu().numpy()
-                bar.update(len(chunk))
+            out = _embed_chunk(encoder, np.stack(chunk), coords, device, bar)
             for row, sid in enumerate(chunk_ids):
                 if parts_dir is not None:
                     atomic_save_npy(parts_dir / _part_name(sid), out[row])
                 else:
                     results[sid] = out[row]
     bar.close()
-    encoder.train(was_training)
-    seconds = time.perf_counter() - started
+    return results, failed
 
-    if world > 1:
-        results, failed = _merge_ranks(results, failed, parts_dir is not None)
-    emb = _assemble(source, all_ids, wanted, results, failed, parts_dir, landmarks, coords)
-    emb.provenance.update(info)
-    emb.provenance.update({
-        "seed": fingerprint["seed"], "encoder_sha1": fingerprint["encoder_sha1"],
-        "rep_dim": int(encoder.rep_dim), "device": str(device), "amp": use_amp,
-        "batch_size": batch_size, "world_size": world, "failed": failed,
-        "source": str(getattr(source, "path", getattr(source, "root", type(source).__name__))),
-        "seconds_rank0": round(seconds, 3), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "torch": torch.__version__,
-    })
-    if out_path is not None and rank == 0:
-        emb.save(out_path)
-    if world > 1:
-        import torch.distributed as dist
 
-        dist.barrier()
-        if started_group:
-            dist.destroy_process_group()
-    return emb
+def _embed_chunk(encoder: torch.nn.Module, patches: np.ndarray, coords: torch.Tensor,
+                 device: torch.device, bar: tqdm) -> np.ndarray:
+    """``(C, L, P, P, P)`` int16 HU patches → ``(C, L, D)`` float32, one landmark per pass."""
+    out = np.empty((len(patches), len(coords), encoder.rep_dim), dtype=np.float32)
+    for loc in range(len(coords)):
+        x = _to_network(patches[:, loc], device)
+        h = encoder.encode(x, coords[loc])
+        out[:, loc] = h.float().cpu().numpy()
+        bar.update(len(patches))
+    return out
 
 
 def _index_of(ids: list[str], subject: str) -> int:
@@ -356,7 +314,7 @@ def _index_of(ids: list[str], subject: str) -> int:
         raise KeyError(f"subject {subject!r} is not in the patch source") from None
 
 
-def _read_subject(source: Any, index: int, sid: str, n_loc: int) -> np.ndarray:
+def _read_subject(source: PatchSource, index: int, sid: str, n_loc: int) -> np.ndarray:
     patches = np.asarray(source.read_subject(index))
     size = int(source.patch_size)
     if patches.shape != (n_loc, size, size, size):
@@ -388,12 +346,9 @@ def _check_parts_dir(parts_dir: Path, fingerprint: dict[str, Any]) -> None:
     atomic_write_text(run_file, json.dumps(fingerprint, indent=1))
 
 
-def _merge_ranks(results: dict[str, np.ndarray], failed: dict[str, str], on_disk: bool
-                 ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    import torch.distributed as dist
-
-    gathered: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, (failed, {} if on_disk else results))
+def _merge_ranks(results: dict[str, np.ndarray], failed: dict[str, str], on_disk: bool,
+                 dist_info: DistInfo) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    gathered = all_gather_objects((failed, {} if on_disk else results), dist_info)
     merged_failed: dict[str, str] = {}
     merged: dict[str, np.ndarray] = {}
     for rank_failed, rank_results in gathered:
@@ -402,7 +357,7 @@ def _merge_ranks(results: dict[str, np.ndarray], failed: dict[str, str], on_disk
     return merged, merged_failed
 
 
-def _assemble(source: Any, all_ids: list[str], wanted: list[int],
+def _assemble(source: PatchSource, all_ids: list[str], wanted: list[int],
               results: dict[str, np.ndarray], failed: dict[str, str], parts_dir: Path | None,
               landmarks: np.ndarray, coords: np.ndarray) -> Embeddings:
     rows, ids, vectors = [], [], []

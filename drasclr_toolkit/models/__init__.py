@@ -16,9 +16,14 @@ from .condconv import (
     canonical_locations,
     plan_locations,
 )
-from .encoder import CONDITIONINGS, DrasCLREncoder, layer_specs, normalize_landmarks
+from .encoder import CONDITIONINGS, DrasCLREncoder, layer_specs
+from .routing import first_condconv, routing_weights
 from .checkpoint import (
+    CHECKPOINT_FORMAT,
+    FINAL_FORMAT,
     OfficialLoadReport,
+    atomic_torch_save,
+    load_encoder,
     load_official_checkpoint,
     official_key_map,
     official_landmark_coords,
@@ -26,18 +31,23 @@ from .checkpoint import (
 )
 
 __all__ = [
+    "CHECKPOINT_FORMAT",
     "CONDITIONINGS",
     "CondConv3d",
     "DrasCLREncoder",
+    "FINAL_FORMAT",
     "LocationPlan",
     "OfficialLoadReport",
     "PerSampleCondConv3d",
+    "atomic_torch_save",
     "canonical_locations",
+    "first_condconv",
     "layer_specs",
+    "load_encoder",
     "load_official_checkpoint",
-    "normalize_landmarks",
     "official_key_map",
     "official_landmark_coords",
     "official_state_dict",
     "plan_locations",
+    "routing_weights",
 ]

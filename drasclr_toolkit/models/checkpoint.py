@@ -22,21 +22,38 @@ The reference encoder returns ``(z, h)``; ours returns ``(h, z)``. Its routing l
 ``num_coordinates * 3`` inputs (3 with the released setting) and its locations are
 normalised as ``p / max * 2 - 1`` (:func:`official_landmark_coords`), not our
 ``(p - min) / (max - min) * 2 - 1``: use the former with official weights.
+
+Our own trainer's checkpoints are written and read here too: :func:`atomic_torch_save`
+writes them, :func:`save_encoder_checkpoint` makes ``final.pt`` (format tag
+:data:`FINAL_FORMAT`), :func:`read_training_checkpoint` reads ``checkpoints/last.pt``
+(:data:`CHECKPOINT_FORMAT`) and :func:`load_encoder` builds an encoder from either kind or
+from an official checkpoint, refusing a file whose format tag it does not know.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 
+from drasclr_toolkit.io_utils import atomic_write
+
 from .encoder import DrasCLREncoder
 
 __all__ = [
+    "CHECKPOINT_FORMAT",
+    "ENCODER_ARGS",
+    "FINAL_FORMAT",
     "OfficialLoadReport",
+    "atomic_torch_save",
+    "load_encoder",
+    "read_training_checkpoint",
+    "save_encoder_checkpoint",
     "load_official_checkpoint",
     "official_key_map",
     "official_landmark_coords",
@@ -128,7 +145,7 @@ def official_landmark_coords(landmarks: Sequence[Sequence[float]] | np.ndarray) 
     """The reference's location normalisation ``p / max * 2 - 1`` per axis (no min).
 
     Use it with official checkpoints; our own training uses
-    :func:`drasclr_toolkit.models.normalize_landmarks`. The reference landmarks start at 0
+    :func:`drasclr_toolkit.landmarks.normalize_landmarks`. The reference landmarks start at 0
     on z but at 26/78 on x/y, so the two conventions give different inputs.
 
     Example:
@@ -260,3 +277,107 @@ def load_official_checkpoint(path: str | os.PathLike, encoder: DrasCLREncoder | 
                                 missing_keys=missing, unexpected_keys=sorted(unexpected),
                                 ignored_keys=len(state) - len(sub), config=config, epoch=epoch)
     return encoder, report
+
+
+# -- our trainer's checkpoints ------------------------------------------------------------
+CHECKPOINT_FORMAT = "drasclr_toolkit.pretrain/1"   # checkpoints/last.pt: full training state
+FINAL_FORMAT = "drasclr_toolkit.encoder/1"         # final.pt, encoder_epochNNN.pt: encoder only
+ENCODER_ARGS = ("rep_dim", "num_experts", "width", "conditioning", "proj_dim", "in_channels")
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> Path:
+    """``torch.save`` to a temporary file next to ``path``, then ``os.replace``: a killed
+    process leaves either the old file or the new one, never half of one."""
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp), make_parents=True)
+
+
+def save_encoder_checkpoint(path: str | Path, encoder: torch.nn.Module,
+                            encoder_config: Mapping[str, Any], *, config: Mapping[str, Any],
+                            landmark_coords: np.ndarray, landmarks: np.ndarray, step: int,
+                            epoch: int) -> Path:
+    """Write an encoder-only checkpoint (what :func:`load_encoder` reads), atomically."""
+    return atomic_torch_save({
+        "format": FINAL_FORMAT,
+        "encoder": encoder.state_dict(),
+        "encoder_config": dict(encoder_config),
+        "config": dict(config),
+        "landmark_convention": "ours",
+        "landmark_coords": torch.as_tensor(np.asarray(landmark_coords)),
+        "landmarks": torch.as_tensor(np.asarray(landmarks)),
+        "step": step, "epoch": epoch,
+    }, path)
+
+
+def read_training_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The training state in ``checkpoints/last.pt``, on the CPU, after checking its format."""
+    # CPU first: RNG states must stay CPU tensors; load_state_dict copies weights, queues
+    # and optimiser state onto the model's device.
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise ValueError(f"checkpoint {path}: field 'format' is {found!r}, not "
+                         f"{CHECKPOINT_FORMAT!r}; use a new out_dir or resume=False")
+    return state
+
+
+def load_encoder(checkpoint: str | Path, map_location: str = "cpu"
+                 ) -> tuple[DrasCLREncoder, dict[str, Any]]:
+    """Encoder from one of our trainer's checkpoints or from an official DrasCLR one.
+
+    Returns the encoder and a provenance dict with ``encoder_kind`` (``"trained"`` or
+    ``"official"``), ``checkpoint`` (path), ``checkpoint_config`` and
+    ``landmark_convention`` (``"ours"``: ``(p - min)/(max - min)·2 - 1``; ``"reference"``:
+    ``p / max · 2 - 1``, what official weights were trained with).
+    """
+    path = Path(checkpoint).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    state = torch.load(path, map_location=map_location, weights_only=True)
+    if not isinstance(state, dict):
+        raise ValueError(f"checkpoint {path}: expected a dict, got {type(state).__name__}")
+    if _is_official(state):
+        encoder, report = load_official_checkpoint(path)
+        return encoder, {"encoder_kind": "official", "checkpoint": str(path.resolve()),
+                         "checkpoint_config": _jsonable(report.config),
+                         "official_epoch": report.epoch,
+                         "official_missing_keys": list(report.missing_keys),
+                         "landmark_convention": "reference"}
+    # Our trainer: final.pt / encoder_epochNNN.pt / checkpoints/last.pt all carry the query
+    # encoder's weights under "encoder" and its constructor arguments under "encoder_config".
+    if state.get("format") not in (FINAL_FORMAT, CHECKPOINT_FORMAT):
+        # A tag from a future (or foreign) writer may lay its fields out differently.
+        raise ValueError(f"checkpoint {path}: field 'format' is {state.get('format')!r}, not "
+                         f"{FINAL_FORMAT!r} or {CHECKPOINT_FORMAT!r}; pass a checkpoint written "
+                         "by `drasclr pretrain` (final.pt) with this version of drasclr_toolkit, "
+                         "or an official DrasCLR checkpoint_patch_XXXX.pth.tar")
+    weights, arch = state.get("encoder"), state.get("encoder_config")
+    if not isinstance(weights, Mapping) or not isinstance(arch, Mapping):
+        raise ValueError(f"checkpoint {path}: fields 'encoder' and 'encoder_config' are missing; "
+                         "pass a checkpoint written by `drasclr pretrain` (final.pt) or an "
+                         "official DrasCLR checkpoint_patch_XXXX.pth.tar")
+    unknown = sorted(set(arch) - set(ENCODER_ARGS))
+    if unknown:
+        raise ValueError(f"checkpoint {path}: field 'encoder_config' has keys {unknown} that "
+                         "DrasCLREncoder does not take")
+    encoder = DrasCLREncoder(**arch)
+    encoder.load_state_dict(weights)
+    info = {"encoder_kind": "trained", "checkpoint": str(path.resolve()),
+            "checkpoint_config": _jsonable(state.get("config", dict(arch))),
+            "encoder_config": _jsonable(dict(arch)),
+            "landmark_convention": str(state.get("landmark_convention", "ours"))}
+    for key in ("step", "epoch", "format"):
+        if key in state:
+            info[f"checkpoint_{key}"] = _jsonable(state[key])
+    if "landmark_coords" in state:
+        info["trained_landmark_coords"] = np.asarray(state["landmark_coords"], np.float32)
+    return encoder, info
+
+
+def _is_official(state: Mapping[str, Any]) -> bool:
+    inner = state.get("state_dict")
+    return isinstance(inner, Mapping) and any(str(k).startswith("module.encoder_q")
+                                              for k in inner)
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))

@@ -20,8 +20,6 @@ projection head ``Linear(rep, rep) → ReLU → Linear(rep, proj)`` maps ``h`` t
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -35,7 +33,7 @@ from .condconv import (
     plan_locations,
 )
 
-__all__ = ["DrasCLREncoder", "CONDITIONINGS", "layer_specs", "normalize_landmarks"]
+__all__ = ["DrasCLREncoder", "CONDITIONINGS", "layer_specs"]
 
 CONDITIONINGS = ("condconv", "none", "concat")
 COORD_DIM = 3
@@ -203,23 +201,3 @@ class DrasCLREncoder(nn.Module):
     def num_parameters(self, trainable_only: bool = True) -> int:
         """Number of (trainable) parameters."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
-
-
-def normalize_landmarks(landmarks: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
-    """Our location convention: ``(p - min) / (max - min) * 2 - 1`` per axis → [-1, 1].
-
-    ``landmarks`` is ``(L, 3)`` atlas voxel patch corners (x, y, z). An axis on which every
-    landmark has the same value maps to 0. Checkpoints trained by the reference code expect
-    :func:`drasclr_toolkit.models.official_landmark_coords` instead.
-
-    Example:
-        >>> normalize_landmarks([[0, 26, 52], [26, 52, 52]]).tolist()
-        [[-1.0, -1.0, 0.0], [1.0, 1.0, 0.0]]
-    """
-    p = np.asarray(landmarks, dtype=np.float64)
-    if p.ndim != 2 or p.shape[1] != 3 or len(p) == 0:
-        raise ValueError(f"landmarks must be an (L, 3) array of (x, y, z); got shape {p.shape}")
-    lo, hi = p.min(0), p.max(0)
-    span = np.where(hi > lo, hi - lo, 1.0)
-    out = np.where(hi > lo, (p - lo) / span * 2.0 - 1.0, 0.0)
-    return out.astype(np.float32)

@@ -7,7 +7,7 @@ Main entry points::
         resample_isotropic, run_preprocessing, segment_lungs)
 """
 
-from .atlas import Atlas, landmark_grid, nearest_neighbors, normalise_coords
+from .atlas import Atlas, landmark_grid
 from .lungmask import LungSegConfig, LungSegmentationError, lungmask_available, segment_lungs
 from .patches import crop_patches, map_landmarks, patch_fractions, sample_patches_affine
 from .pipeline import (
@@ -17,7 +17,7 @@ from .pipeline import (
     preprocess_subject,
     run_preprocessing,
 )
-from .qc import plot_landmarks_3d, plot_overlay, plot_patches, plot_registration, qc_table, robust_z
+from .qc import qc_table, robust_z
 from .registration import (
     RegistrationConfig,
     RegistrationResult,
@@ -27,16 +27,15 @@ from .registration import (
     transform_from_dict,
     transform_to_dict,
 )
-from .resample import HU_MAX, HU_MIN, clip_hu, resample_isotropic
+from .resample import clip_hu, resample_isotropic
 from .store import PatchStore, StoreError
 
 __all__ = [
-    "Atlas", "HU_MAX", "HU_MIN", "LungSegConfig", "LungSegmentationError", "PatchStore",
+    "Atlas", "LungSegConfig", "LungSegmentationError", "PatchStore",
     "PreprocessConfig", "RegistrationConfig", "RegistrationResult", "StoreError",
     "SubjectResult", "ants_available", "build_default_atlas", "clip_hu", "crop_patches",
-    "landmark_grid", "lungmask_available", "map_landmarks", "mask_dice", "nearest_neighbors",
-    "normalise_coords", "patch_fractions", "plot_landmarks_3d", "plot_overlay", "plot_patches",
-    "plot_registration", "preprocess_subject", "qc_table", "register_affine",
+    "landmark_grid", "lungmask_available", "map_landmarks", "mask_dice",
+    "patch_fractions", "preprocess_subject", "qc_table", "register_affine",
     "resample_isotropic", "robust_z", "run_preprocessing", "sample_patches_affine",
     "segment_lungs", "transform_from_dict", "transform_to_dict",
 ]

@@ -33,9 +33,10 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..io_utils import atomic_write, atomic_write_stream, atomic_write_text
+from ..landmarks import nearest_neighbors, normalize_landmarks
 from .patches import corners_to_centres_physical, patch_fractions
 
-__all__ = ["Atlas", "landmark_grid", "nearest_neighbors", "normalise_coords"]
+__all__ = ["Atlas", "landmark_grid"]
 
 ATLAS_FORMAT_VERSION = 1
 
@@ -60,43 +61,6 @@ def landmark_grid(
         return corners
     frac = patch_fractions(mask, corners, P)
     return corners[frac > min_lung_fraction]
-
-
-def normalise_coords(landmarks: np.ndarray) -> np.ndarray:
-    """(p - min) / (max - min) * 2 - 1 per axis, float32; a constant axis maps to 0.
-
-    Example:
-        >>> normalise_coords(np.array([[0, 5, 2], [10, 5, 4]])).tolist()
-        [[-1.0, 0.0, -1.0], [1.0, 0.0, 1.0]]
-    """
-    p = np.asarray(landmarks, np.float64)
-    lo, hi = p.min(0), p.max(0)
-    span = np.where(hi > lo, hi - lo, 1.0)
-    out = (p - lo) / span * 2.0 - 1.0
-    out[:, hi == lo] = 0.0
-    return out.astype(np.float32)
-
-
-def nearest_neighbors(landmarks: np.ndarray, k: int) -> np.ndarray:
-    """k nearest other landmarks (Euclidean), ties broken by distance then index.
-
-    Example:
-        >>> nearest_neighbors(np.array([[0, 0, 0], [1, 0, 0], [-1, 0, 0], [5, 0, 0]]), 2).tolist()
-        [[1, 2], [0, 2], [0, 1], [1, 0]]
-    """
-    p = np.asarray(landmarks, np.float64)
-    n = len(p)
-    if k >= n:
-        raise ValueError(f"k={k} neighbours need more than {n} landmarks")
-    # Integer landmarks give exact squared distances, so ties are real ties.
-    d2 = ((p[:, None, :] - p[None, :, :]) ** 2).sum(-1)
-    np.fill_diagonal(d2, np.inf)
-    idx = np.arange(n)
-    out = np.empty((n, k), np.int64)
-    for i in range(n):
-        order = np.lexsort((idx, d2[i]))  # primary: distance, secondary: index
-        out[i] = order[:k]
-    return out
 
 
 @dataclass(eq=False)
@@ -188,7 +152,7 @@ class Atlas:
     @property
     def landmark_coords(self) -> np.ndarray:
         """(L, 3) float32 in [-1, 1]: (p - min) / (max - min) * 2 - 1 per axis."""
-        return normalise_coords(self.landmarks)
+        return normalize_landmarks(self.landmarks)
 
     @property
     def reference_coords(self) -> np.ndarray:

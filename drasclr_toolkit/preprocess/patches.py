@@ -35,7 +35,7 @@ from typing import Literal
 import numpy as np
 import SimpleITK as sitk
 
-from .resample import HU_MAX, HU_MIN
+from ..constants import HU_MAX, HU_MIN
 
 __all__ = [
     "PatchSampling",

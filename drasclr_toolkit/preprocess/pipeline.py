@@ -43,7 +43,8 @@ from .patches import (
     sample_patches_affine,
 )
 from .registration import RegistrationConfig, register_affine, transform_to_dict
-from .resample import HU_MAX, HU_MIN, as_sitk, resample_isotropic, resample_like, to_lps
+from ..constants import HU_MAX, HU_MIN
+from .resample import as_sitk, resample_isotropic, resample_like, to_lps
 from .store import PatchStore, _atomic_write_text
 
 __all__ = [

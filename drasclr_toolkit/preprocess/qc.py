@@ -6,10 +6,8 @@ Dice, fraction of landmarks whose patch is at least half lung, and robust z-scor
 ``outlier`` flags |z| > 3.5 for the volume, z < -3.5 for Dice and lung-patch fraction, or a
 Dice below ``min_dice``.
 
-Pictures (plotly): ``plot_overlay`` (slices with lung mask and landmark boxes),
-``plot_registration`` (atlas mask vs. subject mask before and after the affine),
-``plot_landmarks_3d`` (landmark centres in the subject with a lung surface),
-``plot_patches`` (middle slices of some patches).
+The pictures (``plot_overlay``, ``plot_registration``, ``plot_landmarks_3d``,
+``plot_patches``) are in :mod:`drasclr_toolkit.viz.qc`.
 
 Example:
     >>> df = qc_table("work/preprocess")          # doctest: +SKIP
@@ -24,18 +22,10 @@ from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
-import SimpleITK as sitk
 
 from ..io_utils import atomic_write
 
-__all__ = [
-    "plot_landmarks_3d",
-    "plot_overlay",
-    "plot_patches",
-    "plot_registration",
-    "qc_table",
-    "robust_z",
-]
+__all__ = ["qc_table", "robust_z"]
 
 _METRICS = ("lung_volume_ml", "dice", "frac_lung_patches")
 
@@ -125,142 +115,3 @@ def qc_table(
     if write:
         atomic_write(Path(store.path) / "qc.csv", lambda tmp: df.to_csv(tmp, index=False))
     return df
-
-
-# ----------------------------------------------------------------------------- pictures
-def _arr(img: Any) -> np.ndarray:
-    if isinstance(img, sitk.Image):
-        return sitk.GetArrayFromImage(img)
-    if hasattr(img, "array"):
-        return np.asarray(img.array)
-    return np.asarray(img)
-
-
-def plot_overlay(
-    image: Any,
-    mask: Any | None = None,
-    corners: np.ndarray | None = None,
-    patch_size: int = 32,
-    axes: Sequence[str] = ("axial", "coronal", "sagittal"),
-    index: Sequence[int] | None = None,
-    title: str = "",
-):
-    """Orthogonal slices of a scan with the lung mask outline and landmark patch boxes.
-
-    ``corners`` (L, 3) x, y, z patch corners in the image grid; boxes are drawn for the
-    patches that cross each slice. Returns a plotly Figure.
-    """
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-
-    vol = _arr(image)
-    msk = _arr(mask) if mask is not None else None
-    nz, ny, nx = vol.shape
-    centre = list(index) if index is not None else [nx // 2, ny // 2, nz // 2]
-    fig = make_subplots(rows=1, cols=len(axes), subplot_titles=list(axes))
-    for col, ax in enumerate(axes, start=1):
-        if ax == "axial":
-            sl, ms, k, dims = vol[centre[2]], None if msk is None else msk[centre[2]], 2, (0, 1)
-        elif ax == "coronal":
-            sl, ms, k, dims = vol[:, centre[1], :], None if msk is None else msk[:, centre[1], :], 1, (0, 2)
-        else:
-            sl, ms, k, dims = vol[:, :, centre[0]], None if msk is None else msk[:, :, centre[0]], 0, (1, 2)
-        fig.add_trace(go.Heatmap(z=np.clip(sl, -1024, 240), colorscale="gray", showscale=False,
-                                 hoverinfo="skip"), row=1, col=col)
-        if ms is not None:
-            fig.add_trace(go.Contour(z=(ms > 0).astype(float), contours=dict(start=0.5, end=0.5, coloring="lines"),
-                                     line=dict(color="red", width=2), showscale=False, hoverinfo="skip"),
-                          row=1, col=col)
-        if corners is not None and len(corners):
-            c = np.asarray(corners)
-            hit = (c[:, k] <= centre[k]) & (centre[k] < c[:, k] + patch_size)
-            # Axis of the slice picture: columns are x (axial, coronal) or y (sagittal),
-            # rows are y (axial) or z (coronal, sagittal).
-            cx = 0 if ax in ("axial", "coronal") else 1
-            cy = 1 if ax == "axial" else 2
-            xs, ys = [], []
-            for p in c[hit]:
-                x0, y0 = p[cx] - 0.5, p[cy] - 0.5
-                x1, y1 = x0 + patch_size, y0 + patch_size
-                xs += [x0, x1, x1, x0, x0, None]
-                ys += [y0, y0, y1, y1, y0, None]
-            fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line=dict(color="yellow", width=1),
-                                     showlegend=False, hoverinfo="skip"), row=1, col=col)
-        # Superior up for coronal/sagittal: z index grows superior.
-        fig.update_yaxes(autorange=True if ax != "axial" else "reversed", scaleanchor=f"x{col}",
-                         row=1, col=col)
-    fig.update_layout(title=title, height=380, width=360 * len(axes), margin=dict(l=10, r=10, t=50, b=10))
-    return fig
-
-
-def plot_registration(atlas: Any, subject_mask: sitk.Image, transform: sitk.Transform,
-                      initial: sitk.Transform | None = None, title: str = ""):
-    """Atlas lung mask (grey) with the subject mask warped into atlas space (red outline),
-    before (``initial``, default identity) and after the affine; coronal middle slices."""
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-
-    ref = atlas.mask if hasattr(atlas, "mask") else atlas
-    a = sitk.GetArrayFromImage(ref) > 0
-    y = int(np.nonzero(a.any(axis=(0, 2)))[0].mean())
-    fig = make_subplots(rows=1, cols=2, subplot_titles=["before", "after"])
-    for col, t in enumerate([initial or sitk.Transform(3, sitk.sitkIdentity), transform], start=1):
-        w = sitk.GetArrayFromImage(sitk.Resample(sitk.Cast(subject_mask > 0, sitk.sitkUInt8), ref, t,
-                                                 sitk.sitkNearestNeighbor, 0)) > 0
-        fig.add_trace(go.Heatmap(z=a[:, y, :].astype(float), colorscale="gray", showscale=False,
-                                 hoverinfo="skip"), row=1, col=col)
-        fig.add_trace(go.Contour(z=w[:, y, :].astype(float), contours=dict(start=0.5, end=0.5, coloring="lines"),
-                                 line=dict(color="red", width=2), showscale=False, hoverinfo="skip"),
-                      row=1, col=col)
-        fig.update_yaxes(scaleanchor=f"x{col}", row=1, col=col)
-    fig.update_layout(title=title or "subject lungs (red) on the atlas lungs (grey), coronal",
-                      height=380, width=760, margin=dict(l=10, r=10, t=50, b=10))
-    return fig
-
-
-def plot_landmarks_3d(centres_mm: np.ndarray, values: np.ndarray | None = None,
-                      mask: sitk.Image | None = None, title: str = "", max_surface_points: int = 4000):
-    """Landmark centres (LPS mm) coloured by ``values`` (e.g. lung fraction), with a
-    sparse cloud of the lung surface when ``mask`` is given."""
-    import plotly.graph_objects as go
-    from scipy import ndimage as ndi
-
-    traces = []
-    if mask is not None:
-        m = sitk.GetArrayFromImage(mask) > 0
-        surf = m & ~ndi.binary_erosion(m)
-        zyx = np.argwhere(surf)
-        if len(zyx) > max_surface_points:
-            zyx = zyx[np.linspace(0, len(zyx) - 1, max_surface_points).astype(int)]
-        pts = np.array([mask.TransformIndexToPhysicalPoint([int(v) for v in p[::-1]]) for p in zyx]) \
-            if len(zyx) else np.zeros((0, 3))
-        traces.append(go.Scatter3d(x=pts[:, 0], y=pts[:, 1], z=pts[:, 2], mode="markers",
-                                   marker=dict(size=1.5, color="lightgrey", opacity=0.3), name="lung surface"))
-    c = np.asarray(centres_mm)
-    traces.append(go.Scatter3d(
-        x=c[:, 0], y=c[:, 1], z=c[:, 2], mode="markers", name="landmarks",
-        marker=dict(size=4, color=values if values is not None else "royalblue", colorscale="Viridis",
-                    showscale=values is not None, colorbar=dict(title="lung frac.")),
-        text=[f"landmark {i}" for i in range(len(c))],
-    ))
-    fig = go.Figure(traces)
-    fig.update_layout(title=title, height=500, scene=dict(aspectmode="data", xaxis_title="x (L)",
-                      yaxis_title="y (P)", zaxis_title="z (S)"), margin=dict(l=0, r=0, t=40, b=0))
-    return fig
-
-
-def plot_patches(patches: np.ndarray, indices: Sequence[int] | None = None, n: int = 8, title: str = ""):
-    """Middle axial slice of some patches (int16 HU) side by side."""
-    import plotly.express as px
-
-    idx = list(indices) if indices is not None else list(np.linspace(0, len(patches) - 1, min(n, len(patches))).astype(int))
-    P = patches.shape[-1]
-    sl = np.stack([patches[i, P // 2] for i in idx])
-    fig = px.imshow(sl, facet_col=0, facet_col_wrap=len(idx), color_continuous_scale="gray",
-                    zmin=-1024, zmax=240, binary_string=False)
-    for i, a in enumerate(fig.layout.annotations):
-        a.text = f"landmark {idx[i]}"
-    fig.update_layout(title=title, height=260, coloraxis_showscale=False, margin=dict(l=10, r=10, t=50, b=10))
-    fig.update_xaxes(showticklabels=False)
-    fig.update_yaxes(showticklabels=False)
-    return fig

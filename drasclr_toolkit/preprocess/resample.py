@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
+from ..constants import HU_MAX, HU_MIN
+
 __all__ = [
-    "HU_MIN",
-    "HU_MAX",
     "as_sitk",
     "clip_hu",
     "resample_isotropic",
@@ -31,8 +31,6 @@ __all__ = [
     "to_lps",
 ]
 
-HU_MIN = -1024  # air; also the padding value outside the scan
-HU_MAX = 240  # upper clip of the DrasCLR intensity window
 
 _INTERPOLATORS = {
     "bspline": sitk.sitkBSpline,

@@ -280,16 +280,16 @@ class PatchStore:
     def landmark_coords(self) -> np.ndarray:
         """(L, 3) float32: (p - min) / (max - min) * 2 - 1 per axis (cached)."""
         if self._coords is None:
-            from .atlas import normalise_coords
+            from ..landmarks import normalize_landmarks
 
-            self._coords = normalise_coords(self.landmarks)
+            self._coords = normalize_landmarks(self.landmarks)
         return self._coords
 
     @property
     def neighbors(self) -> np.ndarray:
         """(L, k) nearest landmarks, ties by distance then index (cached; k from store.json)."""
         if self._neighbors is None:
-            from .atlas import nearest_neighbors
+            from ..landmarks import nearest_neighbors
 
             self._neighbors = nearest_neighbors(self.landmarks, int(self.meta.get("neighbors_k", 2)))
         return self._neighbors

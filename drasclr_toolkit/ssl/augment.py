@@ -24,8 +24,8 @@ from monai.transforms import (
     RandGaussianNoised,
 )
 
-HU_MIN = -1024.0
-HU_MAX = 240.0
+from drasclr_toolkit.constants import HU_MAX, HU_MIN
+
 _HU_SPAN = (HU_MAX - HU_MIN) / 2.0  # 632
 
 

@@ -1,7 +1,10 @@
-"""Pretraining: sampler, loop, checkpoints, metrics, and in-memory patch sources.
+"""Pretraining: sampler, loop, checkpoints and metrics.
+
+Patch sources (the protocol and the in-memory :class:`ArrayPatchSource`) live in
+:mod:`drasclr_toolkit.patch_source`.
 
 Example:
-    >>> from drasclr_toolkit.train import ArrayPatchSource, PretrainConfig, pretrain
+    >>> from drasclr_toolkit.train import PretrainConfig, pretrain
     >>> cfg = PretrainConfig.from_yaml("tiny")      # the ``pretrain:`` section of tiny.yaml
     >>> cfg.device
     'auto'
@@ -11,18 +14,13 @@ from drasclr_toolkit.train.config import PretrainConfig
 from drasclr_toolkit.train.loop import (
     DrasCLRTrainer,
     PretrainRun,
-    atomic_torch_save,
     config_summary,
     pretrain,
-    resolve_device,
 )
-from drasclr_toolkit.train.metrics import LiveTrainingCurves, plot_training_curves, read_metrics
+from drasclr_toolkit.train.metrics import read_metrics
 from drasclr_toolkit.train.sampler import BatchSpec, LocationBatchSampler, LocationPatchDataset
-from drasclr_toolkit.train.sources import ArrayPatchSource, nearest_neighbours
 
 __all__ = [
-    "PretrainConfig", "DrasCLRTrainer", "PretrainRun", "pretrain", "atomic_torch_save",
-    "config_summary", "resolve_device", "LiveTrainingCurves", "plot_training_curves",
-    "read_metrics", "BatchSpec", "LocationBatchSampler", "LocationPatchDataset",
-    "ArrayPatchSource", "nearest_neighbours",
+    "PretrainConfig", "DrasCLRTrainer", "PretrainRun", "pretrain",
+    "config_summary", "read_metrics", "BatchSpec", "LocationBatchSampler", "LocationPatchDataset",
 ]

@@ -17,10 +17,8 @@ All checkpoints are dicts of tensors and plain values: ``torch.load(p, weights_o
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 import random
 import time
 from pathlib import Path
@@ -33,8 +31,26 @@ import yaml
 from torch import nn
 from torch.utils.data import DataLoader
 
-from drasclr_toolkit.io_utils import atomic_write, atomic_write_text
+from drasclr_toolkit.io_utils import atomic_write_text
 from drasclr_toolkit.models import DrasCLREncoder
+from drasclr_toolkit.models.checkpoint import (
+    CHECKPOINT_FORMAT,
+    atomic_torch_save,
+    read_training_checkpoint,
+    save_encoder_checkpoint,
+)
+from drasclr_toolkit.patch_source import PatchSource
+from drasclr_toolkit.runtime import (
+    DistInfo,
+    all_reduce_mean,
+    amp_dtype,
+    autocast,
+    barrier,
+    concat_all_gather,
+    init_distributed,
+    resolve_device,
+    shutdown,
+)
 from drasclr_toolkit.ssl import (
     LocalInfoNCE,
     LocationQueues,
@@ -46,42 +62,12 @@ from drasclr_toolkit.ssl import (
     update_momentum,
 )
 from drasclr_toolkit.train.config import PretrainConfig
-from drasclr_toolkit.train.distributed import (
-    DistInfo,
-    all_reduce_mean,
-    barrier,
-    concat_all_gather,
-    init_distributed,
-    shutdown,
-)
 from drasclr_toolkit.train.sampler import LocationBatchSampler, LocationPatchDataset
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = "drasclr_toolkit.pretrain/1"
-FINAL_FORMAT = "drasclr_toolkit.encoder/1"
-
 
 # -- small utilities -----------------------------------------------------------------------
-def resolve_device(device: str | torch.device = "auto", local_rank: int | None = None) -> torch.device:
-    """``"auto"`` → this rank's GPU when CUDA is available, else the CPU.
-
-    ``local_rank`` defaults to torchrun's ``LOCAL_RANK`` (0 outside torchrun).
-    """
-    if str(device) != "auto":
-        return torch.device(device)
-    if torch.cuda.is_available():
-        rank = int(os.environ.get("LOCAL_RANK", 0)) if local_rank is None else local_rank
-        return torch.device("cuda", rank)
-    return torch.device("cpu")
-
-
-def atomic_torch_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to a temporary file next to ``path``, then ``os.replace``: a killed
-    process leaves either the old file or the new one, never half of one."""
-    return atomic_write(path, lambda tmp: torch.save(obj, tmp), make_parents=True)
-
-
 def capture_rng_state() -> dict[str, Any]:
     """Python, numpy and torch RNG states as tensors (loadable with weights_only=True)."""
     py_version, py_state, py_gauss = random.getstate()
@@ -193,13 +179,14 @@ class DrasCLRTrainer:
             branch = DDP(branch, device_ids=ids)
         self.query_branch = branch
         self._key_forward = key_forward
-        self.use_amp = cfg.amp and self.device.type == "cuda"
+        # bf16 on CUDA only; float16 would need a gradient scaler the loop does not have.
+        self.amp_dtype = amp_dtype(self.device, cfg.amp and self.device.type == "cuda",
+                                   allow_float16=False)
+        self.use_amp = self.amp_dtype is not None
 
     # -- one step ----------------------------------------------------------------------------
     def _autocast(self):
-        if self.use_amp:
-            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return autocast(self.device, self.amp_dtype)
 
     def _to_device(self, t: torch.Tensor) -> torch.Tensor:
         t = t.to(self.device, non_blocking=True)
@@ -313,7 +300,7 @@ class DrasCLRTrainer:
 
 
 # -- the run -----------------------------------------------------------------------------------
-def config_summary(config: PretrainConfig, trainer: DrasCLRTrainer, source: Any,
+def config_summary(config: PretrainConfig, trainer: DrasCLRTrainer, source: PatchSource,
                    sampler: LocationBatchSampler, device: torch.device, dist_info: DistInfo) -> str:
     """Human-readable summary of a run: data, model size, queue memory, schedule."""
     n_params = trainer.encoder.num_parameters()
@@ -355,7 +342,7 @@ class PretrainRun:
         callbacks: functions called with each metrics record (dict) on the main rank.
     """
 
-    def __init__(self, source: Any, config: PretrainConfig | Mapping[str, Any] | str | Path | None,
+    def __init__(self, source: PatchSource, config: PretrainConfig | Mapping[str, Any] | str | Path | None,
                  out_dir: str | Path, *, resume: bool = True, stop_after_steps: int | None = None,
                  callbacks: Sequence[Callable[[dict], Any]] = ()) -> None:
         self.config = PretrainConfig.coerce(config)
@@ -367,9 +354,9 @@ class PretrainRun:
         self.callbacks = list(callbacks)
         cfg = self.config
         self.device = resolve_device(cfg.device)  # "auto" picks LOCAL_RANK's GPU under torchrun
-        self.dist = init_distributed(self.device.type)
+        self.dist = init_distributed(self.device)
         if self.device.type == "cuda":
-            torch.cuda.set_device(self.device)
+            torch.cuda.set_device(self.device)  # also outside torchrun
         self._threads_before = torch.get_num_threads()
         if self.device.type == "cpu" and cfg.cpu_threads:
             # On a shared or small machine, fewer threads than cores is often much faster;
@@ -416,12 +403,7 @@ class PretrainRun:
         return path
 
     def _load(self, path: Path) -> None:
-        # CPU first: RNG states must stay CPU tensors; load_state_dict copies weights, queues
-        # and optimiser state onto the model's device.
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if state.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"checkpoint {path}: field 'format' is {state.get('format')!r}, not "
-                             f"{CHECKPOINT_FORMAT!r}; use a new out_dir or resume=False")
+        state = read_training_checkpoint(path)
         if state["encoder_config"] != self.trainer.encoder_config():
             raise ValueError(f"checkpoint {path}: field 'encoder_config' {state['encoder_config']} "
                              f"differs from this config's {self.trainer.encoder_config()}; use a "
@@ -444,16 +426,11 @@ class PretrainRun:
     def save_encoder(self, path: Path) -> Path:
         """Encoder-only checkpoint (what embedding reads), atomically, main rank."""
         if self.dist.is_main:
-            atomic_torch_save({
-                "format": FINAL_FORMAT,
-                "encoder": self.trainer.encoder.state_dict(),
-                "encoder_config": self.trainer.encoder_config(),
-                "config": self.config.to_dict(),
-                "landmark_convention": "ours",
-                "landmark_coords": torch.as_tensor(np.asarray(self.source.landmark_coords)),
-                "landmarks": torch.as_tensor(np.asarray(self.source.landmarks)),
-                "step": self.trainer.step_count, "epoch": self._position()[0],
-            }, path)
+            save_encoder_checkpoint(
+                path, self.trainer.encoder, self.trainer.encoder_config(),
+                config=self.config.to_dict(), landmark_coords=self.source.landmark_coords,
+                landmarks=self.source.landmarks, step=self.trainer.step_count,
+                epoch=self._position()[0])
         barrier(self.dist)
         return path
 
@@ -536,7 +513,7 @@ class PretrainRun:
             torch.set_num_threads(self._threads_before)
 
 
-def pretrain(source: Any, config: PretrainConfig | Mapping[str, Any] | str | Path | None,
+def pretrain(source: PatchSource, config: PretrainConfig | Mapping[str, Any] | str | Path | None,
              out_dir: str | Path, *, resume: bool = True, stop_after_steps: int | None = None,
              callbacks: Iterable[Callable[[dict], Any]] = ()) -> Path:
     """Pretrain a DrasCLR encoder on a patch source; return the final checkpoint's path.
@@ -545,7 +522,7 @@ def pretrain(source: Any, config: PretrainConfig | Mapping[str, Any] | str | Pat
     (DDP). Re-running with the same ``out_dir`` resumes exactly where it stopped.
 
     Example:
-        >>> from drasclr_toolkit.train.sources import ArrayPatchSource
+        >>> from drasclr_toolkit.patch_source import ArrayPatchSource
         >>> import tempfile
         >>> src = ArrayPatchSource.synthetic(n_subjects=4, n_locations=3, patch_size=20)
         >>> cfg = dict(width=0.125, rep_dim=8, proj_dim=8, num_experts=2, queue_size=8,

@@ -1,17 +1,10 @@
-"""Read the training log (``metrics.jsonl``) and draw training curves with plotly."""
+"""Read the training log (``metrics.jsonl``); the curves are drawn by :mod:`drasclr_toolkit.viz.training`."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
 
 import pandas as pd
-
-CURVE_PANELS = (
-    ("InfoNCE loss", ("loss_local", "loss_neighbour")),
-    ("contrast accuracy (positive ranked first)", ("acc_local", "acc_neighbour")),
-    ("learning rate", ("lr",)),
-)
 
 
 def read_metrics(path: str | Path) -> pd.DataFrame:
@@ -42,77 +35,3 @@ def read_metrics(path: str | Path) -> pd.DataFrame:
     if not frame.empty:
         frame = frame.drop_duplicates("step", keep="last").sort_values("step").reset_index(drop=True)
     return frame
-
-
-def _empty_figure(title: str):
-    from plotly.subplots import make_subplots
-
-    fig = make_subplots(rows=1, cols=len(CURVE_PANELS),
-                        subplot_titles=[p[0] for p in CURVE_PANELS], horizontal_spacing=0.08)
-    fig.update_layout(title=title, height=340, margin=dict(t=70, l=40, r=20, b=40),
-                      legend=dict(orientation="h", y=-0.2))
-    for col in range(1, len(CURVE_PANELS) + 1):
-        fig.update_xaxes(title_text="step", row=1, col=col)
-    return fig
-
-
-def plot_training_curves(metrics: pd.DataFrame | str | Path, title: str = "DrasCLR pretraining",
-                         smooth: int = 1):
-    """Losses, contrast accuracies and learning rate against the step (plotly Figure).
-
-    Args:
-        metrics: a DataFrame from :func:`read_metrics`, or a path to read.
-        smooth: rolling-mean window (steps) for losses and accuracies; 1 = raw.
-
-    Example:
-        >>> df = pd.DataFrame({"step": [1, 2], "loss_local": [3.0, 2.5], "loss_neighbour": [3.2, 2.9],
-        ...                    "acc_local": [0.1, 0.3], "acc_neighbour": [0.0, 0.2], "lr": [0.01, 0.005]})
-        >>> len(plot_training_curves(df).data)
-        5
-    """
-    import plotly.graph_objects as go
-
-    df = metrics if isinstance(metrics, pd.DataFrame) else read_metrics(metrics)
-    fig = _empty_figure(title)
-    for col, (_, columns) in enumerate(CURVE_PANELS, start=1):
-        for name in columns:
-            if name not in df:
-                continue
-            y = df[name]
-            if smooth > 1 and name != "lr":
-                y = y.rolling(smooth, min_periods=1).mean()
-            fig.add_trace(go.Scatter(x=df["step"], y=y, mode="lines", name=name), row=1, col=col)
-    return fig
-
-
-class LiveTrainingCurves:
-    """A plotly ``FigureWidget`` that grows while training runs (pass as a callback).
-
-    Example (in a notebook)::
-
-        live = LiveTrainingCurves()
-        display(live.widget)
-        pretrain(source, config, out_dir, callbacks=[live])
-    """
-
-    def __init__(self, title: str = "DrasCLR pretraining (live)", every: int = 1) -> None:
-        import plotly.graph_objects as go
-
-        self.every = max(1, every)
-        self.widget = go.FigureWidget(_empty_figure(title))
-        self.columns: list[str] = []
-        for col, (_, columns) in enumerate(CURVE_PANELS, start=1):
-            for name in columns:
-                self.widget.add_trace(go.Scatter(x=[], y=[], mode="lines", name=name), row=1, col=col)
-                self.columns.append(name)
-        self.records: list[dict[str, Any]] = []
-
-    def __call__(self, record: Mapping[str, Any]) -> None:
-        self.records.append(dict(record))
-        if len(self.records) % self.every:
-            return
-        steps = [r["step"] for r in self.records]
-        with self.widget.batch_update():
-            for trace, name in zip(self.widget.data, self.columns):
-                trace.x = steps
-                trace.y = [r.get(name) for r in self.records]

@@ -11,12 +11,13 @@ batch_size=None)`` (automatic batching off: each sampler item is one batch).
 from __future__ import annotations
 
 import math
-from typing import Any, Iterator, NamedTuple, Sequence
+from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from drasclr_toolkit.patch_source import PatchSource
 from drasclr_toolkit.ssl.augment import PatchAugmenter
 
 
@@ -139,7 +140,7 @@ class LocationPatchDataset(Dataset):
         augmenter: a :class:`PatchAugmenter` (None: intensity mapping only, no augmentation).
 
     Example:
-        >>> from drasclr_toolkit.train.sources import ArrayPatchSource
+        >>> from drasclr_toolkit.patch_source import ArrayPatchSource
         >>> src = ArrayPatchSource.synthetic(4, 3, patch_size=16)
         >>> ds = LocationPatchDataset(src, k_neighbours=2)
         >>> b = ds[BatchSpec(0, 0, loc=1, subjects=(0, 3), seed=0)]
@@ -147,7 +148,7 @@ class LocationPatchDataset(Dataset):
         ((2, 1, 16, 16, 16), (2, 2, 1, 16, 16, 16), [0, 2])
     """
 
-    def __init__(self, source: Any, k_neighbours: int = 2,
+    def __init__(self, source: PatchSource, k_neighbours: int = 2,
                  augmenter: PatchAugmenter | None = None) -> None:
         available = int(np.asarray(source.neighbors).shape[1]) if np.asarray(source.neighbors).ndim == 2 else 0
         if not 0 <= k_neighbours <= available:

@@ -1,4 +1,5 @@
-"""Views: 3D landmark clouds and lung surface, patch explorer, embedding scatter, retrieval.
+"""Views: 3D landmark clouds and lung surface, patch explorer, embedding scatter, retrieval,
+preprocessing QC pictures, training curves and pictures of the contrastive task.
 
 Every view returns a plotly figure (or an ipywidgets box of FigureWidgets) that works in
 JupyterLab and exports to a standalone page with ``fig.write_html(path)``.
@@ -11,15 +12,19 @@ Example:
     'scatter3d'
 """
 
+from .contrastive import plot_positive_and_negatives, plot_routing_weights
 from .explorer import PatchExplorer, patch_explorer
 from .landmarks import (landmark_centres, landmark_cloud, landmark_trace, landmark_traces,
                         patch_kmeans, patch_pca)
+from .qc import plot_landmarks_3d, plot_overlay, plot_patches, plot_registration
 from .retrieval import middle_slice, retrieval_gallery, retrieve_similar
 from .scatter import embedding_scatter, reduce_2d
 from .slices import slice_figure, slice_viewer
 from .surface import lung_surface, surface_mesh
+from .training import LiveTrainingCurves, plot_training_curves
 
 __all__ = [
+    "LiveTrainingCurves",
     "PatchExplorer",
     "embedding_scatter",
     "landmark_centres",
@@ -31,6 +36,13 @@ __all__ = [
     "patch_explorer",
     "patch_kmeans",
     "patch_pca",
+    "plot_landmarks_3d",
+    "plot_overlay",
+    "plot_patches",
+    "plot_positive_and_negatives",
+    "plot_registration",
+    "plot_routing_weights",
+    "plot_training_curves",
     "reduce_2d",
     "retrieval_gallery",
     "retrieve_similar",

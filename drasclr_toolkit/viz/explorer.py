@@ -8,7 +8,7 @@ Three linked plotly FigureWidgets in an ipywidgets box:
   patch centre with the patch drawn as a box (otherwise this panel is left out).
 
 Example:
-    >>> from drasclr_toolkit.train.sources import ArrayPatchSource  # doctest: +SKIP
+    >>> from drasclr_toolkit.patch_source import ArrayPatchSource  # doctest: +SKIP
     >>> ex = patch_explorer(source, subject=0)  # doctest: +SKIP
     >>> ex                                      # shows the widget in JupyterLab  # doctest: +SKIP
     >>> ex.select(42)                           # same as clicking landmark 42  # doctest: +SKIP
@@ -22,6 +22,9 @@ import ipywidgets as widgets
 import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
+
+from drasclr_toolkit.constants import HU_WINDOW
+from drasclr_toolkit.patch_source import PatchSource
 
 from .export import figure_html
 from .landmarks import landmark_centres, landmark_cloud
@@ -55,9 +58,9 @@ class PatchExplorer(widgets.VBox):
     (the selected landmark index), ``patches`` (the subject's (L, P, P, P) patches).
     """
 
-    def __init__(self, source: Any, subject: int | str, ct: Any = None,
+    def __init__(self, source: PatchSource, subject: int | str, ct: Any = None,
                  subject_corners: np.ndarray | None = None, values: np.ndarray | None = None,
-                 value_name: str = "value", window: tuple[float, float] = (-1024, 240),
+                 value_name: str = "value", window: tuple[float, float] = HU_WINDOW,
                  landmark: int = 0) -> None:
         ids = list(source.subject_ids)
         self.subject_index = subject if isinstance(subject, (int, np.integer)) else ids.index(str(subject))
@@ -192,9 +195,9 @@ class PatchExplorer(widgets.VBox):
                                            + ("" if inside else ": patch centre outside the scan"))
 
 
-def patch_explorer(source: Any, subject: int | str, ct: Any = None, *,
+def patch_explorer(source: PatchSource, subject: int | str, ct: Any = None, *,
                    subject_corners: np.ndarray | None = None, values: np.ndarray | None = None,
-                   value_name: str = "value", window: tuple[float, float] = (-1024, 240),
+                   value_name: str = "value", window: tuple[float, float] = HU_WINDOW,
                    landmark: int = 0) -> PatchExplorer:
     """Linked view of one subject's patches: 3D landmark cloud ↔ patch slices ↔ CT box.
 

@@ -7,13 +7,13 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from drasclr_toolkit.constants import HU_WINDOW
 from drasclr_toolkit.embed import Embeddings, retrieve_similar
+from drasclr_toolkit.patch_source import PatchSource
 
 __all__ = ["retrieval_gallery", "retrieve_similar", "middle_slice"]
 
@@ -29,7 +29,7 @@ def middle_slice(patch: np.ndarray, plane: str = "axial") -> np.ndarray:
     return np.take(np.asarray(patch), patch.shape[axis] // 2, axis=axis)
 
 
-def _source_index(source: Any, subject_id: str) -> int:
+def _source_index(source: PatchSource, subject_id: str) -> int:
     try:
         return list(source.subject_ids).index(subject_id)
     except ValueError:
@@ -37,9 +37,9 @@ def _source_index(source: Any, subject_id: str) -> int:
                        "use the source the embeddings were extracted from") from None
 
 
-def retrieval_gallery(embeddings: Embeddings, source: Any, subject: int | str, landmark: int,
+def retrieval_gallery(embeddings: Embeddings, source: PatchSource, subject: int | str, landmark: int,
                       k: int = 5, *, center: bool = False, plane: str = "axial",
-                      window: tuple[float, float] = (-1024, 240),
+                      window: tuple[float, float] = HU_WINDOW,
                       title: str | None = None) -> go.Figure:
     """Gallery (1 × k+1 heatmaps): the query patch's middle slice, then its ``k`` nearest
     neighbours by cosine similarity among the other subjects' patches at the same landmark,

@@ -2,29 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
 
+from drasclr_toolkit.models.routing import routing_weights
+from drasclr_toolkit.patch_source import PatchSource
 from drasclr_toolkit.ssl.augment import PatchAugmenter, hu_to_unit
 
-
-def first_condconv(encoder: torch.nn.Module) -> torch.nn.Module:
-    """The first location-routed convolution of an encoder (raises if it has none)."""
-    for module in encoder.modules():
-        if hasattr(module, "routing_weights"):
-            return module
-    raise ValueError("this encoder has no conditional convolution (conditioning is not 'condconv')")
-
-
-@torch.no_grad()
-def routing_weights(encoder: torch.nn.Module, landmark_coords: np.ndarray) -> np.ndarray:
-    """(L, E) routing weights of the first CondConv layer at each landmark."""
-    layer = first_condconv(encoder)
-    coords = torch.as_tensor(np.asarray(landmark_coords, np.float32),
-                             device=next(layer.parameters()).device)
-    return layer.routing_weights(coords).float().cpu().numpy()
+__all__ = ["plot_positive_and_negatives", "plot_routing_weights"]
 
 
 def plot_routing_weights(encoder: torch.nn.Module, landmarks: np.ndarray,
@@ -59,7 +44,7 @@ def plot_routing_weights(encoder: torch.nn.Module, landmarks: np.ndarray,
     return fig
 
 
-def plot_positive_and_negatives(source: Any, loc: int, subject: int, n_negatives: int = 3,
+def plot_positive_and_negatives(source: PatchSource, loc: int, subject: int, n_negatives: int = 3,
                                 augmenter: PatchAugmenter | None = None, seed: int = 0):
     """Middle slices of what the contrastive loss compares at one location.
 
@@ -67,7 +52,7 @@ def plot_positive_and_negatives(source: Any, loc: int, subject: int, n_negatives
     same location in other subjects (what the location's queue holds as negatives).
 
     Example:
-        >>> from drasclr_toolkit.train.sources import ArrayPatchSource
+        >>> from drasclr_toolkit.patch_source import ArrayPatchSource
         >>> src = ArrayPatchSource.synthetic(4, 3, patch_size=16)
         >>> len(plot_positive_and_negatives(src, loc=1, subject=0, n_negatives=2).data)
         4
@@ -94,4 +79,3 @@ def plot_positive_and_negatives(source: Any, loc: int, subject: int, n_negatives
     fig.update_layout(title=f"location {loc}: a positive pair and negatives (middle axial slice)",
                       height=300, margin=dict(l=10, r=10, t=90, b=10))
     return fig
-

@@ -1,47 +1,70 @@
-"""In-memory patch sources implementing the patch-source protocol.
+"""The patch-source protocol, and an in-memory patch source.
 
-The protocol (what training and embedding read; :class:`PatchStore` implements it on disk)::
-
-    subject_ids: list[str]          landmarks: (L, 3) int     landmark_coords: (L, 3) float32
-    neighbors: (L, k) int           lung_fraction: (N, L)     patch_size: int
-    read_location(loc, subjects) -> (B, P, P, P) int16 HU
-    read_subject(subject) -> (L, P, P, P) int16 HU
-
+:class:`PatchSource` is what training, extraction and the viewers read. The
+:class:`~drasclr_toolkit.preprocess.store.PatchStore` implements it on disk;
 :class:`ArrayPatchSource` keeps an (N, L, P, P, P) int16 array in memory: a test double, a
 way to train on patches you cut yourself, and a quick way to hold a small store in RAM.
+
+This module sits below every stage that reads patches (``train``, ``embed``, ``viz``) and
+imports none of them.
+
+Example:
+    >>> src = ArrayPatchSource.synthetic(n_subjects=2, n_locations=3, patch_size=8)
+    >>> isinstance(src, PatchSource), src.read_subject("s001").shape
+    (True, (3, 8, 8, 8))
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+from drasclr_toolkit.constants import HU_MAX, HU_MIN
 from drasclr_toolkit.io_utils import atomic_write
-from drasclr_toolkit.models import normalize_landmarks
+from drasclr_toolkit.landmarks import nearest_neighbors, normalize_landmarks
+
+__all__ = ["ArrayPatchSource", "PatchSource"]
 
 
-def nearest_neighbours(landmarks: np.ndarray, k: int) -> np.ndarray:
-    """(L, k) indices of each landmark's k nearest other landmarks (Euclidean).
+@runtime_checkable
+class PatchSource(Protocol):
+    """Patches of a cohort at the atlas landmarks, readable by location and by subject.
 
-    Ties are broken by the lower landmark index, so the result never depends on sort
-    implementation details (the reference broke them arbitrarily).
-
-    Example:
-        >>> nearest_neighbours(np.array([[0, 0, 0], [1, 0, 0], [2, 0, 0]]), 1).ravel().tolist()
-        [1, 0, 1]
+    Subject indices are positions in ``subject_ids``. Patches are int16 HU, ``P``³ each.
+    (``isinstance`` checks only that the members exist, not their types.)
     """
-    p = np.asarray(landmarks, dtype=np.float64)
-    n = len(p)
-    if not 0 <= k < n:
-        raise ValueError(f"k={k} neighbours needs at least k+1 landmarks, have {n}")
-    d2 = ((p[:, None, :] - p[None, :, :]) ** 2).sum(-1)
-    np.fill_diagonal(d2, np.inf)
-    idx = np.arange(n)
-    # lexsort: last key is primary → distance first, then index.
-    order = np.stack([np.lexsort((idx, row)) for row in d2])
-    return order[:, :k].astype(np.int64)
+
+    @property
+    def subject_ids(self) -> list[str]:
+        """N subject ids, in source order."""
+
+    @property
+    def landmarks(self) -> np.ndarray:
+        """(L, 3) int patch corners (x, y, z) in atlas voxel space."""
+
+    @property
+    def landmark_coords(self) -> np.ndarray:
+        """(L, 3) float32 network locations (:func:`~drasclr_toolkit.landmarks.normalize_landmarks`)."""
+
+    @property
+    def neighbors(self) -> np.ndarray:
+        """(L, k) int indices of each landmark's nearest landmarks."""
+
+    @property
+    def lung_fraction(self) -> np.ndarray:
+        """(N, L) float32 fraction of each patch that is lung."""
+
+    @property
+    def patch_size(self) -> int:
+        """P, the patch edge in voxels."""
+
+    def read_location(self, loc: int, subjects: Sequence[int]) -> np.ndarray:
+        """(B, P, P, P) int16 HU: location ``loc`` of the given subject indices."""
+
+    def read_subject(self, subject: int | str) -> np.ndarray:
+        """(L, P, P, P) int16 HU: every patch of one subject (index or id)."""
 
 
 class ArrayPatchSource:
@@ -82,7 +105,7 @@ class ArrayPatchSource:
         if len(self.subject_ids) != n:
             raise ValueError(f"ArrayPatchSource: {len(self.subject_ids)} subject ids for {n} subjects")
         if neighbors is None:
-            neighbors = nearest_neighbours(self.landmarks, min(k_neighbors, n_loc - 1))
+            neighbors = nearest_neighbors(self.landmarks, min(k_neighbors, n_loc - 1))
         self.neighbors = np.asarray(neighbors, dtype=np.int64)
         self.lung_fraction = (np.ones((n, n_loc), np.float32) if lung_fraction is None
                               else np.asarray(lung_fraction, np.float32))
@@ -132,7 +155,7 @@ class ArrayPatchSource:
                              "ArrayPatchSource.save") from None
 
     @classmethod
-    def from_source(cls, source: Any, subjects: Sequence[int] | None = None,
+    def from_source(cls, source: PatchSource, subjects: Sequence[int] | None = None,
                     locations: Sequence[int] | None = None) -> "ArrayPatchSource":
         """Copy (a subset of) any patch source into memory, e.g. a PatchStore for fast epochs.
 
@@ -175,5 +198,5 @@ class ArrayPatchSource:
                 hu = -830 - 60 * severity[s] + 180 * anatomy[l] + 25 * rng.normal(size=(p, p, p))
                 hu = np.where(anatomy[l] > 1.5, 40.0, hu)       # vessels
                 hu = np.where(holes, -980.0, hu)                 # low-density holes
-                out[s, l] = np.clip(hu, -1024, 240).astype(np.int16)
+                out[s, l] = np.clip(hu, HU_MIN, HU_MAX).astype(np.int16)
         return cls(out, landmarks, k_neighbors=min(k_neighbors, n_locations - 1))
