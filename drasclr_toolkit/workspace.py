@@ -160,12 +160,17 @@ class Workspace:
         if encoder not in ("trained", "random-init"):
             raise ValueError(f"encoder must be 'trained' or 'random-init', got {encoder!r}")
         path = self.embeddings_dir / f"{encoder}.npz"
+        store = self.patch_store()
         if path.exists():
-            return Embeddings.load(path)
+            cached = Embeddings.load(path)
+            # Made from what the store holds now? (Subjects redone or added since: re-embed.)
+            if cached.provenance.get("store_fingerprint") in (None, store.fingerprint()):
+                return cached
         cfg = EmbedConfig.from_dict(self.section("embed"))
         checkpoint = self.checkpoint() if encoder == "trained" else None
         self.embeddings_dir.mkdir(parents=True, exist_ok=True)
         return extract_embeddings(
-            self.patch_store(), checkpoint, batch_size=cfg.batch_size, device=cfg.device,
+            store, checkpoint, batch_size=cfg.batch_size, device=cfg.device,
             amp=cfg.amp, seed=cfg.seed, encoder_kwargs=cfg.encoder, out_path=path,
+            recompute_changed=True,
         )

@@ -89,7 +89,7 @@ def test_folds_never_split_a_subject():
 
 
 def test_label_efficiency_table_is_complete_and_ordered():
-    from drasclr_toolkit.train.sources import ArrayPatchSource
+    from drasclr_toolkit.patch_source import ArrayPatchSource
 
     rng = np.random.default_rng(0)
     n, n_loc, size = 6, 4, 17

@@ -45,10 +45,9 @@ def test_console_script_is_declared(repo_root):
     assert project["scripts"]["drasclr"] == "drasclr_toolkit.cli.main:main"
 
 
-# Declared but never imported by name, on purpose: the notebook stack, what plotly's
-# FigureWidget needs at run time, and what the evaluate package (being written) will use.
-NOT_IMPORTED_ON_PURPOSE = {"jupyterlab", "ipykernel", "nbclient", "anywidget", "lifelines",
-                           "scikit-survival", "pytest-timeout"}
+# Declared but never imported by name, on purpose: the notebook stack and what plotly's
+# FigureWidget needs at run time.
+NOT_IMPORTED_ON_PURPOSE = {"jupyterlab", "ipykernel", "nbclient", "anywidget", "pytest-timeout"}
 UNINSTALLED_MODULE_TO_DISTRIBUTION = {"ants": "antspyx"}
 
 

@@ -34,7 +34,8 @@ def run(args: argparse.Namespace) -> int:
     emb = extract_embeddings(source, checkpoint=args.checkpoint, batch_size=config.batch_size,
                              device=config.device, out_path=args.out, amp=config.amp,
                              seed=config.seed, encoder_kwargs=config.encoder,
-                             progress=not args.no_progress)
+                             progress=not args.no_progress,
+                             recompute_changed=args.recompute_changed)
     failed = emb.provenance.get("failed", {})
     if os.environ.get("RANK", "0") == "0":  # under torchrun every rank returns the same result
         print(f"embeddings: {args.out}  {emb}")
@@ -58,4 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--seed", type=int, default=None, help="seed of the random-init encoder")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--recompute-changed", action="store_true",
+                   help="recompute finished subjects whose patches changed since (otherwise "
+                        "an error: old vectors are never mixed with new data)")
     p.set_defaults(func=run)

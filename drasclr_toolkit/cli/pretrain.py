@@ -52,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
     config = PretrainConfig.from_dict(section)
     source = open_patch_source(args.store)
     path = pretrain(source, config, args.out, resume=not args.restart,
+                    allow_store_change=args.allow_store_change,
                     stop_after_steps=args.stop_after_steps)
     print(f"checkpoint: {path}")
     return 0
@@ -67,6 +68,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a pretrain option, e.g. --set max_steps=100 (repeatable)")
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in --out")
+    p.add_argument("--allow-store-change", action="store_true",
+                   help="resume even though the patch store changed since the run started")
     p.add_argument("--stop-after-steps", type=int, default=None,
                    help="stop after this many steps in all (resume later with the same command)")
     p.set_defaults(func=run)

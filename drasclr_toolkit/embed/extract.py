@@ -45,7 +45,7 @@ import torch
 from tqdm.auto import tqdm
 
 from drasclr_toolkit.config import check_keys
-from drasclr_toolkit.io_utils import atomic_write_text
+from drasclr_toolkit.io_utils import atomic_write_text, remove_stale_temp_files
 from drasclr_toolkit.models import DrasCLREncoder
 from drasclr_toolkit.models.checkpoint import ENCODER_ARGS, load_encoder, official_landmark_coords
 from drasclr_toolkit.patch_source import PatchSource
@@ -144,6 +144,7 @@ def extract_embeddings(
     encoder_kwargs: Mapping[str, Any] | None = None,
     subjects: Sequence[int | str] | None = None,
     progress: bool = True,
+    recompute_changed: bool = False,
 ) -> Embeddings:
     """Patch-level embeddings ``(N, L, D)`` of every subject of ``source``.
 
@@ -159,6 +160,10 @@ def extract_embeddings(
         amp: autocast (bfloat16/float16) on CUDA; ``None`` = on for CUDA only.
         subjects: restrict to these subjects (ids or indices); default all.
         progress: show a tqdm bar (patches embedded).
+        recompute_changed: on resume, a finished subject whose patches changed since (the
+            store's per-subject checksum differs, e.g. ``out_path`` reused with another
+            store) is recomputed; by default that is an error, so old vectors are never
+            mixed silently with new data.
 
     Returns:
         :class:`Embeddings` in source order; subjects whose patches could not be read
@@ -188,11 +193,15 @@ def extract_embeddings(
     if out_path is not None:
         out_path = Path(out_path)
         parts_dir = out_path.with_name(out_path.name + ".parts")
+        if dist_info.is_main:  # temp files of a killed run (other ranks' writes are live)
+            remove_stale_temp_files(parts_dir)
+            if out_path.parent.is_dir():
+                remove_stale_temp_files(out_path.parent, recursive=False)
         _check_parts_dir(parts_dir, fingerprint)
 
     mine = wanted[dist_info.rank::dist_info.world_size]
-    todo = [i for i in mine
-            if parts_dir is None or not (parts_dir / _part_name(all_ids[i])).exists()]
+    todo = [i for i in mine if parts_dir is None or
+            not _part_is_current(parts_dir, source, all_ids[i], recompute_changed)]
     started = time.perf_counter()
     results, failed = _embed_subjects(
         source, encoder, [(i, all_ids[i]) for i in todo],
@@ -211,6 +220,8 @@ def extract_embeddings(
         "batch_size": batch_size, "world_size": dist_info.world_size, "failed": failed,
         "source": str(getattr(source, "path", getattr(source, "root", type(source).__name__))),
         "seconds_rank0": round(seconds, 3), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "store_fingerprint": (source.fingerprint() if callable(getattr(source, "fingerprint", None))
+                              else None),
         "torch": torch.__version__,
     })
     if out_path is not None and dist_info.is_main:
@@ -289,6 +300,9 @@ def _embed_subjects(source: PatchSource, encoder: torch.nn.Module, todo: list[tu
             for row, sid in enumerate(chunk_ids):
                 if parts_dir is not None:
                     atomic_save_npy(parts_dir / _part_name(sid), out[row])
+                    digest = _subject_digest(source, sid)
+                    if digest is not None:  # written after the part: a kill between redoes it
+                        atomic_write_text(_digest_path(parts_dir, sid), digest)
                 else:
                     results[sid] = out[row]
     bar.close()
@@ -327,6 +341,38 @@ def _to_network(hu: np.ndarray, device: torch.device) -> torch.Tensor:
     """HU patches ``(B, P, P, P)`` → network input ``(B, 1, P, P, P)`` in [-1, 1]."""
     x = torch.from_numpy(np.ascontiguousarray(hu)).to(device=device, dtype=torch.float32)
     return hu_to_unit(x).unsqueeze(1)
+
+
+def _subject_digest(source: PatchSource, sid: str) -> str | None:
+    checksum = getattr(source, "subject_checksum", None)
+    return checksum(sid) if callable(checksum) else None
+
+
+def _digest_path(parts_dir: Path, sid: str) -> Path:
+    return parts_dir / (_part_name(sid) + ".source")
+
+
+def _part_is_current(parts_dir: Path, source: PatchSource, sid: str,
+                     recompute_changed: bool) -> bool:
+    """Whether a finished part can be reused: it exists and was made from the same data."""
+    part = parts_dir / _part_name(sid)
+    if not part.exists():
+        return False
+    now = _subject_digest(source, sid)
+    digest_file = _digest_path(parts_dir, sid)
+    then = digest_file.read_text().strip() if digest_file.exists() else None
+    if now == then:
+        return True
+    if now is not None and then is None:
+        return False  # written before its digest (killed in between): redo it
+    if recompute_changed:
+        return False
+    raise ValueError(
+        f"subject {sid}: file {part}, field 'source checksum': this embedding was made from "
+        f"other patches than the store now holds (checksum {then} then, {now} now: the subject "
+        "was redone, or out_path is reused with another store). What to do: pass "
+        "recompute_changed=True (`drasclr embed --recompute-changed`), or choose another "
+        "out_path")
 
 
 def _check_parts_dir(parts_dir: Path, fingerprint: dict[str, Any]) -> None:

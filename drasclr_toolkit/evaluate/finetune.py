@@ -44,7 +44,7 @@ def _encoders(checkpoint: str | Path | None, encoder_kwargs: Mapping[str, Any] |
               seed: int, n_loc: int, store_coords: np.ndarray
               ) -> tuple[nn.Module | None, nn.Module, np.ndarray]:
     """(pretrained or None, random-init twin, location coordinates for the pretrained)."""
-    from drasclr_toolkit.embed.extract import load_encoder
+    from drasclr_toolkit.models.checkpoint import load_encoder
     from drasclr_toolkit.models import DrasCLREncoder
 
     coords = np.asarray(store_coords, np.float32)

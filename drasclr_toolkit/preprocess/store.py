@@ -517,6 +517,16 @@ class PatchStore:
             h.update(json.dumps(self._sums_of(sid), sort_keys=True).encode())
         return h.hexdigest()
 
+    def subject_checksum(self, subject: int | str) -> str | None:
+        """A short hash of one subject's stored checksums: it changes when the subject is
+        redone or its data differ (e.g. another store with the same ids); None for records
+        written before checksums existed."""
+        sid = self.subject_ids[subject] if isinstance(subject, (int, np.integer)) else str(subject)
+        sums = self._sums_of(sid)
+        if sums is None:
+            return None
+        return hashlib.blake2b(json.dumps(sums, sort_keys=True).encode(), digest_size=8).hexdigest()
+
     def require_subjects(self, minimum: int, purpose: str) -> None:
         """Raise StoreError unless at least ``minimum`` subjects are finished.
 

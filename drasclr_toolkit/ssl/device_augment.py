@@ -38,7 +38,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .augment import HU_MAX, HU_MIN, PatchAugmenter, hu_to_unit
+from drasclr_toolkit.constants import HU_MAX, HU_MIN
+
+from .augment import PatchAugmenter, hu_to_unit
 
 __all__ = ["DeviceAugmenter"]
 

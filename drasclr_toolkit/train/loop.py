@@ -31,7 +31,7 @@ import yaml
 from torch import nn
 from torch.utils.data import DataLoader
 
-from drasclr_toolkit.io_utils import atomic_write_text
+from drasclr_toolkit.io_utils import atomic_write_text, read_jsonl, remove_stale_temp_files
 from drasclr_toolkit.models import DrasCLREncoder
 from drasclr_toolkit.models.checkpoint import (
     CHECKPOINT_FORMAT,
@@ -344,9 +344,19 @@ class PretrainRun:
 
     def __init__(self, source: PatchSource, config: PretrainConfig | Mapping[str, Any] | str | Path | None,
                  out_dir: str | Path, *, resume: bool = True, stop_after_steps: int | None = None,
-                 callbacks: Sequence[Callable[[dict], Any]] = ()) -> None:
+                 callbacks: Sequence[Callable[[dict], Any]] = (),
+                 allow_store_change: bool = False) -> None:
         self.config = PretrainConfig.coerce(config)
         self.source = source
+        self.allow_store_change = allow_store_change
+        if len(source.subject_ids) < 2:
+            # Batches hold one location across subjects: one subject gives BatchNorm a
+            # single value per channel (a raw "Expected more than 1 value" error otherwise).
+            raise ValueError(
+                f"patch source {getattr(source, 'path', type(source).__name__)}, field "
+                f"'subjects': pretraining needs at least 2 subjects, it has "
+                f"{len(source.subject_ids)}. What to do: preprocess more subjects into it "
+                "(`drasclr preprocess` resumes and adds the missing ones)")
         self.out_dir = Path(out_dir).expanduser()
         self.ckpt_dir = self.out_dir / "checkpoints"
         self.metrics_path = self.out_dir / "metrics.jsonl"
@@ -376,6 +386,9 @@ class PretrainRun:
         self.dataset = LocationPatchDataset(
             source, cfg.neighbours, PatchAugmenter(translate=translate, enabled=cfg.augment))
         self.epoch, self.batch_in_epoch = 0, 0
+        if self.dist.is_main and self.out_dir.is_dir():
+            # A kill during an atomic write (a checkpoint can be 9 MB) leaves its temp file.
+            remove_stale_temp_files(self.out_dir)
         if resume and (self.ckpt_dir / "last.pt").is_file():
             self._load(self.ckpt_dir / "last.pt")
 
@@ -397,6 +410,7 @@ class PretrainRun:
                 "epoch": epoch, "batch_in_epoch": index, "rng": capture_rng_state(),
                 "world_size": self.dist.world_size,
                 "landmark_coords": torch.as_tensor(np.asarray(self.source.landmark_coords)),
+                "store_fingerprint": _store_fingerprint(self.source),
             })
             atomic_torch_save(state, path)
         barrier(self.dist)
@@ -408,6 +422,14 @@ class PretrainRun:
             raise ValueError(f"checkpoint {path}: field 'encoder_config' {state['encoder_config']} "
                              f"differs from this config's {self.trainer.encoder_config()}; use a "
                              "new out_dir or the same model options")
+        before, now = state.get("store_fingerprint"), _store_fingerprint(self.source)
+        if before and now and before != now and not self.allow_store_change:
+            raise ValueError(
+                f"checkpoint {path}: field 'store_fingerprint': the patch store "
+                f"{getattr(self.source, 'path', '')} changed since this run started (subjects "
+                "added, removed or redone), so resuming would train on a mix. What to do: use "
+                "a new out_dir, or resume on purpose with allow_store_change=True "
+                "(`drasclr pretrain --allow-store-change`)")
         self.trainer.load_state_dict(state)
         self.epoch, self.batch_in_epoch = int(state["epoch"]), int(state["batch_in_epoch"])
         restore_rng_state(state["rng"])
@@ -419,9 +441,9 @@ class PretrainRun:
         # Records written after the checkpoint belong to steps that will be redone.
         if not self.dist.is_main or not self.metrics_path.is_file():
             return
-        kept = [line for line in self.metrics_path.read_text().splitlines()
-                if line.strip() and json.loads(line)["step"] <= step]
-        atomic_write_text(self.metrics_path, "".join(line + "\n" for line in kept))
+        # read_jsonl drops (with a warning) a last line torn by a kill during a write.
+        kept = [r for r in read_jsonl(self.metrics_path) if r["step"] <= step]
+        atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def save_encoder(self, path: Path) -> Path:
         """Encoder-only checkpoint (what embedding reads), atomically, main rank."""
@@ -513,9 +535,16 @@ class PretrainRun:
             torch.set_num_threads(self._threads_before)
 
 
+def _store_fingerprint(source: PatchSource) -> str | None:
+    """What the source holds, as a short hash (PatchStore); None for in-memory sources."""
+    fingerprint = getattr(source, "fingerprint", None)
+    return fingerprint() if callable(fingerprint) else None
+
+
 def pretrain(source: PatchSource, config: PretrainConfig | Mapping[str, Any] | str | Path | None,
              out_dir: str | Path, *, resume: bool = True, stop_after_steps: int | None = None,
-             callbacks: Iterable[Callable[[dict], Any]] = ()) -> Path:
+             callbacks: Iterable[Callable[[dict], Any]] = (),
+             allow_store_change: bool = False) -> Path:
     """Pretrain a DrasCLR encoder on a patch source; return the final checkpoint's path.
 
     Runs on the CPU, one GPU (bf16 autocast) or, started by ``torchrun``, many GPUs/nodes
@@ -533,7 +562,7 @@ def pretrain(source: PatchSource, config: PretrainConfig | Mapping[str, Any] | s
         ('final.pt', ['config', 'encoder', 'encoder_config'])
     """
     run = PretrainRun(source, config, out_dir, resume=resume, stop_after_steps=stop_after_steps,
-                      callbacks=list(callbacks))
+                      callbacks=list(callbacks), allow_store_change=allow_store_change)
     try:
         return run.run()
     finally:
