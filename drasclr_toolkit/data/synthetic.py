@@ -60,6 +60,7 @@ import yaml
 from scipy import ndimage as ndi
 from scipy.spatial import ConvexHull
 
+from drasclr_toolkit.io_utils import die_with_parent
 from drasclr_toolkit.config import check_keys
 from drasclr_toolkit.data import _phantom as ph
 from drasclr_toolkit.io_utils import atomic_write, atomic_write_text
@@ -793,7 +794,7 @@ def make_synthetic_cohort(n_subjects: int, out_dir: str | os.PathLike, seed: int
         if jobs == 1:
             results = map(_worker, tasks)
         else:
-            pool = ProcessPoolExecutor(max_workers=jobs)
+            pool = ProcessPoolExecutor(max_workers=jobs, initializer=die_with_parent)
             results = pool.map(_worker, tasks)
         try:
             # the workers are busy with the subjects meanwhile (map submits them all at once)

@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from drasclr_toolkit.io_utils import SUBJECT_ID_PATTERN
+
 from .card import PATH_COLUMNS, ColumnRule, card_rules
 from .ct import _is_dicom_file, is_image_file
 from .problems import ManifestError, ManifestProblem
@@ -26,7 +28,6 @@ __all__ = ["read_csv_text", "raw_text", "validate_frame", "validate_table"]
 # Cell texts read as a missing value.
 MISSING_TOKENS = frozenset({"", "na", "nan", "n/a", "null", "none", "missing"})
 # Subject ids become file and group names downstream, so they must be safe there.
-_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _TRUE = frozenset({"1", "true", "yes", "y", "t"})
 _FALSE = frozenset({"0", "false", "no", "n", "f"})
 
@@ -170,7 +171,7 @@ def validate_frame(
         for i, sid in enumerate(ids):
             if sid is None:
                 continue
-            if not _ID_PATTERN.match(sid):
+            if not SUBJECT_ID_PATTERN.match(sid):
                 problems.append(ManifestProblem(
                     "subject id has characters that are unsafe in file names; use letters, "
                     "digits, '.', '_' or '-' (starting with a letter or digit)",
