@@ -60,10 +60,9 @@ import yaml
 from scipy import ndimage as ndi
 from scipy.spatial import ConvexHull
 
-from drasclr_toolkit.io_utils import die_with_parent
 from drasclr_toolkit.config import check_keys
 from drasclr_toolkit.data import _phantom as ph
-from drasclr_toolkit.io_utils import atomic_write, atomic_write_text
+from drasclr_toolkit.io_utils import atomic_write, atomic_write_text, die_with_parent
 
 log = logging.getLogger(__name__)
 
