@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import math
 import os
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,6 @@ __all__ = ["read_csv_text", "raw_text", "validate_frame", "validate_table"]
 
 # Cell texts read as a missing value.
 MISSING_TOKENS = frozenset({"", "na", "nan", "n/a", "null", "none", "missing"})
-# Subject ids become file and group names downstream, so they must be safe there.
 _TRUE = frozenset({"1", "true", "yes", "y", "t"})
 _FALSE = frozenset({"0", "false", "no", "n", "f"})
 
