@@ -283,3 +283,29 @@ def test_3d_axes_say_mm_only_when_the_spacing_is_known():
     assert "mm" in in_mm.layout.scene.xaxis.title.text
     # patch centres: (corner + 15.5) · 2 mm
     np.testing.assert_allclose(in_mm.data[0].x, [31.0, 63.0])
+
+
+def test_mask_outlines_are_red_as_the_notebooks_say():
+    from drasclr_toolkit.viz.qc import plot_overlay
+
+    vol = np.full((20, 30, 40), -900, np.int16)
+    mask = np.zeros(vol.shape, np.uint8)
+    mask[5:15, 5:25, 25:35] = 1
+    fig = plot_overlay(vol, mask)
+    contours = [t for t in fig.data if t.type == "contour"]
+    assert contours and all({c for _, c in t.colorscale} == {"red"} for t in contours)
+    # the sagittal plane goes through the lung, not through the middle of the volume
+    sagittal = np.asarray(contours[-1].z)
+    assert sagittal.any()
+
+
+def test_live_curves_keep_a_static_copy_of_the_finished_run():
+    from drasclr_toolkit.viz.training import LiveTrainingCurves
+
+    live = LiveTrainingCurves(static_every=2)
+    for step in range(1, 6):
+        live({"step": step, "loss_local": 3.0 - 0.1 * step, "acc_local": 0.1 * step, "lr": 0.01})
+    bundle = live.widget._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle
+    assert bundle["text/html"].count('class="drasclr-plot"') == 1
+    assert list(live.widget.data[0].x) == [1, 2, 3, 4, 5]

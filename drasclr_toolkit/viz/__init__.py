@@ -12,7 +12,7 @@ Example:
     'scatter3d'
 """
 
-from .contrastive import plot_positive_and_negatives, plot_routing_weights
+from .contrastive import plot_positive_and_negatives, plot_routing_change, plot_routing_weights
 from .explorer import PatchExplorer, patch_explorer
 from .landmarks import (landmark_centres, landmark_cloud, landmark_trace, landmark_traces,
                         patch_kmeans, patch_pca)
@@ -41,6 +41,7 @@ __all__ = [
     "plot_patches",
     "plot_positive_and_negatives",
     "plot_registration",
+    "plot_routing_change",
     "plot_routing_weights",
     "plot_training_curves",
     "reduce_2d",

@@ -26,6 +26,21 @@ def _arr(img: Any) -> np.ndarray:
     return np.asarray(img)
 
 
+# A contour drawn with coloring="lines" takes its colour from the colorscale, not line.color.
+_RED = [[0.0, "red"], [1.0, "red"]]
+
+
+def _default_centre(shape: tuple[int, int, int], mask: np.ndarray | None) -> list[int]:
+    """(x, y, z) slice indices: the middle, or with a mask its middle z and y and the
+    sagittal plane holding the most lung (the volume's middle plane cuts the mediastinum)."""
+    nz, ny, nx = shape
+    if mask is None or not np.any(mask):
+        return [nx // 2, ny // 2, nz // 2]
+    zs, ys, _ = np.nonzero(mask)
+    x = int(np.argmax((np.asarray(mask) > 0).sum(axis=(0, 1))))
+    return [x, int(np.median(ys)), int(np.median(zs))]
+
+
 def plot_overlay(
     image: Any,
     mask: Any | None = None,
@@ -46,7 +61,7 @@ def plot_overlay(
     vol = _arr(image)
     msk = _arr(mask) if mask is not None else None
     nz, ny, nx = vol.shape
-    centre = list(index) if index is not None else [nx // 2, ny // 2, nz // 2]
+    centre = list(index) if index is not None else _default_centre(vol.shape, msk)
     fig = make_subplots(rows=1, cols=len(axes), subplot_titles=list(axes))
     for col, ax in enumerate(axes, start=1):
         if ax == "axial":
@@ -59,7 +74,7 @@ def plot_overlay(
                                  hoverinfo="skip"), row=1, col=col)
         if ms is not None:
             fig.add_trace(go.Contour(z=(ms > 0).astype(float), contours=dict(start=0.5, end=0.5, coloring="lines"),
-                                     line=dict(color="red", width=2), showscale=False, hoverinfo="skip"),
+                                     line=dict(width=2), colorscale=_RED, showscale=False, hoverinfo="skip"),
                           row=1, col=col)
         if corners is not None and len(corners):
             c = np.asarray(corners)
@@ -100,7 +115,7 @@ def plot_registration(atlas: Any, subject_mask: sitk.Image, transform: sitk.Tran
         fig.add_trace(go.Heatmap(z=a[:, y, :].astype(float), colorscale="gray", showscale=False,
                                  hoverinfo="skip"), row=1, col=col)
         fig.add_trace(go.Contour(z=w[:, y, :].astype(float), contours=dict(start=0.5, end=0.5, coloring="lines"),
-                                 line=dict(color="red", width=2), showscale=False, hoverinfo="skip"),
+                                 line=dict(width=2), colorscale=_RED, showscale=False, hoverinfo="skip"),
                       row=1, col=col)
         fig.update_yaxes(scaleanchor=f"x{col}", row=1, col=col)
     fig.update_layout(title=title or "subject lungs (red) on the atlas lungs (grey), coronal",
@@ -134,23 +149,34 @@ def plot_landmarks_3d(centres_mm: np.ndarray, values: np.ndarray | None = None,
         text=[f"landmark {i}" for i in range(len(c))],
     ))
     fig = go.Figure(traces)
-    fig.update_layout(title=title, height=500, scene=dict(aspectmode="data", xaxis_title="x (L)",
-                      yaxis_title="y (P)", zaxis_title="z (S)"), margin=dict(l=0, r=0, t=40, b=0))
+    fig.update_layout(title=title, height=500,
+                      scene=dict(aspectmode="data", xaxis_title="x (mm, → left)",
+                                 yaxis_title="y (mm, → posterior)",
+                                 zaxis_title="z (mm, → superior)"),
+                      margin=dict(l=10, r=10, t=40, b=10),
+                      legend=dict(orientation="h", y=-0.02))  # clear of the colour bar
     return fig
 
 
-def plot_patches(patches: np.ndarray, indices: Sequence[int] | None = None, n: int = 8, title: str = ""):
-    """Middle axial slice of some patches (int16 HU) side by side."""
+def plot_patches(patches: np.ndarray, indices: Sequence[int] | None = None, n: int = 8, title: str = "",
+                 window: str = "lung"):
+    """Middle axial slice of some patches (int16 HU) side by side, in a radiology window
+    (``"lung"`` by default; ``"emphysema"`` shows low-attenuation holes best)."""
     import plotly.express as px
 
     idx = list(indices) if indices is not None else list(np.linspace(0, len(patches) - 1, min(n, len(patches))).astype(int))
     P = patches.shape[-1]
     sl = np.stack([patches[i, P // 2] for i in idx])
+    from .slices import WINDOW_PRESETS
+
+    level, width = WINDOW_PRESETS[window]
     fig = px.imshow(sl, facet_col=0, facet_col_wrap=len(idx), color_continuous_scale="gray",
-                    zmin=HU_MIN, zmax=HU_MAX, binary_string=False)
+                    zmin=level - width / 2, zmax=level + width / 2, binary_string=False)
     for i, a in enumerate(fig.layout.annotations):
         a.text = f"landmark {idx[i]}"
-    fig.update_layout(title=title, height=260, coloraxis_showscale=False, margin=dict(l=10, r=10, t=50, b=10))
+    window_text = f"{window} window {level - width / 2:.0f}…{level + width / 2:.0f} HU"
+    fig.update_layout(title=f"{title} ({window_text})" if title else window_text, height=260,
+                      coloraxis_showscale=False, margin=dict(l=10, r=10, t=50, b=10))
     fig.update_xaxes(showticklabels=False)
     fig.update_yaxes(showticklabels=False)
     return fig

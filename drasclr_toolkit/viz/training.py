@@ -63,18 +63,30 @@ def plot_training_curves(metrics: pd.DataFrame | str | Path, title: str = "DrasC
 class LiveTrainingCurves:
     """A plotly ``FigureWidget`` that grows while training runs (pass as a callback).
 
+    ``show()`` displays it with a static copy for exported pages; the copy follows the
+    curves every ``static_every`` records and at ``finish()``, so a saved notebook shows
+    the finished curves even without a kernel.
+
     Example (in a notebook)::
 
         live = LiveTrainingCurves()
-        display(live.widget)
+        live.show()
         pretrain(source, config, out_dir, callbacks=[live])
+        live.finish()
     """
 
-    def __init__(self, title: str = "DrasCLR pretraining (live)", every: int = 1) -> None:
+    def __init__(self, title: str = "DrasCLR pretraining (live)", every: int = 1,
+                 static_every: int = 25) -> None:
         import plotly.graph_objects as go
 
+        from .export import attach_static_fallback
+
         self.every = max(1, every)
+        self.static_every = max(1, static_every)
+        self._handle = None
         self.widget = go.FigureWidget(_empty_figure(title))
+        attach_static_fallback(self.widget, lambda: [go.Figure(self.widget)],
+                               note="Static copy of the live training curves.")
         self.columns: list[str] = []
         for col, (_, columns) in enumerate(CURVE_PANELS, start=1):
             for name in columns:
@@ -91,3 +103,16 @@ class LiveTrainingCurves:
             for trace, name in zip(self.widget.data, self.columns):
                 trace.x = steps
                 trace.y = [r.get(name) for r in self.records]
+        if self._handle is not None and len(self.records) % self.static_every == 0:
+            self._handle.update(self.widget)
+
+    def show(self) -> None:
+        """Display the live figure (with its static copy) in the notebook."""
+        from IPython.display import display
+
+        self._handle = display(self.widget, display_id=True)
+
+    def finish(self) -> None:
+        """Bring the static copy up to date with the last record."""
+        if self._handle is not None:
+            self._handle.update(self.widget)
