@@ -352,6 +352,101 @@ def one_subject(work: Path):
                          StoreError, "at least 2", str(path), "What to do")
 
 
+@case("`drasclr pretrain` on a one-subject store",
+      "exit 1: needs at least 2 subjects (no BatchNorm error, no traceback)")
+def one_subject_pretrain(work: Path):
+    one_subject(work)
+    res = _cli("pretrain", "--store", str(work / "one_subject"), "--out", str(work / "run1"),
+               cwd=work)
+    ok = (res.returncode == 1 and "at least 2 subjects" in res.stderr
+          and "Traceback" not in res.stderr and "Expected more than 1 value" not in res.stderr)
+    said = [line for line in res.stderr.splitlines() if "at least 2" in line]
+    return ok, f"exit {res.returncode}; " + _short(said[0] if said else res.stderr, 180)
+
+
+# ------------------------------------------------------------------------ resumes and data
+
+_ENCODER = dict(width=0.125, rep_dim=8, proj_dim=8, num_experts=2)
+
+
+def _other_store(work: Path) -> Path:
+    """The killed/resumed store with its patches replaced: same ids, other data."""
+    from drasclr_toolkit.preprocess.store import PatchStore
+
+    other = _damaged_copy(work, "store_other")
+    store = PatchStore(other)
+    rng = np.random.default_rng(1)
+    for sid in store.subject_ids:
+        record = store.subject_record(sid)
+        patches = rng.integers(-1000, 240, store.read_subject(sid).shape).astype(np.int16)
+        store.write_subject(sid, patches, store.lung_fraction[store.subject_ids.index(sid)],
+                            store.subject_corners(sid), record)
+    return other
+
+
+@case("`drasclr embed` re-run into the same --out on a different store",
+      "refused, naming subject and file; --recompute-changed redoes it")
+def embed_other_store(work: Path):
+    from drasclr_toolkit.embed import extract_embeddings
+    from drasclr_toolkit.preprocess.store import PatchStore
+
+    out = work / "emb" / "e.npz"
+    extract_embeddings(PatchStore(_store(work)), encoder_kwargs=_ENCODER, out_path=out,
+                       progress=False)
+    other = PatchStore(_other_store(work))
+    ok, text = _expect_error(
+        lambda: extract_embeddings(other, encoder_kwargs=_ENCODER, out_path=out, progress=False),
+        ValueError, "subject syn000", "source checksum", "recompute")
+    redone = extract_embeddings(other, encoder_kwargs=_ENCODER, out_path=out, progress=False,
+                                recompute_changed=True)
+    fresh = extract_embeddings(other, encoder_kwargs=_ENCODER, progress=False)
+    same = bool(np.allclose(redone.patch, fresh.patch, atol=1e-5))
+    return ok and same, text + f" | recomputed equals a fresh run: {same}"
+
+
+@case("`drasclr pretrain` resumed with a different --store",
+      "refused (store_fingerprint); --allow-store-change resumes")
+def pretrain_other_store(work: Path):
+    from drasclr_toolkit.preprocess.store import PatchStore
+    from drasclr_toolkit.train.loop import pretrain
+
+    config = dict(_ENCODER, queue_size=8, batch_size=2, max_steps=2, progress=False,
+                  device="cpu", checkpoint_every=1)
+    run = work / "run_store"
+    shutil.rmtree(run, ignore_errors=True)
+    pretrain(PatchStore(_store(work)), dict(config), run, stop_after_steps=1)
+    other = PatchStore(_other_store(work))
+    ok, text = _expect_error(lambda: pretrain(other, dict(config), run), ValueError,
+                             "store_fingerprint", "allow_store_change")
+    final = pretrain(other, dict(config), run, allow_store_change=True)
+    return ok and final.exists(), text
+
+
+# ------------------------------------------------------------------------ manifests
+
+
+@case("`drasclr manifest scan` with a relative folder; subjects named NA and missing",
+      "manifest written; ids kept as the strings 'NA' and 'missing'")
+def manifest_relative_and_na(work: Path):
+    import shutil as _sh
+
+    import pandas as pd
+
+    manifest, _ = _cohort(work)
+    folder = work / "scan_me"
+    folder.mkdir(exist_ok=True)
+    first = manifest.table["image"].iloc[0]
+    source = Path(first) if Path(first).is_absolute() else Path(manifest.path).parent / first
+    for name in ("NA", "missing"):
+        _sh.copyfile(source, folder / f"{name}.nii.gz")
+    res = _cli("manifest", "scan", "scan_me", "-o", "scanned.csv", cwd=work)
+    if res.returncode != 0:
+        return False, f"exit {res.returncode}: " + _short(res.stderr, 200)
+    ids = pd.read_csv(work / "scanned.csv", dtype=str, keep_default_na=False)["subject_id"]
+    ok = sorted(ids) == ["NA", "missing"]
+    return ok, f"exit 0; subject ids {sorted(ids)}"
+
+
 # ------------------------------------------------------------------------ files and logs
 
 
