@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from drasclr_toolkit.train import ArrayPatchSource, PretrainConfig, pretrain, read_metrics
 from drasclr_toolkit.train.loop import negatives_per_anchor
-from drasclr_toolkit.train.sampler import LocationBatchSampler, spread_locations
+from drasclr_toolkit.train.sampler import spread_locations
 from drasclr_toolkit.train.summary import format_learning_summary, learning_summary
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -112,16 +112,16 @@ def test_train_locations_restrict_the_anchors_and_set_the_epoch(tmp_path):
         PretrainConfig.from_dict({"train_locations": 0})
 
 
-def test_tiny_config_says_what_happens():
-    """epochs × steps per epoch is the run's length: no max_steps cutting an epoch short."""
+def test_tiny_config_says_what_happens(tmp_path):
+    """The tiny run's length is epochs × steps per epoch: no max_steps cutting it short."""
+    from drasclr_toolkit.train import PretrainRun
+
     cfg = PretrainConfig.from_yaml("tiny")
-    n_subjects, n_locations = 12, 76                        # the demo cohort and its grid
-    sampler = LocationBatchSampler(n_subjects, n_locations, cfg.batch_size,
-                                   locations=spread_locations(np.zeros((n_locations, 3)) +
-                                                              np.arange(n_locations)[:, None],
-                                                              cfg.train_locations or n_locations))
-    total = cfg.epochs * sampler.batches_per_epoch
-    assert cfg.max_steps is None or cfg.max_steps >= total
+    assert cfg.max_steps is None
+    src = ArrayPatchSource(np.zeros((12, 76, 20, 20, 20), np.int16),
+                           np.stack(np.meshgrid(*[np.arange(5) * 16] * 3), -1).reshape(-1, 3)[:76])
+    run = PretrainRun(src, cfg.replace(device="cpu", width=0.125), tmp_path)
+    assert run.total_steps == cfg.epochs * run.sampler.batches_per_epoch
 
 
 # -- BatchNorm recalibration: an honest random-init baseline --------------------------------
@@ -154,3 +154,20 @@ def test_recalibrated_random_encoder_tells_air_from_soft_tissue():
     assert bn.momentum == 0.1 and int(bn.num_batches_tracked) == 4
     with pytest.raises(ValueError, match="no batch"):
         recalibrate_batchnorm(enc, [])
+
+
+# -- prefilled queues: a constant chance level from the first step -----------------------------
+def test_prefilled_queues_give_full_negatives_from_step_one_and_resume_exactly(tmp_path):
+    src = ArrayPatchSource.synthetic(n_subjects=8, n_locations=3, patch_size=20, seed=0)
+    cfg = dict(SMALL, max_steps=6, epochs=10, batch_negatives=True, prefill_queues=True)
+    whole = pretrain(src, cfg, tmp_path / "whole")
+    df = read_metrics(tmp_path / "whole")
+    # 8 queued keys (batches of 4: two other-subject keys a batch less the own subject's)
+    # plus 3 in-batch keys, from the first step on.
+    assert df.n_negatives.iloc[0] > 3 + 4
+    assert abs(df.n_negatives.iloc[0] - df.n_negatives.iloc[-1]) <= 2
+    pretrain(src, cfg, tmp_path / "split", stop_after_steps=3)
+    resumed = pretrain(src, cfg, tmp_path / "split")
+    a, b = torch.load(whole, weights_only=True), torch.load(resumed, weights_only=True)
+    for name, tensor in a["encoder"].items():
+        assert torch.equal(tensor, b["encoder"][name]), name

@@ -45,6 +45,7 @@ class PretrainConfig:
     queue_size: int = 4096
     queue_dtype: str = "float32"          # float32 | bfloat16 | float16
     mask_unfilled_negatives: bool = True  # False: the reference's random-noise negatives
+    prefill_queues: bool = False          # fill every queue with initial-encoder keys before step 1
     exclude_same_subject: bool = True     # a query's own subject's queued keys are not negatives
     batch_negatives: bool = False         # also contrast with this step's other keys (not in the reference)
     neighbours: int = 2                   # k nearest landmarks in the neighbour loss (0: off)

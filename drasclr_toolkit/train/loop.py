@@ -532,6 +532,11 @@ class PretrainRun:
             bar = tqdm(total=stop, initial=min(self.trainer.step_count, stop), desc="pretrain",
                        unit="step", dynamic_ncols=True)
         try:
+            if cfg.prefill_queues and self.trainer.step_count == 0:
+                from drasclr_toolkit.train.prefill import prefill_queues
+
+                prefill_queues(self.trainer, self.dataset, self.sampler.locations,
+                               self.sampler.n_subjects, self.sampler.global_batch, cfg.seed)
             self.epoch, self.batch_in_epoch = self._position()
             while self.trainer.step_count < stop and self.epoch < cfg.epochs:
                 self.sampler.set_epoch(self.epoch, self.batch_in_epoch)
