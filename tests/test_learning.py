@@ -171,3 +171,21 @@ def test_prefilled_queues_give_full_negatives_from_step_one_and_resume_exactly(t
     a, b = torch.load(whole, weights_only=True), torch.load(resumed, weights_only=True)
     for name, tensor in a["encoder"].items():
         assert torch.equal(tensor, b["encoder"][name]), name
+
+
+# -- end to end: the tiny defaults learn --------------------------------------------------------
+def test_tiny_defaults_learn_on_a_small_synthetic_store(tmp_path):
+    """tiny.yaml's learning settings (prefilled queues, batch negatives, key momentum, lr,
+    temperature, translate) on a small in-memory synthetic store: the loss falls. Patches of
+    20³ and 4 anchor locations keep it under a minute; accuracy must beat chance clearly
+    (2×; the notebook's 3× needs the full tiny run, see benchmarks/learning.md)."""
+    src = ArrayPatchSource.synthetic(n_subjects=8, n_locations=6, patch_size=20, seed=0)
+    cfg = PretrainConfig.from_yaml("tiny").replace(
+        device="cpu", progress=False, train_locations=4, epochs=25, checkpoint_every=10_000,
+        keep_epoch_checkpoints=False)
+    pretrain(src, cfg, tmp_path)
+    s = learning_summary(read_metrics(tmp_path))
+    text = format_learning_summary(s)
+    assert s["steps"] == 100, text
+    assert s["loss_falls"], text
+    assert s["ratio"] >= 2.0, text
