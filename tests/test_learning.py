@@ -74,7 +74,7 @@ def test_negatives_per_anchor_counts_masked_entries():
 
 
 def test_metrics_log_negatives_and_chance(tmp_path):
-    src = ArrayPatchSource.synthetic(n_subjects=8, n_locations=2, patch_size=20, seed=0)
+    src = ArrayPatchSource.synthetic(n_subjects=8, n_locations=3, patch_size=20, seed=0)
     cfg = dict(SMALL, max_steps=6, epochs=10, batch_negatives=True)
     pretrain(src, cfg, tmp_path)
     df = read_metrics(tmp_path)
