@@ -34,8 +34,10 @@ class PretrainConfig:
     epochs: int = 20
     max_steps: int | None = None          # cap on total steps (the cosine schedule ends there)
     batch_size: int = 32                  # global batch (split over DDP ranks)
+    train_locations: int | None = None    # anchors from this many landmarks spread over the lung (None: all)
+    optimizer: str = "sgd"                # sgd (reference) | adamw
     lr: float = 0.01
-    momentum: float = 0.9
+    momentum: float = 0.9                 # SGD momentum (adamw: unused)
     weight_decay: float = 1e-4
     # contrastive
     key_momentum: float = 0.999
@@ -43,6 +45,7 @@ class PretrainConfig:
     queue_size: int = 4096
     queue_dtype: str = "float32"          # float32 | bfloat16 | float16
     mask_unfilled_negatives: bool = True  # False: the reference's random-noise negatives
+    prefill_queues: bool = False          # fill every queue with initial-encoder keys before step 1
     exclude_same_subject: bool = True     # a query's own subject's queued keys are not negatives
     batch_negatives: bool = False         # also contrast with this step's other keys (not in the reference)
     neighbours: int = 2                   # k nearest landmarks in the neighbour loss (0: off)
@@ -123,7 +126,10 @@ class PretrainConfig:
         need(self.epochs >= 1, "epochs", "must be >= 1")
         need(self.max_steps is None or self.max_steps >= 1, "max_steps", "must be >= 1 or null")
         need(self.batch_size >= 1, "batch_size", "must be >= 1")
+        need(self.train_locations is None or self.train_locations >= 1, "train_locations",
+             "must be >= 1 or null")
         need(self.lr > 0, "lr", "must be > 0")
+        need(self.optimizer in ("sgd", "adamw"), "optimizer", "must be sgd or adamw")
         need(0 <= self.key_momentum <= 1, "key_momentum", "must be in [0, 1]")
         need(self.temperature > 0, "temperature", "must be > 0")
         need(self.queue_size >= 1, "queue_size", "must be >= 1")

@@ -62,7 +62,11 @@ from drasclr_toolkit.ssl import (
     update_momentum,
 )
 from drasclr_toolkit.train.config import PretrainConfig
-from drasclr_toolkit.train.sampler import LocationBatchSampler, LocationPatchDataset
+from drasclr_toolkit.train.sampler import (
+    LocationBatchSampler,
+    LocationPatchDataset,
+    spread_locations,
+)
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +98,22 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def negatives_per_anchor(mask: torch.Tensor | None, batch: int, n_candidates: int
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean number of negatives per anchor and the chance accuracy, mean of 1/(1 + n_i).
+
+    ``mask`` is None (every candidate counts), (K,) shared or (B, K) per anchor. Chance is
+    the contrast accuracy of an encoder that ranks the positive at random among its
+    1 + n_i candidates.
+    """
+    with torch.no_grad():
+        if mask is None:
+            n = torch.full((batch,), float(n_candidates))
+        else:
+            n = mask.reshape(-1, mask.shape[-1]).expand(batch, -1).sum(dim=1).float()
+        return n.mean(), (1.0 / (1.0 + n)).mean()
 
 
 class QueryBranch(nn.Module):
@@ -163,8 +183,12 @@ class DrasCLRTrainer:
         self.coords = torch.as_tensor(np.asarray(landmark_coords, np.float32), device=self.device)
         self.local_loss = LocalInfoNCE(cfg.temperature)
         self.neighbour_loss = NeighbourInfoNCE(cfg.temperature, cfg.neighbour_reduction)
-        self.optimizer = torch.optim.SGD(self.encoder.parameters(), lr=cfg.lr,
-                                         momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        if cfg.optimizer == "adamw":
+            self.optimizer: torch.optim.Optimizer = torch.optim.AdamW(
+                self.encoder.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        else:
+            self.optimizer = torch.optim.SGD(self.encoder.parameters(), lr=cfg.lr,
+                                             momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
             self.optimizer, T_max=max(1, self.total_steps))
         branch: nn.Module = QueryBranch(self.encoder)
@@ -254,6 +278,7 @@ class DrasCLRTrainer:
             negatives = torch.cat([negatives.float(), all_keys])
             mask = torch.cat([queue_mask, in_batch], dim=1)
         loss_local, logits_local = self.local_loss(q, key, negatives, mask)
+        n_neg, chance = negatives_per_anchor(mask, q.shape[0], negatives.shape[0])
         beta = neighbour_weight(self.step_count, cfg.beta, cfg.beta_warmup_steps)
         if k:
             loss_neighbour, logits_neighbour = self.neighbour_loss(qn, key, negatives, mask)
@@ -274,6 +299,7 @@ class DrasCLRTrainer:
             return {"loss": loss.detach(), "loss_local": loss_local.detach(),
                     "loss_neighbour": loss_neighbour.detach(),
                     "acc_local": contrast_accuracy(logits_local), "acc_neighbour": acc_n,
+                    "n_negatives": n_neg, "chance_acc": chance,
                     "lr": lr, "beta": beta}
 
     # -- state -------------------------------------------------------------------------------
@@ -307,7 +333,8 @@ def config_summary(config: PretrainConfig, trainer: DrasCLRTrainer, source: Patc
     q = trainer.queues
     lines = [
         "DrasCLR pretraining",
-        f"  data      {len(source.subject_ids)} subjects × {len(source.landmarks)} locations, "
+        f"  data      {len(source.subject_ids)} subjects × {len(source.landmarks)} locations"
+        f"{'' if len(sampler.locations) == len(source.landmarks) else f' ({len(sampler.locations)} as anchors)'}, "
         f"patch {source.patch_size}³, k={config.neighbours} neighbours",
         f"  model     DrasCLREncoder(width={config.width}, experts={config.num_experts}, "
         f"conditioning={config.conditioning}, rep={config.rep_dim}, proj={config.proj_dim}): "
@@ -317,7 +344,9 @@ def config_summary(config: PretrainConfig, trainer: DrasCLRTrainer, source: Patc
         f"  batches   {sampler.global_batch} per step ({sampler.rank_batch} per rank × "
         f"{dist_info.world_size}), {sampler.batches_per_epoch} steps per epoch, "
         f"{trainer.total_steps} steps in all",
-        f"  optimiser SGD lr={config.lr} momentum={config.momentum} wd={config.weight_decay}, cosine; "
+        f"  optimiser {config.optimizer} lr={config.lr}"
+        f"{f' momentum={config.momentum}' if config.optimizer == 'sgd' else ''} "
+        f"wd={config.weight_decay}, cosine; "
         f"T={config.temperature}, m={config.key_momentum}, β={config.beta} "
         f"(warm-up {config.beta_warmup_steps} steps)",
         f"  runtime   device={device}, amp={'bf16' if trainer.use_amp else 'off'}, "
@@ -372,9 +401,11 @@ class PretrainRun:
             # On a shared or small machine, fewer threads than cores is often much faster;
             # restored when the run ends.
             torch.set_num_threads(cfg.cpu_threads)
+        locations = (None if cfg.train_locations is None
+                     else spread_locations(np.asarray(source.landmarks), cfg.train_locations))
         self.sampler = LocationBatchSampler(len(source.subject_ids), len(source.landmarks),
                                             cfg.batch_size, seed=cfg.seed, rank=self.dist.rank,
-                                            world_size=self.dist.world_size)
+                                            world_size=self.dist.world_size, locations=locations)
         per_epoch = self.sampler.batches_per_epoch
         self.total_steps = cfg.epochs * per_epoch
         if cfg.max_steps is not None:
@@ -465,7 +496,8 @@ class PretrainRun:
                           persistent_workers=False)
 
     def _log(self, metrics: Mapping[str, Any], n_patches: int, seconds: float) -> dict:
-        keys = ("loss", "loss_local", "loss_neighbour", "acc_local", "acc_neighbour")
+        keys = ("loss", "loss_local", "loss_neighbour", "acc_local", "acc_neighbour",
+                "n_negatives", "chance_acc")
         values = torch.stack([torch.as_tensor(metrics[k], dtype=torch.float32).to(self.device)
                               for k in keys])
         values = all_reduce_mean(values, self.dist).tolist()
@@ -499,6 +531,11 @@ class PretrainRun:
             bar = tqdm(total=stop, initial=min(self.trainer.step_count, stop), desc="pretrain",
                        unit="step", dynamic_ncols=True)
         try:
+            if cfg.prefill_queues and self.trainer.step_count == 0:
+                from drasclr_toolkit.train.prefill import prefill_queues
+
+                prefill_queues(self.trainer, self.dataset, self.sampler.locations,
+                               self.sampler.n_subjects, self.sampler.global_batch, cfg.seed)
             self.epoch, self.batch_in_epoch = self._position()
             while self.trainer.step_count < stop and self.epoch < cfg.epochs:
                 self.sampler.set_epoch(self.epoch, self.batch_in_epoch)

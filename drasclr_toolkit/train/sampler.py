@@ -31,6 +31,30 @@ class BatchSpec(NamedTuple):
     seed: int                   # augmentation seed, a function of (seed, epoch, index, rank)
 
 
+def spread_locations(landmarks: np.ndarray, n: int) -> np.ndarray:
+    """``n`` landmark indices spread over the lung: farthest-point order, deterministic.
+
+    Starts at the landmark nearest the centroid, then repeatedly adds the landmark farthest
+    from those chosen (ties: lowest index). Returned sorted. ``n >= L`` gives all landmarks.
+
+    Example:
+        >>> spread_locations(np.array([[0, 0, 0], [1, 0, 0], [2, 0, 0], [10, 0, 0]]), 2).tolist()
+        [2, 3]
+    """
+    p = np.asarray(landmarks, dtype=np.float64)
+    if n >= len(p):
+        return np.arange(len(p))
+    if n < 1:
+        raise ValueError(f"need at least one location, got n={n}")
+    chosen = [int(np.argmin(((p - p.mean(0)) ** 2).sum(1)))]
+    dist = ((p - p[chosen[0]]) ** 2).sum(1)
+    while len(chosen) < n:
+        nxt = int(np.argmax(dist))
+        chosen.append(nxt)
+        dist = np.minimum(dist, ((p - p[nxt]) ** 2).sum(1))
+    return np.sort(np.asarray(chosen, dtype=np.int64))
+
+
 class LocationBatchSampler(Sampler[BatchSpec]):
     """Every (location, subject) pair once per epoch, in batches that share a location.
 
