@@ -100,11 +100,15 @@ def test_label_efficiency_table_is_complete_and_ordered():
     truth = PatchTruth(source.subject_ids, label, label.astype(float), ("none", "holes"))
     fractions = (0.2, 0.5, 1.0)
     table = label_efficiency(source, truth, None, fractions=fractions, seeds=(0, 1), steps=4,
-                             batch_size=8, encoder_kwargs=dict(width=0.125, num_experts=2,
-                                                               rep_dim=16, proj_dim=8))
+                             batch_size=8, threads=1,
+                             encoder_kwargs=dict(width=0.125, num_experts=2, rep_dim=16,
+                                                 proj_dim=8))
     assert len(table) == 3 * len(fractions) * 2
     assert set(table.method) == {"fine-tuned", "from scratch", "linear probe"}
     for (_, _), rows in table.groupby(["method", "seed"]):
         assert rows.fraction.tolist() == list(fractions)
         assert rows.n_train_subjects.is_monotonic_increasing
     assert table.balanced_accuracy.between(0, 1).all() and (table.chance == 0.5).all()
+    # the linear probe on 4 training subjects separates -950 from -800 HU patches
+    best = table[(table.method == "linear probe") & (table.fraction == 1.0)]
+    assert best.balanced_accuracy.mean() > 0.7

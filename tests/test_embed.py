@@ -360,3 +360,26 @@ def test_given_encoder_is_used_in_eval_mode_and_left_as_it_was():
         x = hu_to_unit(torch.from_numpy(src.patches[:1, 1]).float())[:, None]
         h = enc.eval().encode(x, torch.from_numpy(src.landmark_coords[1])).numpy()
     np.testing.assert_allclose(emb.patch[0, 1], h[0], rtol=1e-4, atol=1e-5)
+
+
+def test_random_init_baseline_tells_air_from_tissue():
+    """The random-init encoder's BatchNorm statistics are re-estimated on the cohort: with
+    the initial ones every patch lands on nearly the same embedding."""
+    from drasclr_toolkit.patch_source import ArrayPatchSource
+
+    rng = np.random.default_rng(0)
+    patches = np.where(rng.random((4, 3, 1, 1, 1)) < 0.5, -1000, 40) + \
+        rng.normal(0, 10, (4, 3, 24, 24, 24))
+    patches[0, 0], patches[1, 0] = -1000, 40  # one air patch, one soft-tissue patch
+    source = ArrayPatchSource(patches.astype(np.int16))
+    kwargs = dict(width=0.25, num_experts=2, rep_dim=32, proj_dim=8)
+
+    def cosine(emb):
+        a, b = emb.patch[0, 0], emb.patch[1, 0]
+        return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+    honest = extract_embeddings(source, encoder_kwargs=kwargs, progress=False)
+    broken = extract_embeddings(source, encoder_kwargs=kwargs, progress=False, recalibrate=False)
+    assert cosine(broken) > 0.999  # the defect: initial statistics collapse everything
+    assert cosine(honest) < 0.9
+    assert "recalibrated" in honest.provenance["batchnorm"]

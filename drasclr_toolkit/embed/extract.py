@@ -145,6 +145,7 @@ def extract_embeddings(
     subjects: Sequence[int | str] | None = None,
     progress: bool = True,
     recompute_changed: bool = False,
+    recalibrate: bool = True,
 ) -> Embeddings:
     """Patch-level embeddings ``(N, L, D)`` of every subject of ``source``.
 
@@ -160,6 +161,10 @@ def extract_embeddings(
         amp: autocast (bfloat16/float16) on CUDA; ``None`` = on for CUDA only.
         subjects: restrict to these subjects (ids or indices); default all.
         progress: show a tqdm bar (patches embedded).
+        recalibrate: for the random-init encoder, re-estimate its BatchNorm statistics on
+            the source's patches first (location by location, no weight changes). Without
+            it the initial statistics (mean 0, variance 1) collapse every patch onto nearly
+            one embedding, and the "baseline" measures a broken network.
         recompute_changed: on resume, a finished subject whose patches changed since (the
             store's per-subject checksum differs, e.g. ``out_path`` reused with another
             store) is recomputed; by default that is an error, so old vectors are never
@@ -178,6 +183,8 @@ def extract_embeddings(
     was_training = encoder.training  # a caller's encoder goes back to its mode afterwards
     encoder = encoder.to(device).eval()
     landmarks, coords = _location_inputs(source, info)
+    if info["encoder_kind"] == "random-init" and recalibrate:
+        info["batchnorm"] = _recalibrate(encoder, source, seed, device)
 
     all_ids = [str(s) for s in source.subject_ids]
     wanted = (list(range(len(all_ids))) if subjects is None else
@@ -229,6 +236,26 @@ def extract_embeddings(
     barrier(dist_info)
     shutdown(dist_info)
     return emb
+
+
+def _recalibrate(encoder: torch.nn.Module, source: PatchSource, seed: int,
+                 device: torch.device, max_locations: int = 64) -> str:
+    """Honest random-init statistics: BatchNorm re-estimated from this cohort's patches."""
+    from drasclr_toolkit.models.batchnorm import location_batches, recalibrate_batchnorm
+
+    batch = min(32, len(source.subject_ids))
+    if batch >= 2:
+        batches = location_batches(source, batch_size=batch, max_locations=max_locations,
+                                   seed=seed)
+        how = f"up to {batch} subjects at one landmark each, landmarks spread over the lung"
+    else:  # one subject: batches of its landmarks (each patch with its own location)
+        coords = np.asarray(source.landmark_coords, np.float32)
+        patches = np.asarray(source.read_subject(0))
+        batches = ((hu_to_unit(torch.as_tensor(patches[i:i + 16])).unsqueeze(1),
+                    torch.as_tensor(coords[i:i + 16])) for i in range(0, len(coords), 16))
+        how = "one subject: 16 of its landmarks per batch"
+    used = recalibrate_batchnorm(encoder, batches, device=device)
+    return f"recalibrated on {used} batches ({how})"
 
 
 def _choose_encoder(checkpoint: str | Path | None, encoder: torch.nn.Module | None, seed: int,

@@ -154,16 +154,29 @@ def label_efficiency(store: Any, truth: PatchTruth, checkpoint: str | Path | Non
     Returns a tidy DataFrame: method, fraction, n_train_subjects, n_train_patches, seed,
     balanced_accuracy, chance, n_test_patches, seconds, encoder.
     """
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        raise ValueError(f"methods {unknown} are not among {list(METHODS)}")
+    threads_before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(int(threads))
+    try:
+        return _label_efficiency(store, truth, checkpoint, fractions, seeds, test_fraction, steps,
+                                 batch_size, lr_encoder, lr_head, encoder_kwargs, methods)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _label_efficiency(store: Any, truth: PatchTruth, checkpoint: str | Path | None,
+                      fractions: Sequence[float], seeds: Sequence[int], test_fraction: float,
+                      steps: int, batch_size: int, lr_encoder: float, lr_head: float,
+                      encoder_kwargs: Mapping[str, Any] | None, methods: Sequence[str]
+                      ) -> pd.DataFrame:
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import balanced_accuracy_score
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    unknown = sorted(set(methods) - set(METHODS))
-    if unknown:
-        raise ValueError(f"methods {unknown} are not among {list(METHODS)}")
-    if threads:
-        torch.set_num_threads(int(threads))
     ids = list(store.subject_ids)
     truth = truth.align(ids)
     labelled = [i for i in range(len(ids)) if (truth.label[i] >= 0).any()]
@@ -176,6 +189,14 @@ def label_efficiency(store: Any, truth: PatchTruth, checkpoint: str | Path | Non
                                                  np.asarray(store.landmark_coords))
     base = pretrained if pretrained is not None else scratch_init
     encoder_name = "pretrained" if pretrained is not None else "random-init (no checkpoint)"
+    if pretrained is None:
+        # A frozen random-init encoder needs BatchNorm statistics of this cohort (the
+        # initial ones collapse every patch onto one embedding); fine-tuning re-learns them.
+        from drasclr_toolkit.models.batchnorm import location_batches, recalibrate_batchnorm
+
+        base = copy.deepcopy(scratch_init)
+        recalibrate_batchnorm(base, location_batches(
+            store, batch_size=min(32, max(2, len(ids))), max_locations=64))
 
     patches = {i: np.asarray(store.read_subject(i)) for i in labelled}
 
