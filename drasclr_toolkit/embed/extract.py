@@ -183,6 +183,9 @@ def extract_embeddings(
     was_training = encoder.training  # a caller's encoder goes back to its mode afterwards
     encoder = encoder.to(device).eval()
     landmarks, coords = _location_inputs(source, info)
+    # The fingerprint is taken before any recalibration: re-estimated statistics can differ
+    # in the last bits between runs (thread counts, GPU atomics), the weights never do.
+    weights_sha1 = _encoder_fingerprint(encoder)
     if info["encoder_kind"] == "random-init" and recalibrate:
         info["batchnorm"] = _recalibrate(encoder, source, seed, device)
 
@@ -191,11 +194,12 @@ def extract_embeddings(
               [s if isinstance(s, (int, np.integer)) else _index_of(all_ids, s) for s in subjects])
     dist_info = init_distributed(device)
     dtype = amp_dtype(device, amp)
-    fingerprint = {"encoder_sha1": _encoder_fingerprint(encoder),
+    fingerprint = {"encoder_sha1": weights_sha1,
                    "landmark_coords_sha1": hashlib.sha1(coords.tobytes()).hexdigest(),
                    "encoder_kind": info["encoder_kind"], "checkpoint": info["checkpoint"],
                    "seed": seed if info["encoder_kind"] == "random-init" else None,
-                   "amp": dtype is not None}
+                   "amp": dtype is not None,
+                   "batchnorm": "recalibrated" if "batchnorm" in info else "as built"}
     parts_dir = None
     if out_path is not None:
         out_path = Path(out_path)
@@ -408,7 +412,7 @@ def _check_parts_dir(parts_dir: Path, fingerprint: dict[str, Any]) -> None:
         previous = json.loads(run_file.read_text())
         # The weights' hash, the locations and the precision decide the numbers; a moved
         # checkpoint file with the same weights may resume.
-        decisive = ("encoder_sha1", "landmark_coords_sha1", "amp")
+        decisive = ("encoder_sha1", "landmark_coords_sha1", "amp", "batchnorm")
         if any(previous.get(k) != fingerprint[k] for k in decisive):
             raise ValueError(
                 f"{parts_dir} holds embeddings made by another encoder or landmark set "
