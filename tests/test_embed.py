@@ -385,3 +385,22 @@ def test_random_init_baseline_tells_air_from_tissue():
     assert cosine(broken) > 0.999  # the defect: initial statistics collapse everything
     assert cosine(honest) < 0.9
     assert "recalibrated" in honest.provenance["batchnorm"]
+
+
+def test_pc_null_band_separates_signal_from_noise():
+    from drasclr_toolkit.embed import pc_null_band, variance_shares
+
+    rng = np.random.default_rng(0)
+    ids = [f"s{i}" for i in range(40)]
+    signal = rng.normal(size=40)
+    patient = pd.DataFrame(rng.normal(size=(40, 6)), index=ids)
+    patient[0] += 3 * signal
+    strong = pc_null_band(patient, pd.Series(signal, index=ids), n_permutations=100)
+    assert strong["value"] > strong["null_p95"] and strong["p"] < 0.05
+    noise = pc_null_band(patient, pd.Series(rng.normal(size=40), index=ids), n_permutations=100)
+    assert noise["p"] > 0.05
+    # variance shares add up and see a subject effect
+    patch = rng.normal(size=(10, 1, 4)) * 2 + rng.normal(size=(10, 8, 4)) * 0.5
+    shares = variance_shares(patch)
+    assert shares["between_subjects"] > 0.7
+    assert abs(sum(shares.values()) - 1) < 1e-9

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
-__all__ = ["compare_encoders", "pc_spearman", "probe_scores"]
+__all__ = ["compare_encoders", "pc_null_band", "pc_spearman", "probe_scores", "variance_shares"]
 
 
 def _aligned(patient: pd.DataFrame, targets: pd.DataFrame | pd.Series
@@ -93,16 +93,83 @@ def probe_scores(patient: pd.DataFrame, targets: pd.DataFrame | pd.Series, cv: i
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("target")
 
 
+def variance_shares(patch: np.ndarray, valid: np.ndarray | None = None) -> dict[str, float]:
+    """How the variance of patch embeddings ``(N, L, D)`` splits: between landmarks (what
+    every lung looks like at a place), between subjects (what differs between patients,
+    over all places), and the rest (subject × place). Shares of the total, summed over
+    features; ``valid`` ``(N, L)`` leaves missing patches out.
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> place = rng.normal(size=(1, 6, 4)) * 3           # a strong landmark effect
+        >>> shares = variance_shares(place + rng.normal(size=(5, 6, 4)) * 0.1)
+        >>> bool(shares["between_landmarks"] > 0.9)
+        True
+    """
+    x = np.asarray(patch, dtype=np.float64)
+    mask = np.ones(x.shape[:2], bool) if valid is None else np.asarray(valid, bool)
+    x = np.where(mask[..., None], x, np.nan)
+    grand = np.nanmean(x, axis=(0, 1), keepdims=True)
+    by_landmark = np.nanmean(x, axis=0, keepdims=True) - grand
+    by_subject = np.nanmean(x, axis=1, keepdims=True) - grand
+    total = np.nansum((x - grand) ** 2)
+    n_cells = mask.sum()
+    landmark_part = float(np.nansum(np.where(mask[..., None], by_landmark, np.nan) ** 2))
+    subject_part = float(np.nansum(np.where(mask[..., None], by_subject, np.nan) ** 2))
+    if total <= 0 or n_cells == 0:
+        return {"between_landmarks": float("nan"), "between_subjects": float("nan"),
+                "subject_x_landmark": float("nan")}
+    return {"between_landmarks": float(landmark_part / total),
+            "between_subjects": float(subject_part / total),
+            "subject_x_landmark": float(max(0.0, 1.0 - (landmark_part + subject_part) / total))}
+
+
+def pc_null_band(patient: pd.DataFrame, target: pd.Series, n_components: int = 3,
+                 n_permutations: int = 200, seed: int = 0) -> dict[str, float]:
+    """The largest ``|ρ|`` over the first PCs with ``target``, next to its permutation null.
+
+    The target is shuffled ``n_permutations`` times; each time the same statistic is
+    computed. Returns ``value``, ``null_mean``, ``null_p95`` and ``p`` (the share of
+    shuffles at least as large, with the +1 correction). With a dozen subjects the null's
+    95th percentile is about 0.7: a value below it is no evidence of a relation.
+    """
+    from sklearn.decomposition import PCA
+    from sklearn.preprocessing import StandardScaler
+
+    frame, y = _aligned(patient, target.rename("target"))
+    yv = y["target"].to_numpy(np.float64)
+    keep = np.isfinite(yv)
+    X = StandardScaler().fit_transform(frame.to_numpy(np.float64)[keep])
+    yv = yv[keep]
+    k = min(n_components, X.shape[1], len(X))
+    scores = PCA(n_components=k).fit_transform(X)
+
+    def stat(values: np.ndarray) -> float:
+        if np.ptp(values) == 0:
+            return float("nan")
+        return float(max(abs(spearmanr(scores[:, c], values)[0]) for c in range(k)))
+
+    value = stat(yv)
+    rng = np.random.default_rng(seed)
+    null = np.array([stat(rng.permutation(yv)) for _ in range(n_permutations)])
+    null = null[np.isfinite(null)]
+    return {"value": value, "null_mean": float(null.mean()),
+            "null_p95": float(np.percentile(null, 95)),
+            "p": float((1 + np.sum(null >= value)) / (1 + len(null)))}
+
+
 def compare_encoders(patients: Mapping[str, pd.DataFrame], targets: pd.DataFrame,
                      nuisance: Sequence[str] = (), n_components: int = 3, cv: int = 5,
-                     seed: int = 0) -> pd.DataFrame:
+                     seed: int = 0, n_permutations: int = 200) -> pd.DataFrame:
     """One row per (encoder, target): how strongly the patient embeddings follow it.
 
     ``patients`` maps an encoder name (e.g. ``"trained"``, ``"random-init"``) to its pooled
     patient embeddings. Columns: ``encoder``, ``target``, ``kind`` (``"nuisance"`` for the
     names in ``nuisance``, else ``"disease"``), ``pc_max_abs_rho`` (largest ``|ρ|`` over the
     first ``n_components`` PCs), ``best_pc``, ``probe_r2`` and ``probe_spearman``
-    (:func:`probe_scores`). Wanted: high for disease, low for nuisance.
+    (:func:`probe_scores`), and the PC statistic's permutation null (``pc_null_p95``,
+    ``pc_p``, :func:`pc_null_band`) with a ``verdict``: a value inside the null band is
+    "no evidence". Wanted: high for disease, low for nuisance.
     """
     rows = []
     for name, patient in patients.items():
@@ -111,9 +178,14 @@ def compare_encoders(patients: Mapping[str, pd.DataFrame], targets: pd.DataFrame
         best = corr.loc[corr.groupby("target").abs_rho.idxmax()].set_index("target")
         probe = probe_scores(patient, targets, cv=cv, seed=seed)
         for target in targets.columns:
+            band = pc_null_band(patient, targets[target], n_components, n_permutations, seed)
             rows.append({"encoder": name, "target": target,
                          "kind": "nuisance" if target in nuisance else "disease",
                          "pc_max_abs_rho": float(best.loc[target, "abs_rho"]),
+                         "pc_null_p95": band["null_p95"], "pc_p": band["p"],
+                         "verdict": ("follows it (above the null's 95th percentile)"
+                                     if band["value"] > band["null_p95"] else
+                                     "no evidence (inside the null band)"),
                          "best_pc": best.loc[target, "component"],
                          "probe_r2": float(probe.loc[target, "r2"]),
                          "probe_spearman": float(probe.loc[target, "spearman"])})

@@ -12,6 +12,7 @@ Example:
     'scatter3d'
 """
 
+from .compare import bars_with_null
 from .contrastive import plot_positive_and_negatives, plot_routing_change, plot_routing_weights
 from .explorer import PatchExplorer, patch_explorer
 from .landmarks import (landmark_centres, landmark_cloud, landmark_trace, landmark_traces,
@@ -24,6 +25,7 @@ from .surface import lung_surface, surface_mesh
 from .training import LiveTrainingCurves, plot_training_curves
 
 __all__ = [
+    "bars_with_null",
     "LiveTrainingCurves",
     "PatchExplorer",
     "embedding_scatter",

@@ -40,10 +40,12 @@ def _source_index(source: PatchSource, subject_id: str) -> int:
 def retrieval_gallery(embeddings: Embeddings, source: PatchSource, subject: int | str, landmark: int,
                       k: int = 5, *, center: bool = False, plane: str = "axial",
                       window: tuple[float, float] = HU_WINDOW,
-                      title: str | None = None) -> go.Figure:
+                      title: str | None = None, labels=None) -> go.Figure:
     """Gallery (1 × k+1 heatmaps): the query patch's middle slice, then its ``k`` nearest
     neighbours by cosine similarity among the other subjects' patches at the same landmark,
     with subject id and similarity in each title. ``center``: see :func:`retrieve_similar`.
+    ``labels``: a DataFrame indexed by subject id; its values (e.g. disease severity and
+    scanner noise) are written under each patch, so a reader can judge the neighbours.
 
     ``source`` is the patch source the embeddings were extracted from (patches are read
     with ``read_location``); ``window`` is the HU display range.
@@ -54,6 +56,15 @@ def retrieval_gallery(embeddings: Embeddings, source: PatchSource, subject: int 
     patches = source.read_location(int(landmark), [_source_index(source, s) for s in order])
     titles = [f"query {query_id}"] + [f"{sid} · cos {sim:.3f}"
                                        for sid, sim in zip(hits.subject_id, hits.similarity)]
+    if labels is not None:
+        def describe(sid: str) -> str:
+            if sid not in labels.index:
+                return "(no labels)"
+            row = labels.loc[sid]
+            return "<br>".join(f"{k} {v:.2g}" if isinstance(v, (float, np.floating)) else f"{k} {v}"
+                               for k, v in row.items())
+        titles = [f"{t}<br><span style='font-size:10px'>{describe(sid)}</span>"
+                  for t, sid in zip(titles, order)]
     fig = make_subplots(rows=1, cols=len(order), subplot_titles=titles,
                         horizontal_spacing=0.01)
     for col, patch in enumerate(patches, start=1):
@@ -66,6 +77,8 @@ def retrieval_gallery(embeddings: Embeddings, source: PatchSource, subject: int 
                          row=1, col=col)
     fig.update_layout(title=title or f"Patches most similar to {query_id} at landmark "
                                      f"{int(landmark)} ({plane} middle slice)",
-                      height=260, margin=dict(l=10, r=10, t=70, b=10))
+                      height=260 if labels is None else 260 + 14 * len(labels.columns),
+                      margin=dict(l=10, r=10, t=70 if labels is None else
+                                  70 + 14 * len(labels.columns), b=10))
     fig.layout.meta = {"hits": hits.to_dict(orient="list")}
     return fig

@@ -12,10 +12,28 @@ from drasclr_toolkit.train.metrics import read_metrics
 __all__ = ["LiveTrainingCurves", "plot_training_curves"]
 
 CURVE_PANELS = (
-    ("InfoNCE loss", ("loss_local", "loss_neighbour")),
-    ("contrast accuracy (positive ranked first)", ("acc_local", "acc_neighbour")),
+    ("InfoNCE loss", ("loss_local", "loss_neighbour", "chance_loss")),
+    ("contrast accuracy (positive ranked first)", ("acc_local", "acc_neighbour", "chance_acc")),
     ("learning rate", ("lr",)),
 )
+# The references drawn dashed: what an encoder that ranks the positive at random among its
+# 1 + n negatives scores (accuracy 1/(1+n), loss log(1+n)), from the logged negatives.
+REFERENCE_CURVES = {"chance_acc": "chance (1 / (1 + negatives))",
+                    "chance_loss": "chance (log(1 + negatives))"}
+
+
+def _with_references(df: pd.DataFrame) -> pd.DataFrame:
+    import numpy as np
+
+    if "n_negatives" in df and "chance_loss" not in df:
+        df = df.assign(chance_loss=np.log1p(df["n_negatives"].astype(float)))
+    return df
+
+
+def _trace_style(name: str) -> dict[str, Any]:
+    if name in REFERENCE_CURVES:
+        return dict(name=REFERENCE_CURVES[name], line=dict(dash="dash", color="black", width=1))
+    return dict(name=name)
 
 
 
@@ -48,6 +66,7 @@ def plot_training_curves(metrics: pd.DataFrame | str | Path, title: str = "DrasC
     import plotly.graph_objects as go
 
     df = metrics if isinstance(metrics, pd.DataFrame) else read_metrics(metrics)
+    df = _with_references(df)
     fig = _empty_figure(title)
     for col, (_, columns) in enumerate(CURVE_PANELS, start=1):
         for name in columns:
@@ -56,7 +75,8 @@ def plot_training_curves(metrics: pd.DataFrame | str | Path, title: str = "DrasC
             y = df[name]
             if smooth > 1 and name != "lr":
                 y = y.rolling(smooth, min_periods=1).mean()
-            fig.add_trace(go.Scatter(x=df["step"], y=y, mode="lines", name=name), row=1, col=col)
+            fig.add_trace(go.Scatter(x=df["step"], y=y, mode="lines", **_trace_style(name)),
+                          row=1, col=col)
     return fig
 
 
@@ -90,12 +110,18 @@ class LiveTrainingCurves:
         self.columns: list[str] = []
         for col, (_, columns) in enumerate(CURVE_PANELS, start=1):
             for name in columns:
-                self.widget.add_trace(go.Scatter(x=[], y=[], mode="lines", name=name), row=1, col=col)
+                self.widget.add_trace(go.Scatter(x=[], y=[], mode="lines", **_trace_style(name)),
+                                      row=1, col=col)
                 self.columns.append(name)
         self.records: list[dict[str, Any]] = []
 
     def __call__(self, record: Mapping[str, Any]) -> None:
-        self.records.append(dict(record))
+        import math
+
+        record = dict(record)
+        if "n_negatives" in record:
+            record.setdefault("chance_loss", math.log1p(float(record["n_negatives"])))
+        self.records.append(record)
         if len(self.records) % self.every:
             return
         steps = [r["step"] for r in self.records]
