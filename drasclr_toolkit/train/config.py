@@ -61,6 +61,7 @@ class PretrainConfig:
     # augmentation
     augment: bool = True
     augment_translate: float | None = None  # voxels; None: 12 × patch_size / 32
+    augment_on: str = "host"              # host (MONAI, data-loader workers) | device (batched torch)
     # runtime
     num_workers: int = 0
     device: str = "auto"
@@ -130,6 +131,7 @@ class PretrainConfig:
              "must be >= 1 or null")
         need(self.lr > 0, "lr", "must be > 0")
         need(self.optimizer in ("sgd", "adamw"), "optimizer", "must be sgd or adamw")
+        need(self.augment_on in ("host", "device"), "augment_on", "must be host or device")
         need(0 <= self.key_momentum <= 1, "key_momentum", "must be in [0, 1]")
         need(self.temperature > 0, "temperature", "must be > 0")
         need(self.queue_size >= 1, "queue_size", "must be >= 1")

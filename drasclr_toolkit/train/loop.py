@@ -61,6 +61,7 @@ from drasclr_toolkit.ssl import (
     neighbour_weight,
     update_momentum,
 )
+from drasclr_toolkit.ssl.device_augment import DeviceAugmenter
 from drasclr_toolkit.train.config import PretrainConfig
 from drasclr_toolkit.train.sampler import (
     LocationBatchSampler,
@@ -181,6 +182,8 @@ class DrasCLRTrainer:
         self.queues = LocationQueues(len(landmark_coords), cfg.queue_size, cfg.proj_dim,
                                      cfg.queue_dtype, seed=cfg.seed).to(self.device)
         self.coords = torch.as_tensor(np.asarray(landmark_coords, np.float32), device=self.device)
+        # Set by PretrainRun when augment_on is "device": batches then carry int16 HU.
+        self.device_augmenter: DeviceAugmenter | None = None
         self.local_loss = LocalInfoNCE(cfg.temperature)
         self.neighbour_loss = NeighbourInfoNCE(cfg.temperature, cfg.neighbour_reduction)
         if cfg.optimizer == "adamw":
@@ -211,6 +214,16 @@ class DrasCLRTrainer:
     # -- one step ----------------------------------------------------------------------------
     def _autocast(self):
         return autocast(self.device, self.amp_dtype)
+
+    def _device_views(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Views made on the training device from the batch's int16 HU patches."""
+        if self.device_augmenter is None:
+            raise ValueError("this batch carries raw HU patches (augment_on: device) but the "
+                             "trainer has no device augmenter; set augment_on: device")
+        anchor = batch["anchor_hu"].to(self.device, non_blocking=True)
+        neighbours = batch["neighbours_hu"].to(self.device, non_blocking=True)
+        view1, view2, nv = self.device_augmenter(anchor, neighbours, int(batch["seed"]))
+        return {"view1": view1, "view2": view2, "neighbours": nv}
 
     def _to_device(self, t: torch.Tensor) -> torch.Tensor:
         t = t.to(self.device, non_blocking=True)
@@ -244,6 +257,8 @@ class DrasCLRTrainer:
         """
         cfg = self.config
         loc = int(batch["loc"])
+        if "anchor_hu" in batch:
+            batch = {**batch, **self._device_views(batch)}
         k = min(cfg.neighbours, int(batch["neighbours"].shape[0]))
         view1 = self._to_device(batch["view1"])
         view2 = self._to_device(batch["view2"])
@@ -414,8 +429,11 @@ class PretrainRun:
                                       self.device, self.dist)
         translate = (cfg.augment_translate if cfg.augment_translate is not None
                      else 12.0 * source.patch_size / 32.0)
-        self.dataset = LocationPatchDataset(
-            source, cfg.neighbours, PatchAugmenter(translate=translate, enabled=cfg.augment))
+        host_augmenter = PatchAugmenter(translate=translate, enabled=cfg.augment)
+        on_device = cfg.augment_on == "device"
+        self.dataset = LocationPatchDataset(source, cfg.neighbours, host_augmenter, raw=on_device)
+        if on_device:
+            self.trainer.device_augmenter = DeviceAugmenter.like(host_augmenter)
         self.epoch, self.batch_in_epoch = 0, 0
         if self.dist.is_main and self.out_dir.is_dir():
             # A kill during an atomic write (a checkpoint can be 9 MB) leaves its temp file.

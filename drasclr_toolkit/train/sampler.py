@@ -162,6 +162,9 @@ class LocationPatchDataset(Dataset):
         source: any patch source (PatchStore, ArrayPatchSource).
         k_neighbours: neighbours per anchor (at most ``source.neighbors.shape[1]``).
         augmenter: a :class:`PatchAugmenter` (None: intensity mapping only, no augmentation).
+        raw: return the int16 HU patches (``anchor_hu`` (B, P, P, P), ``neighbours_hu``
+            (k, B, P, P, P)) and the batch ``seed`` instead of views, for augmentation on the
+            training device (:class:`~drasclr_toolkit.ssl.device_augment.DeviceAugmenter`).
 
     Example:
         >>> from drasclr_toolkit.patch_source import ArrayPatchSource
@@ -173,7 +176,7 @@ class LocationPatchDataset(Dataset):
     """
 
     def __init__(self, source: PatchSource, k_neighbours: int = 2,
-                 augmenter: PatchAugmenter | None = None) -> None:
+                 augmenter: PatchAugmenter | None = None, raw: bool = False) -> None:
         available = int(np.asarray(source.neighbors).shape[1]) if np.asarray(source.neighbors).ndim == 2 else 0
         if not 0 <= k_neighbours <= available:
             raise ValueError(f"k_neighbours={k_neighbours}, but the patch source lists only "
@@ -183,6 +186,7 @@ class LocationPatchDataset(Dataset):
         self.k = k_neighbours
         self.neighbors = np.asarray(source.neighbors)[:, :k_neighbours]
         self.augmenter = augmenter if augmenter is not None else PatchAugmenter(enabled=False)
+        self.raw = raw
 
     def __len__(self) -> int:  # not used with a sampler; number of (location) entries
         return len(self.neighbors)
@@ -194,11 +198,18 @@ class LocationPatchDataset(Dataset):
         neighbour_locs = self.neighbors[spec.loc]
         neighbours = (np.stack([np.asarray(self.source.read_location(int(n), subjects))
                                 for n in neighbour_locs]) if self.k else None)
-        v1, v2, nv = self.augmenter(anchor, neighbours, seed=spec.seed)
-        return {
-            "view1": v1, "view2": v2, "neighbours": nv,
+        common = {
             "loc": torch.tensor(spec.loc, dtype=torch.long),
             "neighbour_locs": torch.as_tensor(neighbour_locs, dtype=torch.long),
             "subjects": torch.as_tensor(subjects, dtype=torch.long),
             "epoch": torch.tensor(spec.epoch), "index": torch.tensor(spec.index),
         }
+        if self.raw:
+            # Device augmentation: the host only reads int16 HU patches (2 bytes a voxel).
+            shape = (0,) + anchor.shape
+            return {**common, "anchor_hu": torch.from_numpy(np.ascontiguousarray(anchor)),
+                    "neighbours_hu": torch.from_numpy(np.ascontiguousarray(
+                        neighbours if neighbours is not None else np.zeros(shape, anchor.dtype))),
+                    "seed": torch.tensor(int(spec.seed) % (2**62), dtype=torch.long)}
+        v1, v2, nv = self.augmenter(anchor, neighbours, seed=spec.seed)
+        return {**common, "view1": v1, "view2": v2, "neighbours": nv}
