@@ -25,7 +25,7 @@ from typing import Any, Mapping
 
 import yaml
 
-PACKAGED = ("tiny", "gpu")
+PACKAGED = ("tiny", "small", "gpu")
 
 
 def check_keys(section: str, given: Iterable[Any], known: Iterable[Any], *,

@@ -190,3 +190,12 @@ def test_tiny_defaults_learn_on_a_small_synthetic_store(tmp_path):
     assert s["steps"] == 100, text
     assert s["loss_falls"], text
     assert s["ratio"] >= 2.0, text
+
+
+def test_small_config_is_packaged_and_says_what_happens():
+    from drasclr_toolkit.config import load_config
+
+    config = load_config("small")
+    assert {"synthetic", "preprocess", "pretrain", "embed"} <= set(config)
+    cfg = PretrainConfig.from_yaml("small")
+    assert cfg.max_steps is None and cfg.prefill_queues and cfg.train_locations

@@ -358,7 +358,10 @@ def config_summary(config: PretrainConfig, trainer: DrasCLRTrainer, source: Patc
         f" = {q.nbytes / 2**20:,.1f} MiB",
         f"  batches   {sampler.global_batch} per step ({sampler.rank_batch} per rank × "
         f"{dist_info.world_size}), {sampler.batches_per_epoch} steps per epoch, "
-        f"{trainer.total_steps} steps in all",
+        f"{trainer.total_steps} steps in all"
+        + (f" (max_steps={config.max_steps} stops after "
+           f"{trainer.total_steps / sampler.batches_per_epoch:.2f} of {config.epochs} epochs)"
+           if trainer.total_steps < config.epochs * sampler.batches_per_epoch else ""),
         f"  optimiser {config.optimizer} lr={config.lr}"
         f"{f' momentum={config.momentum}' if config.optimizer == 'sgd' else ''} "
         f"wd={config.weight_decay}, cosine; "

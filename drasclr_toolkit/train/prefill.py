@@ -20,7 +20,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from drasclr_toolkit.train.sampler import BatchSpec
 
 __all__ = ["prefill_queues"]
 
@@ -30,8 +29,8 @@ def prefill_queues(trainer: Any, dataset: Any, locations: np.ndarray, n_subjects
                    batch_size: int, seed: int = 0) -> int:
     """Enqueue key-encoder keys of ``ceil(K / batch)`` batches at every training location.
 
-    Batches are drawn like training batches (random subjects, augmented views, the
-    ``view2`` branch through the key encoder) with seeds independent of the training
+    Batches are drawn like training batches (random subjects at one landmark, one augmented
+    view each through the key encoder in train mode) with seeds independent of the training
     schedule, so a prefilled run and its resumed copy stay identical. Under DDP each rank
     computes the same keys (same seeds, same weights), so the queues stay in step without
     communication. Returns the number of keys written.
@@ -43,14 +42,16 @@ def prefill_queues(trainer: Any, dataset: Any, locations: np.ndarray, n_subjects
     trainer.key_encoder.train()      # as in a training step: batch statistics
     written = 0
     for loc in np.asarray(locations).tolist():
-        for r in range(rounds):
+        for _ in range(rounds):
             subjects = tuple(int(s) for s in np.sort(rng.choice(n_subjects, per_batch, replace=False)))
             spec_seed = int(rng.integers(0, 2**62))
-            batch = dataset[BatchSpec(-1, r, int(loc), subjects, spec_seed)]
-            view2 = trainer._to_device(batch["view2"])
+            # Only the key view is needed: augment the anchor patches once, not the query
+            # view and the neighbours as a full training batch would.
+            anchor = np.asarray(dataset.source.read_location(int(loc), list(subjects)))
+            view2 = trainer._to_device(dataset.augmenter.view(anchor, spec_seed))
             with trainer._autocast():
                 z = trainer._key_forward(view2, trainer.coords[int(loc)])[1]
             key = F.normalize(z.float(), dim=1)
-            queues.enqueue(int(loc), key, ids=batch["subjects"].to(key.device))
+            queues.enqueue(int(loc), key, ids=torch.as_tensor(subjects, device=key.device))
             written += key.shape[0]
     return written
