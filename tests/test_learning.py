@@ -177,19 +177,21 @@ def test_prefilled_queues_give_full_negatives_from_step_one_and_resume_exactly(t
 # -- end to end: the tiny defaults learn --------------------------------------------------------
 def test_tiny_defaults_learn_on_a_small_synthetic_store(tmp_path):
     """tiny.yaml's learning settings (prefilled queues, batch negatives, key momentum, lr,
-    temperature, translate) on a small in-memory synthetic store: the loss falls. Patches of
-    20³ and 4 anchor locations keep it under a minute; accuracy must beat chance clearly
-    (2×; the notebook's 3× needs the full tiny run, see benchmarks/learning.md)."""
+    temperature, translate) on a small in-memory synthetic store: the loss falls and the
+    accuracy beats chance. 20³ patches and 4 anchor landmarks keep it at ~30 s on a quiet
+    2-core machine. Measured (benchmarks/learning.md): loss −9.2 % / −4.8 %, accuracy
+    3.2× / 4.1× chance for seeds 0 / 1, so the bounds here are weaker than the notebook's
+    (5 %, 3×): loss −3 % and 2× chance; this test runs seed 0 (deterministic)."""
     src = ArrayPatchSource.synthetic(n_subjects=8, n_locations=6, patch_size=20, seed=0)
     cfg = PretrainConfig.from_yaml("tiny").replace(
         device="cpu", progress=False, train_locations=4, epochs=25, checkpoint_every=10_000,
         keep_epoch_checkpoints=False)
     pretrain(src, cfg, tmp_path)
-    s = learning_summary(read_metrics(tmp_path))
+    s = learning_summary(read_metrics(tmp_path), min_loss_drop=0.03, min_ratio=2.0)
     text = format_learning_summary(s)
     assert s["steps"] == 100, text
     assert s["loss_falls"], text
-    assert s["ratio"] >= 2.0, text
+    assert s["beats_chance"], text
 
 
 def test_small_config_is_packaged_and_says_what_happens():
