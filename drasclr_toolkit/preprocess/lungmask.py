@@ -278,7 +278,9 @@ def _find_airways(arr: np.ndarray, inside_air: np.ndarray, ws: float, cfg: LungS
         lab, n = ndi.label(dark[z], struct2)
         if n == 0:
             if started:
-                break
+                if run * ws >= cfg.airway_min_run_mm or inside_air[z].sum() > 4 * max_area:
+                    break
+                started, prev = False, None  # a short run: see below
             continue
         areas = ndi.sum_labels(np.ones_like(lab), lab, np.arange(1, n + 1))
         keep = np.zeros(n + 1, bool)
@@ -309,7 +311,7 @@ def _find_airways(arr: np.ndarray, inside_air: np.ndarray, ws: float, cfg: LungS
                 if run * ws >= cfg.airway_min_run_mm or inside_air[z].sum() > 4 * max_area:
                     break
                 # A short dark run above the trachea (larynx, pharynx: on lung1 the lumen
-                # is lost for 10 mm below it): look for the trachea again further down.
+                # is not dark enough for 10 mm below it): seed again further down.
                 started, prev = False, None
                 continue
         prev = keep[lab]
