@@ -8,7 +8,9 @@ Classical method (scipy.ndimage / SimpleITK), on a working grid of ``work_spacin
    air is inside the body.
 3. Trachea and main bronchi: seeded at the top of the scan as a small, central, very dark
    (< ``airway_threshold``) blob and followed slice by slice downwards while each slice's
-   part stays small (a blob that becomes large has reached the lung); removed.
+   part stays small (a blob that becomes large has reached the lung); removed. A run lost
+   within ``airway_min_run_mm`` (air in the larynx or pharynx above a stretch where the
+   lumen is not dark enough) is not the trachea: the seed is looked for again below it.
 4. Largest components: the biggest one or two components are the lungs (small ones, e.g.
    bowel gas, dropped). One component holding both lungs (touching at the anterior
    junction) is split by eroding until it falls into two, then growing the two parts back.
@@ -65,6 +67,7 @@ class LungSegConfig:
     airway_threshold: float = -900.0  # airway lumen (after light smoothing) lies below
     airway_max_area_mm2: float = 700.0  # a trachea/bronchus slice is smaller than this
     airway_max_offset_mm: float = 40.0  # trachea seed: this close to the body's centre in x
+    airway_min_run_mm: float = 30.0  # a dark run lost sooner is not the trachea: seed again
     min_lung_volume_ml: float = 30.0  # components smaller than this are not lung
     second_lung_ratio: float = 0.15  # 2nd component counts as a lung above this size ratio
     closing_radius_mm: float = 6.0  # takes vessels and airway walls into the lungs
@@ -270,11 +273,14 @@ def _find_airways(arr: np.ndarray, inside_air: np.ndarray, ws: float, cfg: LungS
     struct2 = ndi.generate_binary_structure(2, 2)
     prev: np.ndarray | None = None
     started = False
+    run = 0  # slices followed since the seed
     for z in range(nz - 1, -1, -1):
         lab, n = ndi.label(dark[z], struct2)
         if n == 0:
             if started:
-                break
+                if run * ws >= cfg.airway_min_run_mm or inside_air[z].sum() > 4 * max_area:
+                    break
+                started, prev = False, None  # a short run: see below
             continue
         areas = ndi.sum_labels(np.ones_like(lab), lab, np.arange(1, n + 1))
         keep = np.zeros(n + 1, bool)
@@ -294,6 +300,7 @@ def _find_airways(arr: np.ndarray, inside_air: np.ndarray, ws: float, cfg: LungS
                     break
                 continue
             started = True
+            run = 0
         else:
             grown = ndi.binary_dilation(prev, iterations=2)
             hits = np.unique(lab[grown & (lab > 0)])
@@ -301,9 +308,15 @@ def _find_airways(arr: np.ndarray, inside_air: np.ndarray, ws: float, cfg: LungS
                 if areas[i - 1] <= max_area:
                     keep[i] = True
             if not keep.any():
-                break
+                if run * ws >= cfg.airway_min_run_mm or inside_air[z].sum() > 4 * max_area:
+                    break
+                # A short dark run above the trachea (larynx, pharynx: on lung1 the lumen
+                # is not dark enough for 10 mm below it): seed again further down.
+                started, prev = False, None
+                continue
         prev = keep[lab]
         airway[z] = prev
+        run += 1
     return airway
 
 

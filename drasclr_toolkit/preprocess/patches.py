@@ -30,7 +30,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import SimpleITK as sitk
@@ -41,7 +41,9 @@ __all__ = [
     "PatchSampling",
     "corners_to_centres_physical",
     "crop_patches",
+    "landmarks_missing",
     "map_landmarks",
+    "patch_inside_fraction",
     "patch_fractions",
     "sample_patches_affine",
 ]
@@ -107,6 +109,39 @@ def map_landmarks(
         "centres_index": cidx.reshape(-1, 3),
         "corners": sub_corners.reshape(-1, 3),
     }
+
+
+def landmarks_missing(centres_index: np.ndarray, image_size: Any) -> np.ndarray:
+    """True where a mapped landmark's patch centre falls outside the scanned box.
+
+    ``centres_index`` (L, 3) continuous subject index (x, y, z) from :func:`map_landmarks`;
+    ``image_size`` the subject image's size (x, y, z). A voxel covers its index ± 0.5, so
+    the scanned box is [-0.5, size - 0.5] on each axis. On a scan that cuts the lungs these
+    are the landmarks of the atlas part that maps beyond the cut (or outside the field of
+    view): their patches would be mostly padding, so they are *missing* for that subject
+    (stored per landmark, left out of pooling, counted in QC as ``frac_missing``).
+
+    Example:
+        >>> landmarks_missing(np.array([[5.0, 5.0, -0.6], [5.0, 5.0, 9.4]]), (10, 10, 10)).tolist()
+        [True, False]
+    """
+    c = np.asarray(centres_index, float).reshape(-1, 3)
+    size = np.asarray(image_size, float).reshape(1, 3)
+    return ~np.all((c >= -0.5) & (c <= size - 0.5), axis=1)
+
+
+def patch_inside_fraction(corners: np.ndarray, image_size: Any, patch_size: int) -> np.ndarray:
+    """Share of each ``patch_size``³ patch (integer corners x, y, z) inside the scanned box.
+
+    Example:
+        >>> patch_inside_fraction(np.array([[0, 0, -4], [0, 0, 0]]), (8, 8, 8), 8).tolist()
+        [0.5, 1.0]
+    """
+    c = np.asarray(corners, np.int64).reshape(-1, 3)
+    size = np.asarray(image_size, np.int64).reshape(1, 3)
+    P = int(patch_size)
+    inside = np.clip(np.minimum(c + P, size) - np.maximum(c, 0), 0, P)
+    return (inside.prod(axis=1) / float(P**3)).astype(np.float32)
 
 
 def crop_patches(
