@@ -38,10 +38,13 @@ from .atlas import Atlas
 from .lungmask import LungSegConfig, segment_lungs
 from .patches import (
     crop_patches,
+    landmarks_missing,
     map_landmarks,
     patch_fractions,
+    patch_inside_fraction,
     sample_patches_affine,
 )
+from .qc_rules import QCThresholds, absolute_flags
 from .registration import RegistrationConfig, register_affine, transform_to_dict
 from ..constants import HU_MAX, HU_MIN
 from .resample import as_sitk, resample_isotropic, resample_like, to_lps
@@ -78,10 +81,10 @@ class PreprocessConfig:
     neighbors_k: int = 2
     patch_sampling: str = "axis_aligned"  # or "affine" (see patches.py)
     half_lung: float = 0.5  # QC: a patch "has lung" at or above this lung fraction
-    min_dice: float = 0.6  # QC flag: registration Dice below this is suspect
     threads: int = 0  # SimpleITK threads per worker; 0 = cores / jobs
     segmentation: LungSegConfig = field(default_factory=LungSegConfig)
     registration: RegistrationConfig = field(default_factory=RegistrationConfig)
+    qc: QCThresholds = field(default_factory=QCThresholds)  # absolute QC limits
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> "PreprocessConfig":
@@ -92,6 +95,8 @@ class PreprocessConfig:
             d["segmentation"] = LungSegConfig.from_dict(d["segmentation"])
         if "registration" in d and not isinstance(d["registration"], RegistrationConfig):
             d["registration"] = RegistrationConfig.from_dict(d["registration"])
+        if "qc" in d and not isinstance(d["qc"], QCThresholds):
+            d["qc"] = QCThresholds.from_dict(d["qc"])
         if d.get("patch_sampling", "axis_aligned") not in ("axis_aligned", "affine"):
             raise ValueError("preprocess.patch_sampling must be 'axis_aligned' or 'affine'")
         return cls(**d)
@@ -208,8 +213,11 @@ def preprocess_subject(
         patches = crop_patches(arr, corners, atlas.patch_size, fill=HU_MIN)
         lung_fraction = patch_fractions(sitk.GetArrayViewFromImage(mask), corners, atlas.patch_size)
     patches = np.clip(patches, cfg.hu_min, cfg.hu_max).astype(np.int16)
-    size = np.array(image.GetSize())
-    in_scan = np.all((mapped["centres_index"] >= -0.5) & (mapped["centres_index"] <= size - 0.5), axis=1)
+    # A patch centre outside the scanned box is a missing landmark (partial coverage): it is
+    # counted in QC and left out of pooling, never filled in by a squeezed registration.
+    missing = landmarks_missing(mapped["centres_index"], image.GetSize())
+    in_scan = ~missing
+    inside = patch_inside_fraction(corners, image.GetSize(), atlas.patch_size)
     timings["patches_s"] = time.perf_counter() - t
 
     has_lung = lung_fraction >= cfg.half_lung
@@ -224,6 +232,11 @@ def preprocess_subject(
         "partial_coverage": bool(reg.qc.get("partial_coverage", False)),
         "n_landmarks": int(len(corners)),
         "frac_in_scan": float(in_scan.mean()),
+        "frac_missing": float(missing.mean()),
+        "n_missing": int(missing.sum()),
+        "partial_inside_min": float(inside.min()) if len(inside) else float("nan"),
+        "registration_init": reg.qc.get("init"),
+        "z_scale": reg.qc.get("z_scale"),
         "frac_lung_patches": float(has_lung.mean()),
         "frac_lung_patches_in_scan": float(has_lung[in_scan].mean()) if in_scan.any() else 0.0,
         "frac_any_lung_in_scan": float((lung_fraction[in_scan] > 0).mean()) if in_scan.any() else 0.0,
@@ -232,6 +245,7 @@ def preprocess_subject(
         **timings,
         "seconds": float(sum(timings.values())),
     }
+    qc["qc_flags"] = absolute_flags(qc, cfg.qc)  # {rule: reason}; empty when it passes
     return SubjectResult(
         sid, patches, corners, mapped["centres_mm"], lung_fraction, in_scan, reg.transform, qc,
         image if keep_images else None, mask if keep_images else None,
@@ -426,7 +440,7 @@ def run_preprocessing(
         _run_pool(jobs, n_jobs, store, bar)
     bar.close()
     store.refresh()
-    qc_table(store, min_dice=cfg.min_dice, half_lung=cfg.half_lung, write=True)
+    qc_table(store, thresholds=cfg.qc, write=True)
     return store
 
 
