@@ -26,7 +26,6 @@ deterministic, so the ANTs figures of an earlier run stay comparable.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
@@ -165,7 +164,7 @@ def accuracy(scan: sitk.Image, cfg, use_ants: bool) -> dict:
     out["ours"] = {**errors(res.transform), "seconds": res.qc["seconds"], "dice": res.qc["dice"],
                    "seconds_coarse": res.qc.get("seconds_coarse"), "refine": res.qc.get("refine")}
     # The coarse levels alone (no final binary-mask level): the earlier default.
-    coarse_cfg = dataclasses.replace(cfg.registration, refine_spacing=0.0)
+    coarse_cfg = cfg.registration.replace(refine_spacing=0.0)
     res_c = register_affine(sub_mask, atlas.mask, coarse_cfg)
     out["ours_coarse_only"] = {**errors(res_c.transform), "seconds": res_c.qc["seconds"],
                                "dice": res_c.qc["dice"]}

@@ -1,8 +1,10 @@
 """Named run configurations: ``tiny`` (CPU, minutes) and ``gpu`` (one GPU, real work).
 
 A configuration is a YAML file with one section per stage (``synthetic``, ``preprocess``,
-``pretrain``, ``embed``, ``evaluate``). Each stage turns its section into its own dataclass
-and rejects unknown keys, so a typo fails loudly instead of being ignored.
+``pretrain``, ``embed``, ``evaluate``). Each stage turns its section into its own
+:class:`Config` (a pydantic model): fields are declared once, typed and bounded, and the
+shared machinery here checks them, rejects unknown keys ("did you mean"), coerces YAML 1.1
+strings such as ``"1e-4"`` to numbers and turns every problem into one :class:`ConfigError`.
 
 Example
 -------
@@ -12,7 +14,7 @@ Example
 >>> check_keys("embed config", {"batchsize": 8}, ["batch_size", "device"])
 Traceback (most recent call last):
 ...
-ValueError: embed config: unknown key(s) ['batchsize']; did you mean 'batch_size'? allowed keys are ['batch_size', 'device']
+drasclr_toolkit.config.ConfigError: embed config: unknown key(s) ['batchsize']; did you mean 'batch_size'? allowed keys are ['batch_size', 'device']
 """
 
 from __future__ import annotations
@@ -21,21 +23,230 @@ import difflib
 from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Annotated, Any, ClassVar, Mapping, TypeVar
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 PACKAGED = ("tiny", "small", "gpu")
+STAGES = ("synthetic", "preprocess", "pretrain", "embed", "evaluate")
+
+
+class ConfigError(ValueError):
+    """A configuration key or value that is not allowed, as one line: the section, the field,
+    the value, the rule it breaks and the fix.
+
+    ``section``, ``field``, ``value``, ``rule`` and ``fix`` describe the first problem;
+    ``problems`` holds one sentence per problem (all of them are in the message).
+
+    Example:
+        >>> from drasclr_toolkit.train import PretrainConfig
+        >>> PretrainConfig.from_dict({"lr": "3e-2x"})
+        Traceback (most recent call last):
+        ...
+        drasclr_toolkit.config.ConfigError: pretrain config, field 'lr': '3e-2x' is not a number; give a float such as 0.01
+    """
+
+    def __init__(self, message: str, *, section: str | None = None, field: str | None = None,
+                 value: Any = None, rule: str | None = None, fix: str | None = None,
+                 problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.section, self.field, self.value, self.rule, self.fix = section, field, value, rule, fix
+        self.problems = problems or [message]
+
+
+# A torch device as a config gives it.
+Device = Annotated[str, Field(pattern=r"^(auto|(cpu|cuda|mps)(:\d+)?)$",
+                              json_schema_extra={"fix": "give auto, cpu, cuda, cuda:N or mps"})]
+
+ConfigT = TypeVar("ConfigT", bound="Config")
+
+
+class Config(BaseModel):
+    """Base of every stage's options: fields declared once (type, bounds, choices), checked
+    by pydantic and reported as one :class:`ConfigError`.
+
+    A subclass sets ``section`` (how messages name it, e.g. ``"pretrain config"``) and
+    ``yaml_section`` (where :meth:`from_yaml` finds it, e.g. ``("pretrain",)``). Values are
+    validated on construction, by :meth:`replace` and on assignment; numeric strings (YAML
+    1.1 reads ``1e-4`` as text) become numbers.
+
+    Example:
+        >>> from drasclr_toolkit.train import PretrainConfig
+        >>> cfg = PretrainConfig.from_dict({"lr": "3e-2", "weight_decay": "1e-4"})
+        >>> cfg.lr, cfg.weight_decay
+        (0.03, 0.0001)
+        >>> cfg.replace(weight_decay=-1)
+        Traceback (most recent call last):
+        ...
+        drasclr_toolkit.config.ConfigError: pretrain config, field 'weight_decay': -1 must be >= 0; give 0 or more, such as 0.0001
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    section: ClassVar[str] = "config"
+    yaml_section: ClassVar[tuple[str, ...]] = ()
+    key_advice: ClassVar[str] = ""           # appended to an unknown-key message
+    ignored_keys: ClassVar[tuple[str, ...]] = ()  # allowed in the section, not options of this model
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise config_error(type(self), exc) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        try:
+            super().__setattr__(name, value)
+        except ValidationError as exc:
+            raise config_error(type(self), exc) from None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _check_keys(cls, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            check_keys(cls.section, data, [*cls.model_fields, *cls.ignored_keys],
+                       advice=cls.key_advice)
+            data = {k: v for k, v in data.items() if k not in cls.ignored_keys}
+        return data
+
+    @classmethod
+    def from_dict(cls: type[ConfigT], data: Mapping[str, Any] | None = None) -> ConfigT:
+        """Build from a mapping (a YAML section); unknown keys and bad values raise
+        :class:`ConfigError`."""
+        if data is not None and not isinstance(data, Mapping):
+            raise ConfigError(f"{cls.section}: expected a mapping of options, got "
+                              f"{type(data).__name__} {data!r}", section=cls.section, value=data,
+                              rule="not a mapping", fix="give key: value lines")
+        try:
+            return cls.model_validate(dict(data or {}))
+        except ValidationError as exc:
+            raise config_error(cls, exc) from None
+
+    @classmethod
+    def from_yaml(cls: type[ConfigT], path: str | Path) -> ConfigT:
+        """Read a YAML file or a packaged name (``"tiny"``, ``"gpu"``): its section of this
+        stage (empty when the file has stage sections but not this one), or the whole file
+        when it has no stage sections."""
+        raw = yaml.safe_load(config_path(path).read_text()) or {}
+        if isinstance(raw, dict) and any(stage in raw for stage in STAGES):
+            for key in cls.yaml_section:
+                raw = (raw.get(key) if isinstance(raw, dict) else None) or {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{cls.section} in {path}: expected a mapping, got "
+                              f"{type(raw).__name__}", section=cls.section, value=raw)
+        return cls.from_dict(raw)
+
+    @classmethod
+    def coerce(cls: type[ConfigT], config: "ConfigT | Mapping[str, Any] | str | Path | None"
+               ) -> ConfigT:
+        """Accept a config, a dict, ``None`` (defaults), a YAML path or a packaged name."""
+        if isinstance(config, cls):
+            return config
+        if config is None or isinstance(config, Mapping):
+            return cls.from_dict(config)
+        return cls.from_yaml(config)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values (nested configs as dicts), e.g. to store beside results."""
+        return self.model_dump()
+
+    def replace(self: ConfigT, **changes: Any) -> ConfigT:
+        """A copy with some fields changed (validated)."""
+        return self.from_dict({**{name: getattr(self, name) for name in type(self).model_fields},
+                               **changes})
+
+
+def config_error(model: type[Config], exc: ValidationError) -> ConfigError:
+    """Turn pydantic's report into one :class:`ConfigError` line naming section and field."""
+    errors = exc.errors(include_url=False)
+    problems: list[str] = []
+    first: dict[str, Any] = {}
+    for err in errors:
+        inner = (err.get("ctx") or {}).get("error")
+        if isinstance(inner, ConfigError):  # already ours (an unknown key, checked first)
+            if len(errors) == 1:
+                return inner
+            problems.append(str(inner))
+            first = first or dict(section=inner.section, field=inner.field, value=inner.value,
+                                  rule=inner.rule, fix=inner.fix)
+            continue
+        owner, name, path = _locate(model, err["loc"])
+        info = owner.model_fields.get(name) if name is not None else None
+        rule, fix = _rule_and_fix(err, info)
+        where = owner.section + (f", field {path!r}" if path else "")
+        problems.append(f"{where}: {err.get('input')!r} {rule}; {fix}")
+        first = first or dict(section=owner.section, field=path, value=err.get("input"),
+                              rule=rule, fix=fix)
+    return ConfigError("; ".join(problems), problems=problems, **first)
+
+
+def _locate(model: type[Config], loc: tuple[Any, ...]) -> tuple[type[Config], str | None, str]:
+    """The (nested) config that owns the field at ``loc``, the field's name, and its path."""
+    owner, i = model, 0
+    while i < len(loc) - 1:
+        info = owner.model_fields.get(loc[i]) if isinstance(loc[i], str) else None
+        sub = info.annotation if info is not None else None
+        if not (isinstance(sub, type) and issubclass(sub, Config)):
+            break
+        owner, i = sub, i + 1
+    rest = loc[i:]
+    if not rest:
+        return owner, None, ""
+    path = str(rest[0]) + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in rest[1:])
+    return owner, str(rest[0]), path
+
+
+def _rule_and_fix(err: Mapping[str, Any], info: Any) -> tuple[str, str]:
+    kind, ctx = err["type"], err.get("ctx") or {}
+    default = getattr(info, "default", None)
+    such = (f" such as {default!r}" if isinstance(default, (int, float))
+            and not isinstance(default, bool) else "")
+    hint = (getattr(info, "json_schema_extra", None) or {}).get("fix") if info else None
+    if hint is None and info is not None:  # a hint declared on an Annotated type
+        hint = next((m.json_schema_extra.get("fix") for m in info.metadata
+                     if isinstance(getattr(m, "json_schema_extra", None), dict)), None)
+    bound = {"greater_than": (">", "gt", "a number above {}"),
+             "greater_than_equal": (">=", "ge", "{} or more"),
+             "less_than": ("<", "lt", "a number below {}"),
+             "less_than_equal": ("<=", "le", "{} or less")}
+    if kind in bound:
+        sign, key, text = bound[kind]
+        limit = f"{ctx[key]:g}" if isinstance(ctx[key], float) else ctx[key]
+        return f"must be {sign} {limit}", hint or "give " + text.format(limit) + ("," + such if such else "")
+    rules = {
+        "float_parsing": ("is not a number", f"give a float{such or ' such as 0.5'}"),
+        "float_type": ("is not a number", f"give a float{such or ' such as 0.5'}"),
+        "int_parsing": ("is not a whole number", f"give an integer{such or ' such as 1'}"),
+        "int_type": ("is not a whole number", f"give an integer{such or ' such as 1'}"),
+        "int_from_float": ("is not a whole number", f"give an integer{such or ' such as 1'}"),
+        "bool_parsing": ("is not true or false", "give true or false"),
+        "bool_type": ("is not true or false", "give true or false"),
+        "string_type": ("is not text", "give a string"),
+        "literal_error": ("is not allowed", f"give {ctx.get('expected')}"),
+        "string_pattern_mismatch": ("is not allowed", f"give a value matching {ctx.get('pattern')}"),
+        "tuple_type": ("is not a list", "give a list of values"),
+        "list_type": ("is not a list", "give a list of values"),
+        "dict_type": ("is not a mapping", "give key: value lines"),
+        "model_type": ("is not a mapping", "give key: value lines"),
+        "model_attributes_type": ("is not a mapping", "give key: value lines"),
+        "extra_forbidden": ("is not a known key", "remove it or fix its spelling"),
+        "frozen_instance": ("cannot be changed (the config is frozen)",
+                            "make a changed copy with .replace(...)"),
+        "value_error": (str(ctx.get("error", err["msg"])), "see the field's documentation"),
+    }
+    rule, fix = rules.get(kind, (err["msg"][:1].lower() + err["msg"][1:], "see the documentation"))
+    return rule, hint or fix
 
 
 def check_keys(section: str, given: Iterable[Any], known: Iterable[Any], *,
                advice: str = "") -> None:
-    """Raise ``ValueError`` when ``given`` holds a key that is not in ``known``.
+    """Raise :class:`ConfigError` (a ``ValueError``) when ``given`` holds a key that is not in ``known``.
 
     The message names the section, lists the unknown keys (sorted), suggests the closest
     known key for each typo (``difflib``) and lists the allowed keys (sorted), so a typo in
     a YAML section fails loudly instead of being ignored. Every stage config's
-    ``from_dict`` calls this before building its dataclass.
+    :class:`Config` calls this before validating the values.
 
     Args:
         section: what the keys belong to, as the user would look for it, e.g.
@@ -49,7 +260,7 @@ def check_keys(section: str, given: Iterable[Any], known: Iterable[Any], *,
         >>> check_keys("pretrain config", ["widht", "epoks", "zzz"], ["width", "epochs"])
         Traceback (most recent call last):
         ...
-        ValueError: pretrain config: unknown key(s) ['epoks', 'widht', 'zzz']; did you mean 'epochs' (for 'epoks'), 'width' (for 'widht')? allowed keys are ['epochs', 'width']
+        drasclr_toolkit.config.ConfigError: pretrain config: unknown key(s) ['epoks', 'widht', 'zzz']; did you mean 'epochs' (for 'epoks'), 'width' (for 'widht')? allowed keys are ['epochs', 'width']
     """
     known_list = sorted(set(known), key=str)
     unknown = sorted(set(given) - set(known_list), key=str)
@@ -66,7 +277,7 @@ def check_keys(section: str, given: Iterable[Any], known: Iterable[Any], *,
     message += f"allowed keys are {known_list}"
     if advice:
         message += f". {advice}"
-    raise ValueError(message)
+    raise ConfigError(message, section=section, field=str(unknown[0]), rule="unknown key")
 
 
 def config_path(name_or_path: str | Path) -> Path:
@@ -104,6 +315,6 @@ def load_config(name_or_path: str | Path | Mapping[str, Any]) -> dict[str, dict[
                 f"got {type(section).__name__}"
             )
         config[str(stage)] = dict(section)
-    for stage in ("synthetic", "preprocess", "pretrain", "embed", "evaluate"):
+    for stage in STAGES:
         config.setdefault(stage, {})
     return config

@@ -169,8 +169,5 @@ class Workspace:
         cfg = EmbedConfig.from_dict(self.section("embed"))
         checkpoint = self.checkpoint() if encoder == "trained" else None
         self.embeddings_dir.mkdir(parents=True, exist_ok=True)
-        return extract_embeddings(
-            store, checkpoint, batch_size=cfg.batch_size, device=cfg.device,
-            amp=cfg.amp, seed=cfg.seed, encoder_kwargs=cfg.encoder, out_path=path,
-            recompute_changed=True,
-        )
+        return extract_embeddings(store, checkpoint, config=cfg, out_path=path,
+                                  recompute_changed=True)

@@ -101,6 +101,21 @@ def test_random_init_is_seeded_and_keeps_global_rng():
     assert torch.equal(before, after)
 
 
+def test_config_gives_the_options_and_keywords_override_it():
+    src = make_source(n=2, n_loc=2)
+    config = EmbedConfig.from_dict({"batch_size": 1, "seed": 1, "device": "cpu", "encoder": TINY})
+    by_config = extract_embeddings(src, config=config, progress=False)
+    by_keywords = extract_embeddings(src, encoder_kwargs=TINY, seed=1, batch_size=1,
+                                     device="cpu", progress=False)
+    np.testing.assert_array_equal(by_config.patch, by_keywords.patch)
+    assert by_config.provenance["batch_size"] == 1
+    overridden = extract_embeddings(src, config=config, seed=0, batch_size=2, progress=False)
+    assert overridden.provenance["batch_size"] == 2 and overridden.provenance["seed"] == 0
+    assert not np.allclose(overridden.patch, by_config.patch)
+    with pytest.raises(ValueError, match="embed config, field 'batch_size': 0 must be >= 1"):
+        extract_embeddings(src, config=config, batch_size=0, progress=False)
+
+
 def test_nan_patches_are_cleaned_like_training_patches():
     src = make_source(n=2, n_loc=2)
     src.patches = src.patches.astype(np.float32)

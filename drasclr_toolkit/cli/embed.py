@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Any
 
 
 def run(args: argparse.Namespace) -> int:
@@ -24,16 +23,11 @@ def run(args: argparse.Namespace) -> int:
     from drasclr_toolkit.config import load_config
     from drasclr_toolkit.embed import EmbedConfig, extract_embeddings
 
-    config = EmbedConfig.from_dict(load_config(args.config).get("embed", {}))
-    overrides: dict[str, Any] = {"batch_size": args.batch_size, "device": args.device,
-                                 "seed": args.seed}
-    for key, value in overrides.items():
-        if value is not None:
-            setattr(config, key, value)
+    overrides = {"batch_size": args.batch_size, "device": args.device, "seed": args.seed}
+    config = EmbedConfig.from_dict(load_config(args.config).get("embed", {})).replace(
+        **{key: value for key, value in overrides.items() if value is not None})
     source = open_patch_source(args.store)
-    emb = extract_embeddings(source, checkpoint=args.checkpoint, batch_size=config.batch_size,
-                             device=config.device, out_path=args.out, amp=config.amp,
-                             seed=config.seed, encoder_kwargs=config.encoder,
+    emb = extract_embeddings(source, checkpoint=args.checkpoint, config=config, out_path=args.out,
                              progress=not args.no_progress,
                              recompute_changed=args.recompute_changed)
     failed = emb.provenance.get("failed", {})

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
+from pydantic import ConfigDict
 
-from ..config import check_keys
+from ..config import Config
 from .problems import ManifestError, ManifestProblem
 
 __all__ = ["CARD_FILENAME", "ColumnRule", "PATH_COLUMNS", "STANDARD_COLUMNS", "card_rules",
@@ -26,8 +26,7 @@ DTYPES = ("str", "path", "float", "int", "bool", "category")
 ROLES = ("id", "image", "mask", "label", "time", "event", "covariate", "ground_truth", "other")
 
 
-@dataclass(frozen=True)
-class ColumnRule:
+class ColumnRule(Config):
     """What a manifest column may hold (built in for standard columns, else from the card).
 
     ``min``/``max`` bound numeric values (inclusive unless ``exclusive_min``/``exclusive_max``),
@@ -38,7 +37,10 @@ class ColumnRule:
         'years'
     """
 
-    dtype: str = "str"
+    model_config = ConfigDict(frozen=True)
+    section = "column rule"
+
+    dtype: Literal[DTYPES] = "str"
     min: float | None = None
     max: float | None = None
     exclusive_min: bool = False
@@ -46,39 +48,24 @@ class ColumnRule:
     allowed: tuple[Any, ...] | None = None
     unit: str | None = None
     description: str | None = None
-    role: str = "other"
+    role: Literal[ROLES] = "other"
     required: bool = False
     fix: str | None = None
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], base: ColumnRule | None = None) -> ColumnRule:
+    def from_dict(cls, d: Mapping[str, Any] | None = None,
+                  base: ColumnRule | None = None) -> ColumnRule:
         """Build a rule from a card entry; keys not given keep ``base``'s values."""
-        check_keys("column rule", d, [f.name for f in fields(cls)])
-        values = {f.name: getattr(base, f.name) for f in fields(cls)} if base else {}
-        values.update(d)
-        if values.get("allowed") is not None:
-            if not isinstance(values["allowed"], (list, tuple)):
-                raise ValueError("'allowed' must be a list of values")
-            values["allowed"] = tuple(values["allowed"])
-        rule = cls(**values)
-        if rule.dtype not in DTYPES:
-            raise ValueError(f"dtype {rule.dtype!r} is not one of {list(DTYPES)}")
-        if rule.role not in ROLES:
-            raise ValueError(f"role {rule.role!r} is not one of {list(ROLES)}")
-        for key in ("min", "max"):
-            v = getattr(rule, key)
-            if v is not None and not isinstance(v, (int, float)):
-                raise ValueError(f"{key!r} must be a number, got {v!r}")
-        return rule
+        return base.replace(**dict(d or {})) if base is not None else super().from_dict(d)
 
     def to_dict(self) -> dict[str, Any]:
         """Card entry for this rule (defaults left out)."""
         out: dict[str, Any] = {}
         default = ColumnRule()
-        for f in fields(self):
-            v = getattr(self, f.name)
-            if f.name == "dtype" or v != getattr(default, f.name):
-                out[f.name] = list(v) if isinstance(v, tuple) else v
+        for name in type(self).model_fields:
+            v = getattr(self, name)
+            if name == "dtype" or v != getattr(default, name):
+                out[name] = list(v) if isinstance(v, tuple) else v
         return out
 
     def describe_range(self) -> str:

@@ -28,15 +28,16 @@ import struct
 import warnings
 import zlib
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import SimpleITK as sitk
+from pydantic import ConfigDict, Field
 
-from ..config import check_keys
+from ..config import Config
 
 __all__ = [
     "CTImage",
@@ -131,8 +132,7 @@ def _format_message(
     return msg
 
 
-@dataclass(frozen=True)
-class CTChecks:
+class CTChecks(Config):
     """Thresholds of the sanity checks in :func:`load_ct`.
 
     Example:
@@ -140,19 +140,16 @@ class CTChecks:
         8
     """
 
-    min_slices: int = 16                # fewer slices along the slice axis: error
-    max_slice_thickness_mm: float = 5.0  # thicker slices: warning (emphysema detail is lost)
+    model_config = ConfigDict(frozen=True)
+    section = "CTChecks"
+    key_advice = "Fix the spelling in your config."
+
+    min_slices: int = Field(16, ge=1)                  # fewer slices along the slice axis: error
+    max_slice_thickness_mm: float = Field(5.0, gt=0)  # thicker slices: warning (emphysema detail is lost)
     air_hu: float = -900.0              # a voxel at or below this is air
-    min_air_fraction: float = 0.001     # a chest CT in HU always has some air (lungs, outside)
+    min_air_fraction: float = Field(0.001, ge=0, le=1)  # a chest CT in HU always has some air (lungs, outside)
     max_hu: float = 32767.0             # values above do not fit int16
     check_hu: bool = True               # set False for phantoms that are not chest CT
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None) -> CTChecks:
-        d = dict(d or {})
-        check_keys("CTChecks", d, [f.name for f in fields(cls)],
-                   advice="Fix the spelling in your config.")
-        return cls(**d)
 
 
 @dataclass(eq=False)

@@ -49,7 +49,7 @@ import logging
 import math
 import os
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping, NamedTuple, Sequence
 
@@ -57,10 +57,11 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 import yaml
+from pydantic import Field
 from scipy import ndimage as ndi
 from scipy.spatial import ConvexHull
 
-from drasclr_toolkit.config import check_keys
+from drasclr_toolkit.config import Config
 from drasclr_toolkit.data import _phantom as ph
 from drasclr_toolkit.io_utils import atomic_write, atomic_write_text, die_with_parent
 
@@ -93,50 +94,34 @@ MANIFEST_COLUMNS = ("subject_id", "image", "lung_mask", "fev1_pp", "fev1_fvc", "
 
 
 # ------------------------------------------------------------------------ configuration
-@dataclass
-class SyntheticConfig:
+class SyntheticConfig(Config):
     """Options of :func:`make_synthetic_cohort` (the ``synthetic:`` section of a config).
 
     ``size_scale`` shrinks the whole anatomy (1.0 = adult, about 5 L of lung; 0.5 gives
-    about 0.6 L) for quick tests; ``spacing`` is the isotropic voxel size in mm.
+    about 0.6 L) for quick tests; ``spacing`` is the isotropic voxel size in mm. The
+    section's ``n_subjects`` (the cohort size) is accepted and left to the caller.
 
     >>> SyntheticConfig.from_dict({"spacing": 2.0, "size_scale": 0.6}).spacing
     2.0
     """
 
+    section = "synthetic config"
+    yaml_section = ("synthetic",)
+    ignored_keys = ("n_subjects",)
+
     seed: int = 0
-    spacing: float = 1.5
-    size_scale: float = 1.0
-    n_jobs: int | None = None  # None: every core this process may use (capped by subjects)
-    healthy_fraction: float = 0.2
+    spacing: float = Field(1.5, ge=0.2, le=6.0)  # mm
+    size_scale: float = Field(1.0, ge=0.2, le=1.5)
+    n_jobs: int | None = Field(None, ge=1)  # None: every core this process may use (capped by subjects)
+    healthy_fraction: float = Field(0.2, ge=0.0, le=1.0)
     max_rotation_deg: float = 8.0
     max_scale_change: float = 0.09
     max_translation_mm: float = 15.0
     compression_level: int = 1  # gzip level of the NIfTI files (1 = fast)
 
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None) -> "SyntheticConfig":
-        """Build from a mapping; unknown keys are an error that lists the known ones."""
-        d = dict(d or {})
-        d.pop("n_subjects", None)  # the config section also holds the cohort size
-        check_keys("synthetic config", d, [f.name for f in fields(cls)] + ["n_subjects"])
-        cfg = cls(**d)
-        cfg.validate()
-        return cfg
-
-    def validate(self) -> None:
-        if not (0.2 <= float(self.spacing) <= 6.0):
-            raise ValueError(f"synthetic config: spacing={self.spacing} mm; use 0.2–6 mm")
-        if not (0.2 <= float(self.size_scale) <= 1.5):
-            raise ValueError(f"synthetic config: size_scale={self.size_scale}; use 0.2–1.5")
-        if self.n_jobs is not None and int(self.n_jobs) < 1:
-            raise ValueError(f"synthetic config: n_jobs={self.n_jobs}; use >= 1 or None")
-        if not (0.0 <= self.healthy_fraction <= 1.0):
-            raise ValueError("synthetic config: healthy_fraction must be within [0, 1]")
-
     def fingerprint(self) -> dict[str, Any]:
         """The options that change the generated files (n_jobs and compression do not)."""
-        d = asdict(self)
+        d = self.to_dict()
         d.pop("n_jobs")
         d.pop("compression_level")
         d["generator_version"] = GENERATOR_VERSION
@@ -766,7 +751,6 @@ def make_synthetic_cohort(n_subjects: int, out_dir: str | os.PathLike, seed: int
     if config is None:
         config = SyntheticConfig.from_dict(dict(seed=seed, spacing=spacing,
                                                 size_scale=size_scale, n_jobs=n_jobs, **options))
-    config.validate()
     if int(n_subjects) < 1:
         raise ValueError(f"make_synthetic_cohort: n_subjects={n_subjects}; ask for at least 1")
     out = Path(out_dir).expanduser().resolve()

@@ -35,16 +35,16 @@ import json
 import logging
 import time
 import warnings
-from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence
 from urllib.parse import quote
 
 import numpy as np
 import torch
+from pydantic import Field, field_validator
 from tqdm.auto import tqdm
 
-from drasclr_toolkit.config import check_keys
+from drasclr_toolkit.config import Config, Device, check_keys
 from drasclr_toolkit.io_utils import atomic_write_text, remove_stale_temp_files
 from drasclr_toolkit.models import DrasCLREncoder
 from drasclr_toolkit.models.checkpoint import ENCODER_ARGS, load_encoder, official_landmark_coords
@@ -61,15 +61,14 @@ from drasclr_toolkit.runtime import (
 )
 from drasclr_toolkit.ssl.augment import hu_to_unit
 
-from .store import Embeddings, atomic_save_npy
+from .store import POOLING_METHODS, Embeddings, atomic_save_npy
 
 __all__ = ["EmbedConfig", "extract_embeddings"]
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class EmbedConfig:
+class EmbedConfig(Config):
     """The ``embed:`` section of a configuration.
 
     Attributes:
@@ -87,22 +86,21 @@ class EmbedConfig:
         8
     """
 
-    batch_size: int = 16
-    device: str = "auto"
+    section = "embed config"
+    yaml_section = ("embed",)
+
+    batch_size: int = Field(16, ge=1)
+    device: Device = "auto"
     amp: bool | None = None
     seed: int = 0
-    pooling: str = "mean"
-    encoder: dict[str, Any] = field(default_factory=dict)
+    pooling: Literal[POOLING_METHODS] = "mean"
+    encoder: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("encoder")
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any] | None) -> "EmbedConfig":
-        data = dict(data or {})
-        check_keys("embed config", data, [f.name for f in fields(cls)])
-        check_keys("embed.encoder", data.get("encoder", {}), ENCODER_ARGS)
-        config = cls(**data)
-        if config.batch_size < 1:
-            raise ValueError(f"embed config: batch_size must be >= 1, got {config.batch_size}")
-        return config
+    def _encoder_keys(cls, encoder: dict[str, Any]) -> dict[str, Any]:
+        check_keys("embed.encoder", encoder, ENCODER_ARGS)
+        return encoder
 
 
 # -- encoder ---------------------------------------------------------------------------
@@ -136,11 +134,12 @@ def extract_embeddings(
     checkpoint: str | Path | None = None,
     encoder: torch.nn.Module | None = None,
     *,
-    batch_size: int = 16,
-    device: str | torch.device = "auto",
+    config: EmbedConfig | Mapping[str, Any] | str | Path | None = None,
+    batch_size: int | None = None,
+    device: str | torch.device | None = None,
     out_path: str | Path | None = None,
     amp: bool | None = None,
-    seed: int = 0,
+    seed: int | None = None,
     encoder_kwargs: Mapping[str, Any] | None = None,
     subjects: Sequence[int | str] | None = None,
     progress: bool = True,
@@ -155,10 +154,15 @@ def extract_embeddings(
             ``encoder``) = a randomly initialised encoder seeded by ``seed``, built from
             ``encoder_kwargs`` (the baseline to compare a trained encoder against).
         encoder: an encoder object to use as is (its landmark convention is ours).
+        config: the ``embed:`` options (:class:`EmbedConfig`, a dict, a YAML file or a
+            packaged name); the keyword arguments below override its fields when given
+            (``None``: the config's value; for ``amp`` that means set ``amp`` in the config).
         batch_size: subjects per chunk = patches per forward pass (all at one landmark).
-        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ...
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ... (or a ``torch.device``).
         out_path: ``.npz`` to write; enables resumption through ``<out_path>.parts/``.
         amp: autocast (bfloat16/float16) on CUDA; ``None`` = on for CUDA only.
+        seed: seed of the random-init encoder.
+        encoder_kwargs: architecture of the random-init encoder (the config's ``encoder``).
         subjects: restrict to these subjects (ids or indices); default all.
         progress: show a tqdm bar (patches embedded).
         recalibrate: for the random-init encoder, re-estimate its BatchNorm statistics on
@@ -174,11 +178,13 @@ def extract_embeddings(
         :class:`Embeddings` in source order; subjects whose patches could not be read
         are left out and listed in ``provenance["failed"]`` with the reason.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    overrides = dict(batch_size=batch_size, amp=amp, seed=seed, encoder=encoder_kwargs)
+    cfg = EmbedConfig.coerce(config).replace(
+        **{key: value for key, value in overrides.items() if value is not None})
+    batch_size, amp, seed, encoder_kwargs = cfg.batch_size, cfg.amp, cfg.seed, cfg.encoder
     if checkpoint is not None and encoder is not None:
         raise ValueError("give either checkpoint or encoder, not both")
-    device = resolve_device(device)
+    device = resolve_device(cfg.device if device is None else device)
     encoder, info = _choose_encoder(checkpoint, encoder, seed, encoder_kwargs)
     was_training = encoder.training  # a caller's encoder goes back to its mode afterwards
     encoder = encoder.to(device).eval()

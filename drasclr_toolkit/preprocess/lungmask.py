@@ -33,14 +33,14 @@ from __future__ import annotations
 import importlib.util
 import logging
 import time
-from dataclasses import asdict, dataclass, fields
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 import numpy as np
 import SimpleITK as sitk
+from pydantic import ConfigDict, Field
 from scipy import ndimage as ndi
 
-from ..config import check_keys
+from ..config import Config
 from .resample import as_sitk, resample_like, to_lps
 
 __all__ = ["LungSegConfig", "LungSegmentationError", "lungmask_available", "segment_lungs"]
@@ -52,8 +52,7 @@ class LungSegmentationError(RuntimeError):
     """No plausible lungs were found in a scan."""
 
 
-@dataclass(frozen=True)
-class LungSegConfig:
+class LungSegConfig(Config):
     """Parameters of the classical lung segmentation (all HU or mm).
 
     Example:
@@ -61,23 +60,21 @@ class LungSegConfig:
         3.0
     """
 
-    backend: str = "classical"  # "classical", "lungmask" (if installed with weights), "auto"
-    work_spacing: float = 2.0  # segmentation grid; coarser is faster
+    model_config = ConfigDict(frozen=True)
+    section = "preprocess.segmentation"
+    yaml_section = ("preprocess", "segmentation")
+
+    backend: Literal["classical", "lungmask", "auto"] = "classical"  # "classical", "lungmask" (if installed with weights), "auto"
+    work_spacing: float = Field(2.0, gt=0)  # segmentation grid; coarser is faster
     air_threshold: float = -400.0  # lung parenchyma and airways lie below
     airway_threshold: float = -900.0  # airway lumen (after light smoothing) lies below
-    airway_max_area_mm2: float = 700.0  # a trachea/bronchus slice is smaller than this
-    airway_max_offset_mm: float = 40.0  # trachea seed: this close to the body's centre in x
-    airway_min_run_mm: float = 30.0  # a dark run lost sooner is not the trachea: seed again
-    min_lung_volume_ml: float = 30.0  # components smaller than this are not lung
-    second_lung_ratio: float = 0.15  # 2nd component counts as a lung above this size ratio
-    closing_radius_mm: float = 6.0  # takes vessels and airway walls into the lungs
-    smoothing_mm: float = 1.0  # Gaussian sigma before thresholding
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None) -> "LungSegConfig":
-        d = dict(d or {})
-        check_keys("preprocess.segmentation", d, [f.name for f in fields(cls)])
-        return cls(**d)
+    airway_max_area_mm2: float = Field(700.0, gt=0)  # a trachea/bronchus slice is smaller than this
+    airway_max_offset_mm: float = Field(40.0, ge=0)  # trachea seed: this close to the body's centre in x
+    airway_min_run_mm: float = Field(30.0, ge=0)  # a dark run lost sooner is not the trachea: seed again
+    min_lung_volume_ml: float = Field(30.0, ge=0)  # components smaller than this are not lung
+    second_lung_ratio: float = Field(0.15, ge=0, le=1)  # 2nd component counts as a lung above this size ratio
+    closing_radius_mm: float = Field(6.0, ge=0)  # takes vessels and airway walls into the lungs
+    smoothing_mm: float = Field(1.0, ge=0)  # Gaussian sigma before thresholding
 
 
 def lungmask_available() -> bool:
@@ -234,7 +231,7 @@ def _segment_classical(image: sitk.Image, cfg: LungSegConfig) -> tuple[sitk.Imag
     res = sitk.GetArrayViewFromImage(mask)
     info = {
         "backend": "classical",
-        "config": asdict(cfg),
+        "config": cfg.to_dict(),
         "work_spacing": ws,
         "airway_removed_ml": float(airway.sum() * voxel_ml),
         "n_components": len(parts),

@@ -25,14 +25,15 @@ import multiprocessing as mp
 import os
 import time
 import traceback
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
 import SimpleITK as sitk
+from pydantic import ConfigDict, Field
 
-from ..config import check_keys
+from ..config import Config
 from ..io_utils import die_with_parent, remove_stale_temp_files, safe_subject_id
 from .atlas import Atlas
 from .lungmask import LungSegConfig, segment_lungs
@@ -47,7 +48,7 @@ from .patches import (
 from .qc_rules import QCThresholds, absolute_flags
 from .registration import RegistrationConfig, register_affine, transform_to_dict
 from ..constants import HU_MAX, HU_MIN
-from .resample import as_sitk, resample_isotropic, resample_like, to_lps
+from .resample import _INTERPOLATORS, as_sitk, resample_isotropic, resample_like, to_lps
 from .store import PatchStore, _atomic_write_text
 
 __all__ = [
@@ -61,8 +62,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class PreprocessConfig:
+class PreprocessConfig(Config):
     """Settings of the preprocess stage (the ``preprocess:`` section of a config YAML).
 
     Example:
@@ -71,45 +71,25 @@ class PreprocessConfig:
         (2.0, 50)
     """
 
-    spacing: float = 1.0  # isotropic voxel size (mm) of the patches' grid
-    interpolator: str = "bspline"  # "bspline" (reference) or "linear" (faster)
+    model_config = ConfigDict(frozen=True)
+    section = "preprocess config"
+    yaml_section = ("preprocess",)
+    key_advice = "Fix the spelling in the preprocess: section of your config."
+
+    spacing: float = Field(1.0, gt=0)  # isotropic voxel size (mm) of the patches' grid
+    interpolator: Literal[tuple(_INTERPOLATORS)] = "bspline"  # "bspline" (reference) or "linear" (faster)
     hu_min: int = HU_MIN
     hu_max: int = HU_MAX
-    patch_size: int = 32
-    step: int = 26  # atlas landmark grid step (voxels); used when building an atlas
-    min_lung_fraction: float = 0.1  # atlas patch kept above this lung fraction
-    neighbors_k: int = 2
-    patch_sampling: str = "axis_aligned"  # or "affine" (see patches.py)
-    half_lung: float = 0.5  # QC: a patch "has lung" at or above this lung fraction
-    threads: int = 0  # SimpleITK threads per worker; 0 = cores / jobs
-    segmentation: LungSegConfig = field(default_factory=LungSegConfig)
-    registration: RegistrationConfig = field(default_factory=RegistrationConfig)
-    qc: QCThresholds = field(default_factory=QCThresholds)  # absolute QC limits
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None) -> "PreprocessConfig":
-        d = dict(d or {})
-        check_keys("preprocess config", d, [f.name for f in fields(cls)],
-                   advice="Fix the spelling in the preprocess: section of your config.")
-        if "segmentation" in d and not isinstance(d["segmentation"], LungSegConfig):
-            d["segmentation"] = LungSegConfig.from_dict(d["segmentation"])
-        if "registration" in d and not isinstance(d["registration"], RegistrationConfig):
-            d["registration"] = RegistrationConfig.from_dict(d["registration"])
-        if "qc" in d and not isinstance(d["qc"], QCThresholds):
-            d["qc"] = QCThresholds.from_dict(d["qc"])
-        if d.get("patch_sampling", "axis_aligned") not in ("axis_aligned", "affine"):
-            raise ValueError("preprocess.patch_sampling must be 'axis_aligned' or 'affine'")
-        return cls(**d)
-
-    @classmethod
-    def from_yaml(cls, path_or_name: str | os.PathLike) -> "PreprocessConfig":
-        """Read the ``preprocess:`` section of a config file or a packaged config name."""
-        from drasclr_toolkit.config import load_config
-
-        return cls.from_dict(load_config(path_or_name)["preprocess"])
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    patch_size: int = Field(32, ge=1)
+    step: int = Field(26, ge=1)  # atlas landmark grid step (voxels); used when building an atlas
+    min_lung_fraction: float = Field(0.1, ge=0, le=1)  # atlas patch kept above this lung fraction
+    neighbors_k: int = Field(2, ge=0)
+    patch_sampling: Literal["axis_aligned", "affine"] = "axis_aligned"  # see patches.py
+    half_lung: float = Field(0.5, ge=0, le=1)  # QC: a patch "has lung" at or above this lung fraction
+    threads: int = Field(0, ge=0)  # SimpleITK threads per worker; 0 = cores / jobs
+    segmentation: LungSegConfig = Field(default_factory=LungSegConfig)
+    registration: RegistrationConfig = Field(default_factory=RegistrationConfig)
+    qc: QCThresholds = Field(default_factory=QCThresholds)  # absolute QC limits
 
 
 @dataclass(eq=False)
@@ -147,7 +127,7 @@ class SubjectResult:
 
 
 def _resolve(config: PreprocessConfig | Mapping[str, Any] | None) -> PreprocessConfig:
-    return config if isinstance(config, PreprocessConfig) else PreprocessConfig.from_dict(config)
+    return PreprocessConfig.coerce(config)
 
 
 def preprocess_subject(

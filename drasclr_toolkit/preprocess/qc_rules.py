@@ -23,20 +23,20 @@ Example:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
 from scipy.stats import median_abs_deviation
 
-from ..config import check_keys
+from pydantic import ConfigDict, Field
+
+from ..config import Config
 
 __all__ = ["QCThresholds", "RELATIVE_RULES", "absolute_flags", "cohort_flags", "robust_z"]
 
 
-@dataclass(frozen=True)
-class QCThresholds:
+class QCThresholds(Config):
     """Absolute QC limits (the defaults and why; override per cohort with ``from_dict``).
 
     * ``min_dice = 0.85``: Dice of the affinely registered subject lung mask with the atlas
@@ -67,21 +67,16 @@ class QCThresholds:
         0.8
     """
 
-    min_dice: float = 0.85
-    lung_volume_ml: tuple[float, float] = (2000.0, 9000.0)
-    min_frac_lung_patches: float = 0.3
-    max_frac_missing: float = 0.10
-    min_lung_share: float = 0.25
-    bad_segmentation_flags: tuple[str, ...] = ("single_lung_component",)
+    model_config = ConfigDict(frozen=True)
+    section = "preprocess.qc"
+    yaml_section = ("preprocess", "qc")
 
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None) -> "QCThresholds":
-        d = dict(d or {})
-        check_keys("preprocess.qc", d, [f.name for f in fields(cls)])
-        for k in ("lung_volume_ml", "bad_segmentation_flags"):
-            if k in d:
-                d[k] = tuple(d[k])
-        return cls(**d)
+    min_dice: float = Field(0.85, ge=0, le=1)
+    lung_volume_ml: tuple[float, float] = (2000.0, 9000.0)
+    min_frac_lung_patches: float = Field(0.3, ge=0, le=1)
+    max_frac_missing: float = Field(0.10, ge=0, le=1)
+    min_lung_share: float = Field(0.25, ge=0, le=0.5)
+    bad_segmentation_flags: tuple[str, ...] = ("single_lung_component",)
 
 
 # Relative rules: metric -> (smallest meaningful spread, "abs" or "rel" to the median,

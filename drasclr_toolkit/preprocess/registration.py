@@ -48,13 +48,14 @@ import importlib.util
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Mapping
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal, Mapping
 
 import numpy as np
 import SimpleITK as sitk
+from pydantic import ConfigDict, Field
 
-from ..config import check_keys
+from ..config import Config
 
 __all__ = [
     "RegistrationConfig",
@@ -68,8 +69,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class RegistrationConfig:
+class RegistrationConfig(Config):
     """Settings of the affine lung-mask registration.
 
     Example:
@@ -77,45 +77,40 @@ class RegistrationConfig:
         4.0
     """
 
-    backend: str = "sitk"  # "sitk" or "ants" (antspyx, reference settings)
-    reg_spacing: float = 4.0  # registration grid (mm); finest level
-    shrink_factors: tuple[int, ...] = (4, 2, 1)
-    smoothing_sigmas: tuple[float, ...] = (2.0, 1.0, 0.0)  # in voxels of each level
-    mask_sigma_mm: float = 3.0  # smoothing of the masks into soft images
-    iterations: int = 200  # per level
-    learning_rate: float = 2.0  # regular step gradient descent: max step (mm, physical shift)
-    min_step: float = 1e-3
-    band_mm: float = 15.0  # metric on voxels within this distance of the atlas lung surface
-    sampling_percentage: float = 1.0  # of fixed voxels per iteration (fixed seed)
+    model_config = ConfigDict(frozen=True)
+    section = "preprocess.registration"
+    yaml_section = ("preprocess", "registration")
+
+    backend: Literal["sitk", "ants"] = "sitk"  # "sitk" or "ants" (antspyx, reference settings)
+    reg_spacing: float = Field(4.0, gt=0)  # registration grid (mm); finest level
+    shrink_factors: tuple[Annotated[int, Field(ge=1)], ...] = (4, 2, 1)
+    smoothing_sigmas: tuple[Annotated[float, Field(ge=0)], ...] = (2.0, 1.0, 0.0)  # in voxels of each level
+    mask_sigma_mm: float = Field(3.0, ge=0)  # smoothing of the masks into soft images
+    iterations: int = Field(200, ge=1)  # per level
+    learning_rate: float = Field(2.0, gt=0)  # regular step gradient descent: max step (mm, physical shift)
+    min_step: float = Field(1e-3, gt=0)
+    band_mm: float = Field(15.0, gt=0)  # metric on voxels within this distance of the atlas lung surface
+    sampling_percentage: float = Field(1.0, gt=0, le=1)  # of fixed voxels per iteration (fixed seed)
     init_scale: bool = True  # isotropic scale from the lung volume ratio (whole-lung scans)
-    threads: int = 0  # SimpleITK threads for this registration; 0 = SimpleITK default
+    threads: int = Field(0, ge=0)  # SimpleITK threads for this registration; 0 = SimpleITK default
     # Final level on the *binary* masks, unsmoothed (see _refine): grid in mm (never finer
     # than the masks' own grid; 0 = no refinement), band around the atlas lung surface,
     # expected number of random metric points per iteration, iterations and max step (mm).
-    refine_spacing: float = 1.0
-    refine_band_mm: float = 2.0
-    refine_points: int = 100_000
-    refine_iterations: int = 40  # converges in ~20 on near-affine pairs; a cap elsewhere
-    refine_learning_rate: float = 0.5
+    refine_spacing: float = Field(1.0, ge=0)
+    refine_band_mm: float = Field(2.0, gt=0)
+    refine_points: int = Field(100_000, ge=1)
+    refine_iterations: int = Field(40, ge=0)  # converges in ~20 on near-affine pairs; a cap elsewhere
+    refine_learning_rate: float = Field(0.5, gt=0)
     # Only when the coarse fit is already close (Dice ≥ this): sub-mm polish means nothing
     # where the two lungs differ by more than an affine (e.g. Dice 0.87 between people).
-    refine_min_dice: float = 0.95
+    refine_min_dice: float = Field(0.95, ge=0, le=1)
     # Partial coverage (lungs cut by the scan's first/last slice): when the free fit's z
     # scale differs from a prior from the in-plane scales ("x", "xy"; "free": never) by
     # more than ``partial_z_tolerance`` (log ratio), the z scale is held at the prior over
     # ``partial_passes`` further fits (see _partial_z_scale).
-    partial_z_scale: str = "x"
-    partial_z_tolerance: float = 0.10
-    partial_passes: int = 2
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None) -> "RegistrationConfig":
-        d = dict(d or {})
-        check_keys("preprocess.registration", d, [f.name for f in fields(cls)])
-        for k in ("shrink_factors", "smoothing_sigmas"):
-            if k in d:
-                d[k] = tuple(d[k])
-        return cls(**d)
+    partial_z_scale: Literal["x", "xy", "free"] = "x"
+    partial_z_tolerance: float = Field(0.10, ge=0)
+    partial_passes: int = Field(2, ge=0)
 
 
 @dataclass
@@ -326,7 +321,7 @@ def register_affine(
         "init": init_info,
         "z_scale": z_rule,
         "seconds": t_reg,
-        "config": asdict(cfg),
+        "config": cfg.to_dict(),
     }
     return RegistrationResult(transform, qc)
 
