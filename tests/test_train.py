@@ -223,7 +223,10 @@ def test_metrics_log_and_curves(source, tmp_path):
     assert df.lr.iloc[0] == pytest.approx(0.01) and df.lr.iloc[-1] < df.lr.iloc[0]  # cosine
     fig = plot_training_curves(df)
     assert {t.name for t in fig.data} == {"loss_local", "loss_neighbour", "acc_local",
-                                          "acc_neighbour", "lr"}
+                                          "acc_neighbour", "lr", "chance (1 / (1 + negatives))",
+                                          "chance (log(1 + negatives))"}
+    chance = next(t for t in fig.data if t.name.startswith("chance (1 /"))
+    np.testing.assert_allclose(chance.y, 1 / (1 + df.n_negatives), rtol=0.05)  # the logged chance
     with pytest.raises(FileNotFoundError, match="metrics"):
         read_metrics(tmp_path / "nowhere")
 
