@@ -216,12 +216,14 @@ def probe_dataset(
     """
     out = Path(out).expanduser().absolute()
     out.mkdir(parents=True, exist_ok=True)
-    label_table = load_labels(labels)  # a bad labels file is the user's to fix, before work
-    manifest = scan_folder(folder)
-    checks = check_scans(manifest)
+    # The user's inputs first (labels, atlas, config): a typo fails before any work.
+    label_table = load_labels(labels)
     chosen = resolve_atlas(atlas)
     problems: list[str] = []
     cfg = _preprocess_config(config, chosen, problems)
+    config = load_config(config)
+    manifest = scan_folder(folder)
+    checks = check_scans(manifest)
     result = ProbeResult(out, None, manifest, checks, pd.DataFrame(), atlas=chosen,
                          labels=label_table, problems=problems, config=cfg)
     loaded = checks.loc[checks["status"] != "error", "subject_id"].tolist()
