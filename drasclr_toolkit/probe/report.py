@@ -19,7 +19,7 @@ import pandas as pd
 from drasclr_toolkit.io_utils import atomic_write_text
 from drasclr_toolkit.viz.export import html_report
 
-__all__ = ["overlay_figures", "qc_table_html", "write_report"]
+__all__ = ["embedding_sections", "overlay_figures", "qc_table_html", "write_report"]
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,8 @@ def _scans_table(result: Any) -> pd.DataFrame:
     return table
 
 
-def _embedding_sections(result: Any) -> list[tuple[str, Any]]:
+def embedding_sections(result: Any) -> list[tuple[str, Any]]:
+    """The 3D landmark view and the patient embedding scatter(s), as report sections."""
     from drasclr_toolkit.evaluate import pool_embeddings
     from drasclr_toolkit.viz import embedding_scatter, landmark_cloud
 
@@ -190,7 +191,7 @@ def write_report(result: Any, path: str | Path) -> Path:
             "Flagged scans first, then a typical one for comparison.",
             *overlay_figures(result)]))
     if result.embeddings is not None:
-        sections += _embedding_sections(result)
+        sections += embedding_sections(result)
     if result.phenotypes is not None:
         sections.append(("Phenotype probes (cross-validated)", [
             "Linear probes on the mean-pooled embeddings, repeated K-fold; 'chance' and the "
