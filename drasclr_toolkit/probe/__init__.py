@@ -1,0 +1,14 @@
+"""Probe a new CT dataset: scan, check, preprocess, embed, QC and report in one call.
+
+Example:
+    >>> from drasclr_toolkit.probe import probe_dataset
+    >>> result = probe_dataset("scans/", "probe_out")     # doctest: +SKIP
+    >>> result.summary()                                   # doctest: +SKIP
+    '7 scans, 4 ok, 1 flagged, 2 failed'
+"""
+
+from .qc import ProbeQCRules, QC_COLUMNS, absolute_flags, assess_scans, load_failure_flag
+from .run import ProbeResult, load_labels, probe_dataset, resolve_atlas
+
+__all__ = ["ProbeQCRules", "ProbeResult", "QC_COLUMNS", "absolute_flags", "assess_scans",
+           "load_failure_flag", "load_labels", "probe_dataset", "resolve_atlas"]
