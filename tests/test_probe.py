@@ -17,7 +17,7 @@ from drasclr_toolkit.probe import ProbeQCRules, assess_scans, probe_dataset
 from drasclr_toolkit.probe.demo import truncate_file
 
 # The tiny phantoms hold about 1 L of lung: below the adult floor (2 L) on purpose.
-TINY_RULES = ProbeQCRules(lung_volume_ml=(500.0, 9000.0))
+TINY_RULES = None  # the tiny config's preprocess.qc limits (child-sized phantoms)
 
 
 @preserve_locale()  # GDCM's writer can leave the process in the "C" locale

@@ -19,15 +19,29 @@ import argparse
 from pathlib import Path
 
 
+def _rules(args: argparse.Namespace):
+    """The config's QC limits (``preprocess.qc``), with --lung-volume-ml over them."""
+    if args.lung_volume_ml is None:
+        return None
+    from drasclr_toolkit.config import load_config
+    from drasclr_toolkit.preprocess.pipeline import PreprocessConfig
+    from drasclr_toolkit.probe import ProbeQCRules
+
+    qc = PreprocessConfig.from_dict(load_config(args.config).get("preprocess", {})).qc
+    return ProbeQCRules(min_dice=qc.min_dice, lung_volume_ml=tuple(args.lung_volume_ml),
+                        min_frac_lung_patches=qc.min_frac_lung_patches,
+                        max_frac_outside_scan=qc.max_frac_missing)
+
+
 def run(args: argparse.Namespace) -> int:
-    from drasclr_toolkit.probe import ProbeQCRules, probe_dataset
+    from drasclr_toolkit.probe import probe_dataset
 
     folder = Path(args.folder)
     out = Path(args.out) if args.out else Path.cwd() / f"drasclr_probe_{folder.resolve().name}"
     result = probe_dataset(folder, out, labels=args.labels, checkpoint=args.checkpoint,
                            atlas=args.atlas, config=args.config, n_jobs=args.jobs,
                            n_permutations=args.permutations, progress=not args.no_progress,
-                           rules=ProbeQCRules(lung_volume_ml=tuple(args.lung_volume_ml)))
+                           rules=_rules(args))
     print(result.qc[["subject_id", "status", "flags"]].to_string(index=False))
     print(f"probe: {result.summary()}")
     print(f"report: {result.report}")
@@ -53,8 +67,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--jobs", type=int, default=1, help="preprocessing worker processes")
     p.add_argument("--permutations", type=int, default=10,
                    help="permutations of the evaluation's null (small: quick)")
-    p.add_argument("--lung-volume-ml", nargs=2, type=float, default=(2000.0, 9000.0),
-                   metavar=("MIN", "MAX"), help="plausible lung volume (default: adults, "
-                   "2000 9000; the tiny synthetic phantoms hold about 1000 mL)")
+    p.add_argument("--lung-volume-ml", nargs=2, type=float, default=None,
+                   metavar=("MIN", "MAX"), help="plausible lung volume (default: the config's "
+                   "preprocess.qc, adults 2000 9000 in gpu; tiny and small allow 300 for their "
+                   "child-sized phantoms)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)

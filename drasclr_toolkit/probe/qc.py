@@ -8,9 +8,8 @@ metrics. ``status`` is ``failed`` (no patches), ``flagged`` (patches, but a rule
 ``ok``. Flags are short machine names (``low_dice``), reasons are sentences with the number
 and the threshold.
 
-The absolute rules live in one function, :func:`absolute_flags`, applied to one
-preprocessed subject at a time; a richer rule set (``preprocess/qc_rules.py``) replaces it
-there without touching the rest of the probe.
+The absolute rules are :mod:`drasclr_toolkit.preprocess.qc_rules`' (one implementation),
+with the probe's thresholds (:class:`ProbeQCRules`), applied by :func:`absolute_flags`.
 
 Example:
     >>> import pandas as pd
@@ -36,7 +35,7 @@ __all__ = ["ProbeQCRules", "QC_COLUMNS", "absolute_flags", "assess_scans", "load
 
 QC_COLUMNS = ["subject_id", "status", "flags", "reasons"]
 # Metrics of the preprocessing QC table carried into the probe's table (when present).
-_METRIC_COLUMNS = ["lung_volume_ml", "dice", "frac_lung_patches", "frac_in_scan"]
+_METRIC_COLUMNS = ["lung_volume_ml", "dice", "frac_lung_patches", "frac_in_scan", "frac_missing"]
 
 
 @dataclass(frozen=True)
@@ -50,7 +49,7 @@ class ProbeQCRules:
 
     min_dice: float = 0.85                          # registration Dice to the atlas
     lung_volume_ml: tuple[float, float] = (2000.0, 9000.0)
-    min_frac_lung_patches: float = 0.0              # flagged at or below: no lung patch at all
+    min_frac_lung_patches: float = 0.3              # flagged below (see QCThresholds)
     max_frac_outside_scan: float = 0.10             # landmarks whose centre is outside the scan
 
 
@@ -81,44 +80,41 @@ def _number(row: Mapping[str, Any], key: str) -> float:
     return value
 
 
+# The probe's flag names for the rules of :mod:`drasclr_toolkit.preprocess.qc_rules`.
+_RULE_FLAGS = {"dice": "low_dice", "lung_volume": "implausible_lung_volume",
+               "lung_patches": "little_lung", "partial_coverage": "partial_coverage",
+               "lung_balance": "lung_imbalance", "segmentation": "segmentation"}
+
+
 def absolute_flags(row: Mapping[str, Any], rules: ProbeQCRules = ProbeQCRules()
                    ) -> list[tuple[str, str]]:
-    """``(flag, reason)`` pairs of one preprocessed subject (a row of ``qc_table``).
-
-    This is the place where ``preprocess/qc_rules.py`` plugs in: it takes the same row and
-    returns the same pairs.
+    """``(flag, reason)`` pairs of one preprocessed subject (a row of ``qc_table``), from the
+    absolute rules of :func:`drasclr_toolkit.preprocess.qc_rules.absolute_flags` with the
+    probe's thresholds.
 
     Example:
         >>> absolute_flags({"dice": 0.9, "lung_volume_ml": 900, "frac_lung_patches": 0.5,
         ...                 "frac_in_scan": 0.7})[0][0]
         'implausible_lung_volume'
     """
-    found: list[tuple[str, str]] = []
-    volume = _number(row, "lung_volume_ml")
-    low, high = rules.lung_volume_ml
-    if np.isfinite(volume) and not low <= volume <= high:
-        found.append(("implausible_lung_volume",
-                      f"lung volume {volume:,.0f} mL is outside {low:,.0f}–{high:,.0f} mL "
-                      "(adult lungs; check the segmentation overlay)"))
-    dice = _number(row, "dice")
-    if np.isfinite(dice) and dice < rules.min_dice:
-        found.append(("low_dice", f"registration Dice {dice:.2f} < {rules.min_dice:.2f}: the "
-                      "lungs do not line up with the atlas"))
-    lung = _number(row, "frac_lung_patches")
-    if np.isfinite(lung) and lung <= rules.min_frac_lung_patches:
-        found.append(("little_lung", f"{lung:.0%} of the landmark patches are at least half "
-                      "lung: the patches show little or no lung"))
-    outside = 1.0 - _number(row, "frac_in_scan")
-    if np.isfinite(outside) and outside > rules.max_frac_outside_scan:
-        found.append(("partial_coverage", f"{outside:.0%} of the landmarks fall outside the "
-                      f"scan (> {rules.max_frac_outside_scan:.0%}): the scan does not cover "
-                      "the whole lung; those patches are air"))
-    return found
+    from drasclr_toolkit.preprocess.qc_rules import QCThresholds
+    from drasclr_toolkit.preprocess.qc_rules import absolute_flags as rule_flags
+
+    thresholds = QCThresholds(min_dice=rules.min_dice, lung_volume_ml=rules.lung_volume_ml,
+                              min_frac_lung_patches=rules.min_frac_lung_patches,
+                              max_frac_missing=rules.max_frac_outside_scan)
+    metrics = {k: v for k, v in row.items() if np.isscalar(v) and not
+               (isinstance(v, float) and np.isnan(v))}
+    flags = str(row.get("segmentation_flags") or "")
+    metrics["segmentation_flags"] = [f for f in flags.split(";") if f]
+    return [(_RULE_FLAGS.get(rule, rule), reason)
+            for rule, reason in rule_flags(metrics, thresholds).items()]
 
 
 def _cohort_flags(row: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """The preprocessing table's own relative flags (robust z-scores, its Dice floor)."""
-    names = [f for f in str(row.get("qc_flags") or "").split(";") if f]
+    """The preprocessing table's relative flags (robust z-scores against the cohort); its
+    absolute flags are the probe's own (:func:`absolute_flags`, the probe's thresholds)."""
+    names = [f for f in str(row.get("qc_flags") or "").split(";") if f.endswith("_z")]
     return [(f"outlier_{name[:-2]}" if name.endswith("_z") else name,
              f"{name[:-2]} is a cohort outlier (robust z-score beyond 3.5)"
              if name.endswith("_z") else f"preprocessing QC flag {name}") for name in names]

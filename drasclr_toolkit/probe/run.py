@@ -193,7 +193,7 @@ def probe_dataset(
     config: str | os.PathLike | Mapping[str, Any] = "tiny",
     *,
     n_jobs: int = 1,
-    rules: ProbeQCRules = ProbeQCRules(),
+    rules: ProbeQCRules | None = None,
     n_permutations: int = 10,
     report: bool = True,
     progress: bool = False,
@@ -210,7 +210,7 @@ def probe_dataset(
         atlas: None (built from the data), ``"official"``, an atlas folder, or an Atlas.
         config: ``tiny``, ``gpu`` or a YAML file (its preprocess and embed sections).
         n_jobs: preprocessing worker processes.
-        rules: thresholds of the absolute QC rules.
+        rules: thresholds of the absolute QC rules (default: the config's ``preprocess.qc``).
         n_permutations: permutations of the evaluation's null (small: a quick look).
         report: write ``out/report.html``.
     """
@@ -235,12 +235,16 @@ def probe_dataset(
                                                          progress=progress)
             result.store = run_preprocessing(good, result.atlas, out / "preprocess", cfg,
                                              n_jobs=n_jobs, progress=progress)
-            pre_qc = qc_table(result.store, min_dice=cfg.min_dice, half_lung=cfg.half_lung)
+            pre_qc = qc_table(result.store, thresholds=cfg.qc)
         except Exception as exc:  # noqa: BLE001 - the report still says what happened
             log.exception("probe: preprocessing stopped")
             problems.append(f"preprocessing stopped: {type(exc).__name__}: {exc}")
     else:
         problems.append("no scan could be loaded, so nothing was preprocessed")
+    if rules is None:
+        rules = ProbeQCRules(min_dice=cfg.qc.min_dice, lung_volume_ml=cfg.qc.lung_volume_ml,
+                             min_frac_lung_patches=cfg.qc.min_frac_lung_patches,
+                             max_frac_outside_scan=cfg.qc.max_frac_missing)
     result.qc = assess_scans(pre_qc, checks, rules)
     result.qc.to_csv(out / "qc.csv", index=False)
     if result.store is not None and result.store.subject_ids:
