@@ -50,7 +50,8 @@ import pandas as pd
 
 log = logging.getLogger(__name__)
 
-__all__ = ["HIST_EDGES", "ZONES", "cohort_densitometry", "densitometry", "lung_zones"]
+__all__ = ["HIST_EDGES", "ZONES", "cohort_densitometry", "densitometry", "densitometry_sets",
+           "lung_zones"]
 
 ZONES = ("right_upper", "right_middle", "right_lower", "left_upper", "left_middle",
          "left_lower")
@@ -289,3 +290,24 @@ def cohort_densitometry(manifest: Any, subjects: Any = None, *, mask_source: str
     table.index.name = "subject_id"
     table.attrs["failures"] = failures
     return table.astype(np.float64)
+
+
+def densitometry_sets(table: pd.DataFrame, metrics: Sequence[str] = ("laa950_pct", "perc15_hu",
+                                                                      "mld_hu")
+                      ) -> dict[str, pd.DataFrame]:
+    """The two classical baselines as feature tables: ``densitometry`` (whole lung:
+    ``metrics`` and the lung volume) and ``densitometry zones`` (``metrics`` in each of the
+    six :data:`ZONES`), from a :func:`cohort_densitometry` table.
+
+    Example:
+        >>> t = pd.DataFrame({"laa950_pct": [1.0], "volume_ml": [900.0],
+        ...                   "right_upper_laa950_pct": [2.0]}, index=["s1"])
+        >>> {k: list(v.columns) for k, v in densitometry_sets(t, ["laa950_pct"]).items()}
+        {'densitometry': ['laa950_pct', 'volume_ml'], 'densitometry zones': ['right_upper_laa950_pct']}
+    """
+    whole = [c for c in (*metrics, "volume_ml") if c in table.columns]
+    zones = [f"{z}_{m}" for z in ZONES for m in metrics if f"{z}_{m}" in table.columns]
+    out = {"densitometry": table[whole].copy()}
+    if zones:
+        out["densitometry zones"] = table[zones].copy()
+    return out
