@@ -237,7 +237,10 @@ class Workspace:
         if str(self.config_name) == "tiny":
             return dict(n_repeats=1, n_permutations=19, n_bootstrap=100,
                         survival_models=("coxph", "coxnet"), survival_permutations=9,
-                        finetune_steps=12, seeds=(0, 1), n_boot_dense=100, min_subjects=8)
+                        finetune_steps=8, finetune_batch=16, fractions=(0.1, 0.3, 1.0),
+                        seeds=(0, 1), n_boot_dense=100, min_subjects=8)
         return dict(n_repeats=5, n_permutations=200, n_bootstrap=1000,
                     survival_models=("coxph", "coxnet", "rsf"), survival_permutations=100,
-                    finetune_steps=300, seeds=(0, 1, 2), n_boot_dense=1000, min_subjects=20)
+                    finetune_steps=300, finetune_batch=32,
+                    fractions=(0.01, 0.05, 0.1, 0.25, 1.0), seeds=(0, 1, 2), n_boot_dense=1000,
+                    min_subjects=20)

@@ -16,7 +16,7 @@ from .dense import (DISEASE_CLASSES, DenseResult, PatchTruth, evaluate_dense,
                     patch_truth_from_table, synthetic_patch_truth)
 from .compare import comparison_table, comparison_text, summarise
 from .densitometry import (HIST_EDGES, ZONES, cohort_densitometry, densitometry,
-                           densitometry_sets, lung_zones)
+                           densitometry_sets, lung_zones, patch_densitometry)
 from .finetune import LABEL_FRACTIONS, label_efficiency
 from .features import POOLINGS, feature_sets, landmark_zones, pool_embeddings
 from .nuisance import nuisance_sensitivity, spearman_ci
@@ -32,5 +32,5 @@ __all__ = [
     "feature_sets", "infer_target_kind", "landmark_zones", "lung_zones", "make_probe",
     "make_survival_model", "pool_embeddings", "risk_groups", "survival_metrics",
     "to_structured", "comparison_table", "comparison_text", "summarise", "densitometry_sets",
-    "nuisance_sensitivity", "spearman_ci",
+    "nuisance_sensitivity", "spearman_ci", "patch_densitometry",
 ]

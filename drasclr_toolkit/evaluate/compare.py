@@ -162,8 +162,15 @@ def comparison_text(long: pd.DataFrame, reference: str = "drasclr",
         words = []
         if yes:
             words.append("evidence of signal for " + ", ".join(yes))
+        below = [n for n in no if np.isfinite(done.loc[n, "ci_high"])
+                 and np.isfinite(done.loc[n, "chance"])
+                 and done.loc[n, "ci_high"] < done.loc[n, "chance"]]
+        no = [n for n in no if n not in below]
         if no:
             words.append("no evidence for " + ", ".join(no))
+        if below:
+            words.append("below chance (95 % CI excludes it; small-sample cross-validation "
+                         "bias, not signal) for " + ", ".join(below))
         sentence = f"{task} ({metric}): " + "; ".join(words) + "."
         if reference in done.index:
             ref = done.loc[reference]
