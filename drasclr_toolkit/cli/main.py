@@ -26,6 +26,7 @@ STAGE_MODULES = (
     "pretrain",
     "embed",
     "store",
+    "evaluate",
 )
 
 # Exit status of a known input problem (argparse uses 2 for a bad command line).
