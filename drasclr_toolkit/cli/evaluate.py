@@ -118,7 +118,9 @@ def run(args: argparse.Namespace) -> int:
     has_survival = {args.time_col, args.event_col} <= set(labels.columns)
     outcome = labels[[args.time_col, args.event_col]].dropna() if has_survival else None
     if outcome is None or outcome[args.event_col].sum() < 2:
-        print(f"survival: skipped ({'no ' + args.time_col + '/' + args.event_col + ' columns' if outcome is None else 'fewer than 2 events'})")
+        why = (f"no {args.time_col}/{args.event_col} columns" if outcome is None
+               else "fewer than 2 events")
+        print(f"survival: skipped ({why})")
     else:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -23,8 +23,9 @@ Example:
     >>> long = summarise(table)
     >>> long[["feature_set", "task", "evidence"]].values.tolist()
     [['drasclr', 'fev1_pp', True], ['random-init', 'fev1_pp', False]]
-    >>> print(comparison_text(long, reference="drasclr")[0])
-    fev1_pp (r2): evidence of signal for drasclr; no evidence for random-init. drasclr: higher than random-init (95 % CIs do not overlap).
+    >>> print(comparison_text(long, reference="drasclr")[0])  # doctest: +NORMALIZE_WHITESPACE
+    fev1_pp (r2): evidence of signal for drasclr; no evidence for random-init.
+    drasclr: higher than random-init (95 % CIs do not overlap).
 """
 
 from __future__ import annotations

@@ -303,7 +303,8 @@ def densitometry_sets(table: pd.DataFrame, metrics: Sequence[str] = ("laa950_pct
         >>> t = pd.DataFrame({"laa950_pct": [1.0], "volume_ml": [900.0],
         ...                   "right_upper_laa950_pct": [2.0]}, index=["s1"])
         >>> {k: list(v.columns) for k, v in densitometry_sets(t, ["laa950_pct"]).items()}
-        {'densitometry': ['laa950_pct', 'volume_ml'], 'densitometry zones': ['right_upper_laa950_pct']}
+        {'densitometry': ['laa950_pct', 'volume_ml'], \
+'densitometry zones': ['right_upper_laa950_pct']}
     """
     whole = [c for c in (*metrics, "volume_ml") if c in table.columns]
     zones = [f"{z}_{m}" for z in ZONES for m in metrics if f"{z}_{m}" in table.columns]

@@ -120,7 +120,8 @@ def km_figure(groups: Any, title: str | None = None) -> go.Figure:
                                  line=dict(shape="hv", color=colour, width=2),
                                  name=f"{name} (n={n})",
                                  customdata=part["at_risk"],
-                                 hovertemplate="t=%{x:.3g}<br>S=%{y:.3f}<br>at risk %{customdata}"))
+                                 hovertemplate="t=%{x:.3g}<br>S=%{y:.3f}<br>"
+                                               "at risk %{customdata}"))
     p = groups.logrank["p_value"]
     head = title or f"Kaplan–Meier by out-of-fold {groups.model} risk"
     fig.update_layout(title=f"{head} (log-rank p={p:.3g})", xaxis_title="time",
