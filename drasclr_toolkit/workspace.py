@@ -238,7 +238,7 @@ class Workspace:
             return dict(n_repeats=1, n_permutations=19, n_bootstrap=100,
                         survival_models=("coxph", "coxnet"), survival_permutations=9,
                         finetune_steps=8, finetune_batch=16, fractions=(0.1, 0.3, 1.0),
-                        seeds=(0, 1), n_boot_dense=100, min_subjects=8)
+                        seeds=(0, 1), n_boot_dense=100, min_subjects=10)
         return dict(n_repeats=5, n_permutations=200, n_bootstrap=1000,
                     survival_models=("coxph", "coxnet", "rsf"), survival_permutations=100,
                     finetune_steps=300, finetune_batch=32,
