@@ -112,3 +112,13 @@ def test_evaluate_cli_names_a_missing_embeddings_file(tmp_path, capsys, bad):
     code = main(["evaluate", "--embeddings", bad, "--labels", str(tmp_path / "labels.csv"),
                  "--out", str(tmp_path / "o")])
     assert code == 1 and "missing.npz" in capsys.readouterr().err
+
+
+def test_a_zero_width_interval_supports_no_claim():
+    long = summarise(pd.DataFrame({
+        "feature_set": ["drasclr", "zones"], "model": ["coxph"] * 2, "harrell_c": [0.9, 0.0],
+        "harrell_c_ci_low": [0.6, 0.0], "harrell_c_ci_high": [1.0, 0.0],
+        "harrell_c_null_p95": [0.8, 0.8], "harrell_c_p": [0.3, 1.0], "verdict": ["", ""],
+        "n": [12, 12]}))
+    words = comparison_text(long, reference="drasclr")[0]
+    assert "below chance" not in words and "no CI to compare with zones" in words

@@ -42,10 +42,17 @@ LONG_COLUMNS = ("feature_set", "task", "metric", "value", "ci_low", "ci_high", "
 ALPHA = 0.05
 
 
-def _evidence(p: float, low: float, chance: float) -> bool:
+def _proper_ci(row: pd.Series) -> bool:
+    """A usable interval: finite and of non-zero width (zero width: every fold or resample
+    gave the same value, which says nothing about uncertainty)."""
+    return bool(np.isfinite(row["ci_low"]) and np.isfinite(row["ci_high"])
+                and row["ci_high"] > row["ci_low"])
+
+
+def _evidence(p: float, low: float, high: float, chance: float) -> bool:
     if np.isfinite(p):
         return bool(p <= ALPHA)
-    return bool(np.isfinite(low) and np.isfinite(chance) and low > chance)
+    return bool(np.isfinite(low) and high > low and np.isfinite(chance) and low > chance)
 
 
 def _phenotype_rows(table: pd.DataFrame) -> list[dict]:
@@ -101,9 +108,9 @@ def summarise(table: pd.DataFrame, metric: str | None = None) -> pd.DataFrame:
     long = pd.DataFrame(rows).reindex(columns=list(LONG_COLUMNS))
     for col in ("value", "ci_low", "ci_high", "chance", "null_p95", "p"):
         long[col] = pd.to_numeric(long[col], errors="coerce")
-    long["evidence"] = [_evidence(p, lo, c) if np.isfinite(v) else False
-                        for p, lo, c, v in zip(long["p"], long["ci_low"], long["chance"],
-                                               long["value"].fillna(np.nan))]
+    long["evidence"] = [_evidence(p, lo, hi, c) if np.isfinite(v) else False
+                        for p, lo, hi, c, v in zip(long["p"], long["ci_low"], long["ci_high"],
+                                                   long["chance"], long["value"])]
     return long
 
 
@@ -163,7 +170,7 @@ def comparison_text(long: pd.DataFrame, reference: str = "drasclr",
         words = []
         if yes:
             words.append("evidence of signal for " + ", ".join(yes))
-        below = [n for n in no if np.isfinite(done.loc[n, "ci_high"])
+        below = [n for n in no if _proper_ci(done.loc[n])
                  and np.isfinite(done.loc[n, "chance"])
                  and done.loc[n, "ci_high"] < done.loc[n, "chance"]]
         no = [n for n in no if n not in below]
@@ -179,8 +186,7 @@ def comparison_text(long: pd.DataFrame, reference: str = "drasclr",
             higher, lower, same, no_ci = [], [], [], []
             for other in others:
                 o = done.loc[other]
-                if not (ref["ci_high"] > ref["ci_low"] and o["ci_high"] > o["ci_low"]):
-                    # no interval, or a degenerate one (every fold gave the same value)
+                if not (_proper_ci(ref) and _proper_ci(o)):
                     no_ci.append(other)
                 elif ref["ci_low"] > o["ci_high"]:
                     higher.append(other)
