@@ -171,3 +171,79 @@ class Workspace:
         self.embeddings_dir.mkdir(parents=True, exist_ok=True)
         return extract_embeddings(store, checkpoint, config=cfg, out_path=path,
                                   recompute_changed=True)
+
+    # -- evaluation products (cached in evaluate_dir) ---------------------------------
+    def labels(self):
+        """Clinical labels of the cohort indexed by subject id (the manifest's label
+        columns; the synthetic cohort's spirometry, scores, mMRC and survival)."""
+        return self.cohort().labels()
+
+    def densitometry(self):
+        """Lung densitometry (LAA-950, Perc15, MLD, volume; whole lung and six zones) of the
+        subjects in the patch store, from the scans; cached in ``evaluate_dir``, resumable."""
+        from drasclr_toolkit.evaluate import cohort_densitometry
+
+        if "densitometry" not in self._made:
+            self.evaluate_dir.mkdir(parents=True, exist_ok=True)
+            store = self.patch_store()
+            self._made["densitometry"] = cohort_densitometry(
+                self.cohort(), list(store.subject_ids),
+                cache=self.evaluate_dir / "densitometry.csv")
+        return self._made["densitometry"]
+
+    @property
+    def patch_labels_path(self) -> Path | None:
+        """A real cohort's per-patch label table: ``patch_labels.csv`` beside the manifest
+        (columns ``subject_id, landmark, label[, extent]``; see data_manifests/README.md)."""
+        if self.manifest_path is None:
+            return None
+        return self.manifest_path.parent / "patch_labels.csv"
+
+    def patch_truth(self):
+        """Per-patch emphysema truth aligned with the patch store, or None when the cohort
+        has none (a real cohort without ``patch_labels.csv``). Synthetic: from the disease
+        maps, cached in ``evaluate_dir/patch_truth.npz``."""
+        import numpy as np
+        import pandas as pd
+
+        from drasclr_toolkit.evaluate import (PatchTruth, patch_truth_from_table,
+                                              synthetic_patch_truth)
+
+        if "patch_truth" in self._made:
+            return self._made["patch_truth"]
+        store = self.patch_store()
+        ids = list(store.subject_ids)
+        cache = self.evaluate_dir / "patch_truth.npz"
+        truth = None
+        if self.is_synthetic:
+            if cache.exists():
+                saved = np.load(cache, allow_pickle=False)
+                if list(saved["subject_ids"]) == ids:
+                    truth = PatchTruth(ids, saved["label"], saved["extent"],
+                                       tuple(saved["classes"]))
+            if truth is None:
+                truth = synthetic_patch_truth(store, self.cohort_dir)
+                self.evaluate_dir.mkdir(parents=True, exist_ok=True)
+                tmp = cache.with_name(".patch_truth.tmp.npz")
+                np.savez(tmp, subject_ids=np.array(ids), label=truth.label,
+                         extent=truth.extent, classes=np.array(truth.classes))
+                tmp.replace(cache)
+        elif self.patch_labels_path is not None and self.patch_labels_path.exists():
+            table = pd.read_csv(self.patch_labels_path, dtype={"subject_id": str})
+            truth = patch_truth_from_table(table, ids, int(store.n_landmarks))
+        self._made["patch_truth"] = truth
+        return truth
+
+    def evaluation_budget(self) -> dict[str, Any]:
+        """How hard the evaluation notebooks work: quick on the ``tiny`` configuration
+        (a dozen subjects, 2 CPU cores), thorough otherwise (``gpu`` or a YAML file)."""
+        if str(self.config_name) == "tiny":
+            return dict(n_repeats=1, n_permutations=19, n_bootstrap=100,
+                        survival_models=("coxph", "coxnet"), survival_permutations=9,
+                        finetune_steps=8, finetune_batch=16, fractions=(0.1, 0.3, 1.0),
+                        seeds=(0, 1), n_boot_dense=100, min_subjects=10)
+        return dict(n_repeats=5, n_permutations=200, n_bootstrap=1000,
+                    survival_models=("coxph", "coxnet", "rsf"), survival_permutations=100,
+                    finetune_steps=300, finetune_batch=32,
+                    fractions=(0.01, 0.05, 0.1, 0.25, 1.0), seeds=(0, 1, 2), n_boot_dense=1000,
+                    min_subjects=20)

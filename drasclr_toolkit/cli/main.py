@@ -27,6 +27,7 @@ STAGE_MODULES = (
     "embed",
     "store",
     "probe",
+    "evaluate",
 )
 
 # Exit status of a known input problem (argparse uses 2 for a bad command line).

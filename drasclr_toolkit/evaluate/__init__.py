@@ -8,14 +8,18 @@ Example:
     ...                     ["drasclr+densitometry"])
     >>> evaluate_phenotypes(sets, labels, ["fev1_pp", "gold"])                     # doctest: +SKIP
 
-Figures live in :mod:`drasclr_toolkit.evaluate.plots` (to move to ``viz`` later).
+Figures live in :mod:`drasclr_toolkit.viz.evaluation`; :mod:`~drasclr_toolkit.evaluate.compare`
+turns every result table into one comparison with the words its numbers allow.
 """
 
 from .dense import (DISEASE_CLASSES, DenseResult, PatchTruth, evaluate_dense,
                     patch_truth_from_table, synthetic_patch_truth)
-from .densitometry import HIST_EDGES, ZONES, cohort_densitometry, densitometry, lung_zones
+from .compare import comparison_table, comparison_text, summarise
+from .densitometry import (HIST_EDGES, ZONES, cohort_densitometry, densitometry,
+                           densitometry_sets, lung_zones, patch_densitometry)
 from .finetune import LABEL_FRACTIONS, label_efficiency
 from .features import POOLINGS, feature_sets, landmark_zones, pool_embeddings
+from .nuisance import nuisance_sensitivity, spearman_ci
 from .probes import evaluate_phenotypes, infer_target_kind, make_probe
 from .survival import (RiskGroups, corrected_ci, default_horizons, evaluate_survival,
                        make_survival_model, risk_groups, survival_metrics, to_structured)
@@ -27,5 +31,6 @@ __all__ = [
     "default_horizons", "densitometry", "evaluate_phenotypes", "evaluate_survival",
     "feature_sets", "infer_target_kind", "landmark_zones", "lung_zones", "make_probe",
     "make_survival_model", "pool_embeddings", "risk_groups", "survival_metrics",
-    "to_structured",
+    "to_structured", "comparison_table", "comparison_text", "summarise", "densitometry_sets",
+    "nuisance_sensitivity", "spearman_ci", "patch_densitometry",
 ]

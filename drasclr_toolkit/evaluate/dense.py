@@ -30,7 +30,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-__all__ = ["DISEASE_CLASSES", "DenseResult", "PatchTruth", "evaluate_dense",
+__all__ = ["DISEASE_CLASSES", "DenseResult", "PatchTruth", "evaluate_dense", "patch_centres",
            "patch_truth_from_table", "synthetic_patch_truth"]
 
 # Class index → name; the synthetic disease maps use 1, 2, 3 for these patterns (4, airway
@@ -90,6 +90,12 @@ def _record_centres(record: Mapping[str, Any]) -> np.ndarray:
     if isinstance(centres, str):
         centres = json.loads(centres)
     return np.asarray(centres, dtype=np.float64).reshape(-1, 3)
+
+
+def patch_centres(store: Any, subject: str | int) -> np.ndarray:
+    """``(L, 3)`` patch centres of one subject in its scan's LPS millimetres (from the patch
+    store's record), e.g. for :func:`~drasclr_toolkit.viz.dense.dense_slice_figure`."""
+    return _record_centres(store.subject_record(subject))
 
 
 def synthetic_patch_truth(store: Any, cohort_dir: str | Path, min_extent: float = 0.05,

@@ -50,7 +50,8 @@ import pandas as pd
 
 log = logging.getLogger(__name__)
 
-__all__ = ["HIST_EDGES", "ZONES", "cohort_densitometry", "densitometry", "lung_zones"]
+__all__ = ["HIST_EDGES", "PATCH_METRICS", "ZONES", "cohort_densitometry", "densitometry",
+           "densitometry_sets", "lung_zones", "patch_densitometry"]
 
 ZONES = ("right_upper", "right_middle", "right_lower", "left_upper", "left_middle",
          "left_lower")
@@ -289,3 +290,67 @@ def cohort_densitometry(manifest: Any, subjects: Any = None, *, mask_source: str
     table.index.name = "subject_id"
     table.attrs["failures"] = failures
     return table.astype(np.float64)
+
+
+def densitometry_sets(table: pd.DataFrame, metrics: Sequence[str] = ("laa950_pct", "perc15_hu",
+                                                                      "mld_hu")
+                      ) -> dict[str, pd.DataFrame]:
+    """The two classical baselines as feature tables: ``densitometry`` (whole lung:
+    ``metrics`` and the lung volume) and ``densitometry zones`` (``metrics`` in each of the
+    six :data:`ZONES`), from a :func:`cohort_densitometry` table.
+
+    Example:
+        >>> t = pd.DataFrame({"laa950_pct": [1.0], "volume_ml": [900.0],
+        ...                   "right_upper_laa950_pct": [2.0]}, index=["s1"])
+        >>> {k: list(v.columns) for k, v in densitometry_sets(t, ["laa950_pct"]).items()}
+        {'densitometry': ['laa950_pct', 'volume_ml'], \
+'densitometry zones': ['right_upper_laa950_pct']}
+    """
+    whole = [c for c in (*metrics, "volume_ml") if c in table.columns]
+    zones = [f"{z}_{m}" for z in ZONES for m in metrics if f"{z}_{m}" in table.columns]
+    out = {"densitometry": table[whole].copy()}
+    if zones:
+        out["densitometry zones"] = table[zones].copy()
+    return out
+
+
+PATCH_METRICS = ("laa950_pct", "perc15_hu", "mld_hu", "lung_pct")
+PARENCHYMA_HU = -500  # voxels below this count as lung parenchyma inside a patch
+
+
+def patch_densitometry(store: Any, subject_ids: Sequence[str] | None = None) -> np.ndarray:
+    """Densitometry of every patch: the per-location baseline for dense evaluation.
+
+    The patch store keeps no voxel lung mask, so a patch's lung is its voxels below -500 HU
+    (parenchyma; chest wall, vessels and airway walls are denser). Per patch, over those
+    voxels: ``laa950_pct`` (% below -950 HU), ``perc15_hu``, ``mld_hu``, and ``lung_pct``
+    (% of the patch they fill). A patch with no such voxel is NaN.
+
+    Returns ``(N, L, 4)`` float in the order of ``subject_ids`` (default the store's).
+
+    Example:
+        >>> class Store:
+        ...     subject_ids = ["a"]
+        ...     def read_subject(self, s):
+        ...         p = np.full((2, 4, 4, 4), -800, np.int16); p[0, :2] = -980; p[1] = 40
+        ...         return p
+        >>> out = patch_densitometry(Store())
+        >>> out[0, 0].round(1).tolist(), bool(np.isnan(out[0, 1]).all())
+        ([50.0, -980.0, -890.0, 100.0], True)
+    """
+    ids = list(store.subject_ids) if subject_ids is None else [str(s) for s in subject_ids]
+    rows = []
+    for sid in ids:
+        patches = np.asarray(store.read_subject(sid), dtype=np.float32)
+        flat = patches.reshape(len(patches), -1)
+        lung = flat < PARENCHYMA_HU
+        values = np.where(lung, flat, np.nan)
+        count = lung.sum(axis=1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # an all-dense patch: NaN
+            out = np.stack([100.0 * (flat < -950).sum(axis=1) / np.maximum(count, 1),
+                            np.nanpercentile(values, 15, axis=1), np.nanmean(values, axis=1),
+                            100.0 * count / flat.shape[1]], axis=1)
+        out[count == 0] = np.nan
+        rows.append(out)
+    return np.stack(rows).astype(np.float64)

@@ -536,8 +536,8 @@ class RiskGroups:
     n_groups: int
 
     def figure(self, title: str | None = None):
-        """The Kaplan–Meier figure (plotly): :func:`~drasclr_toolkit.evaluate.plots.km_figure`."""
-        from .plots import km_figure
+        """The Kaplan–Meier figure (plotly): :func:`~drasclr_toolkit.viz.evaluation.km_figure`."""
+        from drasclr_toolkit.viz.evaluation import km_figure
 
         return km_figure(self, title=title)
 

@@ -1,0 +1,182 @@
+"""``drasclr evaluate``: phenotype probes and survival models from embeddings and a label table.
+
+Examples::
+
+    drasclr evaluate --embeddings work/embeddings/trained.npz --labels labels.csv --out results/
+    drasclr evaluate --embeddings drasclr=trained.npz --embeddings random-init=random.npz \\
+        --embeddings densitometry=dens.csv --labels manifest.csv --out results/ \\
+        --targets fev1_pp gold --time-col time --event-col event
+
+Each ``--embeddings`` is ``PATH`` or ``NAME=PATH``: an embeddings file (``.npz`` from
+``drasclr embed``, pooled over landmarks with ``--pooling``) or a CSV of patient features
+with a ``subject_id`` column (e.g. densitometry). ``--labels`` is a CSV with a
+``subject_id`` column (a manifest works). Written to ``--out``:
+
+* ``phenotypes.csv``, ``phenotypes.html``: one probe per (feature set, target), the figure
+  with CIs, null bands and chance;
+* when the time and event columns exist: ``survival.csv``, ``survival.html`` and
+  ``km_<feature set>.html`` (Kaplan–Meier by out-of-fold risk group);
+* ``comparison.csv`` and ``report.html``: everything on one offline page.
+"""
+
+from __future__ import annotations
+
+import argparse
+import warnings
+from pathlib import Path
+from typing import Any
+
+DEFAULT_TARGETS = ("fev1_pp", "fev1_fvc", "gold", "pct_emphysema", "cle_score", "pse_score",
+                   "mmrc")
+
+
+def parse_feature_arg(value: str) -> tuple[str | None, Path]:
+    """``NAME=PATH`` → (NAME, PATH); ``PATH`` → (None, PATH).
+
+    Example:
+        >>> parse_feature_arg("drasclr=emb/trained.npz")
+        ('drasclr', PosixPath('emb/trained.npz'))
+    """
+    name, sep, path = value.partition("=")
+    if sep and name and not Path(value).exists():
+        return name, Path(path)
+    return None, Path(value)
+
+
+def load_feature_sets(values: list[str], pooling: str) -> dict[str, Any]:
+    """``{name: DataFrame indexed by subject id}`` from the ``--embeddings`` arguments."""
+    import pandas as pd
+
+    from drasclr_toolkit.embed import Embeddings
+    from drasclr_toolkit.evaluate import pool_embeddings
+
+    sets: dict[str, Any] = {}
+    for value in values:
+        name, path = parse_feature_arg(value)
+        if not path.exists():
+            raise FileNotFoundError(f"--embeddings {value}: file {path} does not exist")
+        name = name or path.stem
+        if name in sets:
+            raise ValueError(f"--embeddings: the name {name!r} is given twice; use NAME=PATH")
+        if path.suffix == ".csv":
+            table = pd.read_csv(path, dtype={"subject_id": str})
+            if "subject_id" not in table.columns:
+                raise ValueError(f"--embeddings {path}: a feature CSV needs a subject_id column")
+            sets[name] = table.set_index("subject_id").select_dtypes("number")
+        else:
+            sets[name] = pool_embeddings(Embeddings.load(path), pooling)
+    return sets
+
+
+def load_labels(path: Path):
+    import pandas as pd
+
+    if not path.exists():
+        raise FileNotFoundError(f"--labels: file {path} does not exist")
+    table = pd.read_csv(path, dtype={"subject_id": str})
+    if "subject_id" not in table.columns:
+        raise ValueError(f"--labels {path}: the table needs a subject_id column")
+    return table.set_index("subject_id")
+
+
+def run(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from drasclr_toolkit.evaluate import (comparison_table, evaluate_phenotypes,
+                                          evaluate_survival, risk_groups, summarise)
+    from drasclr_toolkit.io_utils import atomic_write_text
+    from drasclr_toolkit.viz.evaluation import km_figure, result_figure
+    from drasclr_toolkit.viz.export import html_report, write_figure_html
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    sets = load_feature_sets(args.embeddings, args.pooling)
+    labels = load_labels(Path(args.labels))
+    targets = args.targets or [t for t in DEFAULT_TARGETS if t in labels.columns]
+    missing = [t for t in targets if t not in labels.columns]
+    if missing:
+        raise ValueError(f"--targets {missing} are not columns of {args.labels}; it has "
+                         f"{list(labels.columns)}")
+    sections: list[tuple[str, Any]] = []
+    summaries = []
+    if targets:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            table = evaluate_phenotypes(sets, labels, targets, n_repeats=args.n_repeats,
+                                        n_permutations=args.n_permutations,
+                                        n_bootstrap=args.n_bootstrap, seed=args.seed)
+        atomic_write_text(out / "phenotypes.csv", table.to_csv(index=False))
+        long = summarise(table)
+        summaries.append(long)
+        fig = result_figure(long, title="Phenotype probes")
+        write_figure_html(fig, out / "phenotypes.html", "Phenotype probes")
+        sections += [("Phenotype probes", fig), ("Phenotype table", table)]
+        print(f"phenotypes: {len(table)} probes -> {out / 'phenotypes.csv'}")
+    else:
+        print(f"phenotypes: skipped (none of {list(DEFAULT_TARGETS)} is a column of the labels; "
+              "name them with --targets)")
+    has_survival = {args.time_col, args.event_col} <= set(labels.columns)
+    outcome = labels[[args.time_col, args.event_col]].dropna() if has_survival else None
+    if outcome is None or outcome[args.event_col].sum() < 2:
+        why = (f"no {args.time_col}/{args.event_col} columns" if outcome is None
+               else "fewer than 2 events")
+        print(f"survival: skipped ({why})")
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            surv = evaluate_survival(sets, outcome[args.time_col], outcome[args.event_col],
+                                     models=tuple(args.models), n_repeats=args.n_repeats,
+                                     n_permutations=args.n_survival_permutations, seed=args.seed)
+        atomic_write_text(out / "survival.csv", surv.to_csv(index=False))
+        long = summarise(surv)
+        summaries.append(long)
+        fig = result_figure(long, title="Survival: Harrell's C")
+        write_figure_html(fig, out / "survival.html", "Survival")
+        sections += [("Survival", fig), ("Survival table", surv)]
+        for name, frame in sets.items():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                groups = risk_groups(frame, outcome[args.time_col], outcome[args.event_col],
+                                     model=args.models[0], seed=args.seed,
+                                     cv=int(min(5, outcome[args.event_col].sum())))
+            km = km_figure(groups, title=f"{name}: Kaplan–Meier by out-of-fold risk")
+            safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
+            write_figure_html(km, out / f"km_{safe}.html")
+            sections.append((f"Kaplan–Meier: {name}", km))
+        print(f"survival: {len(surv)} models -> {out / 'survival.csv'}")
+    if summaries:
+        comparison = comparison_table(pd.concat(summaries, ignore_index=True),
+                                      order=list(sets))
+        atomic_write_text(out / "comparison.csv", comparison.to_csv())
+        sections.insert(0, ("Comparison (value [95 % CI], * evidence against the null)",
+                            comparison.reset_index()))
+    atomic_write_text(out / "report.html", html_report("drasclr evaluate", sections))
+    print(f"report: {out / 'report.html'}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("evaluate", help="phenotype probes and survival from embeddings",
+                              description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--embeddings", action="append", required=True, metavar="[NAME=]PATH",
+                   help="embeddings .npz or feature CSV (subject_id column); repeat to compare")
+    p.add_argument("--labels", required=True, help="label CSV with a subject_id column")
+    p.add_argument("--out", required=True, help="output folder (tables CSV, figures HTML)")
+    p.add_argument("--targets", nargs="+", default=None,
+                   help=f"label columns to probe (default: those of {', '.join(DEFAULT_TARGETS)} "
+                   "present)")
+    p.add_argument("--time-col", default="time", help="follow-up time column (survival)")
+    p.add_argument("--event-col", default="event", help="event indicator column (1 = event)")
+    p.add_argument("--pooling", default="mean", choices=("mean", "max", "lung_weighted", "zones"),
+                   help="patient pooling of patch embeddings")
+    p.add_argument("--models", nargs="+", default=["coxph", "coxnet"],
+                   choices=("coxph", "coxnet", "rsf"), help="survival models")
+    p.add_argument("--n-repeats", type=int, default=5, help="repeats of the K-fold split")
+    p.add_argument("--n-permutations", type=int, default=100,
+                   help="permutations of the phenotype null")
+    p.add_argument("--n-survival-permutations", type=int, default=20,
+                   help="shuffles of the survival null")
+    p.add_argument("--n-bootstrap", type=int, default=500, help="bootstrap resamples (CIs)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=run)
