@@ -80,9 +80,8 @@ def test_evaluation_notebook_runs_on_a_real_manifest(notebook, real_workspace, t
     assert EXPECTED_LINES[notebook] in text, text[-2000:]
 
 
-@pytest.mark.xfail(reason="notebook 03 indexes nuisance[0], which a real cohort does not "
-                          "have; it is being reworked (issue 10)", strict=False)
 def test_embeddings_notebook_runs_on_a_real_manifest(real_workspace, tmp_path):
     ws, manifest_path = real_workspace
-    run, errors, _ = _run("03_embeddings_3d", ws, manifest_path, tmp_path)
+    run, errors, text = _run("03_embeddings_3d", ws, manifest_path, tmp_path)
     assert run.ok and not errors, run.error
+    assert "nuisance: none (real cohort)" in text
