@@ -75,10 +75,10 @@ def retrieval_gallery(embeddings: Embeddings, source: PatchSource, subject: int 
         fig.update_xaxes(showticklabels=False, row=1, col=col)
         fig.update_yaxes(showticklabels=False, autorange="reversed", scaleanchor=f"x{col}",
                          row=1, col=col)
-    fig.update_layout(title=title or f"Patches most similar to {query_id} at landmark "
-                                     f"{int(landmark)} ({plane} middle slice)",
-                      height=260 if labels is None else 260 + 14 * len(labels.columns),
-                      margin=dict(l=10, r=10, t=70 if labels is None else
-                                  70 + 14 * len(labels.columns), b=10))
+    extra = 0 if labels is None else 16 * len(labels.columns)  # label lines above each patch
+    fig.update_layout(title=dict(text=title or f"Patches most similar to {query_id} at landmark "
+                                               f"{int(landmark)} ({plane} middle slice)",
+                                 y=0.99, yanchor="top", yref="container"),
+                      height=260 + extra, margin=dict(l=10, r=10, t=80 + extra, b=10))
     fig.layout.meta = {"hits": hits.to_dict(orient="list")}
     return fig
