@@ -419,3 +419,21 @@ def test_pc_null_band_separates_signal_from_noise():
     shares = variance_shares(patch)
     assert shares["between_subjects"] > 0.7
     assert abs(sum(shares.values()) - 1) < 1e-9
+
+
+def test_landmarks_outside_the_scan_are_left_out_of_pooling(tmp_path):
+    from drasclr_toolkit.evaluate import pool_embeddings
+
+    patch = np.zeros((2, 3, 2), np.float32)
+    patch[:, 2] = 100.0  # the air padding of a landmark outside the scan
+    inside = np.array([[True, True, False], [True, True, True]])
+    emb = Embeddings(patch, ["cut", "whole"], np.zeros((3, 3), int), np.zeros((3, 3)),
+                     np.ones((2, 3)), in_scan=inside)
+    pooled = emb.pool("mean")
+    assert pooled.loc["cut"].tolist() == [0.0, 0.0]          # the outside landmark left out
+    assert pooled.loc["whole"].tolist() == pytest.approx([100 / 3, 100 / 3])
+    assert emb.pool("max").loc["cut"].tolist() == [0.0, 0.0]
+    assert pool_embeddings(emb, "mean").loc["cut"].tolist() == [0.0, 0.0]
+    again = Embeddings.load(emb.save(tmp_path / "e.npz"))
+    np.testing.assert_array_equal(again.in_scan, inside)
+    assert emb.subset(["cut"]).in_scan.tolist() == [[True, True, False]]

@@ -81,3 +81,15 @@ def test_one_subject_is_a_clear_error_not_a_batchnorm_one(tmp_path):
     source = ArrayPatchSource(np.zeros((1, L, P, P, P), np.int16))
     with pytest.raises(ValueError, match="at least 2 subjects"):
         pretrain(source, dict(TRAIN), tmp_path / "run")
+
+
+def test_extraction_carries_which_landmarks_were_inside_the_scan(tmp_path):
+    store = make_store(tmp_path / "a", seed=0)
+    record = store.subject_record("s1")
+    record["in_scan"] = [1, 1, 0]  # a partial scan: the last landmark fell outside
+    store.write_subject("s1", store.read_subject("s1"), store.lung_fraction[1],
+                        store.subject_corners("s1"), record)
+    emb = extract_embeddings(PatchStore(tmp_path / "a"), encoder_kwargs=ENCODER, progress=False)
+    assert emb.in_scan.tolist() == [[True] * 3, [True, True, False], [True] * 3]
+    expected = emb.patch[1, :2].mean(axis=0)
+    np.testing.assert_allclose(emb.pool("mean").loc["s1"].to_numpy(), expected, rtol=1e-5)

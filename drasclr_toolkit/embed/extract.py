@@ -460,7 +460,10 @@ def _assemble(source: PatchSource, all_ids: list[str], wanted: list[int],
         ids.append(sid)
     lung = np.asarray(source.lung_fraction, dtype=np.float32)[rows] if rows else \
         np.zeros((0, len(landmarks)), np.float32)
+    in_scan = getattr(source, "in_scan", None)  # PatchStore: landmarks inside each scan
+    in_scan = None if in_scan is None else np.asarray(in_scan, bool)[rows]
     dim = vectors[0].shape[1] if vectors else 0
     patch = np.stack(vectors) if vectors else np.zeros((0, len(landmarks), dim), np.float32)
     return Embeddings(patch=patch, subject_ids=ids, landmarks=landmarks,
-                      landmark_coords=coords, lung_fraction=lung, provenance={})
+                      landmark_coords=coords, lung_fraction=lung, provenance={},
+                      in_scan=in_scan)

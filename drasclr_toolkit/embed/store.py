@@ -64,6 +64,7 @@ class Embeddings:
     landmark_coords: np.ndarray
     lung_fraction: np.ndarray
     provenance: dict[str, Any] = field(default_factory=dict)
+    in_scan: np.ndarray | None = None  # (N, L) bool: False where the patch centre lay outside the scan
 
     def __post_init__(self) -> None:
         self.patch = np.asarray(self.patch, dtype=np.float32)
@@ -80,6 +81,9 @@ class Embeddings:
             "landmark_coords": (self.landmark_coords.shape, (n_loc, 3)),
             "lung_fraction": (self.lung_fraction.shape, (n, n_loc)),
         }
+        if self.in_scan is not None:
+            self.in_scan = np.asarray(self.in_scan, dtype=bool)
+            checks["in_scan"] = (self.in_scan.shape, (n, n_loc))
         for name, (got, want) in checks.items():
             if got != want:
                 raise ValueError(f"Embeddings.{name} has shape/length {got}, expected {want} "
@@ -126,7 +130,8 @@ class Embeddings:
         rows = [self.subject_index(s) for s in subjects]
         return Embeddings(self.patch[rows], [self.subject_ids[r] for r in rows],
                           self.landmarks, self.landmark_coords, self.lung_fraction[rows],
-                          dict(self.provenance))
+                          dict(self.provenance),
+                          None if self.in_scan is None else self.in_scan[rows])
 
     # -- pooling -----------------------------------------------------------------------
     def pool(self, method: Literal["mean", "max", "lung_weighted"] = "mean") -> pd.DataFrame:
@@ -135,7 +140,8 @@ class Embeddings:
         ``mean``: average over landmarks (the natural DrasCLR default); ``max``: maximum
         over landmarks; ``lung_weighted``: average weighted by each patch's lung fraction
         (patches mostly outside the lung count less). A subject whose lung fractions are
-        all zero falls back to the plain mean, with a warning.
+        all zero falls back to the plain mean, with a warning. Landmarks outside the scan
+        (``in_scan`` False: a partial scan) are left out of every method.
 
         Example:
             >>> emb = Embeddings(np.arange(8, dtype=np.float32).reshape(1, 2, 4), ["s"],
@@ -143,19 +149,27 @@ class Embeddings:
             >>> emb.pool("lung_weighted").to_numpy().tolist()
             [[0.0, 1.0, 2.0, 3.0]]
         """
+        inside = np.ones(self.lung_fraction.shape, bool) if self.in_scan is None else self.in_scan
+        none_inside = ~inside.any(axis=1)
+        if none_inside.any():  # nothing to pool: keep every landmark rather than NaN
+            warnings.warn("pooling: subjects with no landmark inside the scan use all landmarks: "
+                          f"{[self.subject_ids[i] for i in np.flatnonzero(none_inside)]}",
+                          stacklevel=2)
+            inside = inside | none_inside[:, None]
         if method == "mean":
-            pooled = self.patch.mean(axis=1)
+            pooled = np.einsum("nl,nld->nd", inside / inside.sum(axis=1, keepdims=True),
+                               self.patch.astype(np.float64))
         elif method == "max":
-            pooled = self.patch.max(axis=1)
+            pooled = np.where(inside[..., None], self.patch, -np.inf).max(axis=1)
         elif method == "lung_weighted":
-            weights = np.clip(self.lung_fraction.astype(np.float64), 0.0, None)
+            weights = np.clip(self.lung_fraction.astype(np.float64), 0.0, None) * inside
             totals = weights.sum(axis=1, keepdims=True)
             empty = totals[:, 0] <= 0
             if empty.any():
                 warnings.warn("lung_weighted pooling: subjects with no lung in any patch use "
                               f"the plain mean: {[self.subject_ids[i] for i in np.flatnonzero(empty)]}",
                               stacklevel=2)
-                weights[empty] = 1.0
+                weights[empty] = inside[empty]
                 totals = weights.sum(axis=1, keepdims=True)
             pooled = np.einsum("nl,nld->nd", weights / totals, self.patch.astype(np.float64))
         else:
@@ -183,6 +197,8 @@ class Embeddings:
         arrays = dict(patch=self.patch, landmarks=self.landmarks,
                       landmark_coords=self.landmark_coords, lung_fraction=self.lung_fraction,
                       metadata=np.array(meta_text))
+        if self.in_scan is not None:
+            arrays["in_scan"] = self.in_scan
         atomic_write_stream(path, lambda handle: np.savez(handle, **arrays), make_parents=True)
         return path
 
@@ -202,4 +218,5 @@ class Embeddings:
             return cls(patch=data["patch"], subject_ids=meta["subject_ids"],
                        landmarks=data["landmarks"], landmark_coords=data["landmark_coords"],
                        lung_fraction=data["lung_fraction"],
-                       provenance=meta.get("provenance", {}))
+                       provenance=meta.get("provenance", {}),
+                       in_scan=data["in_scan"] if "in_scan" in data.files else None)

@@ -105,10 +105,15 @@ def pool_embeddings(embeddings: Any, method: Pooling = "mean", *, atlas: Any = N
         raise ValueError(f"unknown pooling {method!r}; use one of {POOLINGS}")
     patch = np.asarray(embeddings.patch, dtype=np.float64)
     missing = np.isnan(patch).any(axis=2)  # (N, L)
+    in_scan = getattr(embeddings, "in_scan", None)
+    if in_scan is not None:  # landmarks outside a partial scan count as missing
+        missing = missing | ~np.asarray(in_scan, bool)
+        missing = np.where(missing.all(axis=1, keepdims=True), np.isnan(patch).any(axis=2),
+                           missing)
     index = pd.Index(embeddings.subject_ids, name="subject_id")
     if method != "zones":
-        if not missing.any():
-            return embeddings.pool(method)
+        if not missing.any() or in_scan is not None and not np.isnan(patch).any():
+            return embeddings.pool(method)  # it leaves out-of-scan landmarks out itself
         valid = np.where(missing[..., None], np.nan, patch)
         if method == "mean":
             pooled = np.nanmean(valid, axis=1)

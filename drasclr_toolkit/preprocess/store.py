@@ -517,6 +517,19 @@ class PatchStore:
             h.update(json.dumps(self._sums_of(sid), sort_keys=True).encode())
         return h.hexdigest()
 
+    @property
+    def in_scan(self) -> np.ndarray:
+        """``(N, L)`` bool: False where a landmark's patch centre lay outside the subject's
+        scan (partial coverage; such patches are air padding). From the subject records."""
+        out = np.ones((len(self.subject_ids), int(self.n_landmarks)), bool)
+        for row, sid in enumerate(self.subject_ids):
+            flags = json.loads(self._marker(sid).read_text()).get("in_scan")
+            if isinstance(flags, str):
+                flags = json.loads(flags)
+            if flags is not None and len(flags) == out.shape[1]:
+                out[row] = np.asarray(flags, bool)
+        return out
+
     def subject_checksum(self, subject: int | str) -> str | None:
         """A short hash of one subject's stored checksums: it changes when the subject is
         redone or its data differ (e.g. another store with the same ids); None for records
