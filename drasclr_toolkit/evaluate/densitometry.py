@@ -282,7 +282,7 @@ def cohort_densitometry(manifest: Any, subjects: Any = None, *, mask_source: str
             continue
         if cache is not None:
             table = pd.DataFrame(rows).T.rename_axis("subject_id")
-            atomic_write_text(cache, table.to_csv())
+            atomic_write_text(cache, table.to_csv(), make_parents=True)
     if failures:
         warnings.warn(f"densitometry failed for {len(failures)} subjects (see "
                       f".attrs['failures']): {list(failures)[:5]}", stacklevel=2)
