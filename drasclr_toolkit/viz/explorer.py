@@ -50,6 +50,15 @@ def _ct_array(ct: Any) -> tuple[np.ndarray, tuple[float, float, float]]:
     return np.asarray(ct), (1.0, 1.0, 1.0)
 
 
+def _atlas_spacing(source: Any) -> tuple[float, float, float] | None:
+    """The atlas voxel size of a PatchStore (3D axes in mm); None for other sources."""
+    try:
+        spacing = float(source.atlas.spacing)
+    except Exception:  # an in-memory source has no atlas: axes stay in voxels
+        return None
+    return (spacing, spacing, spacing)
+
+
 class PatchExplorer(widgets.VBox):
     """The widget returned by :func:`patch_explorer`; ``select(landmark)`` drives it.
 
@@ -73,10 +82,13 @@ class PatchExplorer(widgets.VBox):
         if values is None:
             values, value_name = lung, "lung fraction"
 
+        spacing = _atlas_spacing(source)
+        self.cloud_spacing = spacing or (1.0, 1.0, 1.0)
         fig = landmark_cloud(self.landmarks, np.asarray(values), lung_fraction=lung,
                              value_name=value_name, patch_size=self.patch_size,
-                             title=f"{self.subject_id}: click a landmark")
-        centre = landmark_centres(self.landmarks[:1], self.patch_size)
+                             title=f"{self.subject_id}: hover over or click a landmark",
+                             spacing=spacing)
+        centre = landmark_centres(self.landmarks[:1], self.patch_size, self.cloud_spacing)
         fig.add_trace(go.Scatter3d(x=centre[:, 0], y=centre[:, 1], z=centre[:, 2], mode="markers",
                                    marker=dict(size=10, color="rgba(0,0,0,0)",
                                                line=dict(color="red", width=4)),
@@ -124,7 +136,10 @@ class PatchExplorer(widgets.VBox):
         self.dropdown.observe(lambda change: self._show(int(change["new"])), names="value")
         views = [self.cloud, self.patch_figure] if self.ct_figure is None else \
             [self.cloud, widgets.VBox([self.patch_figure, self.ct_figure])]
-        super().__init__([widgets.HBox([self.dropdown, self.follow_hover]), widgets.HBox(views)])
+        # Side by side where the output area is wide enough, wrapped below it where not
+        # (a notebook beside the file browser is narrower than the two panels).
+        super().__init__([widgets.HBox([self.dropdown, self.follow_hover]),
+                          widgets.HBox(views, layout=widgets.Layout(flex_flow="row wrap"))])
         self.landmark = -1
         self._show(int(landmark))
 
@@ -174,7 +189,8 @@ class PatchExplorer(widgets.VBox):
                 trace.z = image
             self.patch_figure.layout.title = (f"{self.subject_id}, landmark {landmark}: "
                                               f"{self.patch_size}³ patch")
-        centre = landmark_centres(self.landmarks[landmark:landmark + 1], self.patch_size)
+        centre = landmark_centres(self.landmarks[landmark:landmark + 1], self.patch_size,
+                                  self.cloud_spacing)
         with self.cloud.batch_update():
             marker = self.cloud.data[-1]
             marker.x, marker.y, marker.z = centre[:, 0], centre[:, 1], centre[:, 2]
