@@ -46,6 +46,7 @@ __all__ = [
     "CTLoadWarning",
     "DicomSeriesInfo",
     "IDENTITY_DIRECTION",
+    "image_array",
     "list_dicom_series",
     "load_ct",
     "read_ct_header",
@@ -900,6 +901,20 @@ def _check_shape(image: sitk.Image, subject_id: str | None, path: Path) -> sitk.
             fix="fix the header's voxel spacing (pixdim / space directions) when exporting",
         )
     return image
+
+
+def image_array(image: Any) -> np.ndarray:
+    """The (z, y, x) voxel array of a SimpleITK image, a :class:`CTImage` or an array.
+
+    Example:
+        >>> image_array(sitk.Image(4, 3, 2, sitk.sitkUInt8)).shape
+        (2, 3, 4)
+    """
+    if isinstance(image, sitk.Image):
+        return sitk.GetArrayFromImage(image)
+    if hasattr(image, "array"):
+        return np.asarray(image.array)
+    return np.asarray(image)
 
 
 def load_ct(

@@ -48,6 +48,8 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from drasclr_toolkit.data.ct import image_array
+
 log = logging.getLogger(__name__)
 
 __all__ = ["HIST_EDGES", "PATCH_METRICS", "ZONES", "cohort_densitometry", "densitometry",
@@ -86,16 +88,6 @@ def _geometry(ct: Any, spacing, origin, direction):
                          "(or pass a CTImage / SimpleITK image, which carry it)")
     return (array, spacing, (0.0, 0.0, 0.0) if origin is None else origin,
             np.eye(3) if direction is None else np.reshape(direction, (3, 3)))
-
-
-def _mask_array(mask: Any) -> np.ndarray:
-    import SimpleITK as sitk
-
-    if isinstance(mask, sitk.Image):
-        return sitk.GetArrayFromImage(mask)
-    if hasattr(mask, "array"):
-        return np.asarray(mask.array)
-    return np.asarray(mask)
 
 
 def lung_zones(mask: np.ndarray, spacing: Sequence[float], origin: Sequence[float] = (0, 0, 0),
@@ -182,7 +174,7 @@ def densitometry(ct: Any, lung_mask: Any = None, spacing: Sequence[float] | None
         lung_mask, _ = segment_lungs(image)
         ct = image
     array, spacing, origin, D = _geometry(ct, spacing, origin, direction)
-    mask = _mask_array(lung_mask)
+    mask = image_array(lung_mask)
     if mask.shape != array.shape:
         raise ValueError(f"lung mask shape {mask.shape} differs from the CT's {array.shape}; "
                          "resample the mask onto the CT grid (preprocess.resample_like)")

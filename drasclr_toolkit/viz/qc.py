@@ -14,16 +14,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from drasclr_toolkit.constants import HU_MAX, HU_MIN
+from drasclr_toolkit.data.ct import image_array
 
 __all__ = ["plot_landmarks_3d", "plot_overlay", "plot_patches", "plot_registration"]
-
-
-def _arr(img: Any) -> np.ndarray:
-    if isinstance(img, sitk.Image):
-        return sitk.GetArrayFromImage(img)
-    if hasattr(img, "array"):
-        return np.asarray(img.array)
-    return np.asarray(img)
 
 
 # A contour drawn with coloring="lines" takes its colour from the colorscale, not line.color.
@@ -58,8 +51,8 @@ def plot_overlay(
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    vol = _arr(image)
-    msk = _arr(mask) if mask is not None else None
+    vol = image_array(image)
+    msk = image_array(mask) if mask is not None else None
     nz, ny, nx = vol.shape
     centre = list(index) if index is not None else _default_centre(vol.shape, msk)
     fig = make_subplots(rows=1, cols=len(axes), subplot_titles=list(axes))
