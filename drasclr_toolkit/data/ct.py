@@ -85,12 +85,7 @@ class CTLoadError(ValueError):
         field: str | None = None,
         fix: str | None = None,
     ) -> None:
-        self.subject_id = subject_id
-        self.file = None if file is None else str(file)
-        self.field = field
-        self.problem = problem
-        self.fix = fix
-        super().__init__(_format_message(problem, subject_id, self.file, field, fix))
+        _describe(self, problem, subject_id, file, field, fix)
 
 
 class CTLoadWarning(UserWarning):
@@ -108,12 +103,20 @@ class CTLoadWarning(UserWarning):
         field: str | None = None,
         fix: str | None = None,
     ) -> None:
-        self.subject_id = subject_id
-        self.file = None if file is None else str(file)
-        self.field = field
-        self.problem = problem
-        self.fix = fix
-        super().__init__(_format_message(problem, subject_id, self.file, field, fix))
+        _describe(self, problem, subject_id, file, field, fix)
+
+
+def _describe(problem_obj: Exception, problem: str, subject_id: str | None,
+              file: str | os.PathLike | None, field: str | None, fix: str | None) -> None:
+    """Set the attributes a CT problem carries and its one-line message (error and
+    warning alike)."""
+    problem_obj.subject_id = subject_id
+    problem_obj.file = None if file is None else str(file)
+    problem_obj.field = field
+    problem_obj.problem = problem
+    problem_obj.fix = fix
+    Exception.__init__(problem_obj, _format_message(problem, subject_id, problem_obj.file,
+                                                    field, fix))
 
 
 def _format_message(
