@@ -167,6 +167,32 @@ def test_batch_negatives_give_a_signal_before_the_queue_fills(source):
     assert losses[True] > 0.1            # 3 other subjects' keys as negatives
 
 
+def test_without_a_queue_the_negatives_are_the_batch_of_fresh_keys(source, tmp_path):
+    from drasclr_toolkit.config import ConfigError
+    from drasclr_toolkit.train import DrasCLRTrainer
+    from drasclr_toolkit.train.sampler import LocationPatchDataset
+
+    with pytest.raises(ConfigError, match="batch_negatives"):
+        PretrainConfig.from_dict(dict(TINY, queue_size=0))
+    with pytest.raises(ConfigError, match="prefill_queues"):
+        PretrainConfig.from_dict(dict(TINY, queue_size=0, batch_negatives=True, prefill_queues=True))
+    cfg = PretrainConfig.from_dict(dict(TINY, queue_size=0, batch_negatives=True))
+    trainer = DrasCLRTrainer(cfg, source.landmark_coords, total_steps=5)
+    assert trainer.queues is None
+    batch = LocationPatchDataset(source, 2)[BatchSpec(0, 0, loc=1, subjects=(0, 1, 2, 3), seed=0)]
+    first = trainer.step(batch)
+    second = trainer.step(batch)
+    # each anchor against the 3 other subjects' keys of this very step, at every visit
+    assert float(first["n_negatives"]) == float(second["n_negatives"]) == 3.0
+    assert float(first["chance_acc"]) == pytest.approx(0.25)
+    assert float(first["loss_local"]) > 0.1
+    # a whole run checkpoints and resumes without queue state
+    final = pretrain(source, dict(TINY, queue_size=0, batch_negatives=True, max_steps=4), tmp_path)
+    assert torch.load(final, weights_only=True)["step"] == 4
+    df = read_metrics(tmp_path)
+    assert (df.n_negatives == 3.0).all()
+
+
 def test_resumed_run_matches_uninterrupted_run_exactly(source, tmp_path):
     cfg = dict(TINY, max_steps=10, epochs=5)      # 8 steps per epoch: crosses an epoch boundary
     whole = pretrain(source, cfg, tmp_path / "whole")

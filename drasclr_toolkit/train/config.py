@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from drasclr_toolkit.config import Config, Device
 from drasclr_toolkit.models import CONDITIONINGS
@@ -41,7 +41,9 @@ class PretrainConfig(Config):
     # contrastive
     key_momentum: float = Field(0.999, ge=0, le=1)
     temperature: float = Field(0.2, gt=0)
-    queue_size: int = Field(4096, ge=1)
+    # 0: no queue; the negatives are this step's keys of the other subjects at the same
+    # location, all fresh (needs batch_negatives; best with batch_size = number of subjects).
+    queue_size: int = Field(4096, ge=0)
     queue_dtype: Literal[tuple(_DTYPES)] = "float32"  # float32 | bfloat16 | float16
     mask_unfilled_negatives: bool = True  # False: the reference's random-noise negatives
     prefill_queues: bool = False          # fill every queue with initial-encoder keys before step 1
@@ -73,6 +75,15 @@ class PretrainConfig(Config):
     keep_epoch_checkpoints: bool = True   # small encoder-only file per epoch
     log_every: int = Field(1, ge=1)       # metrics.jsonl every n steps
     progress: bool = True                 # tqdm bar
+
+    @model_validator(mode="after")
+    def _queue_or_batch_negatives(self) -> "PretrainConfig":
+        if self.queue_size == 0 and not self.batch_negatives:
+            raise ValueError("queue_size 0 leaves no negatives: set batch_negatives: true "
+                             "(or a queue_size of at least 1)")
+        if self.queue_size == 0 and self.prefill_queues:
+            raise ValueError("prefill_queues needs a queue: set prefill_queues: false with queue_size 0")
+        return self
 
     def encoder_kwargs(self) -> dict[str, Any]:
         """Arguments of :class:`DrasCLREncoder` (what checkpoints store as encoder_config)."""

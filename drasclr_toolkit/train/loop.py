@@ -179,8 +179,10 @@ class DrasCLRTrainer:
         fmt = torch.channels_last_3d if self.channels_last else torch.contiguous_format
         self.encoder.to(self.device, memory_format=fmt)
         self.key_encoder = make_key_encoder(self.encoder)
-        self.queues = LocationQueues(len(landmark_coords), cfg.queue_size, cfg.proj_dim,
-                                     cfg.queue_dtype, seed=cfg.seed).to(self.device)
+        # queue_size 0: no queue, negatives from the step's own batch only (config validated).
+        self.queues: LocationQueues | None = (
+            LocationQueues(len(landmark_coords), cfg.queue_size, cfg.proj_dim, cfg.queue_dtype,
+                           seed=cfg.seed).to(self.device) if cfg.queue_size > 0 else None)
         self.coords = torch.as_tensor(np.asarray(landmark_coords, np.float32), device=self.device)
         # Set by PretrainRun when augment_on is "device": batches then carry int16 HU.
         self.device_augmenter: DeviceAugmenter | None = None
@@ -276,22 +278,29 @@ class DrasCLRTrainer:
 
         subjects = batch["subjects"].to(self.device) if "subjects" in batch else None
         exclude = subjects if cfg.exclude_same_subject else None
-        negatives, mask = self.queues.negatives(loc, exclude_ids=exclude)
-        if not cfg.mask_unfilled_negatives:
-            # reference behaviour: unwritten (random) entries count as negatives
-            written = self.queues.ids[loc] >= 0
-            mask = mask | ~written if exclude is not None else None
         all_keys = concat_all_gather(key, self.dist)
         all_ids = concat_all_gather(subjects, self.dist) if subjects is not None else None
-        if cfg.batch_negatives and all_ids is not None:
-            # This step's keys of other subjects (same location) as extra negatives: a
-            # signal from the first visit of a location, when its queue is still empty.
-            in_batch = all_ids[None, :] != subjects[:, None]
-            queue_mask = (torch.ones(negatives.shape[0], dtype=torch.bool, device=self.device)
-                          if mask is None else mask)
-            queue_mask = queue_mask.expand(q.shape[0], -1) if queue_mask.dim() == 1 else queue_mask
-            negatives = torch.cat([negatives.float(), all_keys])
-            mask = torch.cat([queue_mask, in_batch], dim=1)
+        if self.queues is None:
+            # No queue: every negative is a key of another subject computed this step by the
+            # current key encoder (no stale keys an encoder could tell apart by their age).
+            if all_ids is None:
+                raise ValueError("queue_size 0 needs batches that name their subjects")
+            negatives, mask = all_keys, all_ids[None, :] != subjects[:, None]
+        else:
+            negatives, mask = self.queues.negatives(loc, exclude_ids=exclude)
+            if not cfg.mask_unfilled_negatives:
+                # reference behaviour: unwritten (random) entries count as negatives
+                written = self.queues.ids[loc] >= 0
+                mask = mask | ~written if exclude is not None else None
+            if cfg.batch_negatives and all_ids is not None:
+                # This step's keys of other subjects (same location) as extra negatives: a
+                # signal from the first visit of a location, when its queue is still empty.
+                in_batch = all_ids[None, :] != subjects[:, None]
+                queue_mask = (torch.ones(negatives.shape[0], dtype=torch.bool, device=self.device)
+                              if mask is None else mask)
+                queue_mask = queue_mask.expand(q.shape[0], -1) if queue_mask.dim() == 1 else queue_mask
+                negatives = torch.cat([negatives.float(), all_keys])
+                mask = torch.cat([queue_mask, in_batch], dim=1)
         loss_local, logits_local = self.local_loss(q, key, negatives, mask)
         n_neg, chance = negatives_per_anchor(mask, q.shape[0], negatives.shape[0])
         beta = neighbour_weight(self.step_count, cfg.beta, cfg.beta_warmup_steps)
@@ -307,7 +316,8 @@ class DrasCLRTrainer:
         lr = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
         # Enqueue after the loss: this batch's keys are negatives for later batches only.
-        self.queues.enqueue(loc, all_keys, ids=all_ids)
+        if self.queues is not None:
+            self.queues.enqueue(loc, all_keys, ids=all_ids)
         self.step_count += 1
         with torch.no_grad():
             acc_n = contrast_accuracy(logits_neighbour) if logits_neighbour is not None else loss.new_zeros(())
@@ -325,7 +335,7 @@ class DrasCLRTrainer:
         return {
             "encoder": self.encoder.state_dict(),
             "key_encoder": self.key_encoder.state_dict(),
-            "queues": self.queues.state_dict(),
+            "queues": self.queues.state_dict() if self.queues is not None else {},
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "step": self.step_count,
@@ -334,7 +344,8 @@ class DrasCLRTrainer:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.encoder.load_state_dict(state["encoder"])
         self.key_encoder.load_state_dict(state["key_encoder"])
-        self.queues.load_state_dict(state["queues"])
+        if self.queues is not None:
+            self.queues.load_state_dict(state["queues"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step_count = int(state["step"])
@@ -354,8 +365,9 @@ def config_summary(config: PretrainConfig, trainer: DrasCLRTrainer, source: Patc
         f"  model     DrasCLREncoder(width={config.width}, experts={config.num_experts}, "
         f"conditioning={config.conditioning}, rep={config.rep_dim}, proj={config.proj_dim}): "
         f"{n_params:,} parameters",
-        f"  queues    {q.num_locations} × {q.size} × {q.dim} {str(q.keys.dtype).replace('torch.', '')}"
-        f" = {q.nbytes / 2**20:,.1f} MiB",
+        (f"  queues    {q.num_locations} × {q.size} × {q.dim} {str(q.keys.dtype).replace('torch.', '')}"
+         f" = {q.nbytes / 2**20:,.1f} MiB" if q is not None else
+         "  queues    none (negatives: this step's other subjects at the same location)"),
         f"  batches   {sampler.global_batch} per step ({sampler.rank_batch} per rank × "
         f"{dist_info.world_size}), {sampler.batches_per_epoch} steps per epoch, "
         f"{trainer.total_steps} steps in all"
