@@ -136,11 +136,13 @@ def test_cut_lung2_keeps_the_whole_scan_scale(real_1mm, shared_reference):
     assert r["partial"] == [False, True]
     # Free z scale (before): 0.90 -> 0.67, remaining landmarks 18 mm median / 36 mm p90
     # from the whole scan's, 4 of 128 landmarks below the cut reported outside.
-    # Now (measured): the free fit's z strays > 10 % from the left-right scale, so z is held
-    # there: 0.90, 7.9 mm / 15 mm, 100 of 128; the rest is tilt that the whole scan's fit
-    # takes from the lung bases (registration.py docstring).
+    # z held at the left-right scale (the free fit strays > 10 % from it), affine: 7.7 mm /
+    # 15 mm, 100 of 127. Now (measured) with the no-shear last level (coarse_model
+    # "rotation_scale"): z 0.90 in both, 4.5 mm median / 8.5 mm p90, 107 of 131 outside;
+    # the rest is rotation that the whole scan's fit takes from the lung bases
+    # (registration.py docstring). The target (3 mm) is not reached.
     assert abs(r["z_scale"][1] / r["z_scale"][0] - 1) < 0.05, r["z_scale"]
-    assert r["median"] <= 10.0 and r["p90"] <= 20.0, (r["median"], r["p90"])
+    assert r["median"] <= 6.0 and r["p90"] <= 11.0, (r["median"], r["p90"])
     below, missing = r["below"], r["missing"]
     assert missing[below].mean() >= 0.7, f"{missing[below].sum()} of {below.sum()} cut landmarks missing"
     assert missing[~below].mean() <= 0.05
@@ -156,7 +158,7 @@ def test_lung1_is_partial_and_keeps_a_plausible_scale(real_1mm, shared_reference
     assert reg.qc["partial_coverage"] and reg.qc["init"]["anchor"] == "superior"
     A = np.array(reg.transform.GetMatrix()).reshape(3, 3)
     sx, _, sz = np.linalg.norm(A, axis=0)
-    # The free fit's z scale (0.84) is within 10 % of the left-right scale (0.81): kept.
+    # The free fit's z scale (0.83) is within 10 % of the left-right scale (0.80): kept.
     assert not reg.qc["z_scale"]["held"] and abs(np.log(sz / sx)) <= 0.10
 
 
@@ -178,6 +180,6 @@ def test_cut_synthetic_subject_with_a_cohort_atlas(tiny_cohort):
     r = landmark_shift(atlas, (img, mask), (cut_img, cut_mask))
     assert r["partial"] == [False, True]
     # Phantom lungs differ by about an affine, so the free fit is kept (z within 10 % of x):
-    # 0.3–1.1 mm median over subjects 1–5.
+    # 0.3–1.0 mm median over subjects 1–5.
     assert r["median"] <= 2.0, (r["median"], r["p90"])
     assert r["missing"][r["below"]].mean() >= 0.7
