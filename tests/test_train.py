@@ -193,6 +193,18 @@ def test_without_a_queue_the_negatives_are_the_batch_of_fresh_keys(source, tmp_p
     assert (df.n_negatives == 3.0).all()
 
 
+def test_augmentation_strength_comes_from_the_config(source, tmp_path):
+    from drasclr_toolkit.train.loop import PretrainRun
+
+    run = PretrainRun(source, dict(TINY, augment_translate=1, augment_rotate_deg=5,
+                                   augment_scale=0.05, augment_noise_p=0.5), tmp_path)
+    assert run.dataset.augmenter.params == dict(translate=1, rotate_deg=5, scale=0.05,
+                                                noise_std=50.0, p_noise=0.5, p_contrast=0.25)
+    # the reference's strength by default: ±12 voxels per 32, 10°, ±10 %, noise p 0.25
+    ref = PretrainRun(source, dict(TINY), tmp_path / "ref").dataset.augmenter.params
+    assert (ref["translate"], ref["rotate_deg"], ref["scale"], ref["p_noise"]) == (12 * 20 / 32, 10, 0.1, 0.25)
+
+
 def test_resumed_run_matches_uninterrupted_run_exactly(source, tmp_path):
     cfg = dict(TINY, max_steps=10, epochs=5)      # 8 steps per epoch: crosses an epoch boundary
     whole = pretrain(source, cfg, tmp_path / "whole")

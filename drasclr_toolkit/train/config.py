@@ -62,6 +62,9 @@ class PretrainConfig(Config):
     # augmentation
     augment: bool = True
     augment_translate: float | None = Field(None, ge=0)  # voxels; None: 12 × patch_size / 32
+    augment_rotate_deg: float = Field(10.0, ge=0, le=180)  # max rotation about each axis (reference 10)
+    augment_scale: float = Field(0.1, ge=0, lt=1)          # max relative zoom (reference ±10 %)
+    augment_noise_p: float = Field(0.25, ge=0, le=1)       # probability of Gaussian noise (std up to 50 HU)
     augment_on: Literal["host", "device"] = "host"  # host (MONAI, data-loader workers) | device (batched torch)
     # runtime
     num_workers: int = Field(0, ge=0)

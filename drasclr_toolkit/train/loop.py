@@ -444,7 +444,9 @@ class PretrainRun:
                                       self.device, self.dist)
         translate = (cfg.augment_translate if cfg.augment_translate is not None
                      else 12.0 * source.patch_size / 32.0)
-        host_augmenter = PatchAugmenter(translate=translate, enabled=cfg.augment)
+        host_augmenter = PatchAugmenter(translate=translate, rotate_deg=cfg.augment_rotate_deg,
+                                        scale=cfg.augment_scale, p_noise=cfg.augment_noise_p,
+                                        enabled=cfg.augment)
         on_device = cfg.augment_on == "device"
         self.dataset = LocationPatchDataset(source, cfg.neighbours, host_augmenter, raw=on_device)
         if on_device:
