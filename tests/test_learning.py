@@ -210,3 +210,15 @@ def test_small_config_is_packaged_and_says_what_happens():
     cfg = PretrainConfig.from_yaml("small")
     # fresh negatives (no queue) from the whole batch, as tiny (benchmarks/learning.md)
     assert cfg.max_steps is None and cfg.queue_size == 0 and cfg.batch_negatives and cfg.train_locations
+
+
+# -- identical-views check: is the learning rate safe for the encoder? -------------------------
+def test_identical_views_check_flags_a_learning_rate_that_undoes_the_encoder():
+    from drasclr_toolkit.train.diagnostics import identical_views_check
+
+    src = ArrayPatchSource.synthetic(n_subjects=8, n_locations=4, patch_size=20, seed=0)
+    base = dict(width=0.25, num_experts=4, rep_dim=32, proj_dim=32, cpu_threads=1)
+    safe, ok_safe = identical_views_check(src, dict(base, lr=0.001), steps=6, batch_size=8)
+    bad, ok_bad = identical_views_check(src, dict(base, lr=0.5), steps=6, batch_size=8)
+    assert safe["acc_local"].iloc[0] == 1.0 and ok_safe, safe
+    assert not ok_bad and bad["acc_local"].iloc[-3:].mean() < 0.5, bad
