@@ -365,6 +365,26 @@ def _coarse_fit(
     stop condition, iterations). ``freeze_z`` holds the matrix's z-z entry (the z scale
     up to a small rotation) at its initial value. With ``coarse_model="rotation_scale"``
     the finest level is left to _rotation_scale_fit."""
+    shrink, sigmas = list(cfg.shrink_factors), list(cfg.smoothing_sigmas)
+    if cfg.coarse_model == "rotation_scale" and len(shrink) > 1:
+        # The finest level is the rotation-scale stage's (_rotation_scale_fit): an affine
+        # fit there too would cost the same again and be overridden (same lung2 landmarks
+        # within 0.2 mm with or without it).
+        shrink, sigmas = shrink[:-1], sigmas[:-1]
+    reg = _mask_metric_method(cfg, fixed_mask, shrink, sigmas)
+    if freeze_z:
+        weights = [1.0] * 12  # affine parameters: 9 matrix entries (row-major), 3 shifts
+        weights[8] = 0.0
+        reg.SetOptimizerWeights(weights)
+    out, metric, stop, iterations = _execute(reg, fixed, moving, init)
+    return _as_affine(out), metric, stop, iterations
+
+
+def _mask_metric_method(cfg: RegistrationConfig, fixed_mask: sitk.Image | None,
+                        shrink: list[int], sigmas: list[float]) -> sitk.ImageRegistrationMethod:
+    """The settings the coarse stages share: mean squares of the soft masks, linear
+    interpolation, fixed-seed sampling, regular-step gradient descent with physical-shift
+    scales, and the given pyramid (shrink factors, smoothing sigmas in voxels)."""
     reg = sitk.ImageRegistrationMethod()
     if cfg.threads > 0:
         reg.SetNumberOfThreads(int(cfg.threads))
@@ -386,25 +406,21 @@ def _coarse_fit(
         gradientMagnitudeTolerance=1e-8,
     )
     reg.SetOptimizerScalesFromPhysicalShift()
-    if freeze_z:
-        weights = [1.0] * 12  # affine parameters: 9 matrix entries (row-major), 3 shifts
-        weights[8] = 0.0
-        reg.SetOptimizerWeights(weights)
-    shrink, sigmas = list(cfg.shrink_factors), list(cfg.smoothing_sigmas)
-    if cfg.coarse_model == "rotation_scale" and len(shrink) > 1:
-        # The finest level is the rotation-scale stage's (_rotation_scale_fit): an affine
-        # fit there too would cost the same again and be overridden (same lung2 landmarks
-        # within 0.2 mm with or without it).
-        shrink, sigmas = shrink[:-1], sigmas[:-1]
-    reg.SetShrinkFactorsPerLevel(shrink)
-    reg.SetSmoothingSigmasPerLevel(sigmas)
+    reg.SetShrinkFactorsPerLevel(list(shrink))
+    reg.SetSmoothingSigmasPerLevel(list(sigmas))
     reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
+    return reg
+
+
+def _execute(reg: sitk.ImageRegistrationMethod, fixed: sitk.Image, moving: sitk.Image,
+             init: sitk.Transform) -> tuple[sitk.Transform, float, str, int]:
+    """Run ``reg`` from ``init`` (not modified); (transform, final metric, stop condition,
+    iterations over all levels)."""
     reg.SetInitialTransform(init, inPlace=False)
     iters = [0]
     reg.AddCommand(sitk.sitkIterationEvent, lambda: iters.__setitem__(0, iters[0] + 1))
     out = reg.Execute(fixed, moving)
-    return (_as_affine(out), float(reg.GetMetricValue()),
-            reg.GetOptimizerStopConditionDescription(), iters[0])
+    return out, float(reg.GetMetricValue()), reg.GetOptimizerStopConditionDescription(), iters[0]
 
 
 def _rotation_scale_fit(
@@ -452,32 +468,10 @@ def _rotation_scale_fit(
     init.SetMatrix(tuple(rot.ravel()))
     init.SetScale(lam)
     init.SetTranslation(start.GetTranslation())
-    reg = sitk.ImageRegistrationMethod()
-    if cfg.threads > 0:
-        reg.SetNumberOfThreads(int(cfg.threads))
-    reg.SetMetricAsMeanSquares()
-    if cfg.sampling_percentage < 1.0:
-        reg.SetMetricSamplingStrategy(reg.RANDOM)
-        reg.SetMetricSamplingPercentage(float(cfg.sampling_percentage), 1234)
-    else:
-        reg.SetMetricSamplingStrategy(reg.NONE)
-    reg.SetInterpolator(sitk.sitkLinear)
-    if mask_s is not None:
-        reg.SetMetricFixedMask(mask_s)
-    reg.SetOptimizerAsRegularStepGradientDescent(
-        learningRate=cfg.learning_rate, minStep=cfg.min_step,
-        numberOfIterations=int(cfg.iterations), relaxationFactor=0.6,
-        gradientMagnitudeTolerance=1e-8,
-    )
-    reg.SetOptimizerScalesFromPhysicalShift()
     # The affine levels have done the coarse work: the finest level only (all levels
     # again give the same transform on lung2 and cost more).
-    reg.SetShrinkFactorsPerLevel([1])
-    reg.SetSmoothingSigmasPerLevel([0.0])
-    reg.SetInitialTransform(init, inPlace=False)
-    iters = [0]
-    reg.AddCommand(sitk.sitkIterationEvent, lambda: iters.__setitem__(0, iters[0] + 1))
-    out = reg.Execute(fixed_s, moving)
+    reg = _mask_metric_method(cfg, mask_s, [1], [0.0])
+    out, metric, stop, iterations = _execute(reg, fixed_s, moving, init)
     if isinstance(out, sitk.CompositeTransform):
         out = out.GetBackTransform()
     sim = sitk.Similarity3DTransform(out)
@@ -485,8 +479,7 @@ def _rotation_scale_fit(
     result.SetCenter(tuple(map(float, centre)))
     result.SetMatrix(tuple((np.array(sim.GetMatrix(), float).reshape(3, 3) @ np.diag(S)).ravel()))
     result.SetTranslation(sim.GetTranslation())
-    return (result, float(reg.GetMetricValue()),
-            reg.GetOptimizerStopConditionDescription(), iters[0])
+    return result, metric, stop, iterations
 
 
 def _scaled_geometry(img: sitk.Image, centre: np.ndarray, S: np.ndarray) -> sitk.Image | None:
@@ -589,14 +582,11 @@ def _refine(
     reg.SetOptimizerScalesFromPhysicalShift()
     reg.SetShrinkFactorsPerLevel([1])
     reg.SetSmoothingSigmasPerLevel([0.0])
-    reg.SetInitialTransform(sitk.AffineTransform(start), inPlace=False)
-    iters = [0]
-    reg.AddCommand(sitk.sitkIterationEvent, lambda: iters.__setitem__(0, iters[0] + 1))
-    out = _as_affine(reg.Execute(fixed, moving))
+    raw, metric, stop, iterations = _execute(reg, fixed, moving, sitk.AffineTransform(start))
+    out = _as_affine(raw)
     qc = {
         "spacing": sp, "band_mm": band, "points": int(round(pct * n_band)), "band_voxels": int(n_band),
-        "metric": float(reg.GetMetricValue()), "iterations": iters[0],
-        "stop": reg.GetOptimizerStopConditionDescription(),
+        "metric": metric, "iterations": iterations, "stop": stop,
         "seconds": time.perf_counter() - t0,
     }
     return out, qc
