@@ -79,13 +79,30 @@ def load_labels(path: Path):
     return table.set_index("subject_id")
 
 
+def _write_results(table, stem: Path, title: str, heading: str, table_heading: str,
+                   sections: list[tuple[str, Any]]):
+    """Write ``stem``.csv (the table) and ``stem``.html (its figure), add both to the report's
+    ``sections``, and return the long summary the comparison table is built from."""
+    from drasclr_toolkit.evaluate import summarise
+    from drasclr_toolkit.io_utils import atomic_write_text
+    from drasclr_toolkit.viz.evaluation import result_figure
+    from drasclr_toolkit.viz.export import write_figure_html
+
+    atomic_write_text(stem.with_suffix(".csv"), table.to_csv(index=False))
+    long = summarise(table)
+    fig = result_figure(long, title=title)
+    write_figure_html(fig, stem.with_suffix(".html"), heading)
+    sections += [(heading, fig), (table_heading, table)]
+    return long
+
+
 def run(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from drasclr_toolkit.evaluate import (comparison_table, evaluate_phenotypes,
-                                          evaluate_survival, risk_groups, summarise)
+                                          evaluate_survival, risk_groups)
     from drasclr_toolkit.io_utils import atomic_write_text
-    from drasclr_toolkit.viz.evaluation import km_figure, result_figure
+    from drasclr_toolkit.viz.evaluation import km_figure
     from drasclr_toolkit.viz.export import html_report, write_figure_html
 
     out = Path(args.out)
@@ -105,12 +122,8 @@ def run(args: argparse.Namespace) -> int:
             table = evaluate_phenotypes(sets, labels, targets, n_repeats=args.n_repeats,
                                         n_permutations=args.n_permutations,
                                         n_bootstrap=args.n_bootstrap, seed=args.seed)
-        atomic_write_text(out / "phenotypes.csv", table.to_csv(index=False))
-        long = summarise(table)
-        summaries.append(long)
-        fig = result_figure(long, title="Phenotype probes")
-        write_figure_html(fig, out / "phenotypes.html", "Phenotype probes")
-        sections += [("Phenotype probes", fig), ("Phenotype table", table)]
+        summaries.append(_write_results(table, out / "phenotypes", "Phenotype probes",
+                                        "Phenotype probes", "Phenotype table", sections))
         print(f"phenotypes: {len(table)} probes -> {out / 'phenotypes.csv'}")
     else:
         print(f"phenotypes: skipped (none of {list(DEFAULT_TARGETS)} is a column of the labels; "
@@ -127,12 +140,8 @@ def run(args: argparse.Namespace) -> int:
             surv = evaluate_survival(sets, outcome[args.time_col], outcome[args.event_col],
                                      models=tuple(args.models), n_repeats=args.n_repeats,
                                      n_permutations=args.n_survival_permutations, seed=args.seed)
-        atomic_write_text(out / "survival.csv", surv.to_csv(index=False))
-        long = summarise(surv)
-        summaries.append(long)
-        fig = result_figure(long, title="Survival: Harrell's C")
-        write_figure_html(fig, out / "survival.html", "Survival")
-        sections += [("Survival", fig), ("Survival table", surv)]
+        summaries.append(_write_results(surv, out / "survival", "Survival: Harrell's C",
+                                        "Survival", "Survival table", sections))
         for name, frame in sets.items():
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
