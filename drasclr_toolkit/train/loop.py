@@ -280,22 +280,23 @@ class DrasCLRTrainer:
         exclude = subjects if cfg.exclude_same_subject else None
         all_keys = concat_all_gather(key, self.dist)
         all_ids = concat_all_gather(subjects, self.dist) if subjects is not None else None
+        # this step's keys of the other subjects (same location)
+        in_batch = all_ids[None, :] != subjects[:, None] if all_ids is not None else None
         if self.queues is None:
             # No queue: every negative is a key of another subject computed this step by the
             # current key encoder (no stale keys an encoder could tell apart by their age).
-            if all_ids is None:
+            if in_batch is None:
                 raise ValueError("queue_size 0 needs batches that name their subjects")
-            negatives, mask = all_keys, all_ids[None, :] != subjects[:, None]
+            negatives, mask = all_keys, in_batch
         else:
             negatives, mask = self.queues.negatives(loc, exclude_ids=exclude)
             if not cfg.mask_unfilled_negatives:
                 # reference behaviour: unwritten (random) entries count as negatives
                 written = self.queues.ids[loc] >= 0
                 mask = mask | ~written if exclude is not None else None
-            if cfg.batch_negatives and all_ids is not None:
-                # This step's keys of other subjects (same location) as extra negatives: a
-                # signal from the first visit of a location, when its queue is still empty.
-                in_batch = all_ids[None, :] != subjects[:, None]
+            if cfg.batch_negatives and in_batch is not None:
+                # The in-batch keys as extra negatives: a signal from the first visit of a
+                # location, when its queue is still empty.
                 queue_mask = (torch.ones(negatives.shape[0], dtype=torch.bool, device=self.device)
                               if mask is None else mask)
                 queue_mask = queue_mask.expand(q.shape[0], -1) if queue_mask.dim() == 1 else queue_mask
