@@ -172,10 +172,12 @@ def test_without_a_queue_the_negatives_are_the_batch_of_fresh_keys(source, tmp_p
     from drasclr_toolkit.train import DrasCLRTrainer
     from drasclr_toolkit.train.sampler import LocationPatchDataset
 
-    with pytest.raises(ConfigError, match="batch_negatives"):
+    with pytest.raises(ConfigError, match="batch_negatives") as err:
         PretrainConfig.from_dict(dict(TINY, queue_size=0))
-    with pytest.raises(ConfigError, match="prefill_queues"):
+    assert err.value.field == "batch_negatives" and "pretrain config" in str(err.value)
+    with pytest.raises(ConfigError, match="prefill_queues") as err:
         PretrainConfig.from_dict(dict(TINY, queue_size=0, batch_negatives=True, prefill_queues=True))
+    assert err.value.field == "prefill_queues"
     cfg = PretrainConfig.from_dict(dict(TINY, queue_size=0, batch_negatives=True))
     trainer = DrasCLRTrainer(cfg, source.landmark_coords, total_steps=5)
     assert trainer.queues is None
