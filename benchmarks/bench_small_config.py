@@ -4,7 +4,7 @@ On the synthetic cohort with its ground truth: synthetic cohort → preprocessin
 → embeddings (trained and honest random-init) → cross-validated probes of each disease
 pattern separately (centrilobular, paraseptal, panlobular severity) and of the scanner
 nuisance (noise, blur, HU offset), for patient embeddings pooled over all landmarks (mean)
-and per lung zone (6 zones concatenated), against per-zone densitometry (mean lung density,
+and per lung zone (6 zones concatenated; plain and lung-fraction-weighted means), against per-zone densitometry (mean lung density,
 15th percentile, LAA-950 in the upper and lower zones) and the random-init encoder. Every
 row carries its CI and permutation null.
 
@@ -72,8 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     features = {
         "drasclr (mean)": pool_embeddings(trained, "mean"),
         "drasclr (zones)": pool_embeddings(trained, "zones"),
+        "drasclr (zones, lung-weighted)": pool_embeddings(trained, "zones_lung_weighted"),
         "random-init (mean)": pool_embeddings(random_init, "mean"),
         "random-init (zones)": pool_embeddings(random_init, "zones"),
+        "random-init (zones, lung-weighted)": pool_embeddings(random_init, "zones_lung_weighted"),
         "densitometry (upper/lower zones)": dens[[c for c in ZONE_DENSITOMETRY if c in dens]],
         "LAA-950 whole lung": dens[["laa950_pct"]],
     }

@@ -266,6 +266,28 @@ def test_pooling_methods_and_missing_landmarks():
         pool_embeddings(emb, "median")
 
 
+def test_zone_pooling_weighted_by_lung_fraction():
+    # two landmarks in the right upper zone: one all lung, one all chest wall
+    lm = np.array([[x, 0, z] for x in (0, 64) for z in (0, 32, 64)] + [[0, 0, 64]])
+    patch = np.zeros((2, 7, 2), np.float32)
+    patch[:, 2] = [1.0, 1.0]     # the lung patch of the zone
+    patch[:, 6] = [-3.0, 5.0]    # the chest-wall patch of the same zone
+    lung = np.ones((2, 7), np.float32)
+    lung[:, 6] = 0.0
+    lung[1, 2] = 0.0             # subject b: no lung in the zone at all → plain mean
+    emb = Embeddings(patch, ["a", "b"], lm, np.zeros((7, 3)), lung)
+    assert landmark_zones(lm)[[2, 6]].tolist() == ["right_upper", "right_upper"]
+    plain = pool_embeddings(emb, "zones")
+    weighted = pool_embeddings(emb, "zones_lung_weighted")
+    assert weighted.attrs["pooling"] == "zones_lung_weighted"
+    assert list(weighted.columns) == list(plain.columns)
+    assert plain.loc["a", ["right_upper_h0", "right_upper_h1"]].tolist() == [-1.0, 3.0]
+    assert weighted.loc["a", ["right_upper_h0", "right_upper_h1"]].tolist() == [1.0, 1.0]
+    assert weighted.loc["b", ["right_upper_h0", "right_upper_h1"]].tolist() == [-1.0, 3.0]
+    emb.patch[0, 2] = np.nan     # the lung patch missing: the chest-wall one is all that is left
+    assert pool_embeddings(emb, "zones_lung_weighted").loc["a", "right_upper_h0"] == -3.0
+
+
 def test_feature_sets_combine_embeddings_with_densitometry():
     emb = _embeddings()
     dens = pd.DataFrame({"laa950_pct": [1.0, 2.0, 3.0]}, index=["b", "a", "c"])

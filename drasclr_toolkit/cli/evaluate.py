@@ -26,6 +26,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from ..evaluate.features import POOLINGS
+
 DEFAULT_TARGETS = ("fev1_pp", "fev1_fvc", "gold", "pct_emphysema", "cle_score", "pse_score",
                    "mmrc")
 
@@ -177,7 +179,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "present)")
     p.add_argument("--time-col", default="time", help="follow-up time column (survival)")
     p.add_argument("--event-col", default="event", help="event indicator column (1 = event)")
-    p.add_argument("--pooling", default="mean", choices=("mean", "max", "lung_weighted", "zones"),
+    p.add_argument("--pooling", default="mean", choices=POOLINGS,
                    help="patient pooling of patch embeddings")
     p.add_argument("--models", nargs="+", default=["coxph", "coxnet"],
                    choices=("coxph", "coxnet", "rsf"), help="survival models")
