@@ -43,6 +43,14 @@ correspondence) and, with ``refine_spacing=0``, synthetic-phantom landmark error
 0.2–0.5). Time: unchanged (the no-shear stage replaces the affine's finest level). Where the free z scale agrees with the prior (synthetic phantoms: 0.3–1.0 mm
 median with a cut; lung1) it is kept.
 
+A coarse B-spline stage after the affine (atlas points displaced before the affine, same
+soft masks, band and scan-box rule, L-BFGS-B with coefficients bounded to ±8 mm; 40/60/80 mm
+meshes) was tried and not kept (benchmarks/bench_deformable_coverage.py, benchmarks/README.md):
+30 % cut 4.0–4.7 mm median (20 % cut 1.9–2.7, 40 % cut 4.0–4.7), because the whole scan's
+local fit of the bases now moves the landmarks just above the cut (7.4 mm median within
+20 mm of it) while it corrects those far above; synthetic-phantom errors 0.22–0.51 → 0.47–2.0
+mm median (it fits the soft masks' smoothing bias), and 7–30 s more per scan.
+
 QC: Dice of the subject mask warped into atlas space with the atlas mask, over the part of
 the atlas that maps inside the subject's scan (``dice``), before (``dice_init``) and after.
 
