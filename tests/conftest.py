@@ -8,7 +8,10 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SHARED_REFERENCE = REPO_ROOT.parent / "shared" / "reference"
+# The official atlas: ../shared/reference beside the checkout, or wherever
+# DRASCLR_SHARED_REFERENCE points (a git worktree or a copy elsewhere has no ../shared).
+SHARED_REFERENCE = Path(os.environ.get("DRASCLR_SHARED_REFERENCE",
+                                       REPO_ROOT.parent / "shared" / "reference"))
 
 # Keep numerical libraries to the machine's cores and away from GUI backends.
 os.environ.setdefault("MPLBACKEND", "Agg")
@@ -25,7 +28,8 @@ def shared_reference() -> Path:
     mask = SHARED_REFERENCE / "atlas_lung_mask.nii.gz"
     landmarks = SHARED_REFERENCE / "atlas_patch_loc.npy"
     if not (mask.exists() and landmarks.exists()):
-        pytest.skip(f"official atlas files not found under {SHARED_REFERENCE} (../shared is absent)")
+        pytest.skip(f"official atlas files not found under {SHARED_REFERENCE} (../shared is absent; "
+                    "set DRASCLR_SHARED_REFERENCE to their folder to run these tests)")
     return SHARED_REFERENCE
 
 
