@@ -212,6 +212,22 @@ def test_small_config_is_packaged_and_says_what_happens():
     assert cfg.max_steps is None and cfg.queue_size == 0 and cfg.batch_negatives and cfg.train_locations
 
 
+def test_small_benchmark_overrides_make_the_seed_and_length_runs_reproducible(repo_root):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_small_config", repo_root / "benchmarks" / "bench_small_config.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    cfg, label = bench.with_overrides("small", ["pretrain.seed=1", "pretrain.epochs=20"])
+    assert cfg["pretrain"]["seed"] == 1 and cfg["pretrain"]["epochs"] == 20
+    assert cfg["pretrain"]["lr"] == PretrainConfig.from_yaml("small").lr  # the rest unchanged
+    assert label == "small + pretrain.seed=1, pretrain.epochs=20"
+    assert bench.with_overrides("small", []) == ("small", "small")
+    with pytest.raises(SystemExit, match="SECTION.KEY=VALUE"):
+        bench.with_overrides("small", ["seed=1"])
+
+
 # -- identical-views check: is the learning rate safe for the encoder? -------------------------
 def test_identical_views_check_flags_a_learning_rate_that_undoes_the_encoder():
     from drasclr_toolkit.train.diagnostics import identical_views_check
