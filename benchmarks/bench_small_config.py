@@ -4,9 +4,9 @@ On the synthetic cohort with its ground truth: synthetic cohort → preprocessin
 → embeddings (trained and honest random-init) → cross-validated probes of each disease
 pattern separately (centrilobular, paraseptal, panlobular severity) and of the scanner
 nuisance (noise, blur, HU offset), for patient embeddings pooled over all landmarks (mean)
-and per lung zone (6 zones concatenated; plain and lung-fraction-weighted means), against per-zone densitometry (mean lung density,
-15th percentile, LAA-950 in the upper and lower zones) and the random-init encoder. Every
-row carries its CI and permutation null.
+and per lung zone (6 zones concatenated; plain and lung-fraction-weighted means), against
+per-zone densitometry (mean lung density, 15th percentile, LAA-950 in the upper and lower
+zones) and the random-init encoder. Every row carries its CI and permutation null.
 
 Usage::
 
@@ -54,17 +54,14 @@ def with_overrides(config: str, overrides: list[str]) -> tuple[dict | str, str]:
     """
     if not overrides:
         return config, str(config)
-    import yaml
-
-    from drasclr_toolkit.config import load_config
+    from drasclr_toolkit.config import load_config, parse_overrides
 
     cfg = load_config(config)
-    for item in overrides:
-        key, sep, value = item.partition("=")
+    for key, value in parse_overrides(overrides).items():
         section, dot, name = key.partition(".")
-        if not (sep and dot and section and name):
-            raise SystemExit(f"--set {item!r}: write SECTION.KEY=VALUE, e.g. pretrain.seed=1")
-        cfg.setdefault(section, {})[name] = yaml.safe_load(value)
+        if not (dot and section and name):
+            raise SystemExit(f"--set {key!r}: write SECTION.KEY=VALUE, e.g. pretrain.seed=1")
+        cfg.setdefault(section, {})[name] = value
     return cfg, f"{config} + " + ", ".join(overrides)
 
 

@@ -294,6 +294,22 @@ def config_path(name_or_path: str | Path) -> Path:
     return path
 
 
+def parse_overrides(pairs: Iterable[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` command-line overrides → {KEY: VALUE}, each value read as YAML.
+
+    Example:
+        >>> parse_overrides(["max_steps=100", "pretrain.lr=0.01", "name=run a"])
+        {'max_steps': 100, 'pretrain.lr': 0.01, 'name': 'run a'}
+    """
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise SystemExit(f"--set expects KEY=VALUE, got {pair!r}")
+        key, value = pair.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
 def load_config(name_or_path: str | Path | Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """Load a configuration as a dict of stage sections (missing sections become ``{}``)."""
     if isinstance(name_or_path, Mapping):

@@ -13,8 +13,6 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 
 def open_patch_source(path: str | Path) -> Any:
     """A ``.npz`` file written by ArrayPatchSource.save, or a PatchStore folder."""
@@ -33,22 +31,12 @@ def open_patch_source(path: str | Path) -> Any:
     return PatchStore(path)
 
 
-def _overrides(pairs: list[str]) -> dict[str, Any]:
-    out = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise SystemExit(f"--set expects KEY=VALUE, got {pair!r}")
-        key, value = pair.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
-    return out
-
-
 def run(args: argparse.Namespace) -> int:
-    from drasclr_toolkit.config import load_config
+    from drasclr_toolkit.config import load_config, parse_overrides
     from drasclr_toolkit.train import PretrainConfig, pretrain
 
     section = load_config(args.config).get("pretrain", {})
-    section.update(_overrides(args.set or []))
+    section.update(parse_overrides(args.set or []))
     config = PretrainConfig.from_dict(section)
     source = open_patch_source(args.store)
     path = pretrain(source, config, args.out, resume=not args.restart,
