@@ -14,8 +14,8 @@ Pooling (:func:`pool_embeddings`):
 * ``zones_lung_weighted``: as ``zones``, each landmark weighted by its patch's lung
   fraction (an edge patch that is mostly chest wall counts little; a subject whose zone
   patches hold no lung at all gets the plain mean there). On the small synthetic cohort,
-  where the median patch is a third lung, it lifts the centrilobular probe R² from 0.38 to
-  0.44 and the paraseptal one from −0.02 to 0.17 (benchmarks/README.md).
+  where the median patch is a third lung, it lifted the centrilobular probe R² from 0.35 to
+  0.42 and the paraseptal one from 0.06 to 0.24 in one run (benchmarks/README.md).
 
 Missing landmarks (a patch whose embedding is NaN, e.g. outside the scan) are left out of
 every pool; a subject with no valid landmark in a zone gets NaN there (with a warning).
@@ -125,10 +125,8 @@ def pool_embeddings(embeddings: Any, method: Pooling = "mean", *, atlas: Any = N
         elif method == "max":
             pooled = np.nanmax(valid, axis=1)
         else:
-            w = np.where(missing, 0.0, np.clip(embeddings.lung_fraction, 0, None))
-            w = np.where(w.sum(1, keepdims=True) > 0, w, (~missing).astype(float))
-            pooled = np.einsum("nl,nld->nd", w / w.sum(1, keepdims=True),
-                               np.nan_to_num(valid))
+            pooled = _lung_weighted_mean(valid, missing,
+                                         np.asarray(embeddings.lung_fraction, float))
         columns = [f"h{j}" for j in range(patch.shape[2])]
         frame = pd.DataFrame(pooled.astype(np.float32), index=index, columns=columns)
         frame.attrs["pooling"] = method
@@ -144,8 +142,8 @@ def pool_embeddings(embeddings: Any, method: Pooling = "mean", *, atlas: Any = N
             if not cols.any():
                 pooled = np.full((len(patch), patch.shape[2]), np.nan)
             elif method == "zones_lung_weighted":
-                pooled = _weighted_zone(block, missing[:, cols],
-                                        np.asarray(embeddings.lung_fraction, float)[:, cols])
+                pooled = _lung_weighted_mean(block, missing[:, cols],
+                                             np.asarray(embeddings.lung_fraction, float)[:, cols])
             else:
                 pooled = np.nanmean(block, axis=1)
         if np.isnan(pooled).all(axis=1).any():
@@ -161,7 +159,7 @@ def pool_embeddings(embeddings: Any, method: Pooling = "mean", *, atlas: Any = N
     return frame
 
 
-def _weighted_zone(block: np.ndarray, missing: np.ndarray, lung: np.ndarray) -> np.ndarray:
+def _lung_weighted_mean(block: np.ndarray, missing: np.ndarray, lung: np.ndarray) -> np.ndarray:
     """Lung-fraction-weighted mean of ``block`` (N, L, D) over its valid landmarks; rows
     whose valid landmarks hold no lung get the plain mean, rows with none get NaN."""
     valid = ~missing
