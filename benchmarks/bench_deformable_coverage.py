@@ -192,12 +192,16 @@ def run_real(atlas, cfg, meshes, kw) -> dict:
 
 
 def run_phantoms(cfg, meshes, kw) -> dict:
+    with tempfile.TemporaryDirectory(prefix="deform_phantoms_") as tmp:
+        return _phantom_errors(Path(tmp), cfg, meshes, kw)
+
+
+def _phantom_errors(tmp: Path, cfg, meshes, kw) -> dict:
     from drasclr_toolkit.data import load_ct
     from drasclr_toolkit.data.synthetic import make_synthetic_cohort, map_points
     from drasclr_toolkit.preprocess import Atlas, register_affine, segment_lungs
     from drasclr_toolkit.preprocess.resample import resample_isotropic
 
-    tmp = Path(tempfile.mkdtemp(prefix="deform_phantoms_"))
     cohort = make_synthetic_cohort(6, tmp / "cohort", seed=7, spacing=2.0, size_scale=0.6)
     gt = Path(cohort.path).parent / "ground_truth"
     ids = list(cohort.subject_ids)
@@ -257,9 +261,10 @@ def main(argv: list[str] | None = None) -> int:
               "settings": {"meshes_mm": meshes, **kw}, "real": run_real(atlas, cfg, meshes, kw)}
     if not args.no_phantoms:
         result["phantoms"] = run_phantoms(cfg, meshes, kw)
+    from drasclr_toolkit.io_utils import atomic_write_text
+
     out = Path(args.out) if args.out else REPO / "benchmarks" / "results" / f"deformable_coverage_{socket.gethostname()}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    atomic_write_text(out, json.dumps(result, indent=2), make_parents=True)
     print(f"wrote {out}")
     return 0
 

@@ -236,9 +236,10 @@ def main(argv: list[str] | None = None) -> int:
                 "time of this process (all its threads): wall on 2 idle cores ~ cpu / 2..cpu",
         "target": "whole chain <= 60 s per full-size scan on 2 cores",
     }
+    from drasclr_toolkit.io_utils import atomic_write_text
+
     out = Path(args.out) if args.out else HERE / "results" / f"preprocess_{socket.gethostname()}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
+    atomic_write_text(out, json.dumps(result, indent=1), make_parents=True)
     print(f"wrote {out}")
     return 0
 
