@@ -151,6 +151,12 @@ class Config(BaseModel):
         """Plain values (nested configs as dicts), e.g. to store beside results."""
         return self.model_dump()
 
+    def field_error(self, field: str, value: Any, rule: str, fix: str) -> ConfigError:
+        """A :class:`ConfigError` for one field of this section, worded as
+        :func:`config_error` words pydantic's reports (for checks across fields)."""
+        return ConfigError(_problem(f"{self.section}, field {field!r}", value, rule, fix),
+                           section=self.section, field=field, value=value, rule=rule, fix=fix)
+
     def replace(self: ConfigT, **changes: Any) -> ConfigT:
         """A copy with some fields changed (validated)."""
         return self.from_dict({**{name: getattr(self, name) for name in type(self).model_fields},
@@ -175,10 +181,14 @@ def config_error(model: type[Config], exc: ValidationError) -> ConfigError:
         info = owner.model_fields.get(name) if name is not None else None
         rule, fix = _rule_and_fix(err, info)
         where = owner.section + (f", field {path!r}" if path else "")
-        problems.append(f"{where}: {err.get('input')!r} {rule}; {fix}")
+        problems.append(_problem(where, err.get("input"), rule, fix))
         first = first or dict(section=owner.section, field=path, value=err.get("input"),
                               rule=rule, fix=fix)
     return ConfigError("; ".join(problems), problems=problems, **first)
+
+
+def _problem(where: str, value: Any, rule: str, fix: str) -> str:
+    return f"{where}: {value!r} {rule}; {fix}"
 
 
 def _locate(model: type[Config], loc: tuple[Any, ...]) -> tuple[type[Config], str | None, str]:

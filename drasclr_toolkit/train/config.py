@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from drasclr_toolkit.config import Config, ConfigError, Device
+from drasclr_toolkit.config import Config, Device
 from drasclr_toolkit.models import CONDITIONINGS
 from drasclr_toolkit.ssl.queue import _DTYPES
 
@@ -83,16 +83,13 @@ class PretrainConfig(Config):
     def _queue_or_batch_negatives(self) -> "PretrainConfig":
         # Raised as ConfigError (naming section and field), which config_error passes on.
         if self.queue_size == 0 and not self.batch_negatives:
-            raise self._conflict("batch_negatives", False, "with queue_size 0 leaves no negatives",
-                                 "set batch_negatives: true, or a queue_size of at least 1")
+            raise self.field_error("batch_negatives", False,
+                                   "with queue_size 0 leaves no negatives",
+                                   "set batch_negatives: true, or a queue_size of at least 1")
         if self.queue_size == 0 and self.prefill_queues:
-            raise self._conflict("prefill_queues", True, "needs a queue (queue_size is 0)",
-                                 "set prefill_queues: false, or a queue_size of at least 1")
+            raise self.field_error("prefill_queues", True, "needs a queue (queue_size is 0)",
+                                   "set prefill_queues: false, or a queue_size of at least 1")
         return self
-
-    def _conflict(self, field: str, value: Any, rule: str, fix: str) -> ConfigError:
-        return ConfigError(f"{self.section}, field {field!r}: {value!r} {rule}; {fix}",
-                           section=self.section, field=field, value=value, rule=rule, fix=fix)
 
     def encoder_kwargs(self) -> dict[str, Any]:
         """Arguments of :class:`DrasCLREncoder` (what checkpoints store as encoder_config)."""
