@@ -40,8 +40,9 @@ def test_evaluate_cli_writes_tables_and_offline_figures(tmp_path, capsys):
     code = main(["evaluate", "--embeddings", str(tmp_path / "trained.npz"),
                  "--embeddings", f"random-init={tmp_path / 'random.npz'}",
                  "--labels", str(tmp_path / "labels.csv"), "--out", str(out),
-                 "--n-repeats", "1", "--n-permutations", "9", "--n-bootstrap", "50",
-                 "--n-survival-permutations", "2", "--models", "coxph"])
+                 "--n-repeats", "1", "--n-permutations", "9",
+                 "--n-survival-permutations", "2", "--n-risk-group-permutations", "3",
+                 "--models", "coxph"])
     assert code == 0, capsys.readouterr()
     for name in ("phenotypes.csv", "phenotypes.html", "survival.csv", "survival.html",
                  "km_trained.html", "km_random-init.html", "comparison.csv", "report.html"):
@@ -61,7 +62,7 @@ def test_evaluate_cli_without_survival_columns_says_so(tmp_path, capsys):
     labels.drop(columns=["time", "event"]).to_csv(tmp_path / "labels.csv", index=False)
     code = main(["evaluate", "--embeddings", f"drasclr={tmp_path / 'e.npz'}", "--labels",
                  str(tmp_path / "labels.csv"), "--out", str(tmp_path / "o"), "--targets",
-                 "fev1_pp", "--n-repeats", "1", "--n-permutations", "0", "--n-bootstrap", "0"])
+                 "fev1_pp", "--n-repeats", "1", "--n-permutations", "0"])
     assert code == 0
     assert "survival: skipped (no time/event columns)" in capsys.readouterr().out
     assert not (tmp_path / "o" / "survival.csv").exists()
@@ -83,14 +84,14 @@ def test_comparison_words_follow_the_numbers():
     rng = np.random.default_rng(2)
     sets = {"drasclr": emb.pool("mean"),
             "random-init": pd.DataFrame(rng.normal(size=(40, 8)), index=emb.subject_ids)}
-    table = evaluate_phenotypes(sets, labels, ["fev1_pp"], n_repeats=1, n_permutations=19,
-                                n_bootstrap=100)
+    table = evaluate_phenotypes(sets, labels, ["fev1_pp"], n_repeats=1, n_permutations=39)
     long = summarise(table)
     assert long.set_index("feature_set")["evidence"].to_dict() == {"drasclr": True,
                                                                     "random-init": False}
-    words = comparison_text(long, reference="drasclr")[0]
-    assert "evidence of signal for drasclr" in words and "no evidence for random-init" in words
-    assert "higher than random-init" in words
+    words, paired = comparison_text(long, reference="drasclr")
+    assert "evidence for drasclr" in words and "no evidence for random-init" in words
+    # "higher" only from the paired test on the same folds, never from CI overlap
+    assert "paired corrected t-test" in paired and paired.endswith("drasclr higher.")
     grid = comparison_table(long)
     assert grid.loc["drasclr", "fev1_pp"].endswith("*")
     assert len(result_figure(long).data) >= 2
@@ -120,5 +121,6 @@ def test_a_zero_width_interval_supports_no_claim():
         "harrell_c_ci_low": [0.6, 0.0], "harrell_c_ci_high": [1.0, 0.0],
         "harrell_c_null_p95": [0.8, 0.8], "harrell_c_p": [0.3, 1.0], "verdict": ["", ""],
         "n": [12, 12]}))
-    words = comparison_text(long, reference="drasclr")[0]
-    assert "below chance" not in words and "no CI to compare with zones" in words
+    words, paired = comparison_text(long, reference="drasclr")
+    assert "below chance" not in words and "no evidence for drasclr, zones" in words
+    assert "not compared: no per-fold values" in paired

@@ -111,7 +111,7 @@ def test_coxnet_rsf_and_pca_run_and_horizons_outside_follow_up_are_nan(rossi):
     assert (table["harrell_c"] > 0.55).all()
     assert table["auc_at_20"].notna().all() and table["auc_at_500"].isna().all()
     assert table["ibs"].between(0, 0.25).all()
-    assert table["verdict"].eq("no null computed").all()
+    assert table["verdict"].str.startswith("not tested").all()
 
 
 def test_risk_groups_km_and_figure():
@@ -120,8 +120,10 @@ def test_risk_groups_km_and_figure():
     X = pd.DataFrame(rng.normal(size=(200, 3)), index=ids)
     time = pd.Series(rng.exponential(np.exp(-1.2 * X[0])) + 0.01, index=ids)
     event = pd.Series(rng.random(200) < 0.8, index=ids)
-    groups = risk_groups(X, time, event, n_groups=3)
-    assert groups.logrank["p_value"] < 1e-4 and groups.logrank["degrees_of_freedom"] == 2
+    groups = risk_groups(X, time, event, n_groups=3, n_permutations=19)
+    # every permuted grouping separates less than the real one: the smallest p 19 allow
+    assert groups.logrank["p_value"] == pytest.approx(1 / 20)
+    assert groups.logrank["p_value_naive"] < 1e-4 and groups.logrank["degrees_of_freedom"] == 2
     assert set(groups.table["group"]) == {"low risk", "middle risk", "high risk"}
     median = groups.table.groupby("group")["time"].median()
     assert median["high risk"] < median["middle risk"] < median["low risk"]

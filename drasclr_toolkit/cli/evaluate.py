@@ -122,8 +122,7 @@ def run(args: argparse.Namespace) -> int:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             table = evaluate_phenotypes(sets, labels, targets, n_repeats=args.n_repeats,
-                                        n_permutations=args.n_permutations,
-                                        n_bootstrap=args.n_bootstrap, seed=args.seed)
+                                        n_permutations=args.n_permutations, seed=args.seed)
         summaries.append(_write_results(table, out / "phenotypes", "Phenotype probes",
                                         "Phenotype probes", "Phenotype table", sections))
         print(f"phenotypes: {len(table)} probes -> {out / 'phenotypes.csv'}")
@@ -149,7 +148,8 @@ def run(args: argparse.Namespace) -> int:
                 warnings.simplefilter("ignore")
                 groups = risk_groups(frame, outcome[args.time_col], outcome[args.event_col],
                                      model=args.models[0], seed=args.seed,
-                                     cv=int(min(5, outcome[args.event_col].sum())))
+                                     cv=int(min(5, outcome[args.event_col].sum())),
+                                     n_permutations=args.n_risk_group_permutations)
             km = km_figure(groups, title=f"{name}: Kaplan–Meier by out-of-fold risk")
             safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
             write_figure_html(km, out / f"km_{safe}.html")
@@ -184,10 +184,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--models", nargs="+", default=["coxph", "coxnet"],
                    choices=("coxph", "coxnet", "rsf"), help="survival models")
     p.add_argument("--n-repeats", type=int, default=5, help="repeats of the K-fold split")
-    p.add_argument("--n-permutations", type=int, default=100,
-                   help="permutations of the phenotype null")
-    p.add_argument("--n-survival-permutations", type=int, default=20,
+    p.add_argument("--n-permutations", type=int, default=1000,
+                   help="permutations of the phenotype null (enough for a Holm-corrected "
+                   "claim over about 50 tests)")
+    p.add_argument("--n-survival-permutations", type=int, default=200,
                    help="shuffles of the survival null")
-    p.add_argument("--n-bootstrap", type=int, default=500, help="bootstrap resamples (CIs)")
+    p.add_argument("--n-risk-group-permutations", type=int, default=200,
+                   help="permutations of the Kaplan-Meier risk groups' log-rank test (each "
+                   "redoes the cross-validated grouping)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run)

@@ -14,14 +14,17 @@ turns every result table into one comparison with the words its numbers allow.
 
 from .dense import (DISEASE_CLASSES, DenseResult, PatchTruth, evaluate_dense,
                     patch_truth_from_table, synthetic_patch_truth)
-from .compare import comparison_table, comparison_text, summarise
+from .compare import (adjust_verdicts, comparison_table, comparison_text, paired_comparisons,
+                      summarise)
 from .densitometry import (HIST_EDGES, ZONES, cohort_densitometry, densitometry,
                            densitometry_sets, lung_zones, patch_densitometry)
 from .finetune import LABEL_FRACTIONS, label_efficiency
 from .features import POOLINGS, feature_sets, landmark_zones, pool_embeddings
 from .nuisance import nuisance_sensitivity, spearman_ci
 from .probes import evaluate_phenotypes, infer_target_kind, make_probe
-from .survival import (RiskGroups, corrected_ci, default_horizons, evaluate_survival,
+from .stats import (corrected_ci, holm, multiplicity_note, paired_difference,
+                    predictive_verdict, small_sample_note)
+from .survival import (RiskGroups, default_horizons, evaluate_survival,
                        make_survival_model, risk_groups, survival_metrics, to_structured)
 
 __all__ = [
@@ -32,5 +35,7 @@ __all__ = [
     "feature_sets", "infer_target_kind", "landmark_zones", "lung_zones", "make_probe",
     "make_survival_model", "pool_embeddings", "risk_groups", "survival_metrics",
     "to_structured", "comparison_table", "comparison_text", "summarise", "densitometry_sets",
-    "nuisance_sensitivity", "spearman_ci", "patch_densitometry",
+    "nuisance_sensitivity", "spearman_ci", "patch_densitometry", "adjust_verdicts",
+    "paired_comparisons", "holm", "multiplicity_note", "paired_difference",
+    "predictive_verdict", "small_sample_note",
 ]

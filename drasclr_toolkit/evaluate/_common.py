@@ -106,22 +106,3 @@ def permutation_p_value(observed: float, null: np.ndarray, greater_is_better: bo
         return float("nan")
     better = null >= observed if greater_is_better else null <= observed
     return float((1 + better.sum()) / (1 + len(null)))
-
-
-def verdict(p_value: float, alpha: float = 0.05, n_permutations: int | None = None) -> str:
-    """Plain words for a permutation p-value.
-
-    Example:
-        >>> verdict(0.01), verdict(0.4)
-        ('better than null (p=0.01)', 'no evidence (p=0.4)')
-        >>> print(verdict(1 / 11, n_permutations=10))
-        no evidence (p=0.0909; 10 permutations cannot reach p<=0.05)
-    """
-    if not np.isfinite(p_value):
-        return "no null computed"
-    if p_value <= alpha:
-        return f"better than null (p={p_value:.3g})"
-    if n_permutations is not None and 1.0 / (n_permutations + 1) > alpha:
-        return (f"no evidence (p={p_value:.3g}; {n_permutations} permutations cannot reach "
-                f"p<={alpha:g})")
-    return f"no evidence (p={p_value:.3g})"

@@ -9,9 +9,10 @@ is the same. :func:`nuisance_sensitivity` measures that for every column of a ta
 Example:
     >>> import numpy as np, pandas as pd
     >>> rng = np.random.default_rng(0)
-    >>> noise = pd.Series(rng.uniform(10, 60, 40))
+    >>> ids = [f"s{i:02d}" for i in range(40)]
+    >>> noise = pd.Series(rng.uniform(10, 60, 40), index=ids)
     >>> table = pd.DataFrame({"laa950_pct": 0.2 * noise + rng.normal(0, 1, 40),
-    ...                       "unrelated": rng.normal(size=40)})
+    ...                       "unrelated": rng.normal(size=40)}, index=ids)
     >>> out = nuisance_sensitivity(table, noise, n_boot=200)
     >>> out.set_index("measure").loc["laa950_pct", "verdict"]
     'follows the nuisance (95 % CI excludes 0)'
@@ -58,12 +59,30 @@ def nuisance_sensitivity(table: pd.DataFrame, nuisance: pd.Series, n_boot: int =
                          seed: int = 0) -> pd.DataFrame:
     """Spearman ρ (95 % bootstrap CI) of every column of ``table`` with ``nuisance``.
 
-    Rows are matched by index (subject id) when both are indexed alike, else by position.
-    Returns ``measure, rho, ci_low, ci_high, p, n, verdict``.
+    Rows are matched by subject id, never by position: every subject of ``table`` must have
+    a nuisance value (an id missing from ``nuisance`` raises an error naming it); nuisance
+    entries for subjects not in ``table`` are ignored. A plain array (no ids) must have one
+    value per row of ``table``, in its order. Returns ``measure, rho, ci_low, ci_high, p, n,
+    verdict``.
     """
-    if not nuisance.index.isin(table.index).all():
-        nuisance = pd.Series(np.asarray(nuisance), index=table.index, name=nuisance.name)
-    nuisance = nuisance.reindex(table.index)
+    if not isinstance(nuisance, pd.Series):
+        values = np.asarray(nuisance, dtype=np.float64)
+        if values.shape != (len(table),):
+            raise ValueError(f"nuisance has {values.size} values for {len(table)} subjects; "
+                             "pass a Series indexed by subject id")
+        nuisance = pd.Series(values, index=table.index)
+    nuisance = nuisance.set_axis(nuisance.index.astype(str))
+    index = table.index.astype(str)
+    missing = index[~index.isin(nuisance.index)]
+    if len(missing):
+        raise ValueError(f"nuisance: {len(missing)} subject id(s) of the table have no nuisance "
+                         f"value (e.g. {missing[:5].tolist()}; nuisance ids look like "
+                         f"{nuisance.index[:3].tolist()}); index both by the same subject ids")
+    if nuisance.index.has_duplicates:
+        dup = nuisance.index[nuisance.index.duplicated()].unique().tolist()[:5]
+        raise ValueError(f"nuisance has duplicate subject ids, e.g. {dup}")
+    table = table.set_axis(index)
+    nuisance = nuisance.reindex(index)
     rows = []
     for column in table.columns:
         stats = spearman_ci(table[column], nuisance, n_boot, seed)

@@ -16,33 +16,40 @@ Everything that learns from data (scaling, PCA, the penalty) is fitted inside th
 folds (a Pipeline under ``RepeatedKFold`` / ``RepeatedStratifiedKFold``), so test subjects
 never inform their own prediction.
 
-How the numbers are made
-    * Point estimate: each repeat gives out-of-fold predictions for every subject; the metric
-      is computed on them, then averaged over repeats.
-    * 95 % CI (``*_ci_low``, ``*_ci_high``): percentile bootstrap over subjects of those
-      out-of-fold predictions (the same resampled subjects in every repeat, the metric
-      averaged over repeats). It covers the test-set sampling variation of the estimate, not
-      the variation from training on another sample of the same size.
-    * Chance (``*_chance``): R² 0 and the MAE of predicting the training-fold mean (a
-      DummyRegressor through the same folds); majority-class accuracy, the macro F1 of a
-      guess that follows the class frequencies (1 / number of classes), AUC 0.5.
+How the numbers are made (each test and interval calibrated by simulation in
+``benchmarks/bench_calibration.py``; see :mod:`drasclr_toolkit.evaluate.stats`)
+    * Point estimate: the metric of every test fold (R² with the whole target's variance as
+      denominator, so the fold mean equals the pooled out-of-fold R²), averaged over the
+      ``cv × n_repeats`` folds.
+    * 95 % CI (``*_ci_low``, ``*_ci_high``): the Nadeau–Bengio corrected repeated-CV t
+      interval over those folds (on the logit scale for AUC, accuracy and F1, so it stays in
+      [0, 1]). It is an interval for the expected performance of the procedure trained on a
+      training fold's worth of subjects; its coverage is measured in the benchmark.
+    * Chance (``*_chance``): the same fold metrics of a predictor without information —
+      the training-fold mean for R² and MAE (negative R² at small n: about -1/(n_train)),
+      the training-fold majority class for accuracy, 1 / number of classes for macro F1,
+      0.5 for AUC.
     * Null (``*_null_mean``, ``*_null_p95`` — for MAE ``mae_null_p05``, lower being better —
       and ``*_p``): the target is permuted ``n_permutations`` times and one repeat of the
       same cross-validation (re-stratified on the permuted labels) rerun with the same
       pipeline, as ``sklearn.model_selection.permutation_test_score`` does; ``p`` is
       (1 + #null ≥ observed) / (1 + n_permutations). The observed value is the mean over
-      repeats, whose spread is smaller than a single repeat's, so the p-value errs on the
-      conservative side. The null is made through the same out-of-fold scheme, so it also
-      carries that scheme's small pessimistic bias (on pure noise, out-of-fold R² and AUC sit
-      slightly below 0 and 0.5): compare a number with its null, not only with chance.
+      repeats, whose spread is smaller than a single repeat's, so the test errs on the
+      conservative side (its type-I error is measured in the benchmark). The permutations
+      come from one random stream per target, shared by the feature sets.
+    * Paired subjects: every feature set is scored on the subjects all sets share, through
+      the same folds (``splits_id``), and keeps its per-fold values (``fold_values``) so
+      :func:`~drasclr_toolkit.evaluate.compare.comparison_text` can compare two sets with a
+      paired corrected t-test instead of by the overlap of their intervals.
+    * ``p_adj``, ``n_tests``: Holm's correction over the table's tests.
+    * ``verdict`` / ``evidence``: "evidence" needs ``p_adj ≤ alpha`` **and** a 95 % CI above
+      chance (for R² above max(chance, 0)); a significant p whose value is not above chance
+      reads "association, no predictive gain"; ``caution`` carries small-sample notes.
 
 Cost: each permutation refits the pipeline once per fold; the logistic regression's inner
-CV makes a categorical target about 0.2 s a fit on a CPU, so 100 permutations × 5 folds
-take about 100 s per (feature set, target). Pass ``n_permutations=20`` for a quick look.
-BLAS threads are limited to one inside the loops: the matrices are small and competing
-threads only slow them down.
-    * ``verdict``: "better than null (p=…)" when the primary metric's p ≤ ``alpha``,
-      otherwise "no evidence (p=…)": a number inside its null band is not a finding.
+CV makes a categorical target about 0.04 s a fit on a CPU, so 1,000 permutations × 5 folds
+take a few minutes per (feature set, target). BLAS threads are limited to one inside the
+loops: the matrices are small and competing threads only slow them down.
 
 Example:
     >>> import numpy as np, pandas as pd
@@ -51,12 +58,13 @@ Example:
     >>> X = pd.DataFrame(rng.normal(size=(80, 5)), index=ids)
     >>> labels = pd.DataFrame({"fev1_pp": 80 + 10 * X[0] + rng.normal(size=80),
     ...                        "noise": rng.normal(size=80)}, index=ids)
-    >>> table = evaluate_phenotypes(X, labels, n_repeats=2, n_permutations=19,
-    ...                             n_bootstrap=50)
+    >>> table = evaluate_phenotypes(X, labels, n_repeats=2, n_permutations=39)
     >>> table[["target", "kind", "n"]].values.tolist()
     [['fev1_pp', 'continuous', 80], ['noise', 'continuous', 80]]
-    >>> bool(table.loc[0, "r2"] > 0.9), table.loc[0, "verdict"].startswith("better")
+    >>> bool(table.loc[0, "r2"] > 0.9), table.loc[0, "verdict"].startswith("evidence")
     (True, True)
+    >>> bool(table.loc[1, "evidence"])
+    False
 """
 
 from __future__ import annotations
@@ -68,11 +76,11 @@ import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
-from ._common import (align, as_feature_sets, drop_incomplete_features, permutation_p_value,
-                      verdict)
+from ._common import align, as_feature_sets, drop_incomplete_features, permutation_p_value
+from .stats import ALPHA, corrected_ci, small_sample_note, stream
 
-__all__ = ["CATEGORICAL_METRICS", "CONTINUOUS_METRICS", "NotEnoughData",
-           "evaluate_phenotypes", "infer_target_kind", "make_probe"]
+__all__ = ["CATEGORICAL_METRICS", "CONTINUOUS_METRICS", "NotEnoughData", "common_subjects",
+           "evaluate_phenotypes", "infer_target_kind", "make_probe", "splits_fingerprint"]
 
 TargetKind = Literal["continuous", "categorical"]
 CONTINUOUS_METRICS = ("r2", "mae")
@@ -143,22 +151,24 @@ def make_probe(kind: TargetKind, pca: int | float | None = None, *,
 
 
 # ----------------------------------------------------------------------------- metrics
-def _metrics(kind: TargetKind, y: np.ndarray, pred: np.ndarray, classes: np.ndarray | None
-             ) -> dict[str, float]:
-    """Metrics of one set of out-of-fold predictions (``pred``: values or probabilities)."""
-    from sklearn.metrics import (accuracy_score, f1_score, mean_absolute_error, r2_score,
-                                 roc_auc_score)
+def _fold_metrics(kind: TargetKind, y: np.ndarray, pred: np.ndarray, classes, scale: float
+                  ) -> dict[str, float]:
+    """Metrics of one test fold. R² uses the variance of the whole target (``scale``) as
+    denominator, so the mean over the folds of a repeat equals the pooled out-of-fold R²
+    (for equal folds) instead of carrying the small-fold bias of a per-fold mean."""
+    from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
     if kind == "continuous":
-        return {"r2": float(r2_score(y, pred)), "mae": float(mean_absolute_error(y, pred))}
-    assert classes is not None
+        err = y - pred
+        return {"r2": float(1.0 - np.mean(err ** 2) / scale) if scale > 0 else float("nan"),
+                "mae": float(np.mean(np.abs(err)))}
     labels = classes[np.argmax(pred, axis=1)]
     out = {"accuracy": float(accuracy_score(y, labels)),
            "macro_f1": float(f1_score(y, labels, average="macro", labels=classes,
                                       zero_division=0))}
     present = np.unique(y)
     if len(present) < len(classes) or len(present) < 2:
-        out["auc"] = float("nan")  # a bootstrap sample without some class
+        out["auc"] = float("nan")
     elif len(classes) == 2:
         out["auc"] = float(roc_auc_score(y == classes[1], pred[:, 1]))
     else:
@@ -167,30 +177,48 @@ def _metrics(kind: TargetKind, y: np.ndarray, pred: np.ndarray, classes: np.ndar
     return out
 
 
-def _oof_predictions(model, X: np.ndarray, y: np.ndarray, splits: list, kind: TargetKind,
-                     n_classes: int) -> np.ndarray:
-    """Out-of-fold predictions of one repeat (values, or class probabilities)."""
+def _run_folds(model, X: np.ndarray, y: np.ndarray, splits: list, kind: TargetKind,
+               classes, scale: float) -> list[dict[str, float]]:
+    """Fit on each training fold, score its test fold: one metrics dict per fold."""
     from sklearn.base import clone
 
-    out = (np.zeros(len(y)) if kind == "continuous" else np.zeros((len(y), n_classes)))
+    rows = []
     for train, test in splits:
         fitted = clone(model).fit(X[train], y[train])
-        out[test] = fitted.predict(X[test]) if kind == "continuous" \
-            else fitted.predict_proba(X[test])
+        pred = (fitted.predict(X[test]) if kind == "continuous"
+                else _aligned_proba(fitted, X[test], classes))
+        rows.append(_fold_metrics(kind, y[test], pred, classes, scale))
+    return rows
+
+
+def _aligned_proba(fitted, X: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """Class probabilities in the order of ``classes`` (a training fold may miss a class)."""
+    proba = fitted.predict_proba(X)
+    seen = list(fitted.classes_)
+    out = np.zeros((len(X), len(classes)))
+    for j, c in enumerate(classes):
+        if c in seen:
+            out[:, j] = proba[:, seen.index(c)]
     return out
 
 
-def _chance(kind: TargetKind, y: np.ndarray, repeats: list[list], classes) -> dict[str, float]:
-    if kind == "continuous":
-        mae = []
-        for splits in repeats:  # the MAE of the training-fold mean, as DummyRegressor gives
-            pred = np.zeros(len(y))
-            for train, test in splits:
-                pred[test] = y[train].mean()
-            mae.append(np.mean(np.abs(y - pred)))
-        return {"r2": 0.0, "mae": float(np.mean(mae))}
-    freq = pd.Series(y).value_counts(normalize=True)
-    return {"accuracy": float(freq.max()), "macro_f1": 1.0 / len(classes), "auc": 0.5}
+def _chance_folds(kind: TargetKind, y: np.ndarray, splits: list, classes, scale: float
+                  ) -> list[dict[str, float]]:
+    """The same fold metrics for a predictor without information: the training-fold mean
+    (DummyRegressor) or the training-fold class frequencies (majority class for accuracy)."""
+    rows = []
+    for train, test in splits:
+        if kind == "continuous":
+            pred = np.full(len(test), y[train].mean())
+        else:
+            freq = np.array([(y[train] == c).mean() for c in classes])
+            pred = np.tile(freq, (len(test), 1))
+        row = _fold_metrics(kind, y[test], pred, classes, scale)
+        if kind == "categorical":
+            row["macro_f1"] = 1.0 / len(classes)  # a guess following the class frequencies
+            row["auc"] = 0.5
+        rows.append(row)
+    return rows
 
 
 def _prepare_categorical(y: pd.Series, target: str, cv: int, set_name: str
@@ -224,6 +252,17 @@ def _splits(kind: TargetKind, y: np.ndarray, folds: int, n_repeats: int, seed: i
     return [all_splits[r * folds:(r + 1) * folds] for r in range(n_repeats)]
 
 
+def splits_fingerprint(ids: Sequence[str], splits: Sequence) -> str:
+    """A short hash of the subjects and their folds: two rows with the same fingerprint were
+    scored on the same subjects and folds, so their per-fold values can be paired."""
+    import zlib
+
+    crc = zlib.crc32("\x1f".join(map(str, ids)).encode("utf-8"))
+    for train, test in splits:
+        crc = zlib.crc32(np.asarray(test, dtype=np.int64).tobytes(), crc)
+    return f"{crc:08x}"
+
+
 def _inner_cv(kind: TargetKind, y: np.ndarray, repeats: list, inner_cv: int) -> int:
     if kind != "categorical":
         return inner_cv
@@ -254,12 +293,12 @@ def evaluate_phenotypes(
     n_repeats: int = 5,
     seed: int = 0,
     n_permutations: int = 100,
-    n_bootstrap: int = 500,
     pca: int | float | None = None,
-    alpha: float = 0.05,
+    alpha: float = ALPHA,
     inner_cv: int = 3,
     preprocessing: Sequence[tuple[str, Any]] = (),
     max_levels: int = 10,
+    paired: bool = True,
 ) -> pd.DataFrame:
     """Cross-validated probes of clinical targets from feature sets (see module docstring).
 
@@ -273,28 +312,40 @@ def evaluate_phenotypes(
         kinds: override of the inferred kind per target (``"continuous"``/``"categorical"``).
         cv: folds (reduced, with a warning, when a class is rarer than that).
         n_repeats: repeats of the K-fold split (each with a new shuffle).
-        seed: seeds the splits, the bootstrap and the permutations.
-        n_permutations: permutations for the null (0: no null; ``verdict`` says so).
-        n_bootstrap: bootstrap resamples for the CIs (0: no CIs).
+        seed: seeds the splits and the permutations (one stream per target, shared by the
+            feature sets, so adding a set changes no other set's numbers).
+        n_permutations: permutations for the null (0: no null; the verdict says so).
         pca: PCA components (int) or variance kept (float < 1), fitted in each training fold.
-        alpha: p-value threshold of the ``verdict``.
+        alpha: level of the (Holm-corrected) tests behind the verdicts.
         inner_cv: inner folds for the logistic regression's C.
         preprocessing: extra ``(name, transformer)`` steps after the scaler (fitted in folds).
         max_levels: whole-number targets with at most this many levels are categorical.
+        paired: score every feature set on the subjects they all share (default), so the
+            sets can be compared fold by fold; ``False`` lets each set keep all its subjects
+            (then :func:`~drasclr_toolkit.evaluate.compare.comparison_text` refuses to
+            compare sets whose subjects differ).
 
     Returns:
         One row per (feature set, target): ``feature_set, target, kind, n, n_dropped,
         n_features, cv, n_repeats, primary_metric``, then for each metric ``m`` of the kind
         ``m, m_ci_low, m_ci_high, m_chance, m_null_mean, m_null_p95 (mae: mae_null_p05),
-        m_p``, then ``ci_method`` and ``verdict``. Metrics of the other kind are NaN. A
-        target with too few subjects or classes to cross-validate gets a row whose
-        ``verdict`` starts with "not evaluated:" and says why (and a warning).
+        m_p``, then ``ci_method``, ``fold_values`` (the primary metric per fold, for paired
+        comparisons), ``splits_id``, ``n_train``, ``n_test``, ``caution`` (small-sample
+        notes), ``p_adj``, ``n_tests``, ``evidence`` and ``verdict``. Metrics of the other
+        kind are NaN. A target with too few subjects or classes to cross-validate gets a row
+        whose ``verdict`` starts with "not evaluated:" and says why (and a warning).
     """
+    from .compare import adjust_verdicts
+
     if not isinstance(labels, pd.DataFrame):
         raise TypeError("labels must be a pandas DataFrame indexed by subject id "
                         "(e.g. manifest.labels())")
     labels = labels.copy()
     labels.index = labels.index.astype(str)
+    if labels.index.has_duplicates:
+        dup = labels.index[labels.index.duplicated()].unique().tolist()[:5]
+        raise ValueError(f"labels have duplicate subject ids, e.g. {dup}; give one row per "
+                         "subject")
     if targets is None:
         targets = [c for c in labels.columns
                    if pd.api.types.is_numeric_dtype(labels[c]) or labels[c].dtype == bool
@@ -310,32 +361,66 @@ def evaluate_phenotypes(
     if unknown:
         raise KeyError(f"kinds names {sorted(unknown)}, which are not among the targets "
                        f"{list(targets)}")
-    sets = as_feature_sets(features, labels.index)
-    rng = np.random.default_rng(seed)
+    sets = {name: drop_incomplete_features(frame, name)
+            for name, frame in as_feature_sets(features, labels.index).items()}
+    all_labels = labels
+    if paired:
+        sets, labels = common_subjects(sets, labels)
     rows = []
     for set_name, frame in sets.items():
-        frame, set_labels = align(drop_incomplete_features(frame, set_name), labels, set_name)
+        frame, set_labels = align(frame, labels, set_name)
         for target in targets:
             kind = kinds.get(target) or infer_target_kind(set_labels[target], max_levels)
             try:
-                rows.append(_evaluate_one(
+                row = _evaluate_one(
                     frame, set_labels[target], set_name, target, kind, cv=cv,
-                    n_repeats=n_repeats, seed=seed, n_permutations=n_permutations,
-                    n_bootstrap=n_bootstrap, pca=pca, alpha=alpha, inner_cv=inner_cv,
-                    preprocessing=preprocessing, rng=rng))
+                    n_repeats=n_repeats, seed=seed, n_permutations=n_permutations, pca=pca,
+                    inner_cv=inner_cv, preprocessing=preprocessing)
+                # labelled subjects left out because a feature set lacks them
+                valued = all_labels[target].notna()
+                row["n_dropped"] += int((valued & ~all_labels.index.isin(set_labels.index)).sum())
+                rows.append(row)
             except NotEnoughData as exc:  # one thin target never sinks the whole table
                 warnings.warn(f"not evaluated: {exc}", stacklevel=2)
                 rows.append({"feature_set": set_name, "target": target, "kind": kind,
                              "n": int(set_labels[target].notna().sum()),
                              "n_features": int(frame.shape[1]),
                              "verdict": f"not evaluated: {exc}"})
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    return adjust_verdicts(table, alpha=alpha, n_permutations=n_permutations)
+
+
+def common_subjects(sets: dict[str, pd.DataFrame], labels: pd.DataFrame
+                    ) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
+    """Every feature set and the labels cut to the subjects all of them share, by id.
+
+    A warning names how many (and which, up to five) subjects each set lacks; no subject is
+    ever matched by position.
+    """
+    shared = labels.index
+    for frame in sets.values():
+        shared = shared[shared.isin(frame.index)]
+    if len(shared) == 0:
+        raise ValueError("the feature sets and the labels share no subject id (sets: "
+                         + ", ".join(f"{n}: {f.index[:3].tolist()}" for n, f in sets.items())
+                         + f"; labels: {labels.index[:3].tolist()}); index all by subject id")
+    lacking = {name: labels.index[~labels.index.isin(frame.index)]
+               for name, frame in sets.items()}
+    lacking = {k: v for k, v in lacking.items() if len(v)}
+    left = labels.loc[~labels.index.isin(shared)]
+    if len(left) and len(sets) > 1:
+        detail = "; ".join(f"{name} lacks {len(ids)} (e.g. {ids[:5].tolist()})"
+                           for name, ids in lacking.items())
+        warnings.warn(f"feature sets are compared on the {len(shared)} subjects they all "
+                      f"share; {len(left)} labelled subjects are left out ({detail})",
+                      stacklevel=3)
+    return ({name: frame.loc[frame.index.isin(shared)] for name, frame in sets.items()},
+            labels.loc[shared])
 
 
 def _evaluate_one(frame: pd.DataFrame, y_all: pd.Series, set_name: str, target: str,
                   kind: TargetKind, *, cv: int, n_repeats: int, seed: int, n_permutations: int,
-                  n_bootstrap: int, pca, alpha: float, inner_cv: int, preprocessing,
-                  rng: np.random.Generator) -> dict[str, Any]:
+                  pca, inner_cv: int, preprocessing) -> dict[str, Any]:
     y_series = y_all.dropna()
     n_dropped = int(len(y_all) - len(y_series))
     if n_dropped:
@@ -351,19 +436,24 @@ def _evaluate_one(frame: pd.DataFrame, y_all: pd.Series, set_name: str, target: 
                          f"got {kind!r}")
     else:
         y_series = y_series.astype(np.float64)
+        if y_series.nunique() < 2:
+            raise NotEnoughData(f"target {target!r} ({set_name}): every subject has the same "
+                                f"value ({y_series.iloc[0]!r}); a constant cannot be predicted")
     if len(y_series) < 2 * folds:
         raise NotEnoughData(f"target {target!r} ({set_name}): only {len(y_series)} subjects with "
                          f"a value; {folds}-fold cross-validation needs at least {2 * folds}")
     X = frame.loc[y_series.index].to_numpy(np.float64)
     y = y_series.to_numpy()
     classes = np.unique(y) if kind == "categorical" else None
-    n_classes = 0 if classes is None else len(classes)
+    scale = float(np.var(y)) if kind == "continuous" else 1.0
     repeats = _splits(kind, y, folds, n_repeats, seed)
-    n_train_min = min(len(train) for splits in repeats for train, _ in splits)
+    all_splits = [s for splits in repeats for s in splits]
+    n_train_min = min(len(train) for train, _ in all_splits)
     model = make_probe(kind, _pca_size(pca, n_train_min, X.shape[1]),
                        preprocessing=preprocessing,
                        inner_cv=_inner_cv(kind, y, repeats, inner_cv), seed=seed)
     metric_names = CONTINUOUS_METRICS if kind == "continuous" else CATEGORICAL_METRICS
+    rng = stream(seed, "phenotype permutations", target)
 
     with warnings.catch_warnings(), threadpool_limits(limits=1):
         # LogisticRegressionCV warns once per inner fold when it stops at max_iter on
@@ -371,51 +461,41 @@ def _evaluate_one(frame: pd.DataFrame, y_all: pd.Series, set_name: str, target: 
         warnings.filterwarnings("ignore", message=".*lbfgs failed to converge.*")
         warnings.filterwarnings("ignore", category=UserWarning,
                                 message=".*least populated class.*")
-        oof = [_oof_predictions(model, X, y, splits, kind, n_classes) for splits in repeats]
-        per_repeat = [_metrics(kind, y, pred, classes) for pred in oof]
+        fold_rows = pd.DataFrame(_run_folds(model, X, y, all_splits, kind, classes, scale))
         null = []
         for i in range(int(n_permutations)):
             y_perm = rng.permutation(y)
             splits = _splits(kind, y_perm, folds, 1, seed + 1 + i)[0]
-            pred = _oof_predictions(model, X, y_perm, splits, kind, n_classes)
-            null.append(_metrics(kind, y_perm, pred, classes))
-
+            null.append(pd.DataFrame(
+                _run_folds(model, X, y_perm, splits, kind, classes, scale)).mean())
+    chance = pd.DataFrame(_chance_folds(kind, y, all_splits, classes, scale)).mean()
+    null = pd.DataFrame(null)
+    n_train = float(np.mean([len(tr) for tr, _ in all_splits]))
+    n_test = float(np.mean([len(te) for _, te in all_splits]))
     row: dict[str, Any] = {"feature_set": set_name, "target": target, "kind": kind,
                            "n": int(len(y)), "n_dropped": n_dropped,
                            "n_features": int(X.shape[1]), "cv": int(folds),
                            "n_repeats": int(n_repeats), "primary_metric": PRIMARY_METRIC[kind]}
-    boot = _bootstrap(kind, y, oof, classes, n_bootstrap, rng)
-    chance = _chance(kind, y, repeats, classes)
     for m in metric_names:
-        value = float(np.nanmean([r[m] for r in per_repeat]))
-        row[m] = value
-        row[f"{m}_ci_low"], row[f"{m}_ci_high"] = (
-            (float(np.nanpercentile(boot[m], 2.5)), float(np.nanpercentile(boot[m], 97.5)))
-            if len(boot[m]) and np.isfinite(boot[m]).any() else (np.nan, np.nan))
-        row[f"{m}_chance"] = chance[m]
-        values = np.array([r[m] for r in null], dtype=np.float64)
-        finite = values[np.isfinite(values)]
+        values = fold_rows[m].to_numpy(np.float64)
+        row[m] = float(np.nanmean(values)) if np.isfinite(values).any() else np.nan
+        bounds = (None, 1.0) if m == "r2" else (0.0, None) if m == "mae" else (0.0, 1.0)
+        row[f"{m}_ci_low"], row[f"{m}_ci_high"] = corrected_ci(values, n_train, n_test,
+                                                               bounds=bounds)
+        row[f"{m}_chance"] = float(chance[m])
+        nv = null[m].to_numpy(np.float64) if m in null else np.array([])
+        finite = nv[np.isfinite(nv)]
         lower = m in LOWER_IS_BETTER
         row[f"{m}_null_mean"] = float(finite.mean()) if len(finite) else np.nan
         row[f"{m}_null_p05" if lower else f"{m}_null_p95"] = (
             float(np.percentile(finite, 5 if lower else 95)) if len(finite) else np.nan)
-        row[f"{m}_p"] = permutation_p_value(value, values, greater_is_better=not lower)
-    row["ci_method"] = (f"bootstrap of out-of-fold predictions ({n_bootstrap} resamples)"
-                        if n_bootstrap else "none")
-    row["verdict"] = verdict(row[f"{PRIMARY_METRIC[kind]}_p"], alpha, int(n_permutations))
+        row[f"{m}_p"] = permutation_p_value(row[m], nv, greater_is_better=not lower)
+    primary = PRIMARY_METRIC[kind]
+    row["ci_method"] = ("Nadeau-Bengio corrected repeated-CV t interval over "
+                        f"{len(all_splits)} folds" + (" (logit scale)" if primary != "r2" else ""))
+    row["fold_values"] = tuple(float(v) for v in fold_rows[primary])
+    row["splits_id"] = splits_fingerprint(y_series.index, all_splits)
+    row["n_train"], row["n_test"] = n_train, n_test
+    smallest = int(pd.Series(y).value_counts().min()) if kind == "categorical" else None
+    row["caution"] = small_sample_note(len(y), smallest_class=smallest)
     return row
-
-
-def _bootstrap(kind: TargetKind, y: np.ndarray, oof: list[np.ndarray], classes,
-               n_bootstrap: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    names = CONTINUOUS_METRICS if kind == "continuous" else CATEGORICAL_METRICS
-    out: dict[str, list[float]] = {m: [] for m in names}
-    for _ in range(int(n_bootstrap)):
-        idx = rng.integers(0, len(y), len(y))
-        if kind == "categorical" and len(np.unique(y[idx])) < 2:
-            continue
-        per = [_metrics(kind, y[idx], pred[idx], classes) for pred in oof]
-        for m in names:
-            vals = [p[m] for p in per if np.isfinite(p[m])]
-            out[m].append(float(np.mean(vals)) if vals else np.nan)
-    return {m: np.asarray(v, dtype=np.float64) for m, v in out.items()}

@@ -27,13 +27,25 @@ percentile of the test fold's times, clipped the same way.
 
 Uncertainty: metrics are computed per test fold (risk scores of different fold models are
 not on one scale, so they are not pooled); the estimate is the mean over the ``cv ×
-n_repeats`` folds and the 95 % CI the Nadeau–Bengio corrected repeated-CV interval, mean
-± t · sqrt((1/J + n_test/n_train) · s²) over the J folds, which allows for the overlap of
-training sets that makes the plain fold spread too narrow.
+n_repeats`` folds and the 95 % CI the Nadeau–Bengio corrected repeated-CV interval
+(:func:`~drasclr_toolkit.evaluate.stats.corrected_ci`) made on the logit scale, so it stays
+inside [0, 1]. Every subject has an outcome and every feature set: the sets are scored on
+the same subjects and folds (``splits_id``, ``fold_values``), so they can be compared
+pairwise.
+
+Guards: a fold where a metric cannot be computed (no comparable pair, every test subject
+censored) gives NaN for that metric and is counted in ``failed_folds``; a fold model that
+predicts one risk for everyone (a penalised fit that kept no coefficient) is counted in
+``constant_risk_folds`` (in every fold: the row is "not evaluated: degenerate fit"). Fewer
+than :data:`~drasclr_toolkit.evaluate.stats.MIN_EVENTS_REFUSE` events: not evaluated; fewer
+than :data:`~drasclr_toolkit.evaluate.stats.MIN_EVENTS` (10): marked "exploratory" in
+``caution`` and the verdict.
 
 Null: the feature rows are shuffled against (time, event) ``n_permutations`` times and one
 repeat of the CV rerun; ``*_null_mean``, ``*_null_p95`` and ``*_p`` (lower-is-better for the
-integrated Brier score: ``ibs_null_p05``). ``verdict`` reads Harrell's C.
+integrated Brier score: ``ibs_null_p05``). ``verdict`` reads Harrell's C with the rule of
+:func:`~drasclr_toolkit.evaluate.compare.adjust_verdicts` (Holm over the table, CI above
+0.5). Each model's permutations come from its own random stream, shared by the feature sets.
 
 Example:
     >>> import numpy as np, pandas as pd
@@ -55,13 +67,14 @@ from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 from sklearn.base import BaseEstimator, clone
 from threadpoolctl import threadpool_limits
 
-from ._common import as_feature_sets, drop_incomplete_features, permutation_p_value, verdict
+from ._common import as_feature_sets, drop_incomplete_features, permutation_p_value
+from .stats import (ALPHA, MIN_EVENTS, MIN_EVENTS_REFUSE, corrected_ci, small_sample_note,
+                    stream)
 
-__all__ = ["CoxnetCV", "LifelinesCoxPH", "RiskGroups", "corrected_ci", "default_horizons",
+__all__ = ["CoxnetCV", "LifelinesCoxPH", "RiskGroups", "default_horizons",
            "evaluate_survival",
            "make_survival_model", "risk_groups", "survival_metrics", "to_structured"]
 
@@ -260,11 +273,22 @@ def survival_metrics(y_train, y_test, risk: np.ndarray, survival: np.ndarray | N
         >>> y = to_structured([1.0, 2.0, 3.0, 4.0, 5.0, 6.0], [1, 1, 0, 1, 1, 0])
         >>> survival_metrics(y, y, -np.arange(6.0))["harrell_c"]
         1.0
+        >>> survival_metrics(y, to_structured([1.0, 2.0], [0, 0]), np.zeros(2))["failed"]
+        'harrell_c,uno_c'
+
+    A metric that cannot be computed on this fold (no comparable pair, every subject
+    censored) is NaN and named in ``failed``; it never raises.
     """
     from sksurv.metrics import (concordance_index_ipcw, cumulative_dynamic_auc,
                                 integrated_brier_score)
 
-    out: dict[str, float] = {"harrell_c": _harrell(y_test, risk)}
+    nan = float("nan")
+    out: dict[str, float] = {"harrell_c": nan, "uno_c": nan, "ibs": nan}
+    failed: list[str] = []
+    try:
+        out["harrell_c"] = _harrell(y_test, risk)
+    except ValueError:  # no comparable pair in this fold (e.g. no event)
+        failed.append("harrell_c")
     lo, hi = _fold_window(y_train, y_test)
     y_ipcw = _censor_at(y_test, float(np.max(y_train["time"])))
     if tau is None:
@@ -272,18 +296,24 @@ def survival_metrics(y_train, y_test, risk: np.ndarray, survival: np.ndarray | N
     tau = min(tau, float(np.max(y_train["time"])) * (1 - 1e-9))
     try:
         out["uno_c"] = float(concordance_index_ipcw(y_train, y_ipcw, risk, tau=tau)[0])
-    except ValueError:
-        out["uno_c"] = float("nan")
+    except (ValueError, ZeroDivisionError):
+        failed.append("uno_c")
     valid = [h for h in horizons if lo <= h < hi]
     for h in horizons:
-        out[f"auc_at_{h:g}"] = float("nan")
+        out[f"auc_at_{h:g}"] = nan
     if valid:
-        aucs, _ = cumulative_dynamic_auc(y_train, y_ipcw, risk, np.asarray(valid))
-        for h, a in zip(valid, np.atleast_1d(aucs)):
-            out[f"auc_at_{h:g}"] = float(a)
-    out["ibs"] = float("nan")
+        try:
+            aucs, _ = cumulative_dynamic_auc(y_train, y_ipcw, risk, np.asarray(valid))
+            for h, a in zip(valid, np.atleast_1d(aucs)):
+                out[f"auc_at_{h:g}"] = float(a)
+        except (ValueError, ZeroDivisionError):
+            failed.append("td_auc")
     if survival is not None and times is not None and len(times) >= 2:
-        out["ibs"] = float(integrated_brier_score(y_train, y_ipcw, survival, times))
+        try:
+            out["ibs"] = float(integrated_brier_score(y_train, y_ipcw, survival, times))
+        except (ValueError, ZeroDivisionError):
+            failed.append("ibs")
+    out["failed"] = ",".join(failed)  # type: ignore[assignment]
     return out
 
 
@@ -355,26 +385,10 @@ def _run_folds(model, X: np.ndarray, y, splits: list, horizons: Sequence[float],
         surv = _survival_curves(fitted, X[test], grid) if len(grid) >= 2 else None
         metrics = survival_metrics(y[train], y[test], risk, surv, grid, horizons, tau)
         metrics["n_train"], metrics["n_test"] = len(train), len(test)
+        # a penalised model that kept no coefficient predicts one risk for everyone
+        metrics["constant_risk"] = bool(np.ptp(np.asarray(risk, dtype=np.float64)) < 1e-12)
         rows.append(metrics)
     return rows
-
-
-def corrected_ci(values: np.ndarray, n_train: float, n_test: float,
-                 level: float = 0.95) -> tuple[float, float]:
-    """Nadeau–Bengio corrected repeated-CV interval of the mean of per-fold ``values``.
-
-    Example:
-        >>> lo, hi = corrected_ci(np.array([0.70, 0.72, 0.68, 0.71, 0.69]), 80, 20)
-        >>> round(lo, 3), round(hi, 3)
-        (0.671, 0.729)
-    """
-    v = np.asarray(values, dtype=np.float64)
-    v = v[np.isfinite(v)]
-    if len(v) < 2:
-        return float("nan"), float("nan")
-    var = (1.0 / len(v) + n_test / n_train) * v.var(ddof=1)
-    half = stats.t.ppf(0.5 + level / 2, len(v) - 1) * np.sqrt(var)
-    return float(v.mean() - half), float(v.mean() + half)
 
 
 def _as_outcome(features, time, event) -> tuple[dict[str, pd.DataFrame], pd.Series, pd.Series]:
@@ -414,7 +428,7 @@ def evaluate_survival(
     n_permutations: int = 20,
     penalizer: float = 0.1,
     n_estimators: int = 100,
-    alpha: float = 0.05,
+    alpha: float = ALPHA,
 ) -> pd.DataFrame:
     """Cross-validated survival models from feature sets (see module docstring).
 
@@ -440,59 +454,98 @@ def evaluate_survival(
         ``m_null_mean, m_null_p95`` (``ibs_null_p05``), ``m_p``; then ``ci_method``,
         ``verdict``.
     """
+    from .compare import adjust_verdicts
+    from .probes import splits_fingerprint
+
     sets, time_s, event_s = _as_outcome(features, time, event)
-    bad = time_s.isna() | event_s.isna()
-    if bad.any():
-        warnings.warn(f"{int(bad.sum())} subjects have no time or event and are left out",
-                      stacklevel=2)
-        time_s, event_s = time_s[~bad], event_s[~bad]
-    if (time_s <= 0).any():
-        raise ValueError(f"{int((time_s <= 0).sum())} follow-up times are <= 0; survival "
-                         "times must be positive")
+    time_s, event_s = _clean_outcome(time_s, event_s)
     for name in models:
         if name not in SURVIVAL_MODELS:
             raise ValueError(f"unknown survival model {name!r}; use some of {SURVIVAL_MODELS}")
+    sets = {name: drop_incomplete_features(frame, name) for name, frame in sets.items()}
+    common = time_s.index
+    for frame in sets.values():
+        common = common[common.isin(frame.index)]
+    left = int(len(time_s) - len(common))
+    if left:
+        lacking = {n: time_s.index[~time_s.index.isin(f.index)] for n, f in sets.items()}
+        detail = "; ".join(f"{n} lacks {len(ids)} (e.g. {ids[:5].tolist()})"
+                           for n, ids in lacking.items() if len(ids))
+        warnings.warn(f"survival is evaluated on the {len(common)} subjects with an outcome "
+                      f"and every feature set; {left} left out ({detail})", stacklevel=2)
+    if len(common) == 0:
+        raise ValueError("the feature sets and the outcome share no subject id; index the "
+                         "features and time/event by subject id")
+    ev = event_s.loc[common].to_numpy().astype(bool)
+    n_events = int(ev.sum())
     if horizons is None:
-        horizons = default_horizons(time_s.to_numpy(), event_s.to_numpy().astype(bool))
+        horizons = default_horizons(time_s.loc[common].to_numpy(), ev) if n_events else []
     horizons = [float(h) for h in horizons]
-    rng = np.random.default_rng(seed)
+    y = to_structured(time_s.loc[common].to_numpy(), ev)
     rows = []
+    refuse = n_events < MIN_EVENTS_REFUSE or int((~ev).sum()) + n_events < 2 * cv
+    splits = [] if refuse else _cv_splits(ev, cv, n_repeats, seed)
+    folds = len(splits) // n_repeats if splits else 0
     for set_name, frame in sets.items():
-        frame = drop_incomplete_features(frame, set_name)
-        common = time_s.index[time_s.index.isin(frame.index)]
-        if len(common) < len(time_s) or len(common) < len(frame):
-            warnings.warn(f"feature set {set_name!r}: using the {len(common)} subjects with "
-                          f"both features and outcome (features: {len(frame)}, outcome: "
-                          f"{len(time_s)})", stacklevel=2)
         X = frame.loc[common].to_numpy(np.float64)
-        ev = event_s.loc[common].to_numpy().astype(bool)
-        y = to_structured(time_s.loc[common].to_numpy(), ev)
-        splits = _cv_splits(ev, cv, n_repeats, seed)
-        folds = len(splits) // n_repeats
         for name in models:
+            if refuse:
+                why = (f"{n_events} events (at least {MIN_EVENTS_REFUSE} are needed to "
+                       "cross-validate a survival model)" if n_events < MIN_EVENTS_REFUSE
+                       else f"{len(common)} subjects are too few for {cv}-fold CV")
+                warnings.warn(f"survival ({set_name}, {name}) not evaluated: {why}",
+                              stacklevel=2)
+                rows.append({"feature_set": set_name, "model": name, "n": len(common),
+                             "n_events": n_events, "n_features": X.shape[1],
+                             "verdict": f"not evaluated: {why}"})
+                continue
             model = make_survival_model(name, pca, penalizer=penalizer,
                                         n_estimators=n_estimators, seed=seed)
+            rng = stream(seed, "survival permutations", name)
             with warnings.catch_warnings(), threadpool_limits(limits=1):
                 warnings.filterwarnings("ignore", module="lifelines")
-                fold_rows = pd.DataFrame(_run_folds(model, X, y, splits, horizons, tau))
-                null_rows = []
                 # a penalised model of shuffled features is often all zeros: that is the null
                 warnings.filterwarnings("ignore", message="all coefficients are zero")
+                fold_rows = pd.DataFrame(_run_folds(model, X, y, splits, horizons, tau))
+                null_rows = []
                 for i in range(int(n_permutations)):
                     perm = rng.permutation(len(X))
                     null_splits = _cv_splits(ev, folds, 1, seed + 1 + i)
                     null_rows.append(pd.DataFrame(
-                        _run_folds(model, X[perm], y, null_splits, horizons, tau)).mean())
+                        _run_folds(model, X[perm], y, null_splits, horizons, tau)
+                    ).drop(columns=["failed"]).mean())
             null = pd.DataFrame(null_rows)
-            rows.append(_summarise(fold_rows, null, set_name, name, X, ev, folds, n_repeats,
-                                   horizons, alpha, int(n_permutations)))
-    return pd.DataFrame(rows)
+            row = _summarise(fold_rows, null, set_name, name, X, ev, folds, n_repeats,
+                             horizons, int(n_permutations))
+            row["splits_id"] = splits_fingerprint(common, splits)
+            rows.append(row)
+    return adjust_verdicts(pd.DataFrame(rows), alpha=alpha, n_permutations=n_permutations)
+
+
+def _clean_outcome(time_s: pd.Series, event_s: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """Outcome rows with a time and an event, checked: positive times, 0/1 events."""
+    bad = time_s.isna() | event_s.isna()
+    if bad.any():
+        warnings.warn(f"{int(bad.sum())} subjects have no time or event and are left out",
+                      stacklevel=3)
+        time_s, event_s = time_s[~bad], event_s[~bad]
+    if (time_s <= 0).any():
+        raise ValueError(f"{int((time_s <= 0).sum())} follow-up times are <= 0 (e.g. subject "
+                         f"{time_s.index[time_s <= 0][0]!r}); survival times must be positive")
+    codes = pd.unique(event_s)
+    try:
+        values = set(pd.to_numeric(pd.Series(codes)).astype(float).tolist())
+    except (ValueError, TypeError):
+        values = None
+    if values is None or not values <= {0.0, 1.0}:
+        raise ValueError(f"event indicators must be 0/1 (or False/True); found {sorted(codes)[:5]}"
+                         " — recode the event column (1 = event observed, 0 = censored)")
+    return time_s.astype(np.float64), event_s
 
 
 def _summarise(folds: pd.DataFrame, null: pd.DataFrame, set_name: str, model: str,
                X: np.ndarray, event: np.ndarray, n_folds: int, n_repeats: int,
-               horizons: Sequence[float], alpha: float, n_permutations: int
-               ) -> dict[str, Any]:
+               horizons: Sequence[float], n_permutations: int) -> dict[str, Any]:
     auc_cols = [f"auc_at_{h:g}" for h in horizons]
     folds = folds.copy()
     folds["td_auc_mean"] = folds[auc_cols].mean(axis=1) if auc_cols else np.nan
@@ -501,11 +554,12 @@ def _summarise(folds: pd.DataFrame, null: pd.DataFrame, set_name: str, model: st
     n_train, n_test = folds["n_train"].mean(), folds["n_test"].mean()
     row: dict[str, Any] = {"feature_set": set_name, "model": model, "n": int(len(X)),
                            "n_events": int(event.sum()), "n_features": int(X.shape[1]),
-                           "cv": n_folds, "n_repeats": n_repeats}
+                           "cv": n_folds, "n_repeats": n_repeats,
+                           "n_permutations": n_permutations}
     for m in ["harrell_c", "uno_c", *auc_cols, "td_auc_mean", "ibs"]:
         row[m] = float(np.nanmean(folds[m])) if folds[m].notna().any() else np.nan
         row[f"{m}_ci_low"], row[f"{m}_ci_high"] = corrected_ci(folds[m].to_numpy(),
-                                                               n_train, n_test)
+                                                               n_train, n_test, bounds=(0, 1))
     for m in ("harrell_c", "uno_c", "td_auc_mean", "ibs"):
         lower = m in LOWER_IS_BETTER
         values = null[m].to_numpy(np.float64) if m in null else np.array([])
@@ -514,8 +568,25 @@ def _summarise(folds: pd.DataFrame, null: pd.DataFrame, set_name: str, model: st
         row[f"{m}_null_p05" if lower else f"{m}_null_p95"] = (
             float(np.percentile(finite, 5 if lower else 95)) if len(finite) else np.nan)
         row[f"{m}_p"] = permutation_p_value(row[m], values, greater_is_better=not lower)
-    row["ci_method"] = "Nadeau-Bengio corrected repeated-CV t interval over folds"
-    row["verdict"] = verdict(row["harrell_c_p"], alpha, n_permutations)
+    row["ci_method"] = ("Nadeau-Bengio corrected repeated-CV t interval over folds "
+                        "(logit scale, inside [0, 1])")
+    row["fold_values"] = tuple(float(v) for v in folds["harrell_c"])
+    row["n_train"], row["n_test"] = float(n_train), float(n_test)
+    failed = folds["failed"].str.split(",").explode()
+    failed = failed[failed.astype(bool)].value_counts()
+    row["failed_folds"] = ", ".join(f"{m} {k}/{len(folds)}" for m, k in failed.items())
+    constant = int(folds["constant_risk"].sum())
+    row["constant_risk_folds"] = constant
+    notes = [small_sample_note(int(len(X)), n_events=int(event.sum()))]
+    if row["failed_folds"]:
+        notes.append(f"metric not computable in some folds (left out): {row['failed_folds']}")
+    if constant:
+        notes.append(f"degenerate fit: constant risk (no coefficient kept) in {constant} of "
+                     f"{len(folds)} folds")
+    row["caution"] = "; ".join(n for n in notes if n)
+    if constant == len(folds):
+        row["verdict"] = ("not evaluated: degenerate fit, the model predicts one risk for "
+                          "everyone in every fold (no coefficient kept)")
     return row
 
 
@@ -526,7 +597,10 @@ class RiskGroups:
 
     ``table``: per subject ``time, event, risk, group`` (indexed by subject id);
     ``curves``: tidy ``group, time, survival, ci_low, ci_high, at_risk``;
-    ``logrank``: ``test_statistic``, ``p_value``, ``degrees_of_freedom``, ``test``.
+    ``logrank``: ``test_statistic`` (log-rank χ²), ``p_value`` (permutation, valid for
+    cross-validated groups), ``n_permutations``, ``p_value_naive`` (the plain log-rank,
+    anti-conservative here: for reference only), ``degrees_of_freedom``, ``n_events``,
+    ``test``.
     """
 
     table: pd.DataFrame
@@ -547,22 +621,31 @@ GROUP_NAMES = {2: ("low risk", "high risk"), 3: ("low risk", "middle risk", "hig
 
 def risk_groups(features: Any, time: Any, event: Any, *, model: str = "coxph",
                 n_groups: int = 2, cv: int = 5, seed: int = 0, pca: int | float | None = None,
-                penalizer: float = 0.1, n_estimators: int = 100) -> RiskGroups:
-    """Kaplan–Meier curves of subjects grouped by out-of-fold predicted risk.
+                penalizer: float = 0.1, n_estimators: int = 100,
+                n_permutations: int = 200) -> RiskGroups:
+    """Kaplan–Meier curves of subjects grouped by out-of-fold predicted risk, with a
+    log-rank p-value that is valid for such groups.
 
     Each test fold's subjects are grouped by the cut points (median, or tertiles with
     ``n_groups=3``) of the risk the same fold model predicts for its own training subjects,
     so no subject's group uses its own outcome and every fold's scale is its own. Curves
-    come from lifelines ``KaplanMeierFitter``, the test from lifelines
-    ``multivariate_logrank_test`` (the plain log-rank test for two groups).
+    come from lifelines ``KaplanMeierFitter``.
+
+    The groups come from different fold models, so the ordinary log-rank test, which treats
+    them as fixed in advance, is anti-conservative (on noise it rejects about 13 % of the
+    time at the 5 % level; see the calibration benchmark). The p-value reported is the
+    permutation log-rank of Simon et al. (Brief Bioinform 2011): the outcomes are permuted
+    against the features ``n_permutations`` times, the whole cross-validated grouping is
+    redone each time, and ``p = (1 + #permuted statistics ≥ observed) / (1 +
+    n_permutations)``. The plain log-rank p is kept as ``p_value_naive`` for reference only.
 
     Example:
         >>> rng = np.random.default_rng(0)
         >>> X = rng.normal(size=(150, 2))
         >>> groups = risk_groups(X, rng.exponential(np.exp(-X[:, 0])) + 0.01,
-        ...                      rng.random(150) < 0.8)
-        >>> groups.logrank["p_value"] < 0.01, sorted(groups.curves["group"].unique())
-        (True, ['high risk', 'low risk'])
+        ...                      rng.random(150) < 0.8, n_permutations=19)
+        >>> groups.logrank["p_value"], sorted(groups.curves["group"].unique())
+        (0.05, ['high risk', 'low risk'])
     """
     from lifelines import KaplanMeierFitter
     from lifelines.statistics import multivariate_logrank_test
@@ -572,25 +655,47 @@ def risk_groups(features: Any, time: Any, event: Any, *, model: str = "coxph",
     sets, time_s, event_s = _as_outcome(features, time, event)
     if len(sets) != 1:
         raise ValueError("risk_groups takes one feature set; call it once per set")
+    time_s, event_s = _clean_outcome(time_s, event_s)
     frame = drop_incomplete_features(next(iter(sets.values())), "features")
-    common = time_s.index[time_s.index.isin(frame.index) & time_s.notna() & event_s.notna()]
+    common = time_s.index[time_s.index.isin(frame.index)]
     X = frame.loc[common].to_numpy(np.float64)
     ev = event_s.loc[common].to_numpy().astype(bool)
-    y = to_structured(time_s.loc[common].to_numpy(), ev)
+    t = time_s.loc[common].to_numpy(np.float64)
+    if int(ev.sum()) < 2:
+        raise ValueError(f"risk groups need at least 2 events; the outcome has {int(ev.sum())}")
     pipeline = make_survival_model(model, pca, penalizer=penalizer, n_estimators=n_estimators,
                                    seed=seed)
-    risk = np.zeros(len(X))
-    group = np.zeros(len(X), dtype=int)
     qs = np.linspace(0, 1, n_groups + 1)[1:-1]
-    with warnings.catch_warnings(), threadpool_limits(limits=1):
-        warnings.filterwarnings("ignore", module="lifelines")
-        for train, test in _cv_splits(ev, cv, 1, seed):
+
+    def grouping(times: np.ndarray, events: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        y = to_structured(times, events)
+        risk = np.zeros(len(X))
+        group = np.zeros(len(X), dtype=int)
+        for train, test in _cv_splits(events, cv, 1, seed):
             fitted = clone(pipeline).fit(X[train], y[train])
             cuts = np.quantile(fitted.predict(X[train]), qs)
             risk[test] = fitted.predict(X[test])
             group[test] = np.searchsorted(cuts, risk[test], side="right")
+        return risk, group
+
+    def statistic(times: np.ndarray, events: np.ndarray, group: np.ndarray) -> float:
+        if len(np.unique(group)) < 2:
+            return 0.0  # one group: no difference to test
+        return float(multivariate_logrank_test(times, group, events).test_statistic)
+
+    rng = stream(seed, "risk-group permutations", model)
+    with warnings.catch_warnings(), threadpool_limits(limits=1):
+        warnings.filterwarnings("ignore", module="lifelines")
+        warnings.filterwarnings("ignore", message="all coefficients are zero")
+        risk, group = grouping(t, ev)
+        observed = statistic(t, ev, group)
+        null = []
+        for _ in range(int(n_permutations)):
+            perm = rng.permutation(len(X))
+            _, g = grouping(t[perm], ev[perm])
+            null.append(statistic(t[perm], ev[perm], g))
     names = np.array(GROUP_NAMES[n_groups])[group]
-    table = pd.DataFrame({"time": y["time"], "event": ev, "risk": risk, "group": names},
+    table = pd.DataFrame({"time": t, "event": ev, "risk": risk, "group": names},
                          index=pd.Index(common, name="subject_id"))
     curves = []
     for g in GROUP_NAMES[n_groups]:
@@ -605,8 +710,14 @@ def risk_groups(features: Any, time: Any, event: Any, *, model: str = "coxph",
                                     "survival": sf.to_numpy(), "ci_low": ci.iloc[:, 0].to_numpy(),
                                     "ci_high": ci.iloc[:, 1].to_numpy(),
                                     "at_risk": at_risk.to_numpy()}))
-    test = multivariate_logrank_test(table["time"], table["group"], table["event"])
-    logrank = {"test_statistic": float(test.test_statistic), "p_value": float(test.p_value),
-               "degrees_of_freedom": int(test.degrees_of_freedom),
-               "test": "log-rank (lifelines multivariate_logrank_test)"}
+    naive = (multivariate_logrank_test(table["time"], table["group"], table["event"])
+             if table["group"].nunique() > 1 else None)
+    p_perm = permutation_p_value(observed, np.asarray(null)) if n_permutations else float("nan")
+    logrank = {"test_statistic": observed, "p_value": p_perm,
+               "n_permutations": int(n_permutations),
+               "p_value_naive": float(naive.p_value) if naive is not None else float("nan"),
+               "degrees_of_freedom": int(naive.degrees_of_freedom) if naive is not None else 0,
+               "n_events": int(ev.sum()),
+               "test": (f"permutation log-rank over the whole cross-validated grouping "
+                        f"(Simon et al. 2011; {int(n_permutations)} permutations)")}
     return RiskGroups(table, pd.concat(curves, ignore_index=True), logrank, model, n_groups)

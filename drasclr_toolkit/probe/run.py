@@ -170,7 +170,7 @@ def _evaluate(emb: Any, labels: pd.DataFrame, n_permutations: int
             try:
                 phenotypes = evaluate_phenotypes(
                     {"embedding": features}, labels[targets], cv=min(5, max(2, n // 2)),
-                    n_repeats=2, n_permutations=n_permutations, n_bootstrap=100)
+                    n_repeats=2, n_permutations=n_permutations)
             except Exception as exc:  # noqa: BLE001 - a thin label table is a note, not a stop
                 problems.append(f"phenotype probes not run: {type(exc).__name__}: {exc}")
         if all(c in labels.columns for c in SURVIVAL_COLUMNS):
