@@ -121,25 +121,41 @@ class LifelinesCoxPH(BaseEstimator):
         return pd.DataFrame(X, columns=[f"x{j}" for j in range(X.shape[1])])
 
     def fit(self, X: np.ndarray, y) -> "LifelinesCoxPH":
-        from lifelines import CoxPHFitter
+        from lifelines import CoxPHFitter, NelsonAalenFitter
 
         names = y.dtype.names
-        frame = self._frame(X)
-        frame["_time"] = y[names[1]]
-        frame["_event"] = y[names[0]].astype(int)
+        X = np.asarray(X, dtype=np.float64)
+        # a column without variance carries nothing and makes the Hessian singular
+        self.keep_ = np.ptp(X, axis=0) > 0 if X.size else np.zeros(X.shape[1], bool)
+        time, event = np.asarray(y[names[1]]), np.asarray(y[names[0]], bool)
+        self.event_times_ = np.unique(time[event])
+        if not self.keep_.any():  # no information: one risk for all, the Nelson-Aalen curve
+            self.fitter_ = None
+            self.baseline_ = NelsonAalenFitter().fit(time, event)
+            return self
+        frame = self._frame(X[:, self.keep_])
+        frame["_time"] = time
+        frame["_event"] = event.astype(int)
         self.fitter_ = CoxPHFitter(penalizer=self.penalizer, l1_ratio=self.l1_ratio)
         self.fitter_.fit(frame, duration_col="_time", event_col="_event")
-        self.event_times_ = np.unique(np.asarray(y[names[1]])[np.asarray(y[names[0]], bool)])
         return self
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        return np.asarray(self.fitter_.predict_log_partial_hazard(self._frame(X)),
+        X = np.asarray(X, dtype=np.float64)
+        if self.fitter_ is None:
+            return np.zeros(len(X))
+        return np.asarray(self.fitter_.predict_log_partial_hazard(self._frame(X[:, self.keep_])),
                           dtype=np.float64).ravel()
 
     def predict_survival_function(self, X: np.ndarray, times: Sequence[float] | None = None,
                                   return_array: bool = True) -> np.ndarray:
         times = self.event_times_ if times is None else np.asarray(times, dtype=np.float64)
-        surv = self.fitter_.predict_survival_function(self._frame(X), times=times)
+        X = np.asarray(X, dtype=np.float64)
+        if self.fitter_ is None:
+            curve = np.exp(-self.baseline_.cumulative_hazard_at_times(times).to_numpy())
+            return np.tile(curve, (len(X), 1))
+        surv = self.fitter_.predict_survival_function(self._frame(X[:, self.keep_]),
+                                                      times=times)
         return surv.to_numpy().T  # (n_samples, n_times)
 
 
@@ -379,7 +395,15 @@ def _run_folds(model, X: np.ndarray, y, splits: list, horizons: Sequence[float],
                tau: float | None) -> list[dict[str, float]]:
     rows = []
     for train, test in splits:
-        fitted = clone(model).fit(X[train], y[train])
+        try:
+            fitted = clone(model).fit(X[train], y[train])
+        except Exception as exc:  # noqa: BLE001 - one fold that cannot be fitted is counted
+            nan = float("nan")
+            rows.append({"harrell_c": nan, "uno_c": nan, "ibs": nan,
+                         **{f"auc_at_{h:g}": nan for h in horizons},
+                         "failed": f"fit ({type(exc).__name__})", "n_train": len(train),
+                         "n_test": len(test), "constant_risk": False})
+            continue
         risk = fitted.predict(X[test])
         grid = _brier_grid(y[train], y[test])
         surv = _survival_curves(fitted, X[test], grid) if len(grid) >= 2 else None
@@ -584,7 +608,11 @@ def _summarise(folds: pd.DataFrame, null: pd.DataFrame, set_name: str, model: st
         notes.append(f"degenerate fit: constant risk (no coefficient kept) in {constant} of "
                      f"{len(folds)} folds")
     row["caution"] = "; ".join(n for n in notes if n)
-    if constant == len(folds):
+    unfit = int(folds["failed"].str.startswith("fit").sum())
+    if unfit == len(folds):
+        row["verdict"] = (f"not evaluated: the model could not be fitted in any fold "
+                          f"({folds['failed'].iloc[0]})")
+    elif constant == len(folds):
         row["verdict"] = ("not evaluated: degenerate fit, the model predicts one risk for "
                           "everyone in every fold (no coefficient kept)")
     return row

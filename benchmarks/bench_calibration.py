@@ -1,0 +1,346 @@
+"""Calibration of the tests and intervals the evaluation prints: type-I error and coverage,
+measured on simulated data sets whose truth is known.
+
+For every scenario the script simulates data sets (null: features carry no information;
+planted: a known signal), runs the toolkit's own evaluation functions on each, and counts
+
+* type-I error: how often a test says p <= 0.05 (and how often the printed verdict claims
+  evidence) on null data — nominal 0.05, acceptable up to 0.07;
+* coverage: how often the printed 95 % interval contains the quantity it estimates — the
+  expected performance of the same procedure trained on a training fold's worth of subjects
+  and scored on the whole population (computed once per scenario by Monte Carlo on fresh
+  data) — nominal 0.95, acceptable within 5 points;
+* failures: data sets on which the call raised instead of returning a row.
+
+``--code DIR`` measures another checkout's ``drasclr_toolkit`` (the "before" column of the
+table in ``benchmarks/README.md`` is this script run on the commit before the calibrated
+statistics, with ``--code`` pointing at a worktree of it). Scenarios whose test did not
+exist before are reported as such.
+
+    python benchmarks/bench_calibration.py --label after
+    python benchmarks/bench_calibration.py --label before --code /path/to/old/checkout
+    python benchmarks/bench_calibration.py --smoke          # a few data sets per row (tests)
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import os
+import platform
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+HERE = Path(__file__).resolve().parent
+ALPHA = 0.05
+
+
+def _import(code: str | None):
+    if code:
+        sys.path.insert(0, str(Path(code).resolve()))
+    else:
+        sys.path.insert(0, str(HERE.parent))
+    import drasclr_toolkit.evaluate as ev
+    return ev
+
+
+def _kwargs(fn, **kw):
+    accepted = inspect.signature(fn).parameters
+    return {k: v for k, v in kw.items() if k in accepted}
+
+
+def _ids(n):
+    return [f"s{i:03d}" for i in range(n)]
+
+
+# ----------------------------------------------------------------------------- data
+def continuous(rng, n, d=10, r2=0.0):
+    X = rng.normal(size=(n, d))
+    beta = np.zeros(d)
+    if r2 > 0:
+        beta[:3] = np.sqrt(r2 / (1 - r2) / 3)
+    y = X @ beta + rng.normal(size=n)
+    return X, y
+
+
+def binary(rng, n, d=10, strength=0.0):
+    X = rng.normal(size=(n, d))
+    logits = strength * X[:, 0]
+    y = (rng.random(n) < 1 / (1 + np.exp(-logits))).astype(int)
+    return X, y
+
+
+def survival(rng, n, d=5, strength=0.0, event_rate=0.6, n_events=None):
+    X = rng.normal(size=(n, d))
+    t = rng.exponential(np.exp(-strength * X[:, 0]))
+    if n_events is not None:  # exactly n_events observed events
+        event = np.zeros(n, bool)
+        event[rng.choice(n, n_events, replace=False)] = True
+    else:
+        c = rng.exponential(np.quantile(t, 0.5) * (1 / event_rate - 0.6), n)
+        event = t <= c
+        t = np.minimum(t, c)
+    return X, t + 1e-3, event
+
+
+# ----------------------------------------------------------------------------- truths
+def truth_r2(ev, n_train, r2, d=10, reps=200, seed=123):
+    rng = np.random.default_rng(seed)
+    Xt, yt = continuous(rng, 20000, d, r2)
+    vals = []
+    for _ in range(reps):
+        X, y = continuous(rng, n_train, d, r2)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            m = ev.make_probe("continuous").fit(X, y)
+        vals.append(1 - np.mean((yt - m.predict(Xt)) ** 2) / np.var(yt))
+    return float(np.mean(vals))
+
+
+def truth_auc(ev, n_train, strength, d=10, reps=100, seed=123):
+    from sklearn.metrics import roc_auc_score
+    rng = np.random.default_rng(seed)
+    Xt, yt = binary(rng, 5000, d, strength)
+    vals = []
+    for _ in range(reps):
+        X, y = binary(rng, n_train, d, strength)
+        if len(np.unique(y)) < 2:
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            m = ev.make_probe("categorical").fit(X, y)
+        vals.append(roc_auc_score(yt, m.predict_proba(Xt)[:, 1]))
+    return float(np.mean(vals))
+
+
+def truth_c(ev, n_train, strength, d=5, reps=100, seed=123):
+    from sksurv.metrics import concordance_index_censored
+    rng = np.random.default_rng(seed)
+    Xt, tt, et = survival(rng, 3000, d, strength)
+    vals = []
+    for _ in range(reps):
+        X, t, e = survival(rng, n_train, d, strength)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            m = ev.make_survival_model("coxph").fit(X, ev.to_structured(t, e))
+        vals.append(concordance_index_censored(et, tt, m.predict(Xt))[0])
+    return float(np.mean(vals))
+
+
+# ----------------------------------------------------------------------------- scenarios
+def _evidence(row) -> bool:
+    if "evidence" in row.index:
+        return bool(row["evidence"])
+    return str(row.get("verdict", "")).startswith("better than null")
+
+
+def run_phenotype(ev, kind, n, datasets, seed, *, planted, perms, repeats, truth):
+    rej = evid = cover = fails = 0
+    lo_out = 0
+    metric = "r2" if kind == "continuous" else "auc"
+    widths = []
+    for k in range(datasets):
+        rng = np.random.default_rng([seed, k])
+        if kind == "continuous":
+            X, y = continuous(rng, n, r2=0.4 if planted else 0.0)
+        else:
+            X, y = binary(rng, n, strength=1.5 if planted else 0.0)
+        ids = _ids(n)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                table = ev.evaluate_phenotypes(
+                    pd.DataFrame(X, index=ids), pd.DataFrame({"t": y}, index=ids), ["t"],
+                    **_kwargs(ev.evaluate_phenotypes, n_repeats=repeats, n_permutations=perms,
+                              n_bootstrap=500, seed=k))
+            row = table.iloc[0]
+            if not np.isfinite(row.get(metric, np.nan)):
+                raise ValueError(row.get("verdict"))
+        except Exception:  # noqa: BLE001 - a crash is what we count
+            fails += 1
+            continue
+        if perms:
+            rej += row[f"{metric}_p"] <= ALPHA
+            evid += _evidence(row)
+        lo, hi = row[f"{metric}_ci_low"], row[f"{metric}_ci_high"]
+        if truth is not None and np.isfinite(lo):
+            cover += lo <= truth <= hi
+            widths.append(hi - lo)
+        if metric == "auc" and np.isfinite(lo):
+            lo_out += (lo < 0) or (hi > 1)
+    done = datasets - fails
+    return dict(type1_p=rej / done if perms and done else None,
+                type1_verdict=evid / done if perms and done else None,
+                coverage=cover / done if truth is not None and done else None,
+                mean_width=float(np.mean(widths)) if widths else None,
+                outside_range=lo_out / done if done else None,
+                failures=fails, n_datasets=datasets, truth=truth)
+
+
+def run_survival(ev, n, datasets, seed, *, planted, perms, repeats, truth, n_events=None):
+    rej = evid = cover = fails = outside = refused = 0
+    widths = []
+    for k in range(datasets):
+        rng = np.random.default_rng([seed, k])
+        X, t, e = survival(rng, n, strength=0.8 if planted else 0.0, n_events=n_events)
+        ids = _ids(n)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                table = ev.evaluate_survival(
+                    pd.DataFrame(X, index=ids), pd.Series(t, index=ids),
+                    pd.Series(e, index=ids), models=("coxph",), n_repeats=repeats,
+                    n_permutations=perms, seed=k)
+            row = table.iloc[0]
+        except Exception:  # noqa: BLE001
+            fails += 1
+            continue
+        if not np.isfinite(row.get("harrell_c", np.nan)):
+            refused += 1
+            continue
+        if perms:
+            rej += row["harrell_c_p"] <= ALPHA
+            evid += _evidence(row)
+        lo, hi = row["harrell_c_ci_low"], row["harrell_c_ci_high"]
+        if np.isfinite(lo):
+            outside += (lo < 0) or (hi > 1)
+            widths.append(hi - lo)
+            if truth is not None:
+                cover += lo <= truth <= hi
+    done = datasets - fails - refused
+    return dict(type1_p=rej / done if perms and done else None,
+                type1_verdict=evid / done if perms and done else None,
+                coverage=cover / done if truth is not None and done else None,
+                mean_width=float(np.mean(widths)) if widths else None,
+                outside_range=outside / done if done else None,
+                failures=fails, refused=refused, n_datasets=datasets, truth=truth)
+
+
+def run_risk_groups(ev, n, datasets, seed, perms):
+    rej = fails = 0
+    has_perm = "n_permutations" in inspect.signature(ev.risk_groups).parameters
+    for k in range(datasets):
+        rng = np.random.default_rng([seed, k])
+        X, t, e = survival(rng, n, strength=0.0)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                g = ev.risk_groups(X, t, e, seed=k,
+                                   **({"n_permutations": perms} if has_perm else {}))
+            rej += g.logrank["p_value"] <= ALPHA
+        except Exception:  # noqa: BLE001
+            fails += 1
+    done = datasets - fails
+    return dict(type1_p=rej / done if done else None, failures=fails, n_datasets=datasets,
+                test="permutation log-rank" if has_perm else "plain log-rank")
+
+
+def run_paired(ev, n, datasets, seed):
+    """Two feature sets that carry the same amount of signal: how often does the printed
+    comparison declare one better?"""
+    declared = fails = 0
+    for k in range(datasets):
+        rng = np.random.default_rng([seed, k])
+        z = rng.normal(size=n)
+        y = z + rng.normal(size=n)
+        A = np.column_stack([z + rng.normal(size=n), rng.normal(size=(n, 4))])
+        B = np.column_stack([z + rng.normal(size=n), rng.normal(size=(n, 4))])
+        ids = _ids(n)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                table = ev.evaluate_phenotypes(
+                    {"a": pd.DataFrame(A, index=ids), "b": pd.DataFrame(B, index=ids)},
+                    pd.DataFrame({"t": y}, index=ids), ["t"],
+                    **_kwargs(ev.evaluate_phenotypes, n_repeats=2, n_permutations=0,
+                              n_bootstrap=500, seed=k))
+                long = ev.summarise(table)
+                words = " ".join(ev.comparison_text(long, reference="a"))
+        except Exception:  # noqa: BLE001
+            fails += 1
+            continue
+        declared += (" higher" in words) or (" lower" in words)
+    done = datasets - fails
+    return dict(type1_p=declared / done if done else None, failures=fails, n_datasets=datasets)
+
+
+# ----------------------------------------------------------------------------- main
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--code", default=None, help="checkout whose drasclr_toolkit is measured")
+    ap.add_argument("--label", default="after")
+    ap.add_argument("--scale", type=float, default=1.0, help="multiplies every data-set count")
+    ap.add_argument("--only", nargs="*", default=None, help="scenario names to run")
+    ap.add_argument("--smoke", action="store_true", help="3 data sets per row (tests)")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    ev = _import(args.code)
+    scale = 3 / 500 if args.smoke else args.scale
+
+    def count(k):
+        return max(3, int(round(k * scale)))
+
+    scenarios = {
+        # name: (callable, description, nominal kind)
+        "continuous_null_n40": lambda: run_phenotype(
+            ev, "continuous", 40, count(500), 1, planted=False, perms=19, repeats=2,
+            truth=truth_r2(ev, 32, 0.0, reps=count(200))),
+        "continuous_planted_n40": lambda: run_phenotype(
+            ev, "continuous", 40, count(500), 2, planted=True, perms=0, repeats=2,
+            truth=truth_r2(ev, 32, 0.4, reps=count(200))),
+        "continuous_null_n12": lambda: run_phenotype(
+            ev, "continuous", 12, count(500), 3, planted=False, perms=19, repeats=1,
+            truth=None),
+        "binary_null_n40": lambda: run_phenotype(
+            ev, "categorical", 40, count(150), 4, planted=False, perms=19, repeats=1,
+            truth=0.5),
+        "binary_planted_n40": lambda: run_phenotype(
+            ev, "categorical", 40, count(200), 5, planted=True, perms=0, repeats=2,
+            truth=truth_auc(ev, 32, 1.5, reps=count(100))),
+        "binary_null_n12": lambda: run_phenotype(
+            ev, "categorical", 12, count(150), 6, planted=False, perms=19, repeats=1,
+            truth=None),
+        "survival_null_n60": lambda: run_survival(
+            ev, 60, count(200), 7, planted=False, perms=19, repeats=1, truth=0.5),
+        "survival_planted_n60": lambda: run_survival(
+            ev, 60, count(200), 8, planted=True, perms=0, repeats=3,
+            truth=truth_c(ev, 48, 0.8, reps=count(100))),
+        "survival_3events_n40": lambda: run_survival(
+            ev, 40, count(100), 9, planted=False, perms=0, repeats=1, truth=0.5, n_events=3),
+        "survival_6events_n40": lambda: run_survival(
+            ev, 40, count(100), 10, planted=False, perms=0, repeats=1, truth=0.5, n_events=6),
+        "risk_groups_null_n60": lambda: run_risk_groups(ev, 60, count(200), 11, perms=19),
+        "paired_equal_n40": lambda: run_paired(ev, 40, count(500), 12),
+    }
+    chosen = args.only or list(scenarios)
+    rows = []
+    for name in chosen:
+        start = time.time()
+        result = scenarios[name]()
+        result.update(scenario=name, seconds=round(time.time() - start, 1))
+        rows.append(result)
+        print(json.dumps(result), flush=True)
+    machine = dict(platform=platform.platform(), processor=platform.processor(),
+                   cpus=os.cpu_count(), python=platform.python_version(),
+                   load_average=os.getloadavg(), code=args.code or str(HERE.parent),
+                   date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+    out = Path(args.out) if args.out else HERE / "results" / f"calibration_{args.label}.json"
+    if not args.smoke or args.out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(json.dumps({"label": args.label, "machine": machine, "rows": rows},
+                                  indent=1))
+        tmp.replace(out)
+        print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
