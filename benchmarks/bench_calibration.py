@@ -270,6 +270,48 @@ def run_paired(ev, n, datasets, seed):
     return dict(type1_p=declared / done if done else None, failures=fails, n_datasets=datasets)
 
 
+def run_pc_null(n, datasets, seed, perms=199):
+    """notebook 03's PC–target Spearman test against its permutation null, on noise."""
+    from drasclr_toolkit.embed.analysis import pc_null_band
+    rej = fails = 0
+    for k in range(datasets):
+        rng = np.random.default_rng([seed, k])
+        ids = _ids(n)
+        try:
+            band = pc_null_band(pd.DataFrame(rng.normal(size=(n, 16)), index=ids),
+                                pd.Series(rng.normal(size=n), index=ids),
+                                n_permutations=perms, seed=k)
+        except Exception:  # noqa: BLE001
+            fails += 1
+            continue
+        rej += band["p"] <= ALPHA
+    done = datasets - fails
+    return dict(type1_p=rej / done if done else None, failures=fails, n_datasets=datasets)
+
+
+def run_spearman_ci(ev, n, datasets, seed, rho=0.5, n_boot=500):
+    """notebook 04's nuisance Spearman ρ bootstrap interval: coverage of the population ρ_s
+    of a bivariate normal with correlation ``rho``, and the scipy p-value's type-I error at
+    ρ = 0."""
+    truth = 6 / np.pi * np.arcsin(rho / 2)
+    cover = rej = fails = 0
+    for k in range(datasets):
+        rng = np.random.default_rng([seed, k])
+        x = rng.normal(size=n)
+        y = rho * x + np.sqrt(1 - rho ** 2) * rng.normal(size=n)
+        try:
+            r = ev.spearman_ci(x, y, n_boot=n_boot, seed=k)
+            r0 = ev.spearman_ci(x, rng.normal(size=n), n_boot=0, seed=k)
+        except Exception:  # noqa: BLE001
+            fails += 1
+            continue
+        cover += r["ci_low"] <= truth <= r["ci_high"]
+        rej += r0["p"] <= ALPHA
+    done = datasets - fails
+    return dict(coverage=cover / done if done else None, type1_p=rej / done if done else None,
+                truth=truth, failures=fails, n_datasets=datasets)
+
+
 # ----------------------------------------------------------------------------- main
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
@@ -318,6 +360,9 @@ def main(argv=None) -> int:
             ev, 40, count(100), 10, planted=False, perms=0, repeats=1, truth=0.5, n_events=6),
         "risk_groups_null_n60": lambda: run_risk_groups(ev, 60, count(200), 11, perms=19),
         "paired_equal_n40": lambda: run_paired(ev, 40, count(500), 12),
+        "pc_rho_null_n12": lambda: run_pc_null(12, count(500), 13),
+        "spearman_ci_n12": lambda: run_spearman_ci(ev, 12, count(500), 14),
+        "spearman_ci_n40": lambda: run_spearman_ci(ev, 40, count(500), 15),
     }
     chosen = args.only or list(scenarios)
     rows = []

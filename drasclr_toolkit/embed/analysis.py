@@ -168,8 +168,11 @@ def compare_encoders(patients: Mapping[str, pd.DataFrame], targets: pd.DataFrame
     names in ``nuisance``, else ``"disease"``), ``pc_max_abs_rho`` (largest ``|ρ|`` over the
     first ``n_components`` PCs), ``best_pc``, ``probe_r2`` and ``probe_spearman``
     (:func:`probe_scores`), and the PC statistic's permutation null (``pc_null_p95``,
-    ``pc_p``, :func:`pc_null_band`) with a ``verdict``: a value inside the null band is
-    "no evidence". Wanted: high for disease, low for nuisance.
+    ``pc_p``, :func:`pc_null_band`), its Holm-corrected p over the whole table
+    (``pc_p_adj``) and a ``verdict``: "follows it" only when the corrected p ≤ 0.05 (an
+    association, not a prediction; the probe columns are descriptive). Wanted: high for
+    disease, low for nuisance. The test's type-I error is measured in
+    ``benchmarks/bench_calibration.py``.
     """
     rows = []
     for name, patient in patients.items():
@@ -183,10 +186,19 @@ def compare_encoders(patients: Mapping[str, pd.DataFrame], targets: pd.DataFrame
                          "kind": "nuisance" if target in nuisance else "disease",
                          "pc_max_abs_rho": float(best.loc[target, "abs_rho"]),
                          "pc_null_p95": band["null_p95"], "pc_p": band["p"],
-                         "verdict": ("follows it (above the null's 95th percentile)"
-                                     if band["value"] > band["null_p95"] else
-                                     "no evidence (inside the null band)"),
                          "best_pc": best.loc[target, "component"],
                          "probe_r2": float(probe.loc[target, "r2"]),
                          "probe_spearman": float(probe.loc[target, "spearman"])})
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    # one family of tests: every encoder × target shown together, Holm-corrected
+    from drasclr_toolkit.evaluate.stats import ALPHA, holm
+
+    table["pc_p_adj"] = holm(table["pc_p"].to_numpy(np.float64))
+    n_tests = int(np.isfinite(table["pc_p"]).sum())
+    table["verdict"] = [
+        (f"follows it (p={p:.2g}, Holm p={q:.2g} over {n_tests} tests)" if q <= ALPHA else
+         f"no evidence (p={p:.2g}, Holm p={q:.2g} over {n_tests} tests)")
+        for p, q in zip(table["pc_p"], table["pc_p_adj"])]
+    return table

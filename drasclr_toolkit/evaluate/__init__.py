@@ -15,7 +15,7 @@ turns every result table into one comparison with the words its numbers allow.
 from .dense import (DISEASE_CLASSES, DenseResult, PatchTruth, evaluate_dense,
                     patch_truth_from_table, synthetic_patch_truth)
 from .compare import (adjust_verdicts, comparison_table, comparison_text, paired_comparisons,
-                      summarise)
+                      risk_group_text, summarise)
 from .densitometry import (HIST_EDGES, ZONES, cohort_densitometry, densitometry,
                            densitometry_sets, lung_zones, patch_densitometry)
 from .finetune import LABEL_FRACTIONS, label_efficiency
@@ -36,6 +36,6 @@ __all__ = [
     "make_survival_model", "pool_embeddings", "risk_groups", "survival_metrics",
     "to_structured", "comparison_table", "comparison_text", "summarise", "densitometry_sets",
     "nuisance_sensitivity", "spearman_ci", "patch_densitometry", "adjust_verdicts",
-    "paired_comparisons", "holm", "multiplicity_note", "paired_difference",
+    "paired_comparisons", "risk_group_text", "holm", "multiplicity_note", "paired_difference",
     "predictive_verdict", "small_sample_note",
 ]

@@ -44,7 +44,7 @@ import pandas as pd
 from .stats import ALPHA, holm, paired_difference, predictive_verdict
 
 __all__ = ["LONG_COLUMNS", "adjust_verdicts", "comparison_table", "comparison_text",
-           "paired_comparisons", "summarise"]
+           "paired_comparisons", "risk_group_text", "summarise"]
 
 LONG_COLUMNS = ("feature_set", "task", "metric", "value", "ci_low", "ci_high", "chance",
                 "null_p95", "p", "p_adj", "n_tests", "evidence", "verdict", "n",
@@ -369,3 +369,44 @@ def comparison_text(long: pd.DataFrame, reference: str = "drasclr",
         out.append(f"{head}: difference {r['diff']:+.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}] "
                    f"(paired corrected t-test p={r['p']:.2g}{holm_text}): {tail}")
     return out
+
+
+def risk_group_text(name: str, groups, long: pd.DataFrame | None = None,
+                    alpha: float = ALPHA) -> str:
+    """One sentence on a feature set's Kaplan–Meier risk groups (their permutation
+    log-rank p) and how it relates to the same set's Harrell's C in ``long``.
+
+    Both read the same out-of-fold risk ranking: the C-index over every comparable pair,
+    the log-rank over one split at the median. They can disagree when the ranking is good
+    in one part of the range only, and with few events either can be small by chance.
+    """
+    lr = groups.logrank
+    p = lr["p_value"]
+    perms = int(lr.get("n_permutations", 0))
+    head = (f"{name}: permutation log-rank p = {p:.2g} ({perms} permutations of the whole "
+            f"cross-validated grouping; the plain log-rank p {lr.get('p_value_naive', np.nan):.2g} "
+            "is not valid for such groups)")
+    if not np.isfinite(p):
+        return head + "."
+    floor = 1.0 / (perms + 1) if perms else 1.0
+    if p <= alpha:
+        km = "the out-of-fold risk groups differ"
+    elif floor > alpha:
+        km = f"no evidence the groups differ ({perms} permutations cannot reach p <= {alpha:g})"
+    else:
+        km = "no evidence the groups differ"
+    text = f"{head}: {km}"
+    if long is not None:
+        rows = long[(long["feature_set"] == name) & long["task"].str.contains(groups.model)]
+        if len(rows) and np.isfinite(rows["value"].iloc[0]):
+            r = rows.iloc[0]
+            c_ev = bool(r["evidence"])
+            agree = (p <= alpha) == c_ev
+            text += (f"; its Harrell's C ({groups.model}) is {r['value']:.2f} "
+                     f"[{r['ci_low']:.2f}, {r['ci_high']:.2f}], "
+                     + ("evidence" if c_ev else "no evidence") + " — "
+                     + ("the two agree." if agree else
+                        "the two disagree: one test among several at this size; trust "
+                        "neither alone."))
+            return text
+    return text + "."
