@@ -321,12 +321,19 @@ def main(argv=None) -> int:
     ap.add_argument("--scale", type=float, default=1.0, help="multiplies every data-set count")
     ap.add_argument("--only", nargs="*", default=None, help="scenario names to run")
     ap.add_argument("--smoke", action="store_true", help="3 data sets per row (tests)")
+    ap.add_argument("--counts", nargs="*", default=[], metavar="SCENARIO=N",
+                    help="data sets for a scenario (overrides its default count)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
+    overrides = {k: int(v) for k, v in (c.split("=", 1) for c in args.counts)}
     ev = _import(args.code)
     scale = 3 / 500 if args.smoke else args.scale
 
+    current = {"name": ""}
+
     def count(k):
+        if current["name"] in overrides and not args.smoke:
+            return overrides[current["name"]]
         return max(3, int(round(k * scale)))
 
     scenarios = {
@@ -365,25 +372,29 @@ def main(argv=None) -> int:
         "spearman_ci_n40": lambda: run_spearman_ci(ev, 40, count(500), 15),
     }
     chosen = args.only or list(scenarios)
+    unknown = [n for n in chosen + list(overrides) if n not in scenarios]
+    if unknown:
+        ap.error(f"unknown scenario(s) {unknown}; known: {list(scenarios)}")
+    out = Path(args.out) if args.out else HERE / "results" / f"calibration_{args.label}.json"
     rows = []
-    for name in chosen:
+    for name in chosen:  # the file is rewritten after every scenario: a kill loses one row
+        current["name"] = name
         start = time.time()
         result = scenarios[name]()
         result.update(scenario=name, seconds=round(time.time() - start, 1))
         rows.append(result)
         print(json.dumps(result), flush=True)
-    machine = dict(platform=platform.platform(), processor=platform.processor(),
-                   cpus=os.cpu_count(), python=platform.python_version(),
-                   load_average=os.getloadavg(), code=args.code or str(HERE.parent),
-                   date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
-    out = Path(args.out) if args.out else HERE / "results" / f"calibration_{args.label}.json"
-    if not args.smoke or args.out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(json.dumps({"label": args.label, "machine": machine, "rows": rows},
-                                  indent=1))
-        tmp.replace(out)
-        print(f"wrote {out}")
+        machine = dict(platform=platform.platform(), processor=platform.processor(),
+                       cpus=os.cpu_count(), python=platform.python_version(),
+                       load_average=os.getloadavg(), code=args.code or str(HERE.parent),
+                       date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+        if not args.smoke or args.out:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = out.with_name(out.name + ".tmp")
+            tmp.write_text(json.dumps({"label": args.label, "machine": machine, "rows": rows},
+                                      indent=1))
+            tmp.replace(out)
+    print(f"wrote {out}")
     return 0
 
 

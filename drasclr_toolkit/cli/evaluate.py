@@ -85,7 +85,9 @@ def _write_results(table, stem: Path, title: str, heading: str, table_heading: s
                    sections: list[tuple[str, Any]]):
     """Write ``stem``.csv (the table) and ``stem``.html (its figure), add both to the report's
     ``sections``, and return the long summary the comparison table is built from."""
-    from drasclr_toolkit.evaluate import summarise
+    import pandas as pd
+
+    from drasclr_toolkit.evaluate import comparison_text, multiplicity_note, summarise
     from drasclr_toolkit.io_utils import atomic_write_text
     from drasclr_toolkit.viz.evaluation import result_figure
     from drasclr_toolkit.viz.export import write_figure_html
@@ -94,7 +96,17 @@ def _write_results(table, stem: Path, title: str, heading: str, table_heading: s
     long = summarise(table)
     fig = result_figure(long, title=title)
     write_figure_html(fig, stem.with_suffix(".html"), heading)
-    sections += [(heading, fig), (table_heading, table)]
+    words = []
+    if "n_tests" in table and table["n_tests"].notna().any() and "n_permutations" in table:
+        words.append(multiplicity_note(int(table["n_tests"].max()),
+                                       int(table["n_permutations"].max())))
+    names = list(dict.fromkeys(long["feature_set"]))
+    if names:
+        words += comparison_text(long, reference=names[0])
+    words += [f"caution: {c}" for c in table.get("caution", pd.Series(dtype=str)).dropna()
+              .unique() if c]
+    sections += [(heading, fig), (f"{heading}: what the numbers allow", words),
+                 (table_heading, table)]
     return long
 
 
@@ -159,7 +171,8 @@ def run(args: argparse.Namespace) -> int:
         comparison = comparison_table(pd.concat(summaries, ignore_index=True),
                                       order=list(sets))
         atomic_write_text(out / "comparison.csv", comparison.to_csv())
-        sections.insert(0, ("Comparison (value [95 % CI], * evidence against the null)",
+        sections.insert(0, ("Comparison (value [95 % CI] p (Holm p); * evidence: corrected "
+                             "p <= 0.05 and the interval above chance)",
                             comparison.reset_index()))
     atomic_write_text(out / "report.html", html_report("drasclr evaluate", sections))
     print(f"report: {out / 'report.html'}")

@@ -475,7 +475,8 @@ def _evaluate_one(frame: pd.DataFrame, y_all: pd.Series, set_name: str, target: 
     row: dict[str, Any] = {"feature_set": set_name, "target": target, "kind": kind,
                            "n": int(len(y)), "n_dropped": n_dropped,
                            "n_features": int(X.shape[1]), "cv": int(folds),
-                           "n_repeats": int(n_repeats), "primary_metric": PRIMARY_METRIC[kind]}
+                           "n_repeats": int(n_repeats), "n_permutations": int(n_permutations),
+                           "primary_metric": PRIMARY_METRIC[kind]}
     for m in metric_names:
         values = fold_rows[m].to_numpy(np.float64)
         row[m] = float(np.nanmean(values)) if np.isfinite(values).any() else np.nan
@@ -498,4 +499,6 @@ def _evaluate_one(frame: pd.DataFrame, y_all: pd.Series, set_name: str, target: 
     row["n_train"], row["n_test"] = n_train, n_test
     smallest = int(pd.Series(y).value_counts().min()) if kind == "categorical" else None
     row["caution"] = small_sample_note(len(y), smallest_class=smallest)
+    if row["caution"]:
+        warnings.warn(f"target {target!r} ({set_name}): {row['caution']}", stacklevel=3)
     return row

@@ -57,7 +57,7 @@ MIN_SUBJECTS = 20
 #: usual minimum for a Cox model; below it C-indices swing by tenths between folds).
 MIN_EVENTS = 10
 #: Survival with fewer events than this is not evaluated at all.
-MIN_EVENTS_REFUSE = 4
+MIN_EVENTS_REFUSE = 3
 #: A class with fewer subjects than this gets a small-sample warning.
 MIN_CLASS_SIZE_WARN = 5
 _LOGIT_EPS = 0.01

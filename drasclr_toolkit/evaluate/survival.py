@@ -608,6 +608,8 @@ def _summarise(folds: pd.DataFrame, null: pd.DataFrame, set_name: str, model: st
         notes.append(f"degenerate fit: constant risk (no coefficient kept) in {constant} of "
                      f"{len(folds)} folds")
     row["caution"] = "; ".join(n for n in notes if n)
+    if row["caution"]:
+        warnings.warn(f"survival ({set_name}, {model}): {row['caution']}", stacklevel=3)
     unfit = int(folds["failed"].str.startswith("fit").sum())
     if unfit == len(folds):
         row["verdict"] = (f"not evaluated: the model could not be fitted in any fold "
