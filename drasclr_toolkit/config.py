@@ -28,11 +28,13 @@ from typing import Annotated, Any, ClassVar, Mapping, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from .errors import DrasclrError
+
 PACKAGED = ("tiny", "small", "gpu")
 STAGES = ("synthetic", "preprocess", "pretrain", "embed", "evaluate")
 
 
-class ConfigError(ValueError):
+class ConfigError(DrasclrError, ValueError):
     """A configuration key or value that is not allowed, as one line: the section, the field,
     the value, the rule it breaks and the fix.
 

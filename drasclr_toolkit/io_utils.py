@@ -48,6 +48,8 @@ import warnings
 from pathlib import Path
 from typing import IO, Any, Callable
 
+from .errors import DrasclrError
+
 __all__ = [
     "SUBJECT_ID_PATTERN",
     "UnsafeSubjectIdError",
@@ -163,7 +165,7 @@ def atomic_write_text(path: str | os.PathLike, text: str, *, encoding: str = "ut
 # ------------------------------------------------------------------------ subject file names
 
 
-class UnsafeSubjectIdError(ValueError):
+class UnsafeSubjectIdError(DrasclrError, ValueError):
     """A subject id that would name a file outside its folder, or an unusable file name."""
 
 

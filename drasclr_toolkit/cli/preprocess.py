@@ -14,6 +14,8 @@ import logging
 import sys
 from pathlib import Path
 
+from drasclr_toolkit.errors import EXIT_PARTIAL
+
 log = logging.getLogger(__name__)
 
 
@@ -76,6 +78,11 @@ def run(args: argparse.Namespace) -> int:
     n_fail = int((df["status"] == "failed").sum()) if len(df) else 0
     n_out = int(df["outlier"].sum()) if "outlier" in df else 0
     print(f"{store}; failed: {n_fail}; QC outliers: {n_out}; QC table: {store.path / 'qc.csv'}")
+    if n_fail:
+        print(f"drasclr preprocess: {n_fail} subject(s) failed (reasons in {store.path / 'qc.csv'}); "
+              "the others are kept. Fix them and run the same command again: only the failed "
+              f"ones are redone (exit status {EXIT_PARTIAL})", file=sys.stderr)
+        return EXIT_PARTIAL
     return 0
 
 

@@ -38,6 +38,7 @@ import SimpleITK as sitk
 from pydantic import ConfigDict, Field
 
 from ..config import Config
+from ..errors import DrasclrError
 
 __all__ = [
     "CTImage",
@@ -69,7 +70,7 @@ _NOT_CT_MODALITIES = frozenset(
 )
 
 
-class CTLoadError(ValueError):
+class CTLoadError(DrasclrError, ValueError):
     """A scan that cannot be used, with the subject, file and field it concerns.
 
     Attributes ``subject_id``, ``file`` and ``field`` let a cohort runner record the failure

@@ -52,6 +52,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..errors import DrasclrError
 from ..io_utils import atomic_write_text, subject_file
 
 __all__ = ["PatchStore", "StoreError"]
@@ -63,7 +64,7 @@ SUBJECT_ARRAYS = ("patches", "lung_fraction", "corners")
 _DTYPES = {"patches": "<i2", "lung_fraction": "<f4", "corners": "<i4"}
 
 
-class StoreError(RuntimeError):
+class StoreError(DrasclrError, RuntimeError):
     """A store directory that cannot be used as asked.
 
     Built from a plain message (older call sites) or from a problem with keyword fields;
