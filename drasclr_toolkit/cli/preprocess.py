@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from drasclr_toolkit.errors import EXIT_PARTIAL
+from drasclr_toolkit.locks import folder_lock
 
 log = logging.getLogger(__name__)
 
@@ -50,16 +51,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from drasclr_toolkit.data import Manifest
-    from drasclr_toolkit.preprocess import (
-        Atlas,
-        PreprocessConfig,
-        build_default_atlas,
-        qc_table,
-        run_preprocessing,
-    )
+    from drasclr_toolkit.preprocess import PreprocessConfig, qc_table
 
     cfg = PreprocessConfig.from_yaml(args.config)
     manifest = Manifest.load(args.manifest, check_files=False)
+    # Held from the atlas to the QC table: a second run into --out is refused at once.
+    with folder_lock(args.out, "preprocess", shard=args.shard):
+        store = _atlas_and_store(args, cfg, manifest)
+    if store is None:
+        return 0
+    df = qc_table(store)
+    n_fail = int((df["status"] == "failed").sum()) if len(df) else 0
+    n_out = int(df["outlier"].sum()) if "outlier" in df else 0
+    print(f"{store}; failed: {n_fail}; QC outliers: {n_out}; QC table: {store.path / 'qc.csv'}")
+    if n_fail:
+        print(f"drasclr preprocess: {n_fail} subject(s) failed (reasons in {store.path / 'qc.csv'}); "
+              "the others are kept. Fix them and run the same command again: only the failed "
+              f"ones are redone (exit status {EXIT_PARTIAL})", file=sys.stderr)
+        return EXIT_PARTIAL
+    return 0
+
+
+def _atlas_and_store(args: argparse.Namespace, cfg, manifest):
+    from drasclr_toolkit.preprocess import Atlas, build_default_atlas, run_preprocessing
+
     if args.official_atlas:
         atlas = Atlas.load(args.official_atlas[0], args.official_atlas[1])
     elif args.atlas:
@@ -71,19 +86,9 @@ def run(args: argparse.Namespace) -> int:
         if args.atlas or args.official_atlas:
             atlas.save(Path(args.out) / "atlas")
         print(f"atlas with {atlas.n_landmarks} landmarks in {Path(args.out) / 'atlas'}")
-        return 0
-    store = run_preprocessing(manifest, atlas, args.out, cfg, n_jobs=args.jobs, shard=args.shard,
-                              progress=not args.no_progress)
-    df = qc_table(store)
-    n_fail = int((df["status"] == "failed").sum()) if len(df) else 0
-    n_out = int(df["outlier"].sum()) if "outlier" in df else 0
-    print(f"{store}; failed: {n_fail}; QC outliers: {n_out}; QC table: {store.path / 'qc.csv'}")
-    if n_fail:
-        print(f"drasclr preprocess: {n_fail} subject(s) failed (reasons in {store.path / 'qc.csv'}); "
-              "the others are kept. Fix them and run the same command again: only the failed "
-              f"ones are redone (exit status {EXIT_PARTIAL})", file=sys.stderr)
-        return EXIT_PARTIAL
-    return 0
+        return None
+    return run_preprocessing(manifest, atlas, args.out, cfg, n_jobs=args.jobs, shard=args.shard,
+                             progress=not args.no_progress)
 
 
 def register(subparsers) -> None:

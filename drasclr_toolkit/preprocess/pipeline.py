@@ -35,6 +35,7 @@ from pydantic import ConfigDict, Field
 
 from ..config import Config
 from ..io_utils import die_with_parent, remove_stale_temp_files, safe_subject_id
+from ..locks import folder_lock
 from .atlas import Atlas
 from .lungmask import LungSegConfig, segment_lungs
 from .patches import (
@@ -250,6 +251,13 @@ def build_default_atlas(
         >>> atlas.info["reference_subject"]                             # doctest: +SKIP
         'syn003'
     """
+    with folder_lock(out_dir, "preprocess (atlas)"):
+        return _build_default_atlas(manifest, out_dir, config, reference, progress)
+
+
+def _build_default_atlas(manifest: Any, out_dir: str | os.PathLike,
+                         config: PreprocessConfig | Mapping[str, Any] | None,
+                         reference: str | None, progress: bool) -> Atlas:
     from tqdm.auto import tqdm
 
     cfg = _resolve(config)
@@ -381,47 +389,50 @@ def run_preprocessing(
     # Ids name files (records, failure notes): a table built in Python skipped the
     # manifest reader's check, so check here, before anything is written.
     sids = [safe_subject_id(s) for s in manifest.subject_ids]
-    # Temporary files left by a run killed mid-write. A dead pid is exact on one machine;
-    # shard jobs may run on other hosts sharing the folder, so then only old files go.
-    remove_stale_temp_files(out, min_age_s=0.0 if n == 1 else 3600.0)
-    if atlas is None:
-        atlas = build_default_atlas(manifest, out, cfg, progress=progress)
-    elif not isinstance(atlas, Atlas):
-        atlas = Atlas.load(atlas)
-    store = PatchStore.create(out, sids, atlas, neighbors_k=cfg.neighbors_k)
-    _atomic_write_text(out / "config.json", json.dumps(cfg.to_dict(), indent=1, default=str))
+    # One writer per folder (shard jobs share it, one job per shard): a second run into
+    # the same --out is refused, naming the holder's pid.
+    with folder_lock(out, "preprocess", shard=(i, n)):
+        # Temporary files left by a run killed mid-write. A dead pid is exact on one machine;
+        # shard jobs may run on other hosts sharing the folder, so then only old files go.
+        remove_stale_temp_files(out, min_age_s=0.0 if n == 1 else 3600.0)
+        if atlas is None:
+            atlas = build_default_atlas(manifest, out, cfg, progress=progress)
+        elif not isinstance(atlas, Atlas):
+            atlas = Atlas.load(atlas)
+        store = PatchStore.create(out, sids, atlas, neighbors_k=cfg.neighbors_k)
+        _atomic_write_text(out / "config.json", json.dumps(cfg.to_dict(), indent=1, default=str))
 
-    todo = []
-    for pos, sid in enumerate(sids):
-        if pos % n != i or store.is_done(sid):
-            continue
-        if not retry_failed and (out / "failures" / f"{sid}.json").exists():
-            continue
-        todo.append(sid)
+        todo = []
+        for pos, sid in enumerate(sids):
+            if pos % n != i or store.is_done(sid):
+                continue
+            if not retry_failed and (out / "failures" / f"{sid}.json").exists():
+                continue
+            todo.append(sid)
 
-    cfg_dict = cfg.to_dict()
-    threads = cfg.threads or max(1, (os.cpu_count() or 1) // max(1, n_jobs))
-    jobs = []
-    for sid in todo:
-        try:
-            image_path = str(manifest.image_path(sid))
-        except Exception as exc:
-            store.write_failure(sid, f"{type(exc).__name__}: {exc}", "manifest")
-            continue
-        jobs.append((str(out), sid, image_path, _lung_mask_path(manifest, sid), cfg_dict, threads))
+        cfg_dict = cfg.to_dict()
+        threads = cfg.threads or max(1, (os.cpu_count() or 1) // max(1, n_jobs))
+        jobs = []
+        for sid in todo:
+            try:
+                image_path = str(manifest.image_path(sid))
+            except Exception as exc:
+                store.write_failure(sid, f"{type(exc).__name__}: {exc}", "manifest")
+                continue
+            jobs.append((str(out), sid, image_path, _lung_mask_path(manifest, sid), cfg_dict, threads))
 
-    bar = tqdm(total=len(jobs), desc=f"preprocess shard {i}/{n}", disable=not progress, unit="scan")
-    if n_jobs <= 1:
-        for job in jobs:
-            sid, status, _ = _work_one(*job)
-            bar.update(1)
-            bar.set_postfix_str(f"{sid} {status}")
-    else:
-        _run_pool(jobs, n_jobs, store, bar)
-    bar.close()
-    store.refresh()
-    qc_table(store, thresholds=cfg.qc, write=True)
-    return store
+        bar = tqdm(total=len(jobs), desc=f"preprocess shard {i}/{n}", disable=not progress, unit="scan")
+        if n_jobs <= 1:
+            for job in jobs:
+                sid, status, _ = _work_one(*job)
+                bar.update(1)
+                bar.set_postfix_str(f"{sid} {status}")
+        else:
+            _run_pool(jobs, n_jobs, store, bar)
+        bar.close()
+        store.refresh()
+        qc_table(store, thresholds=cfg.qc, write=True)
+        return store
 
 
 def _run_pool(jobs: list[tuple], n_jobs: int, store: PatchStore, bar: Any) -> None:

@@ -111,6 +111,29 @@ def _checksums(patches: np.ndarray, lung_fraction: np.ndarray, corners: np.ndarr
     }
 
 
+def _json_digest(obj: Any) -> str:
+    """A hash of a JSON value as it reads back (key order and spacing do not matter)."""
+    canonical = json.dumps(json.loads(json.dumps(obj)), sort_keys=True, separators=(",", ":"))
+    return hashlib.blake2b(canonical.encode(), digest_size=16).hexdigest()
+
+
+def _sealed(obj: dict[str, Any], key: str) -> dict[str, Any]:
+    """``obj`` with ``obj[key]`` = the digest of everything else in it."""
+    body = {k: v for k, v in obj.items() if k != key}
+    return {**body, key: _json_digest(body)}
+
+
+def _seal_ok(obj: dict[str, Any], key: str) -> bool | None:
+    """Whether ``obj`` still matches its seal (None: written before seals existed)."""
+    if key not in obj:
+        return None
+    return _json_digest({k: v for k, v in obj.items() if k != key}) == obj[key]
+
+
+def _file_digest(path: Path) -> str:
+    return hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
+
+
 def _landmarks_crc(landmarks: np.ndarray) -> int:
     return _crc(np.asarray(landmarks, "<i8"))
 
@@ -160,9 +183,22 @@ class PatchStore:
                 f"the store description cannot be read ({exc})", store=self.path,
                 file=meta_path, fix="restore store.json from a backup, or preprocess into a "
                 "new --out folder") from None
-        self.slots: list[str] = list(self.meta["subject_slots"])
-        self.patch_size: int = int(self.meta["patch_size"])
-        self.n_landmarks: int = int(self.meta["n_landmarks"])
+        if not isinstance(self.meta, dict) or _seal_ok(self.meta, "meta_checksum") is False:
+            raise StoreError(
+                "the store description was edited or damaged after preprocessing wrote it "
+                "(its checksum 'meta_checksum' does not match its content)", store=self.path,
+                file=meta_path, field="store.json",
+                fix="restore store.json from a backup, or preprocess into a new --out folder")
+        try:
+            self.slots: list[str] = list(self.meta["subject_slots"])
+            self.patch_size: int = int(self.meta["patch_size"])
+            self.n_landmarks: int = int(self.meta["n_landmarks"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StoreError(f"the store description lacks a usable {exc}", store=self.path,
+                             file=meta_path, field="store.json",
+                             fix="restore store.json from a backup, or preprocess into a new "
+                             "--out folder") from None
+        self._check_atlas_agrees()
         self._slot_of = {s: i for i, s in enumerate(self.slots)}
         self._group = None
         self._atlas = None
@@ -172,6 +208,35 @@ class PatchStore:
         self._coords: np.ndarray | None = None
         self._neighbors: np.ndarray | None = None
         self._sums: dict[str, dict | None] = {}  # subject -> its record's checksums
+
+    def _check_atlas_agrees(self) -> None:
+        """``store.json`` and ``atlas/atlas.json`` describe one atlas, or StoreError naming
+        both files (two runs into one folder with other atlases left them disagreeing)."""
+        meta_path, atlas_json = self.path / "store.json", self.path / "atlas" / "atlas.json"
+        if not atlas_json.is_file():
+            return  # a store made before its atlas was saved in it (read by landmarks)
+        try:
+            atlas_meta = json.loads(atlas_json.read_text())
+            atlas_n = int(atlas_meta["n_landmarks"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise StoreError(f"the atlas description cannot be read ({type(exc).__name__}: "
+                             f"{exc})", store=self.path, file=atlas_json, field="atlas.json",
+                             fix="restore atlas/ from a backup, or preprocess into a new --out "
+                             "folder") from None
+        problem = None
+        if atlas_n != self.n_landmarks:
+            problem = (f"{meta_path} says {self.n_landmarks} landmarks but {atlas_json} says "
+                       f"{atlas_n}")
+        elif ("atlas_json_blake2b" in self.meta
+              and _file_digest(atlas_json) != self.meta["atlas_json_blake2b"]):
+            problem = (f"{atlas_json} differs from the atlas {meta_path} was made with "
+                       "(checksum 'atlas_json_blake2b')")
+        if problem:
+            raise StoreError(
+                f"store.json and atlas.json disagree: {problem}; the patches may have been cut "
+                "for another atlas (two runs into one folder?)", store=self.path,
+                file=f"{meta_path} and {atlas_json}", field="atlas",
+                fix="preprocess again into a new --out folder (one run per folder)")
 
     # ------------------------------------------------------------------ creation
     @classmethod
@@ -208,6 +273,12 @@ class PatchStore:
         path.mkdir(parents=True, exist_ok=True)
         if not (path / "atlas" / "atlas.json").exists():
             atlas.save(path / "atlas")
+        elif not np.array_equal(np.load(path / "atlas" / "landmarks.npy"), atlas.landmarks):
+            raise StoreError(
+                "the atlas already in this folder has other landmarks than the one given "
+                f"({len(np.load(path / 'atlas' / 'landmarks.npy'))} vs {L})", store=path,
+                file=path / "atlas" / "landmarks.npy", field="atlas",
+                fix="use the atlas in this folder (--atlas), or a new --out folder")
         N = len(subject_ids)
         root = zarr.open_group(str(path / "patches.zarr"), mode="a")
         blosc = BloscCodec(cname="zstd", clevel=int(compression_level), shuffle="bitshuffle")
@@ -227,9 +298,10 @@ class PatchStore:
             "layout": "patches (N, L, P, P, P) int16 in (z, y, x) voxel order; "
             "shard per subject, chunk per (subject, location)",
             "checksums": f"{CHECKSUM_ALGORITHM} per subject and array in subjects/<sid>.json",
-            "landmarks_crc32": _landmarks_crc(np.load(path / "atlas" / "landmarks.npy")),
+            "landmarks_crc32": _landmarks_crc(np.asarray(atlas.landmarks)),
+            "atlas_json_blake2b": _file_digest(path / "atlas" / "atlas.json"),
         }
-        _atomic_write_text(meta_path, json.dumps(meta, indent=1))
+        _atomic_write_text(meta_path, json.dumps(_sealed(meta, "meta_checksum"), indent=1))
         return cls(path)
 
     # ------------------------------------------------------------------ pickling
@@ -268,6 +340,12 @@ class PatchStore:
                 raise self._damage(None, path, "atlas landmarks",
                                    f"cannot be read ({type(exc).__name__}: {exc})") from None
             expected = self.meta.get("landmarks_crc32")
+            if len(landmarks) != self.n_landmarks:
+                raise StoreError(
+                    f"store.json and atlas/landmarks.npy disagree: {self.path / 'store.json'} "
+                    f"says {self.n_landmarks} landmarks, {path} holds {len(landmarks)}",
+                    store=self.path, file=path, field="atlas landmarks",
+                    fix="preprocess again into a new --out folder (one run per folder)")
             if expected is not None and _landmarks_crc(landmarks) != int(expected):
                 raise StoreError(
                     "the atlas landmarks differ from those the store was made with "
@@ -352,15 +430,25 @@ class PatchStore:
         return StoreError(problem, store=self.path, subject_id=sid, file=file, field=field,
                           fix=fix)
 
+    def _record(self, sid: str) -> dict[str, Any]:
+        """A subject's record, checked against its seal ('record_checksum')."""
+        marker = self._marker(sid)
+        try:
+            record = json.loads(marker.read_text())
+        except (OSError, ValueError) as exc:
+            raise self._damage(sid, marker, "record",
+                               f"the subject's record cannot be read ({exc})") from None
+        if not isinstance(record, dict) or _seal_ok(record, "record_checksum") is False:
+            raise self._damage(sid, marker, "record",
+                               "the subject's record (landmark centres, in_scan, transform, "
+                               "QC) was edited or damaged after preprocessing wrote it "
+                               "(checksum 'record_checksum' mismatch)")
+        return record
+
     def _sums_of(self, sid: str) -> dict | None:
         """The checksums in a subject's record (cached per process), None for old records."""
         if sid not in self._sums:
-            marker = self._marker(sid)
-            try:
-                record = json.loads(marker.read_text())
-            except (OSError, ValueError) as exc:
-                raise self._damage(sid, marker, "record",
-                                   f"the subject's record cannot be read ({exc})") from None
+            record = self._record(sid)
             sums = record.get("checksums")
             if sums is not None and sums.get("algorithm") != CHECKSUM_ALGORITHM:
                 sums = None
@@ -445,7 +533,7 @@ class PatchStore:
     def subject_record(self, subject: int | str) -> dict[str, Any]:
         """The subject's JSON record: mapped landmarks, transform, QC, checksums."""
         sid = subject if isinstance(subject, str) else self.subject_ids[int(subject)]
-        return json.loads(self._marker(sid).read_text())
+        return self._record(sid)
 
     def subject_corners(self, subject: int | str) -> np.ndarray:
         """(L, 3) int patch corners (x, y, z) in the subject's resampled grid."""
@@ -467,10 +555,12 @@ class PatchStore:
             ['ok', 'ok', 'damaged']
         """
         self.refresh()
+        self._sums = {}
         rows: list[dict[str, str]] = []
         try:
             self._landmarks = None
             _ = self.landmarks
+            self._check_atlas_agrees()
             rows.append({"subject": "(atlas landmarks)", "status": "ok", "reason": ""})
         except StoreError as exc:
             rows.append({"subject": "(atlas landmarks)", "status": "damaged", "reason": str(exc)})
@@ -524,7 +614,7 @@ class PatchStore:
         scan (partial coverage; such patches are air padding). From the subject records."""
         out = np.ones((len(self.subject_ids), int(self.n_landmarks)), bool)
         for row, sid in enumerate(self.subject_ids):
-            flags = json.loads(self._marker(sid).read_text()).get("in_scan")
+            flags = self._record(sid).get("in_scan")
             if isinstance(flags, str):
                 flags = json.loads(flags)
             if flags is not None and len(flags) == out.shape[1]:
@@ -594,7 +684,8 @@ class PatchStore:
         g["patches"][i] = patches
         g["lung_fraction"][i] = lung_fraction
         g["corners"][i] = corners
-        record = {**record, "checksums": _checksums(patches, lung_fraction, corners)}
+        record = _sealed({**record, "checksums": _checksums(patches, lung_fraction, corners)},
+                         "record_checksum")
         fail = subject_file(self.path / "failures", subject_id, ".json")
         _atomic_write_text(marker, json.dumps(record, indent=1))
         if fail.exists():

@@ -17,8 +17,10 @@ All checkpoints are dicts of tensors and plain values: ``torch.load(p, weights_o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import random
 import time
 from pathlib import Path
@@ -31,7 +33,9 @@ import yaml
 from torch import nn
 from torch.utils.data import DataLoader
 
+from drasclr_toolkit.config import ConfigError
 from drasclr_toolkit.io_utils import atomic_write_text, read_jsonl, remove_stale_temp_files
+from drasclr_toolkit.locks import folder_lock
 from drasclr_toolkit.models import DrasCLREncoder
 from drasclr_toolkit.models.checkpoint import (
     CHECKPOINT_FORMAT,
@@ -70,6 +74,11 @@ from drasclr_toolkit.train.sampler import (
 )
 
 log = logging.getLogger(__name__)
+
+# Settings that may differ when a run is resumed: they change how it is watched or how
+# fast it goes, never what a step computes (every other change is refused on resume).
+RESUMABLE_CHANGES = frozenset({"progress", "num_workers", "cpu_threads", "log_every",
+                               "checkpoint_every", "keep_epoch_checkpoints", "device"})
 
 
 # -- small utilities -----------------------------------------------------------------------
@@ -423,7 +432,28 @@ class PretrainRun:
         self.stop_after_steps = stop_after_steps
         self.callbacks = list(callbacks)
         cfg = self.config
+        # Settings that cannot run are refused here, before the run folder is touched.
         self.device = resolve_device(cfg.device)  # "auto" picks LOCAL_RANK's GPU under torchrun
+        world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+        if cfg.batch_size // max(world, 1) < 2:
+            raise ConfigError(
+                f"pretrain config, field 'batch_size': {cfg.batch_size} gives "
+                f"{cfg.batch_size // max(world, 1)} patch(es) per batch on each of {world} "
+                "process(es); BatchNorm needs at least 2. What to do: set batch_size to 2 or "
+                "more per process (e.g. --set batch_size=8)",
+                section="pretrain", field="batch_size", value=cfg.batch_size,
+                fix="set batch_size to 2 or more per process")
+        self._lock = contextlib.ExitStack()
+        if int(os.environ.get("RANK", "0") or 0) == 0:  # one writer per run folder
+            self._lock.enter_context(folder_lock(self.out_dir, "pretrain"))
+        try:
+            self._setup(source, resume)
+        except BaseException:
+            self._lock.close()
+            raise
+
+    def _setup(self, source: PatchSource, resume: bool) -> None:
+        cfg = self.config
         self.dist = init_distributed(self.device)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)  # also outside torchrun
@@ -456,8 +486,14 @@ class PretrainRun:
         if self.dist.is_main and self.out_dir.is_dir():
             # A kill during an atomic write (a checkpoint can be 9 MB) leaves its temp file.
             remove_stale_temp_files(self.out_dir)
+        if not resume and self.dist.is_main:
+            self._move_aside()
         if resume and (self.ckpt_dir / "last.pt").is_file():
             self._load(self.ckpt_dir / "last.pt")
+        else:
+            # No checkpoint: every step is (re)done from 1, so a record of an earlier
+            # attempt killed before its first checkpoint would be a second copy.
+            self._truncate_metrics(0)
 
     # -- checkpoints ---------------------------------------------------------------------------
     def _position(self) -> tuple[int, int]:
@@ -483,8 +519,49 @@ class PretrainRun:
         barrier(self.dist)
         return path
 
+    def _move_aside(self) -> Path | None:
+        """``restart``: move an earlier run's records (metrics, config, checkpoints, final.pt)
+        into ``previous/<n>/`` so the new run starts clean and never mixes with them."""
+        found = [p for p in (self.metrics_path, self.out_dir / "config.yaml", self.ckpt_dir,
+                             self.out_dir / "final.pt") if p.exists()]
+        if not found:
+            return None
+        previous = self.out_dir / "previous"
+        n = 1
+        while (previous / f"{n:03d}").exists():
+            n += 1
+        target = previous / f"{n:03d}"
+        target.mkdir(parents=True)
+        for p in found:
+            os.replace(p, target / p.name)
+        log.info("restart: the earlier run's records were moved to %s", target)
+        return target
+
+    def _check_same_settings(self, path: Path, state: Mapping[str, Any]) -> None:
+        """Refuse to resume (or re-finish) a run with settings other than those it ran with:
+        the records would then claim steps ran at settings they did not."""
+        before = dict(state.get("config") or {})
+        now = self.config.to_dict()
+        changed = sorted(k for k in set(before) | set(now)
+                         if k not in RESUMABLE_CHANGES and before.get(k) != now.get(k))
+        if changed:
+            listed = ", ".join(f"{k}: {before.get(k)!r} then, {now.get(k)!r} now"
+                               for k in changed[:6])
+            raise ConfigError(
+                f"checkpoint {path}: field 'config': this run was made with other settings "
+                f"({listed}); resuming would record steps under settings they did not run "
+                "with. What to do: run with the settings it was started with, give a new "
+                "--out, or start it over with --restart (restart=True: the earlier records "
+                "are moved to previous/)", section="pretrain", field=changed[0],
+                value=now.get(changed[0]), fix="same settings, a new --out, or --restart")
+
+    def close(self) -> None:
+        """Release the run folder's lock (``pretrain`` does it when it returns)."""
+        self._lock.close()
+
     def _load(self, path: Path) -> None:
         state = read_training_checkpoint(path)
+        self._check_same_settings(path, state)
         if state["encoder_config"] != self.trainer.encoder_config():
             raise ValueError(f"checkpoint {path}: field 'encoder_config' {state['encoder_config']} "
                              f"differs from this config's {self.trainer.encoder_config()}; use a "
@@ -554,7 +631,7 @@ class PretrainRun:
         cfg = self.config
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if self.dist.is_main:
-            (self.out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            atomic_write_text(self.out_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
             summary = config_summary(cfg, self.trainer, self.source, self.sampler, self.device, self.dist)
             print(summary, flush=True)
             log.info("\n%s", summary)
@@ -639,4 +716,5 @@ def pretrain(source: PatchSource, config: PretrainConfig | Mapping[str, Any] | s
     try:
         return run.run()
     finally:
+        run.close()
         shutdown(run.dist)
