@@ -46,9 +46,9 @@ import threading
 import time
 import warnings
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, Any, Callable, Iterable
 
-from .errors import DrasclrError
+from .errors import DrasclrError, OutputExistsError
 
 __all__ = [
     "SUBJECT_ID_PATTERN",
@@ -351,3 +351,43 @@ def die_with_parent() -> None:
                 os._exit(1)
 
     threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
+
+
+# ------------------------------------------------------------------------ output folders
+
+
+def refuse_foreign_folder(folder: str | os.PathLike, markers: Iterable[str], what: str,
+                          overwrite: bool = False) -> None:
+    """Refuse to write into ``folder`` when it holds files this toolkit did not write.
+
+    Allowed: a missing or empty folder (lock files aside), or one holding a ``markers``
+    entry (a file our ``what`` stage writes, e.g. ``store.json``): then it is our own output
+    and is resumed. Anything else raises :class:`~drasclr_toolkit.errors.OutputExistsError`
+    naming the folder and its files, unless ``overwrite`` (``--force``).
+
+    Example:
+        >>> import tempfile
+        >>> d = Path(tempfile.mkdtemp())
+        >>> refuse_foreign_folder(d, ["store.json"], "drasclr preprocess")   # empty: fine
+        >>> _ = (d / "qc.csv").write_text("mine")
+        >>> refuse_foreign_folder(d, ["store.json"], "drasclr preprocess")
+        Traceback (most recent call last):
+        ...
+        drasclr_toolkit.errors.OutputExistsError: --out ...: the folder holds 1 file(s) drasclr preprocess did not write (qc.csv)...
+    """
+    folder = Path(folder)
+    if overwrite or not folder.exists():
+        return
+    if not folder.is_dir():
+        raise OutputExistsError(f"it is a file, not a folder; {what} writes a folder there",
+                                where=f"--out {folder}",
+                                fix="give a folder path (new or empty)")
+    entries = sorted(p.name for p in folder.iterdir() if not p.name.startswith(".drasclr"))
+    if not entries or any((folder / m).exists() for m in markers):
+        return
+    shown = ", ".join(entries[:5]) + (f", … ({len(entries) - 5} more)" if len(entries) > 5 else "")
+    raise OutputExistsError(
+        f"the folder holds {len(entries)} file(s) {what} did not write ({shown}); they are "
+        "left as they are", where=f"--out {folder}",
+        fix="give a new or empty folder, or pass --force (overwrite=True) to write into it "
+        "anyway (files of the same name are then replaced)")

@@ -257,7 +257,7 @@ def test_cli_store_verify_prints_a_table_and_can_forget_damaged_subjects(tmp_pat
 def test_synthetic_refuses_a_folder_with_other_files_unless_forced(tmp_path):
     import yaml
 
-    from drasclr_toolkit.cli.synthetic import check_out_folder
+    from drasclr_toolkit.data.synthetic import check_out_folder
     from drasclr_toolkit.data.synthetic import SyntheticConfig
 
     config = SyntheticConfig()

@@ -47,15 +47,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="build (or check) the atlas in --out and stop: run this once before "
                    "starting several --shard jobs on one output directory")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--force", action="store_true",
+                   help="write into an --out folder that holds files which are not a patch "
+                   "store (refused otherwise; files of the same name are replaced)")
 
 
 def run(args: argparse.Namespace) -> int:
     from drasclr_toolkit.data import Manifest
+    from drasclr_toolkit.io_utils import refuse_foreign_folder
     from drasclr_toolkit.preprocess import PreprocessConfig, qc_table
+    from drasclr_toolkit.preprocess.pipeline import STORE_MARKERS
 
     cfg = PreprocessConfig.from_yaml(args.config)
     manifest = Manifest.load(args.manifest, check_files=False)
     # Held from the atlas to the QC table: a second run into --out is refused at once.
+    refuse_foreign_folder(args.out, STORE_MARKERS, "drasclr preprocess", args.force)
     with folder_lock(args.out, "preprocess", shard=args.shard):
         store = _atlas_and_store(args, cfg, manifest)
     if store is None:
@@ -88,7 +94,7 @@ def _atlas_and_store(args: argparse.Namespace, cfg, manifest):
         print(f"atlas with {atlas.n_landmarks} landmarks in {Path(args.out) / 'atlas'}")
         return None
     return run_preprocessing(manifest, atlas, args.out, cfg, n_jobs=args.jobs, shard=args.shard,
-                             progress=not args.no_progress)
+                             progress=not args.no_progress, overwrite=args.force)
 
 
 def register(subparsers) -> None:

@@ -34,7 +34,9 @@ import SimpleITK as sitk
 from pydantic import ConfigDict, Field
 
 from ..config import Config
-from ..io_utils import die_with_parent, remove_stale_temp_files, safe_subject_id
+from ..data.problems import ManifestError, ManifestProblem
+from ..io_utils import (die_with_parent, refuse_foreign_folder, remove_stale_temp_files,
+                        safe_subject_id)
 from ..locks import folder_lock
 from .atlas import Atlas
 from .lungmask import LungSegConfig, segment_lungs
@@ -234,6 +236,10 @@ def preprocess_subject(
 
 
 # ---------------------------------------------------------------------------- atlas helper
+# Files whose presence marks a folder as a store of ours (resumed, not refused).
+STORE_MARKERS = ("store.json", "atlas/atlas.json")
+
+
 def build_default_atlas(
     manifest: Any,
     out_dir: str | os.PathLike,
@@ -251,6 +257,7 @@ def build_default_atlas(
         >>> atlas.info["reference_subject"]                             # doctest: +SKIP
         'syn003'
     """
+    refuse_foreign_folder(out_dir, STORE_MARKERS, "drasclr preprocess")
     with folder_lock(out_dir, "preprocess (atlas)"):
         return _build_default_atlas(manifest, out_dir, config, reference, progress)
 
@@ -362,6 +369,7 @@ def run_preprocessing(
     shard: tuple[int, int] = (0, 1),
     progress: bool = True,
     retry_failed: bool = True,
+    overwrite: bool = False,
 ) -> PatchStore:
     """Preprocess a cohort into ``out_dir`` (a PatchStore); resumable and shardable.
 
@@ -369,7 +377,9 @@ def run_preprocessing(
     subject, built and cached in out_dir/atlas). ``shard=(i, n)`` processes the subjects
     whose manifest position p has p % n == i. Failures are recorded in
     out_dir/failures/<sid>.json and in the QC table (out_dir/qc.csv); with
-    ``retry_failed`` they are tried again on the next run.
+    ``retry_failed`` they are tried again on the next run. An ``out_dir`` holding files
+    that are not a store (a user's ``qc.csv``, ``config.json``, ...) is refused unless
+    ``overwrite=True``.
 
     Example:
         >>> store = run_preprocessing("cohort/manifest.csv", None, "work/pre", n_jobs=2)  # doctest: +SKIP
@@ -389,6 +399,11 @@ def run_preprocessing(
     # Ids name files (records, failure notes): a table built in Python skipped the
     # manifest reader's check, so check here, before anything is written.
     sids = [safe_subject_id(s) for s in manifest.subject_ids]
+    if not sids:
+        raise ManifestError([ManifestProblem("the manifest lists no subjects (a header only?)",
+                                             column="subject_id")],
+                            getattr(manifest, "path", None))
+    refuse_foreign_folder(out, STORE_MARKERS, "drasclr preprocess", overwrite)
     # One writer per folder (shard jobs share it, one job per shard): a second run into
     # the same --out is refused, naming the holder's pid.
     with folder_lock(out, "preprocess", shard=(i, n)):

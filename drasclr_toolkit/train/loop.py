@@ -34,7 +34,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from drasclr_toolkit.config import ConfigError
-from drasclr_toolkit.io_utils import atomic_write_text, read_jsonl, remove_stale_temp_files
+from drasclr_toolkit.io_utils import (atomic_write_text, read_jsonl, refuse_foreign_folder,
+                                     remove_stale_temp_files)
 from drasclr_toolkit.locks import folder_lock
 from drasclr_toolkit.models import DrasCLREncoder
 from drasclr_toolkit.models.checkpoint import (
@@ -75,6 +76,8 @@ from drasclr_toolkit.train.sampler import (
 
 log = logging.getLogger(__name__)
 
+# Files whose presence marks a folder as a pretraining run of ours (resumed, not refused).
+RUN_MARKERS = ("metrics.jsonl", "checkpoints", "final.pt", "previous")
 # Settings that may differ when a run is resumed: they change how it is watched or how
 # fast it goes, never what a step computes (every other change is refused on resume).
 RESUMABLE_CHANGES = frozenset({"progress", "num_workers", "cpu_threads", "log_every",
@@ -414,7 +417,7 @@ class PretrainRun:
     def __init__(self, source: PatchSource, config: PretrainConfig | Mapping[str, Any] | str | Path | None,
                  out_dir: str | Path, *, resume: bool = True, stop_after_steps: int | None = None,
                  callbacks: Sequence[Callable[[dict], Any]] = (),
-                 allow_store_change: bool = False) -> None:
+                 allow_store_change: bool = False, overwrite: bool = False) -> None:
         self.config = PretrainConfig.coerce(config)
         self.source = source
         self.allow_store_change = allow_store_change
@@ -445,6 +448,7 @@ class PretrainRun:
                 fix="set batch_size to 2 or more per process")
         self._lock = contextlib.ExitStack()
         if int(os.environ.get("RANK", "0") or 0) == 0:  # one writer per run folder
+            refuse_foreign_folder(self.out_dir, RUN_MARKERS, "drasclr pretrain", overwrite)
             self._lock.enter_context(folder_lock(self.out_dir, "pretrain"))
         try:
             self._setup(source, resume)
@@ -631,6 +635,7 @@ class PretrainRun:
         cfg = self.config
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if self.dist.is_main:
+            self.metrics_path.touch()  # first: it marks the folder as a run of ours
             atomic_write_text(self.out_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
             summary = config_summary(cfg, self.trainer, self.source, self.sampler, self.device, self.dist)
             print(summary, flush=True)
@@ -694,11 +699,14 @@ def _store_fingerprint(source: PatchSource) -> str | None:
 def pretrain(source: PatchSource, config: PretrainConfig | Mapping[str, Any] | str | Path | None,
              out_dir: str | Path, *, resume: bool = True, stop_after_steps: int | None = None,
              callbacks: Iterable[Callable[[dict], Any]] = (),
-             allow_store_change: bool = False) -> Path:
+             allow_store_change: bool = False, overwrite: bool = False) -> Path:
     """Pretrain a DrasCLR encoder on a patch source; return the final checkpoint's path.
 
     Runs on the CPU, one GPU (bf16 autocast) or, started by ``torchrun``, many GPUs/nodes
-    (DDP). Re-running with the same ``out_dir`` resumes exactly where it stopped.
+    (DDP). Re-running with the same ``out_dir`` resumes exactly where it stopped (with
+    the same settings: others are refused; ``resume=False`` starts over, the earlier
+    records moved to ``previous/``). One run per ``out_dir`` at a time; a folder holding
+    files that are not a run is refused unless ``overwrite=True``.
 
     Example:
         >>> from drasclr_toolkit.patch_source import ArrayPatchSource
@@ -712,7 +720,8 @@ def pretrain(source: PatchSource, config: PretrainConfig | Mapping[str, Any] | s
         ('final.pt', ['config', 'encoder', 'encoder_config'])
     """
     run = PretrainRun(source, config, out_dir, resume=resume, stop_after_steps=stop_after_steps,
-                      callbacks=list(callbacks), allow_store_change=allow_store_change)
+                      callbacks=list(callbacks), allow_store_change=allow_store_change,
+                      overwrite=overwrite)
     try:
         return run.run()
     finally:
