@@ -155,6 +155,12 @@ class CTChecks(Config):
     min_air_fraction: float = Field(0.001, ge=0, le=1)  # a chest CT in HU always has some air (lungs, outside)
     max_hu: float = 32767.0             # values above do not fit int16
     check_hu: bool = True               # set False for phantoms that are not chest CT
+    # Calibration (slope and intercept): the air level (median of the air class) and the
+    # gap from it to the body's main peak (fat / soft tissue). Real chest CTs measure
+    # about -1000..-960 HU and 850..1020 HU; a slope x10 or a missing/doubled intercept
+    # falls far outside.
+    air_level_hu: tuple[float, float] = (-1150.0, -700.0)
+    tissue_gap_hu: tuple[float, float] = (500.0, 1600.0)
 
 
 @dataclass(eq=False)
@@ -1029,6 +1035,7 @@ def load_ct(
         )
     if checks.check_hu:
         _check_hounsfield(array, checks, subject_id, p)
+        _check_calibration(array, checks, subject_id, p)
     return CTImage(
         array=_to_int16(array, subject_id=subject_id, file=p),
         spacing=image.GetSpacing(),
@@ -1153,6 +1160,107 @@ def _check_hounsfield(
             fix="check that this is a chest CT in Hounsfield units (not MR, not normalised or "
             "windowed); for a non-chest phantom pass CTChecks(check_hu=False)",
         )
+
+
+def _otsu(values: np.ndarray, bins: int = 256) -> float:
+    """Otsu's threshold of ``values`` (between-class variance maximised on a histogram)."""
+    hist, edges = np.histogram(values, bins=bins)
+    centres = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(hist).astype(np.float64)
+    w1 = w0[-1] - w0
+    m0 = np.cumsum(hist * centres) / np.maximum(w0, 1)
+    m1 = (np.sum(hist * centres) - np.cumsum(hist * centres)) / np.maximum(w1, 1)
+    return float(centres[int(np.argmax(w0 * w1 * (m0 - m1) ** 2))])
+
+
+def hu_calibration(array: np.ndarray) -> tuple[float, float]:
+    """``(air level, gap to the body's main peak)`` of a CT volume, in its own units.
+
+    The air level is the median of the lower Otsu class (outside air and lungs); the gap
+    runs from it to the histogram mode of the upper class (fat and soft tissue). A padding
+    value below -1000 that fills the corners outside the field of view is left out.
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> a = np.concatenate([rng.normal(-990, 20, 4000), rng.normal(40, 15, 4000)])
+        >>> air, gap = hu_calibration(a.reshape(20, 20, 20))
+        >>> -1010 < air < -970 and 980 < gap < 1080
+        True
+    """
+    s = np.asarray(array)[::2, ::4, ::4].astype(np.float32, copy=False).ravel()
+    if s.size < 1000:
+        s = np.asarray(array, np.float32).ravel()
+    lo = float(s.min())
+    if lo < -1000 and np.mean(s == lo) > 0.01:  # the padding outside the field of view
+        s = s[s != lo]
+    p_lo, p_hi = np.percentile(s, [0.5, 99.5])
+    s = s[(s >= p_lo) & (s <= p_hi)]
+    if s.size < 10 or p_hi <= p_lo:
+        return float(p_lo), 0.0
+    threshold = _otsu(s)
+    low, high = s[s <= threshold], s[s > threshold]
+    air = float(np.median(low))
+    hist, edges = np.histogram(high, bins=200)
+    k = int(np.argmax(hist))
+    return air, float((edges[k] + edges[k + 1]) / 2) - air
+
+
+def _scaling_fields(path: Path) -> tuple[str, str, str]:
+    """(slope field, intercept field, their values in the header) for the message."""
+    name = path.name.lower()
+    if path.is_dir() or _is_dicom_file(path):
+        files = [path] if path.is_file() else sorted(f for f in path.rglob("*") if f.is_file())
+        values = ""
+        for f in files[:50]:
+            slope = _dicom_numbers_of(str(f), "0028|1053")
+            inter = _dicom_numbers_of(str(f), "0028|1052")
+            if slope is not None or inter is not None:
+                values = f" (the header says RescaleSlope {slope and slope[0]}, " \
+                         f"RescaleIntercept {inter and inter[0]})"
+                break
+        return "RescaleSlope (0028,1053)", "RescaleIntercept (0028,1052)", values
+    if name.endswith((".nii", ".nii.gz")):
+        values = ""
+        try:
+            opener = gzip.open if name.endswith(".gz") else open
+            with opener(path, "rb") as fh:
+                head = fh.read(348)
+            for endian in ("<", ">"):
+                if struct.unpack(endian + "i", head[:4])[0] == 348:
+                    slope, inter = struct.unpack(endian + "2f", head[112:120])
+                    values = f" (the header says scl_slope {slope:g}, scl_inter {inter:g})"
+                    break
+        except (OSError, EOFError, struct.error):
+            pass
+        return "scl_slope", "scl_inter", values
+    return "intensity scale (slope)", "intensity offset (intercept)", ""
+
+
+def _check_calibration(array: np.ndarray, checks: CTChecks, subject_id: str | None,
+                       path: Path) -> None:
+    """CTLoadError when air and soft tissue are not where Hounsfield units put them: a
+    wrong rescale slope (the gap between them) or intercept (the air level)."""
+    air, gap = hu_calibration(array)
+    slope_field, inter_field, said = _scaling_fields(path)
+    lo_gap, hi_gap = checks.tissue_gap_hu
+    if not lo_gap <= gap <= hi_gap:
+        factor = gap / 1000.0
+        raise CTLoadError(
+            f"the values are scaled wrongly: air lies at {air:,.0f} and the body's main peak "
+            f"{gap:,.0f} above it, about {factor:.2g} times the ~1,000 HU of a CT in Hounsfield "
+            f"units{said}; the slope looks wrong by a factor of about {factor:.2g}",
+            subject_id=subject_id, file=path, field=slope_field,
+            fix=f"fix {slope_field} in the export (usually 1) or re-export the scan in "
+            "Hounsfield units; for a non-CT phantom pass CTChecks(check_hu=False)")
+    lo_air, hi_air = checks.air_level_hu
+    if not lo_air <= air <= hi_air:
+        raise CTLoadError(
+            f"the values are offset: air lies at {air:,.0f} instead of about -1,000 HU and the "
+            f"body's main peak at {air + gap:,.0f} instead of about 0{said}; the intercept "
+            f"looks off by about {air + 980:+,.0f}",
+            subject_id=subject_id, file=path, field=inter_field,
+            fix=f"fix {inter_field} in the export (usually -1024 for stored values 0..4095, "
+            "0 for values already in HU), or re-export the scan in Hounsfield units")
 
 
 def _strip_image_suffix(name: str) -> str:

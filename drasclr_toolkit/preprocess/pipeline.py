@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import concurrent.futures as cf
+import hashlib
 import json
 import logging
 import multiprocessing as mp
@@ -60,6 +61,9 @@ __all__ = [
     "build_default_atlas",
     "preprocess_subject",
     "run_preprocessing",
+    "scan_changed",
+    "scan_fingerprint",
+    "settings_digest",
 ]
 
 log = logging.getLogger(__name__)
@@ -333,6 +337,71 @@ def _lung_mask_path(manifest: Any, sid: str) -> str | None:
     return str(v)
 
 
+# Settings that do not change a subject's patches (left out of its settings digest).
+_NOT_IN_SETTINGS = ("threads", "qc")
+
+
+def settings_digest(cfg: PreprocessConfig | Mapping[str, Any]) -> str:
+    """A short hash of the settings that decide a subject's patches."""
+    d = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
+    d = {k: v for k, v in d.items() if k not in _NOT_IN_SETTINGS}
+    text = json.dumps(d, sort_keys=True, default=str)
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+def _files_of(path: Path) -> list[Path]:
+    return sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+
+
+def scan_fingerprint(image_path: str | os.PathLike, with_hash: bool = True) -> dict[str, Any]:
+    """Size, modification time and (``with_hash``) a BLAKE2b content hash of a scan file,
+    or of every file of a DICOM folder: what a resume compares to notice a replaced scan.
+
+    Example:
+        >>> import tempfile
+        >>> f = Path(tempfile.mkdtemp()) / "a.nii.gz"
+        >>> _ = f.write_bytes(b"scan")
+        >>> sorted(scan_fingerprint(f))
+        ['blake2b', 'mtime_ns', 'size']
+    """
+    files = _files_of(Path(image_path))
+    stats = [f.stat() for f in files]
+    out: dict[str, Any] = {"size": int(sum(s.st_size for s in stats)),
+                           "mtime_ns": int(max((s.st_mtime_ns for s in stats), default=0))}
+    if with_hash:
+        h = hashlib.blake2b(digest_size=16)
+        for f in files:
+            if len(files) > 1:
+                h.update(f.name.encode() + b"\0")
+            with open(f, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+        out["blake2b"] = h.hexdigest()
+    return out
+
+
+def scan_changed(store: PatchStore, sid: str, image_path: str | os.PathLike,
+                 settings: str) -> str | None:
+    """Why a finished subject must be redone (its scan file or the settings changed since),
+    or None. Size and time equal: unchanged without reading the file; else the content
+    hash decides (a copy with a new time but the same bytes is kept)."""
+    source = store.subject_record(sid).get("source")
+    if not isinstance(source, dict):
+        return None  # recorded before fingerprints existed
+    if source.get("settings") != settings:
+        return "the preprocessing settings changed since it was done"
+    try:
+        now = scan_fingerprint(image_path, with_hash=False)
+    except OSError:
+        return None  # a missing scan: keep what was made from it
+    if now["size"] == source.get("size") and now["mtime_ns"] == source.get("mtime_ns"):
+        return None
+    if scan_fingerprint(image_path)["blake2b"] == source.get("blake2b"):
+        return None
+    return (f"its scan file {image_path} changed since it was done (size "
+            f"{source.get('size')} then, {now['size']} now; content hash differs)")
+
+
 def _work_one(
     store_path: str, sid: str, image_path: str, mask_path: str | None, cfg_dict: dict, threads: int
 ) -> tuple[str, str, str]:
@@ -343,6 +412,8 @@ def _work_one(
     store = PatchStore(store_path)
     try:
         cfg = PreprocessConfig.from_dict(cfg_dict)
+        # taken before reading, so a file replaced meanwhile is noticed next time
+        source = {**scan_fingerprint(image_path), "settings": settings_digest(cfg)}
         load_ct = _load_ct_fn()
         ct = load_ct(image_path, subject_id=sid)
         lung_mask = sitk.ReadImage(mask_path) if mask_path else None
@@ -350,7 +421,8 @@ def _work_one(
         res = preprocess_subject(ct, store.atlas, cfg, lung_mask=lung_mask, keep_images=False)
         res.subject_id = sid
         stage = "write"
-        store.write_subject(sid, res.patches, res.lung_fraction, res.corners, res.record())
+        store.write_subject(sid, res.patches, res.lung_fraction, res.corners,
+                            {**res.record(), "source": source})
         return sid, "ok", ""
     except Exception as exc:
         reason = f"{type(exc).__name__}: {exc}"
@@ -418,9 +490,19 @@ def run_preprocessing(
         _atomic_write_text(out / "config.json", json.dumps(cfg.to_dict(), indent=1, default=str))
 
         todo = []
+        settings = settings_digest(cfg)
         for pos, sid in enumerate(sids):
-            if pos % n != i or store.is_done(sid):
+            if pos % n != i:
                 continue
+            if store.is_done(sid):
+                try:
+                    why = scan_changed(store, sid, manifest.image_path(sid), settings)
+                except Exception:  # noqa: BLE001 - an unreadable path is the worker's to report
+                    why = None
+                if why is None:
+                    continue
+                log.warning("subject %s is redone: %s", sid, why)
+                store.forget(sid)
             if not retry_failed and (out / "failures" / f"{sid}.json").exists():
                 continue
             todo.append(sid)
