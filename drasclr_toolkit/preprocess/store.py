@@ -316,10 +316,43 @@ class PatchStore:
 
     def _arrays(self):
         if self._group is None:
-            import zarr
-
-            self._group = zarr.open_group(str(self.path / "patches.zarr"), mode="r+")
+            self._group = self._open_arrays()
         return self._group
+
+    def _open_arrays(self):
+        """The zarr group, its metadata checked: a damaged or edited ``zarr.json`` (not JSON,
+        another data type or shape) is a StoreError naming that file, not a raw zarr error."""
+        import zarr
+
+        root = self.path / "patches.zarr"
+        P, L, N = self.patch_size, self.n_landmarks, len(self.slots)
+        expected = {"patches": (N, L, P, P, P), "lung_fraction": (N, L), "corners": (N, L, 3)}
+        fix = (f"the store's array description is damaged: restore {root} from a backup, or "
+               "preprocess into a new --out folder")
+        for meta in [root / "zarr.json"] + [root / name / "zarr.json" for name in expected]:
+            try:
+                json.loads(meta.read_text())
+            except (OSError, ValueError) as exc:
+                raise StoreError(f"the zarr metadata cannot be read ({type(exc).__name__}: "
+                                 f"{exc})", store=self.path, file=meta, field="zarr.json",
+                                 fix=fix) from None
+        arrays, file = {}, root / "zarr.json"
+        try:
+            group = zarr.open_group(str(root), mode="r+")
+            for name in expected:
+                file = root / name / "zarr.json"
+                arrays[name] = group[name]
+        except Exception as exc:  # noqa: BLE001 - any zarr error here is damaged metadata
+            raise StoreError(f"the zarr metadata is not valid ({type(exc).__name__}: {exc})",
+                             store=self.path, file=file, field="zarr.json", fix=fix) from None
+        for name, shape in expected.items():
+            arr = arrays[name]
+            if str(arr.dtype) != str(np.dtype(_DTYPES[name])) or tuple(arr.shape) != shape:
+                raise StoreError(
+                    f"array {name!r} is {arr.dtype} {tuple(arr.shape)}, the store was made with "
+                    f"{np.dtype(_DTYPES[name])} {shape} (its metadata was edited or damaged)",
+                    store=self.path, file=root / name / "zarr.json", field="zarr.json", fix=fix)
+        return group
 
     # ------------------------------------------------------------------ protocol
     @property
@@ -561,9 +594,14 @@ class PatchStore:
             self._landmarks = None
             _ = self.landmarks
             self._check_atlas_agrees()
+            self._group = None
+            self._arrays()
             rows.append({"subject": "(atlas landmarks)", "status": "ok", "reason": ""})
         except StoreError as exc:
             rows.append({"subject": "(atlas landmarks)", "status": "damaged", "reason": str(exc)})
+            if exc.field == "zarr.json":  # no array can be read: one row says why
+                return rows + [{"subject": sid, "status": "unverified", "reason": "see above"}
+                               for sid in (self.slots if subjects is None else list(subjects))]
         done = set(self.subject_ids)
         failures = self.failures()
         for sid in (self.slots if subjects is None else list(subjects)):
