@@ -24,6 +24,7 @@ import locale
 import math
 import os
 import re
+import stat
 import struct
 import warnings
 import zlib
@@ -608,6 +609,65 @@ def reorient_to_lps(image: sitk.Image) -> tuple[sitk.Image, bool]:
 # ---------------------------------------------------------------------------------- loader
 
 
+def require_regular_file(path: Path, subject_id: str | None) -> None:
+    """CTLoadError for a path that is not a regular file or folder (a FIFO, socket or
+    device would block or never end when read); checked without opening it."""
+    mode = path.stat().st_mode
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        kind = ("a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "a socket" if
+                stat.S_ISSOCK(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+                else "not a regular file")
+        raise CTLoadError(f"the path is {kind}, not a scan file; it is not opened",
+                          subject_id=subject_id, file=path, field="file",
+                          fix="point the manifest at the scan file itself (or its DICOM folder)")
+
+
+def _available_memory() -> int | None:
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+# Bytes per voxel while loading: the file's voxel read, a float working copy, the int16
+# result, and a copy made by reorientation (measured peaks are about this).
+_COPIES_WHILE_LOADING = 3
+
+
+def check_declared_size(path: Path, subject_id: str | None,
+                        available: int | None = None) -> None:
+    """CTLoadError when the image the header declares would not fit in the memory that is
+    available (checked from the header, before any voxel is read), instead of a
+    MemoryError or a machine that swaps."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return  # the reader below says what is wrong with the file
+    size = [int(v) for v in reader.GetSize()]
+    n_voxels = math.prod(size) * max(int(reader.GetNumberOfComponents()), 1)
+    name = sitk.GetPixelIDValueAsString(reader.GetPixelID())
+    bits = next((b for b in (64, 32, 16, 8) if f"{b}-bit" in name), 32)
+    need = n_voxels * (bits // 8 + 4 * _COPIES_WHILE_LOADING - 2)
+    available = _available_memory() if available is None else available
+    if available is not None and need > available:
+        raise CTLoadError(
+            f"the header declares {' x '.join(map(str, size))} voxels of {name}; loading it "
+            f"needs about {need / 2**30:,.1f} GiB of memory and {available / 2**30:,.1f} GiB "
+            "are available, so it is not read",
+            subject_id=subject_id, file=path, field="image size",
+            fix="check the header (a damaged size field?), crop or downsample the scan, or "
+            "load it on a machine with more memory")
+
+
 def _read_image(
     path: Path, series_id: str | int | None, subject_id: str | None
 ) -> tuple[sitk.Image, str | None]:
@@ -621,8 +681,10 @@ def _read_image(
         )
     if path.is_dir():
         return _read_dicom_series(path, series_id, subject_id, None)
+    require_regular_file(path, subject_id)
     if _is_dicom_file(path):
         return _read_dicom_series(path.parent, series_id, subject_id, path)
+    check_declared_size(path, subject_id)
     if path.name.lower().endswith((".nii", ".nii.gz")):
         check_nifti_file(path, subject_id)
     elif path.suffix.lower() in (".mha", ".mhd"):
@@ -1062,6 +1124,7 @@ def read_ct_header(path: str | os.PathLike, subject_id: str | None = None) -> di
     if not p.exists():
         raise CTLoadError("the file or folder does not exist", subject_id=subject_id, file=p,
                           field="file", fix="check the path")
+    require_regular_file(p, subject_id)
     reader = sitk.ImageFileReader()
     try:
         if p.is_dir() or _is_dicom_file(p):
@@ -1173,8 +1236,9 @@ def _otsu(values: np.ndarray, bins: int = 256) -> float:
     return float(centres[int(np.argmax(w0 * w1 * (m0 - m1) ** 2))])
 
 
-def hu_calibration(array: np.ndarray) -> tuple[float, float]:
-    """``(air level, gap to the body's main peak)`` of a CT volume, in its own units.
+def hu_calibration(array: np.ndarray) -> tuple[float, float | None]:
+    """``(air level, gap to the body's main peak)`` of a CT volume, in its own units (the
+    gap None when the volume has no second class to measure it on).
 
     The air level is the median of the lower Otsu class (outside air and lungs); the gap
     runs from it to the histogram mode of the upper class (fat and soft tissue). A padding
@@ -1195,11 +1259,13 @@ def hu_calibration(array: np.ndarray) -> tuple[float, float]:
         s = s[s != lo]
     p_lo, p_hi = np.percentile(s, [0.5, 99.5])
     s = s[(s >= p_lo) & (s <= p_hi)]
-    if s.size < 10 or p_hi <= p_lo:
-        return float(p_lo), 0.0
+    if s.size < 10 or p_hi - p_lo < 300:
+        return float(np.median(s)), None  # nearly one value (a test phantom): no two classes
     threshold = _otsu(s)
     low, high = s[s <= threshold], s[s > threshold]
     air = float(np.median(low))
+    if high.size < 0.02 * s.size:
+        return air, None  # almost no body in the field: nothing to measure the gap on
     hist, edges = np.histogram(high, bins=200)
     k = int(np.argmax(hist))
     return air, float((edges[k] + edges[k + 1]) / 2) - air
@@ -1241,6 +1307,8 @@ def _check_calibration(array: np.ndarray, checks: CTChecks, subject_id: str | No
     """CTLoadError when air and soft tissue are not where Hounsfield units put them: a
     wrong rescale slope (the gap between them) or intercept (the air level)."""
     air, gap = hu_calibration(array)
+    if gap is None:
+        return
     slope_field, inter_field, said = _scaling_fields(path)
     lo_gap, hi_gap = checks.tissue_gap_hu
     if not lo_gap <= gap <= hi_gap:

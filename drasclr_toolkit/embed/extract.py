@@ -47,7 +47,7 @@ from tqdm.auto import tqdm
 
 from drasclr_toolkit.config import Config, Device, check_keys
 from drasclr_toolkit.errors import OutputExistsError
-from drasclr_toolkit.io_utils import atomic_write_text, remove_stale_temp_files
+from drasclr_toolkit.io_utils import atomic_write_text, remove_stale_temp_files, short_file_name
 from drasclr_toolkit.locks import folder_lock
 from drasclr_toolkit.models import DrasCLREncoder
 from drasclr_toolkit.models.checkpoint import ENCODER_ARGS, load_encoder, official_landmark_coords
@@ -128,7 +128,7 @@ def _encoder_fingerprint(encoder: torch.nn.Module) -> str:
 
 
 def _part_name(subject_id: str) -> str:
-    return quote(subject_id, safe="") + ".npy"
+    return short_file_name(quote(subject_id, safe=""), ".npy")
 
 
 # -- extraction ------------------------------------------------------------------------

@@ -411,8 +411,8 @@ class PatchStore:
         """Finished subjects (those with a commit marker), in manifest order."""
         if self._done_cache is None:
             d = self.path / "subjects"
-            done = {p.name[:-5] for p in d.glob("*.json")} if d.exists() else set()
-            self._done_cache = [s for s in self.slots if s in done]
+            done = {p.name for p in d.glob("*.json")} if d.exists() else set()
+            self._done_cache = [s for s in self.slots if self._marker(s).name in done]
         return self._done_cache
 
     def refresh(self) -> None:
@@ -690,7 +690,11 @@ class PatchStore:
         d = self.path / "failures"
         if not d.exists():
             return {}
-        return {p.name[:-5]: json.loads(p.read_text()) for p in sorted(d.glob("*.json"))}
+        out = {}
+        for p in sorted(d.glob("*.json")):
+            record = json.loads(p.read_text())
+            out[str(record.get("subject_id") or p.name[:-5])] = record
+        return out
 
     # ------------------------------------------------------------------ writing
     def is_done(self, subject_id: str) -> bool:
