@@ -28,11 +28,13 @@ from typing import Annotated, Any, ClassVar, Mapping, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from .errors import DrasclrError
+
 PACKAGED = ("tiny", "small", "gpu")
 STAGES = ("synthetic", "preprocess", "pretrain", "embed", "evaluate")
 
 
-class ConfigError(ValueError):
+class ConfigError(DrasclrError, ValueError):
     """A configuration key or value that is not allowed, as one line: the section, the field,
     the value, the rule it breaks and the fix.
 
@@ -128,7 +130,7 @@ class Config(BaseModel):
         """Read a YAML file or a packaged name (``"tiny"``, ``"gpu"``): its section of this
         stage (empty when the file has stage sections but not this one), or the whole file
         when it has no stage sections."""
-        raw = yaml.safe_load(config_path(path).read_text()) or {}
+        raw = read_yaml(config_path(path)) or {}
         if isinstance(raw, dict) and any(stage in raw for stage in STAGES):
             for key in cls.yaml_section:
                 raw = (raw.get(key) if isinstance(raw, dict) else None) or {}
@@ -320,6 +322,38 @@ def parse_overrides(pairs: Iterable[str]) -> dict[str, Any]:
     return out
 
 
+def read_yaml(path: str | Path) -> Any:
+    """A YAML file's content; a syntax error is a ConfigError naming the file, line and
+    column (1-based, as an editor shows them).
+
+    Example:
+        >>> import tempfile
+        >>> bad = Path(tempfile.mkdtemp()) / "c.yaml"
+        >>> _ = bad.write_text("pretrain:\\n  lr: [0.1\\n  epochs: 3\\n")
+        >>> read_yaml(bad)
+        Traceback (most recent call last):
+        ...
+        drasclr_toolkit.config.ConfigError: config file ..., line 3, column 9: ...
+    """
+    path = Path(path)
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        where = f"config file {path}"
+        if mark is not None:
+            where += f", line {mark.line + 1}, column {mark.column + 1}"
+        what = " ".join(str(getattr(exc, "problem", None) or exc).split())
+        context = getattr(exc, "context", None)
+        raise ConfigError(f"{where}: the YAML syntax is wrong ({what}"
+                          + (f", {context}" if context else "") + "). What to do: fix the "
+                          "line (indentation, a missing ':' or closing bracket, a tab)",
+                          field="YAML syntax", fix="fix the YAML syntax") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path}: not UTF-8 text ({exc})", fix="save it as "
+                          "UTF-8 text") from None
+
+
 def load_config(name_or_path: str | Path | Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """Load a configuration as a dict of stage sections (missing sections become ``{}``)."""
     if isinstance(name_or_path, Mapping):
@@ -328,7 +362,7 @@ def load_config(name_or_path: str | Path | Mapping[str, Any]) -> dict[str, dict[
     else:
         path = config_path(name_or_path)
         source = str(path)
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = read_yaml(path) or {}
     if not isinstance(raw, dict):
         raise ValueError(f"configuration {source}: the top level must be a mapping of stages")
     config: dict[str, dict[str, Any]] = {}

@@ -35,18 +35,22 @@ Example:
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import re
 import secrets
+import shutil
 import signal
 import sys
 import threading
 import time
 import warnings
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, Any, Callable, Iterable
+
+from .errors import DrasclrError, OutputExistsError, os_error
 
 __all__ = [
     "SUBJECT_ID_PATTERN",
@@ -100,15 +104,39 @@ def atomic_write(path: str | os.PathLike, write_fn: Callable[[Path], Any], *,
         path.parent.mkdir(parents=True, exist_ok=True)
     # pid + random token: concurrent writers (DataLoader workers, DDP ranks) never share a
     # temporary name; "x" mode guarantees it and gives the file the usual umask permissions.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{suffix}")
-    open(tmp, "xb").close()
+    tail = f".{os.getpid()}.{secrets.token_hex(4)}{suffix}"
+    stem = path.name
+    while len(f".{stem}{tail}".encode()) > _MAX_NAME_BYTES and len(stem) > 1:
+        stem = stem[: len(stem) - 8] or stem[:1]  # a long name: a shorter temp name
+    tmp = path.with_name(f".{stem}{tail}")
+    try:
+        open(tmp, "xb").close()
+    except OSError as exc:
+        raise (os_error(exc, path) or exc) from exc
     try:
         write_fn(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
+        # A full disk, measured before the partial file is removed (torch's writer says
+        # only "file write failed"): said as such, with the folder.
+        full = _disk_nearly_full(tmp.parent) if isinstance(exc, Exception) else False
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and os_error(exc, path) is not None:
+            raise os_error(exc, path) from exc
+        if full:
+            raise os_error(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), path) from exc
         raise
     return path
+
+
+_MAX_NAME_BYTES = 255  # one path component on Linux/macOS file systems
+
+
+def _disk_nearly_full(folder: Path, margin: int = 1 << 20) -> bool:
+    try:
+        return shutil.disk_usage(folder).free < margin
+    except OSError:
+        return False
 
 
 def atomic_write_stream(path: str | os.PathLike, write_fn: Callable[[IO[bytes]], Any], *,
@@ -163,7 +191,7 @@ def atomic_write_text(path: str | os.PathLike, text: str, *, encoding: str = "ut
 # ------------------------------------------------------------------------ subject file names
 
 
-class UnsafeSubjectIdError(ValueError):
+class UnsafeSubjectIdError(DrasclrError, ValueError):
     """A subject id that would name a file outside its folder, or an unusable file name."""
 
 
@@ -195,6 +223,28 @@ the id in the manifest or the table you passed
     return sid
 
 
+# Longer file names (in bytes) are shortened: most file systems stop at 255, and temporary
+# names and suffixes need room.
+MAX_SUBJECT_FILE_NAME = 200
+
+
+def short_file_name(stem: str, suffix: str = "") -> str:
+    """``stem + suffix``, or for a name over MAX_SUBJECT_FILE_NAME bytes its first 120
+    characters, ``~`` and a hash of the whole stem (``~`` is never in a subject id, so a
+    shortened name cannot collide with a real one).
+
+    Example:
+        >>> short_file_name("a" * 300, ".json")[-22:]
+        '~8b397aa4c75429a2.json'
+    """
+    if len(f"{stem}{suffix}".encode()) <= MAX_SUBJECT_FILE_NAME:
+        return f"{stem}{suffix}"
+    import hashlib
+
+    digest = hashlib.blake2b(stem.encode(), digest_size=8).hexdigest()
+    return f"{stem[:120]}~{digest}{suffix}"
+
+
 def subject_file(folder: str | os.PathLike, subject_id: Any, suffix: str = "") -> Path:
     """``folder / (subject_id + suffix)``, refusing an id that is unsafe or leaves ``folder``.
 
@@ -203,7 +253,7 @@ def subject_file(folder: str | os.PathLike, subject_id: Any, suffix: str = "") -
         'out/subjects/syn001.json'
     """
     folder = Path(folder)
-    path = folder / f"{safe_subject_id(subject_id)}{suffix}"
+    path = folder / short_file_name(f"{safe_subject_id(subject_id)}", suffix)
     # The pattern already forbids separators; this second check guards future changes to it.
     if os.path.dirname(os.path.normpath(path)) != os.path.normpath(folder):
         raise UnsafeSubjectIdError(
@@ -349,3 +399,43 @@ def die_with_parent() -> None:
                 os._exit(1)
 
     threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
+
+
+# ------------------------------------------------------------------------ output folders
+
+
+def refuse_foreign_folder(folder: str | os.PathLike, markers: Iterable[str], what: str,
+                          overwrite: bool = False) -> None:
+    """Refuse to write into ``folder`` when it holds files this toolkit did not write.
+
+    Allowed: a missing or empty folder (lock files aside), or one holding a ``markers``
+    entry (a file our ``what`` stage writes, e.g. ``store.json``): then it is our own output
+    and is resumed. Anything else raises :class:`~drasclr_toolkit.errors.OutputExistsError`
+    naming the folder and its files, unless ``overwrite`` (``--force``).
+
+    Example:
+        >>> import tempfile
+        >>> d = Path(tempfile.mkdtemp())
+        >>> refuse_foreign_folder(d, ["store.json"], "drasclr preprocess")   # empty: fine
+        >>> _ = (d / "qc.csv").write_text("mine")
+        >>> refuse_foreign_folder(d, ["store.json"], "drasclr preprocess")
+        Traceback (most recent call last):
+        ...
+        drasclr_toolkit.errors.OutputExistsError: --out ...: the folder holds 1 file(s) drasclr preprocess did not write (qc.csv)...
+    """
+    folder = Path(folder)
+    if overwrite or not folder.exists():
+        return
+    if not folder.is_dir():
+        raise OutputExistsError(f"it is a file, not a folder; {what} writes a folder there",
+                                where=f"--out {folder}",
+                                fix="give a folder path (new or empty)")
+    entries = sorted(p.name for p in folder.iterdir() if not p.name.startswith(".drasclr"))
+    if not entries or any((folder / m).exists() for m in markers):
+        return
+    shown = ", ".join(entries[:5]) + (f", … ({len(entries) - 5} more)" if len(entries) > 5 else "")
+    raise OutputExistsError(
+        f"the folder holds {len(entries)} file(s) {what} did not write ({shown}); they are "
+        "left as they are", where=f"--out {folder}",
+        fix="give a new or empty folder, or pass --force (overwrite=True) to write into it "
+        "anyway (files of the same name are then replaced)")

@@ -25,6 +25,8 @@ from typing import ContextManager
 import torch
 import torch.distributed as dist
 
+from .config import ConfigError
+
 __all__ = [
     "DistInfo", "all_gather_objects", "all_reduce_mean", "amp_dtype", "autocast",
     "barrier", "broadcast_object", "concat_all_gather", "init_distributed",
@@ -39,7 +41,22 @@ def resolve_device(device: str | torch.device = "auto", local_rank: int | None =
     ``local_rank`` defaults to torchrun's ``LOCAL_RANK`` (0 outside torchrun).
     """
     if str(device) != "auto":
-        return torch.device(device)
+        dev = torch.device(device)
+        if dev.type == "cuda" and (not torch.cuda.is_available()
+                                   or (dev.index or 0) >= torch.cuda.device_count()):
+            have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            raise ConfigError(
+                f"config field 'device': {str(device)!r} was asked for but this machine has "
+                f"{have} usable CUDA GPU(s). What to do: set device to auto or cpu (e.g. "
+                "--set device=cpu), or run on a machine with that GPU", field="device",
+                value=str(device), fix="set device to auto or cpu")
+        if dev.type == "mps" and not (getattr(torch.backends, "mps", None)
+                                      and torch.backends.mps.is_available()):
+            raise ConfigError(
+                f"config field 'device': {str(device)!r} was asked for but MPS (Apple GPU) is "
+                "not available here. What to do: set device to auto or cpu", field="device",
+                value=str(device), fix="set device to auto or cpu")
+        return dev
     if torch.cuda.is_available():
         rank = int(os.environ.get("LOCAL_RANK", 0)) if local_rank is None else local_rank
         return torch.device("cuda", rank)

@@ -146,7 +146,7 @@ def test_records_without_checksums_are_read_unchecked(tmp_path):
     store = make_store(tmp_path / "s")
     marker = tmp_path / "s" / "subjects" / "s0.json"
     rec = json.loads(marker.read_text())
-    del rec["checksums"]
+    del rec["checksums"], rec["record_checksum"]  # as written before either existed
     marker.write_text(json.dumps(rec))
     store = PatchStore(tmp_path / "s")
     store.read_subject("s0")
@@ -257,7 +257,7 @@ def test_cli_store_verify_prints_a_table_and_can_forget_damaged_subjects(tmp_pat
 def test_synthetic_refuses_a_folder_with_other_files_unless_forced(tmp_path):
     import yaml
 
-    from drasclr_toolkit.cli.synthetic import check_out_folder
+    from drasclr_toolkit.data.synthetic import check_out_folder
     from drasclr_toolkit.data.synthetic import SyntheticConfig
 
     config = SyntheticConfig()

@@ -19,6 +19,8 @@ import os
 
 
 def run(args: argparse.Namespace) -> int:
+    from drasclr_toolkit.errors import EXIT_PARTIAL
+
     from drasclr_toolkit.cli.pretrain import open_patch_source
     from drasclr_toolkit.config import load_config
     from drasclr_toolkit.embed import EmbedConfig, extract_embeddings
@@ -29,13 +31,15 @@ def run(args: argparse.Namespace) -> int:
     source = open_patch_source(args.store)
     emb = extract_embeddings(source, checkpoint=args.checkpoint, config=config, out_path=args.out,
                              progress=not args.no_progress,
-                             recompute_changed=args.recompute_changed)
+                             recompute_changed=args.recompute_changed, overwrite=args.force)
     failed = emb.provenance.get("failed", {})
     if os.environ.get("RANK", "0") == "0":  # under torchrun every rank returns the same result
         print(f"embeddings: {args.out}  {emb}")
         for sid, reason in failed.items():
             print(f"  failed {sid}: {reason}")
-    return 1 if failed and not len(emb) else 0
+    if failed and not len(emb):
+        return 1
+    return EXIT_PARTIAL if failed else 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -56,4 +60,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--recompute-changed", action="store_true",
                    help="recompute finished subjects whose patches changed since (otherwise "
                         "an error: old vectors are never mixed with new data)")
+    p.add_argument("--force", action="store_true",
+                   help="replace an --out file that is not an embeddings file (refused otherwise)")
     p.set_defaults(func=run)

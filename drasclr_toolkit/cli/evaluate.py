@@ -70,15 +70,16 @@ def load_feature_sets(values: list[str], pooling: str) -> dict[str, Any]:
     return sets
 
 
-def load_labels(path: Path):
-    import pandas as pd
+# What `drasclr evaluate` writes (a folder holding any of these is ours: rewritten).
+RESULT_MARKERS = ("report.html", "phenotypes.csv", "survival.csv", "comparison.csv")
 
-    if not path.exists():
-        raise FileNotFoundError(f"--labels: file {path} does not exist")
-    table = pd.read_csv(path, dtype={"subject_id": str})
-    if "subject_id" not in table.columns:
-        raise ValueError(f"--labels {path}: the table needs a subject_id column")
-    return table.set_index("subject_id")
+
+def load_labels(path: Path, time_col: str | None = None, event_col: str | None = None):
+    """The label table indexed by subject id, checked as it is loaded (see
+    :func:`drasclr_toolkit.data.labels.check_labels`)."""
+    from drasclr_toolkit.data.labels import read_labels
+
+    return read_labels(path, time_col, event_col, what="--labels")
 
 
 def _write_results(table, stem: Path, title: str, heading: str, table_heading: str,
@@ -111,18 +112,27 @@ def _write_results(table, stem: Path, title: str, heading: str, table_heading: s
 
 
 def run(args: argparse.Namespace) -> int:
+    from drasclr_toolkit.io_utils import refuse_foreign_folder
+    from drasclr_toolkit.locks import folder_lock
+
+    out = Path(args.out)
+    sets = load_feature_sets(args.embeddings, args.pooling)
+    labels = load_labels(Path(args.labels), args.time_col, args.event_col)
+    refuse_foreign_folder(out, RESULT_MARKERS, "drasclr evaluate", args.force)
+    with folder_lock(out, "evaluate"):
+        return _evaluate(args, out, sets, labels)
+
+
+def _evaluate(args: argparse.Namespace, out: Path, sets: dict[str, Any], labels: Any) -> int:
     import pandas as pd
 
+    from drasclr_toolkit.errors import LabelError
     from drasclr_toolkit.evaluate import (comparison_table, evaluate_phenotypes,
                                           evaluate_survival, risk_groups)
     from drasclr_toolkit.io_utils import atomic_write_text
     from drasclr_toolkit.viz.evaluation import km_figure
     from drasclr_toolkit.viz.export import html_report, write_figure_html
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    sets = load_feature_sets(args.embeddings, args.pooling)
-    labels = load_labels(Path(args.labels))
     targets = args.targets or [t for t in DEFAULT_TARGETS if t in labels.columns]
     missing = [t for t in targets if t not in labels.columns]
     if missing:
@@ -135,9 +145,15 @@ def run(args: argparse.Namespace) -> int:
             warnings.simplefilter("ignore")
             table = evaluate_phenotypes(sets, labels, targets, n_repeats=args.n_repeats,
                                         n_permutations=args.n_permutations, seed=args.seed)
-        summaries.append(_write_results(table, out / "phenotypes", "Phenotype probes",
-                                        "Phenotype probes", "Phenotype table", sections))
-        print(f"phenotypes: {len(table)} probes -> {out / 'phenotypes.csv'}")
+        evaluated = ("verdict" not in table or
+                     ~table["verdict"].astype(str).str.startswith("not evaluated")).any()
+        if evaluated:
+            summaries.append(_write_results(table, out / "phenotypes", "Phenotype probes",
+                                            "Phenotype probes", "Phenotype table", sections))
+            print(f"phenotypes: {len(table)} probes -> {out / 'phenotypes.csv'}")
+        else:
+            print("phenotypes: no target could be probed:\n  " +
+                  "\n  ".join(sorted(set(table["verdict"].astype(str)))))
     else:
         print(f"phenotypes: skipped (none of {list(DEFAULT_TARGETS)} is a column of the labels; "
               "name them with --targets)")
@@ -167,6 +183,14 @@ def run(args: argparse.Namespace) -> int:
             write_figure_html(km, out / f"km_{safe}.html")
             sections.append((f"Kaplan–Meier: {name}", km))
         print(f"survival: {len(surv)} models -> {out / 'survival.csv'}")
+    if not summaries:
+        shared = len(set(labels.index) & set.intersection(*(set(f.index) for f in sets.values())))
+        raise LabelError(
+            f"nothing could be evaluated: {shared} subject(s) have both features and labels, "
+            "and no target has enough subjects with varying values (see the lines above)",
+            where=f"--labels {args.labels}",
+            fix="give more subjects, or targets that vary across them (--targets); a "
+            "categorical target needs two classes of at least 3 subjects")
     if summaries:
         comparison = comparison_table(pd.concat(summaries, ignore_index=True),
                                       order=list(sets))
@@ -206,4 +230,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="permutations of the Kaplan-Meier risk groups' log-rank test (each "
                    "redoes the cross-validated grouping)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true",
+                   help="write into an --out folder that holds files which are not results")
     p.set_defaults(func=run)

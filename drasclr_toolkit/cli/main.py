@@ -4,10 +4,12 @@ Each stage lives in its own module under ``drasclr_toolkit.cli`` and exposes
 ``register(subparsers)``, which adds its sub-command and sets ``func`` on the parser to a
 callable taking the parsed arguments and returning an exit code.
 
-Errors: a problem with the user's input (a bad scan, manifest, store, config value, a
-missing file) prints its message (subject, file, field, what to do) on stderr and exits
-with status 1, without a traceback; ``--debug`` shows the traceback instead. Anything else
-is a bug and keeps its traceback.
+Errors go through one door: a :class:`~drasclr_toolkit.errors.DrasclrError` (a bad scan,
+manifest, store, config value, checkpoint, a busy or foreign output folder) or an OSError
+put in words (disk full, read-only folder, name too long) prints its message (subject,
+file, field, what to do) on stderr and exits with status 1, without a traceback;
+``--debug`` shows the traceback instead. Anything else is a bug and keeps its traceback.
+A cohort run in which some subjects failed keeps what succeeded and exits with status 3.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import argparse
 import importlib
 import logging
 import sys
+
+from drasclr_toolkit.errors import EXIT_PARTIAL, as_drasclr_error  # noqa: F401 (re-exported)
 
 # Order is the order shown in ``drasclr --help``.
 STAGE_MODULES = (
@@ -33,8 +37,8 @@ STAGE_MODULES = (
 # Exit status of a known input problem (argparse uses 2 for a bad command line).
 EXIT_INPUT_ERROR = 1
 EXIT_INTERRUPTED = 130
-# Standard errors that our validation raises with a full message (the project's own error
-# classes, CTLoadError, ManifestError, StoreError, ..., are recognised by their module).
+# Standard errors that validation code outside the DrasclrError family still raises with a
+# full message (subject, file, field); they are shown like a DrasclrError.
 _KNOWN_BUILTIN_ERRORS = (
     ValueError,
     FileNotFoundError,
@@ -45,17 +49,32 @@ _KNOWN_BUILTIN_ERRORS = (
 )
 
 
+def known_error(exc: BaseException) -> BaseException | None:
+    """The error to show the user for ``exc`` (a DrasclrError, an OSError in words such as
+    "disk full" or "read-only", or one of the validated standard errors), or None for a bug.
+
+    Example:
+        >>> known_error(KeyError("x")) is None
+        True
+        >>> print(known_error(OSError(28, "No space left on device", "out/x.pt")))
+        file out/x.pt: the disk is full (no space left on device) (No space left on device). What to do: free space on that disk or write to another folder, then run the same command again: finished work is kept
+    """
+    error = as_drasclr_error(exc)
+    if error is None and isinstance(exc, _KNOWN_BUILTIN_ERRORS):
+        error = exc
+    return error
+
+
 def is_known_error(exc: BaseException) -> bool:
     """Whether ``exc`` reports a problem with the input (message enough) rather than a bug.
 
     Example:
-        >>> is_known_error(ValueError("manifest.csv, row 3: ...")), is_known_error(KeyError("x"))
-        (True, False)
+        >>> is_known_error(ValueError("manifest.csv, row 3: ..."))
+        True
+        >>> is_known_error(KeyError("x"))
+        False
     """
-    if isinstance(exc, _KNOWN_BUILTIN_ERRORS):
-        return True
-    return any(cls.__module__.startswith("drasclr_toolkit.") for cls in type(exc).__mro__
-               if issubclass(cls, Exception))
+    return known_error(exc) is not None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,9 +116,10 @@ def main(argv: list[str] | None = None) -> int:
               "command again to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - sorted into input problems and bugs below
-        if args.debug or not is_known_error(exc):
+        error = None if args.debug else known_error(exc)
+        if error is None:
             raise
-        print(f"drasclr {args.command}: error: {exc}", file=sys.stderr)
+        print(f"drasclr {args.command}: error: {error}", file=sys.stderr)
         print("(run with --debug before the command to see the traceback)", file=sys.stderr)
         return EXIT_INPUT_ERROR
 

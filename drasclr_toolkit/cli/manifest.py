@@ -73,12 +73,24 @@ def run_validate(args: argparse.Namespace) -> int:
     except ManifestError as exc:
         print(str(exc), file=sys.stderr)
         return 1
+    if len(manifest) == 0:
+        print(f"{args.csv}: the manifest lists no subjects (a header only: a template?); "
+              "nothing could be preprocessed from it. What to do: add one row per scan, e.g. "
+              "with `drasclr manifest scan FOLDER -o manifest.csv`", file=sys.stderr)
+        return 1
     labels = manifest.label_columns()
     print(f"{args.csv}: valid, {len(manifest)} subjects; label columns: "
           f"{', '.join(labels) if labels else 'none'}")
     for col in labels:
         series = manifest.table[col]
         print(f"  {col}: {int(series.notna().sum())} of {len(series)} given")
+    from drasclr_toolkit.io_utils import MAX_SUBJECT_FILE_NAME
+
+    for sid in manifest.subject_ids:
+        if len(f"{sid}.json".encode()) > MAX_SUBJECT_FILE_NAME:
+            print(f"  warning: subject {sid[:40]}… has a {len(sid)}-character id; the files "
+                  "named after it are shortened (first 120 characters and a hash). Shorter "
+                  "ids are easier to read and stay under file-name limits (255 bytes)")
     if not args.check_scans:
         return 0
     report = check_scans(manifest)

@@ -14,6 +14,9 @@ import logging
 import sys
 from pathlib import Path
 
+from drasclr_toolkit.errors import EXIT_PARTIAL
+from drasclr_toolkit.locks import folder_lock
+
 log = logging.getLogger(__name__)
 
 
@@ -44,20 +47,40 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="build (or check) the atlas in --out and stop: run this once before "
                    "starting several --shard jobs on one output directory")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--force", action="store_true",
+                   help="write into an --out folder that holds files which are not a patch "
+                   "store (refused otherwise; files of the same name are replaced)")
 
 
 def run(args: argparse.Namespace) -> int:
     from drasclr_toolkit.data import Manifest
-    from drasclr_toolkit.preprocess import (
-        Atlas,
-        PreprocessConfig,
-        build_default_atlas,
-        qc_table,
-        run_preprocessing,
-    )
+    from drasclr_toolkit.io_utils import refuse_foreign_folder
+    from drasclr_toolkit.preprocess import PreprocessConfig, qc_table
+    from drasclr_toolkit.preprocess.pipeline import STORE_MARKERS
 
     cfg = PreprocessConfig.from_yaml(args.config)
     manifest = Manifest.load(args.manifest, check_files=False)
+    # Held from the atlas to the QC table: a second run into --out is refused at once.
+    refuse_foreign_folder(args.out, STORE_MARKERS, "drasclr preprocess", args.force)
+    with folder_lock(args.out, "preprocess", shard=args.shard):
+        store = _atlas_and_store(args, cfg, manifest)
+    if store is None:
+        return 0
+    df = qc_table(store)
+    n_fail = int((df["status"] == "failed").sum()) if len(df) else 0
+    n_out = int(df["outlier"].sum()) if "outlier" in df else 0
+    print(f"{store}; failed: {n_fail}; QC outliers: {n_out}; QC table: {store.path / 'qc.csv'}")
+    if n_fail:
+        print(f"drasclr preprocess: {n_fail} subject(s) failed (reasons in {store.path / 'qc.csv'}); "
+              "the others are kept. Fix them and run the same command again: only the failed "
+              f"ones are redone (exit status {EXIT_PARTIAL})", file=sys.stderr)
+        return EXIT_PARTIAL
+    return 0
+
+
+def _atlas_and_store(args: argparse.Namespace, cfg, manifest):
+    from drasclr_toolkit.preprocess import Atlas, build_default_atlas, run_preprocessing
+
     if args.official_atlas:
         atlas = Atlas.load(args.official_atlas[0], args.official_atlas[1])
     elif args.atlas:
@@ -69,14 +92,9 @@ def run(args: argparse.Namespace) -> int:
         if args.atlas or args.official_atlas:
             atlas.save(Path(args.out) / "atlas")
         print(f"atlas with {atlas.n_landmarks} landmarks in {Path(args.out) / 'atlas'}")
-        return 0
-    store = run_preprocessing(manifest, atlas, args.out, cfg, n_jobs=args.jobs, shard=args.shard,
-                              progress=not args.no_progress)
-    df = qc_table(store)
-    n_fail = int((df["status"] == "failed").sum()) if len(df) else 0
-    n_out = int(df["outlier"].sum()) if "outlier" in df else 0
-    print(f"{store}; failed: {n_fail}; QC outliers: {n_out}; QC table: {store.path / 'qc.csv'}")
-    return 0
+        return None
+    return run_preprocessing(manifest, atlas, args.out, cfg, n_jobs=args.jobs, shard=args.shard,
+                             progress=not args.no_progress, overwrite=args.force)
 
 
 def register(subparsers) -> None:

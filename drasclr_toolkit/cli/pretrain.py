@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     source = open_patch_source(args.store)
     path = pretrain(source, config, args.out, resume=not args.restart,
                     allow_store_change=args.allow_store_change,
-                    stop_after_steps=args.stop_after_steps)
+                    stop_after_steps=args.stop_after_steps, overwrite=args.force)
     print(f"checkpoint: {path}")
     return 0
 
@@ -55,7 +55,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="run folder (checkpoints, metrics.jsonl)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a pretrain option, e.g. --set max_steps=100 (repeatable)")
-    p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in --out")
+    p.add_argument("--restart", action="store_true",
+                   help="start over: the earlier run's metrics, config and checkpoints in --out "
+                   "are moved to --out/previous/NNN (a resume with other settings is refused)")
+    p.add_argument("--force", action="store_true",
+                   help="write into an --out folder that holds files which are not a run")
     p.add_argument("--allow-store-change", action="store_true",
                    help="resume even though the patch store changed since the run started")
     p.add_argument("--stop-after-steps", type=int, default=None,

@@ -24,6 +24,7 @@ import locale
 import math
 import os
 import re
+import stat
 import struct
 import warnings
 import zlib
@@ -38,6 +39,7 @@ import SimpleITK as sitk
 from pydantic import ConfigDict, Field
 
 from ..config import Config
+from ..errors import DrasclrError
 
 __all__ = [
     "CTImage",
@@ -69,7 +71,7 @@ _NOT_CT_MODALITIES = frozenset(
 )
 
 
-class CTLoadError(ValueError):
+class CTLoadError(DrasclrError, ValueError):
     """A scan that cannot be used, with the subject, file and field it concerns.
 
     Attributes ``subject_id``, ``file`` and ``field`` let a cohort runner record the failure
@@ -154,6 +156,12 @@ class CTChecks(Config):
     min_air_fraction: float = Field(0.001, ge=0, le=1)  # a chest CT in HU always has some air (lungs, outside)
     max_hu: float = 32767.0             # values above do not fit int16
     check_hu: bool = True               # set False for phantoms that are not chest CT
+    # Calibration (slope and intercept): the air level (median of the air class) and the
+    # gap from it to the body's main peak (fat / soft tissue). Real chest CTs measure
+    # about -1000..-960 HU and 850..1020 HU; a slope x10 or a missing/doubled intercept
+    # falls far outside.
+    air_level_hu: tuple[float, float] = (-1150.0, -700.0)
+    tissue_gap_hu: tuple[float, float] = (500.0, 1600.0)
 
 
 @dataclass(eq=False)
@@ -601,6 +609,65 @@ def reorient_to_lps(image: sitk.Image) -> tuple[sitk.Image, bool]:
 # ---------------------------------------------------------------------------------- loader
 
 
+def require_regular_file(path: Path, subject_id: str | None) -> None:
+    """CTLoadError for a path that is not a regular file or folder (a FIFO, socket or
+    device would block or never end when read); checked without opening it."""
+    mode = path.stat().st_mode
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        kind = ("a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "a socket" if
+                stat.S_ISSOCK(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+                else "not a regular file")
+        raise CTLoadError(f"the path is {kind}, not a scan file; it is not opened",
+                          subject_id=subject_id, file=path, field="file",
+                          fix="point the manifest at the scan file itself (or its DICOM folder)")
+
+
+def _available_memory() -> int | None:
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+# Bytes per voxel while loading: the file's voxel read, a float working copy, the int16
+# result, and a copy made by reorientation (measured peaks are about this).
+_COPIES_WHILE_LOADING = 3
+
+
+def check_declared_size(path: Path, subject_id: str | None,
+                        available: int | None = None) -> None:
+    """CTLoadError when the image the header declares would not fit in the memory that is
+    available (checked from the header, before any voxel is read), instead of a
+    MemoryError or a machine that swaps."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return  # the reader below says what is wrong with the file
+    size = [int(v) for v in reader.GetSize()]
+    n_voxels = math.prod(size) * max(int(reader.GetNumberOfComponents()), 1)
+    name = sitk.GetPixelIDValueAsString(reader.GetPixelID())
+    bits = next((b for b in (64, 32, 16, 8) if f"{b}-bit" in name), 32)
+    need = n_voxels * (bits // 8 + 4 * _COPIES_WHILE_LOADING - 2)
+    available = _available_memory() if available is None else available
+    if available is not None and need > available:
+        raise CTLoadError(
+            f"the header declares {' x '.join(map(str, size))} voxels of {name}; loading it "
+            f"needs about {need / 2**30:,.1f} GiB of memory and {available / 2**30:,.1f} GiB "
+            "are available, so it is not read",
+            subject_id=subject_id, file=path, field="image size",
+            fix="check the header (a damaged size field?), crop or downsample the scan, or "
+            "load it on a machine with more memory")
+
+
 def _read_image(
     path: Path, series_id: str | int | None, subject_id: str | None
 ) -> tuple[sitk.Image, str | None]:
@@ -614,8 +681,10 @@ def _read_image(
         )
     if path.is_dir():
         return _read_dicom_series(path, series_id, subject_id, None)
+    require_regular_file(path, subject_id)
     if _is_dicom_file(path):
         return _read_dicom_series(path.parent, series_id, subject_id, path)
+    check_declared_size(path, subject_id)
     if path.name.lower().endswith((".nii", ".nii.gz")):
         check_nifti_file(path, subject_id)
     elif path.suffix.lower() in (".mha", ".mhd"):
@@ -1028,6 +1097,7 @@ def load_ct(
         )
     if checks.check_hu:
         _check_hounsfield(array, checks, subject_id, p)
+        _check_calibration(array, checks, subject_id, p)
     return CTImage(
         array=_to_int16(array, subject_id=subject_id, file=p),
         spacing=image.GetSpacing(),
@@ -1054,6 +1124,7 @@ def read_ct_header(path: str | os.PathLike, subject_id: str | None = None) -> di
     if not p.exists():
         raise CTLoadError("the file or folder does not exist", subject_id=subject_id, file=p,
                           field="file", fix="check the path")
+    require_regular_file(p, subject_id)
     reader = sitk.ImageFileReader()
     try:
         if p.is_dir() or _is_dicom_file(p):
@@ -1152,6 +1223,112 @@ def _check_hounsfield(
             fix="check that this is a chest CT in Hounsfield units (not MR, not normalised or "
             "windowed); for a non-chest phantom pass CTChecks(check_hu=False)",
         )
+
+
+def _otsu(values: np.ndarray, bins: int = 256) -> float:
+    """Otsu's threshold of ``values`` (between-class variance maximised on a histogram)."""
+    hist, edges = np.histogram(values, bins=bins)
+    centres = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(hist).astype(np.float64)
+    w1 = w0[-1] - w0
+    m0 = np.cumsum(hist * centres) / np.maximum(w0, 1)
+    m1 = (np.sum(hist * centres) - np.cumsum(hist * centres)) / np.maximum(w1, 1)
+    return float(centres[int(np.argmax(w0 * w1 * (m0 - m1) ** 2))])
+
+
+def hu_calibration(array: np.ndarray) -> tuple[float, float | None]:
+    """``(air level, gap to the body's main peak)`` of a CT volume, in its own units (the
+    gap None when the volume has no second class to measure it on).
+
+    The air level is the median of the lower Otsu class (outside air and lungs); the gap
+    runs from it to the histogram mode of the upper class (fat and soft tissue). A padding
+    value below -1000 that fills the corners outside the field of view is left out.
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> a = np.concatenate([rng.normal(-990, 20, 4000), rng.normal(40, 15, 4000)])
+        >>> air, gap = hu_calibration(a.reshape(20, 20, 20))
+        >>> -1010 < air < -970 and 980 < gap < 1080
+        True
+    """
+    s = np.asarray(array)[::2, ::4, ::4].astype(np.float32, copy=False).ravel()
+    if s.size < 1000:
+        s = np.asarray(array, np.float32).ravel()
+    lo = float(s.min())
+    if lo < -1000 and np.mean(s == lo) > 0.01:  # the padding outside the field of view
+        s = s[s != lo]
+    p_lo, p_hi = np.percentile(s, [0.5, 99.5])
+    s = s[(s >= p_lo) & (s <= p_hi)]
+    if s.size < 10 or p_hi - p_lo < 300:
+        return float(np.median(s)), None  # nearly one value (a test phantom): no two classes
+    threshold = _otsu(s)
+    low, high = s[s <= threshold], s[s > threshold]
+    air = float(np.median(low))
+    if high.size < 0.02 * s.size:
+        return air, None  # almost no body in the field: nothing to measure the gap on
+    hist, edges = np.histogram(high, bins=200)
+    k = int(np.argmax(hist))
+    return air, float((edges[k] + edges[k + 1]) / 2) - air
+
+
+def _scaling_fields(path: Path) -> tuple[str, str, str]:
+    """(slope field, intercept field, their values in the header) for the message."""
+    name = path.name.lower()
+    if path.is_dir() or _is_dicom_file(path):
+        files = [path] if path.is_file() else sorted(f for f in path.rglob("*") if f.is_file())
+        values = ""
+        for f in files[:50]:
+            slope = _dicom_numbers_of(str(f), "0028|1053")
+            inter = _dicom_numbers_of(str(f), "0028|1052")
+            if slope is not None or inter is not None:
+                values = f" (the header says RescaleSlope {slope and slope[0]}, " \
+                         f"RescaleIntercept {inter and inter[0]})"
+                break
+        return "RescaleSlope (0028,1053)", "RescaleIntercept (0028,1052)", values
+    if name.endswith((".nii", ".nii.gz")):
+        values = ""
+        try:
+            opener = gzip.open if name.endswith(".gz") else open
+            with opener(path, "rb") as fh:
+                head = fh.read(348)
+            for endian in ("<", ">"):
+                if struct.unpack(endian + "i", head[:4])[0] == 348:
+                    slope, inter = struct.unpack(endian + "2f", head[112:120])
+                    values = f" (the header says scl_slope {slope:g}, scl_inter {inter:g})"
+                    break
+        except (OSError, EOFError, struct.error):
+            pass
+        return "scl_slope", "scl_inter", values
+    return "intensity scale (slope)", "intensity offset (intercept)", ""
+
+
+def _check_calibration(array: np.ndarray, checks: CTChecks, subject_id: str | None,
+                       path: Path) -> None:
+    """CTLoadError when air and soft tissue are not where Hounsfield units put them: a
+    wrong rescale slope (the gap between them) or intercept (the air level)."""
+    air, gap = hu_calibration(array)
+    if gap is None:
+        return
+    slope_field, inter_field, said = _scaling_fields(path)
+    lo_gap, hi_gap = checks.tissue_gap_hu
+    if not lo_gap <= gap <= hi_gap:
+        factor = gap / 1000.0
+        raise CTLoadError(
+            f"the values are scaled wrongly: air lies at {air:,.0f} and the body's main peak "
+            f"{gap:,.0f} above it, about {factor:.2g} times the ~1,000 HU of a CT in Hounsfield "
+            f"units{said}; the slope looks wrong by a factor of about {factor:.2g}",
+            subject_id=subject_id, file=path, field=slope_field,
+            fix=f"fix {slope_field} in the export (usually 1) or re-export the scan in "
+            "Hounsfield units; for a non-CT phantom pass CTChecks(check_hu=False)")
+    lo_air, hi_air = checks.air_level_hu
+    if not lo_air <= air <= hi_air:
+        raise CTLoadError(
+            f"the values are offset: air lies at {air:,.0f} instead of about -1,000 HU and the "
+            f"body's main peak at {air + gap:,.0f} instead of about 0{said}; the intercept "
+            f"looks off by about {air + 980:+,.0f}",
+            subject_id=subject_id, file=path, field=inter_field,
+            fix=f"fix {inter_field} in the export (usually -1024 for stored values 0..4095, "
+            "0 for values already in HU), or re-export the scan in Hounsfield units")
 
 
 def _strip_image_suffix(name: str) -> str:

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import DrasclrError
+
 __all__ = ["ManifestError", "ManifestProblem"]
 
 
@@ -39,7 +41,7 @@ class ManifestProblem:
         return (", ".join(where) + ": " if where else "") + self.message
 
 
-class ManifestError(ValueError):
+class ManifestError(DrasclrError, ValueError):
     """Every problem found in a manifest and its card, listed in one message."""
 
     def __init__(self, problems: Sequence[ManifestProblem], path: str | os.PathLike | None = None):

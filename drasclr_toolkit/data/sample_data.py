@@ -26,6 +26,8 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from ..errors import DrasclrError
+
 __all__ = ["SAMPLES", "SampleDataUnavailable", "default_cache_dir", "real_chest_ct"]
 
 PACKAGE = "pyradiomics-bhklab"
@@ -57,7 +59,7 @@ _NETWORK_SIGNS = (
 )
 
 
-class SampleDataUnavailable(RuntimeError):
+class SampleDataUnavailable(DrasclrError, RuntimeError):
     """The sample data could not be obtained because the package registry is unreachable."""
 
 

@@ -48,6 +48,7 @@ import json
 import logging
 import math
 import os
+import re
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -63,6 +64,7 @@ from scipy.spatial import ConvexHull
 
 from drasclr_toolkit.config import Config
 from drasclr_toolkit.data import _phantom as ph
+from drasclr_toolkit.errors import OutputExistsError
 from drasclr_toolkit.io_utils import atomic_write, atomic_write_text, die_with_parent
 
 log = logging.getLogger(__name__)
@@ -732,16 +734,81 @@ def _load_record(path: Path, cfg: SyntheticConfig) -> dict[str, Any] | None:
 
 
 # ------------------------------------------------------------------------------ public
+# What a synthetic cohort folder holds (an interrupted run may hold only some of it).
+_COHORT_TOP = {"images", "ground_truth", "manifest.csv", "dataset_card.yaml", "ground_truth.csv"}
+_COHORT_FILE = re.compile(r"^(syn\d{3}(\.nii\.gz|_disease\.nii\.gz|_lungs\.nii\.gz|"
+                          r"_transform\.json|_record\.json)|template(_lungs)?\.nii\.gz|"
+                          r"template_transform\.json|\..*\.tmp(\..*)?)$")
+
+
+def check_out_folder(out: str | Path, config: Any, force: bool = False) -> None:
+    """Refuse to write a cohort into a folder holding files that are not one.
+
+    Allowed: a missing or empty folder, a folder with a finished synthetic cohort made with
+    the same options (its dataset card says so; it is reused or extended), and the files of
+    an interrupted synthetic run. Anything else raises OutputExistsError (a FileExistsError) unless ``force``.
+
+    Example:
+        >>> import tempfile
+        >>> d = Path(tempfile.mkdtemp())
+        >>> _ = (d / "manifest.csv").write_text("subject_id,image\\nmine,scans/mine.nii.gz\\n")
+        >>> check_out_folder(d, SyntheticConfig())
+        Traceback (most recent call last):
+        ...
+        drasclr_toolkit.errors.OutputExistsError: ...
+    """
+    out = Path(out).expanduser()
+    if force or not out.exists():
+        return
+    if not out.is_dir():
+        raise OutputExistsError(f"--out {out} is a file; give a folder for the cohort")
+    entries = sorted(p.name for p in out.iterdir())
+    if not entries:
+        return
+    card_path = out / "dataset_card.yaml"
+    if card_path.is_file():
+        try:
+            card = yaml.safe_load(card_path.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError):
+            card = {}
+        wanted = yaml.safe_load(yaml.safe_dump(config.fingerprint()))
+        if isinstance(card, dict) and card.get("source") == "synthetic":
+            if card.get("options") == wanted:
+                return  # the same cohort: reuse it (missing subjects are added)
+            had = card.get("options") if isinstance(card.get("options"), dict) else {}
+            differ = ", ".join(f"{k}: {had.get(k)!r} there, {wanted.get(k)!r} now"
+                               for k in sorted(set(had) | set(wanted)) if had.get(k) != wanted.get(k))
+            raise OutputExistsError(
+                f"file {card_path}, field 'options': --out {out} holds a synthetic cohort made "
+                f"with other options ({differ}). What to do: use a new --out folder, the same "
+                "options, or --force to overwrite it")
+    foreign = [name for name in entries if name not in _COHORT_TOP]
+    for sub in ("images", "ground_truth"):
+        if (out / sub).is_dir():
+            foreign += [f"{sub}/{p.name}" for p in sorted((out / sub).iterdir())
+                        if not _COHORT_FILE.match(p.name)]
+    if card_path.is_file() or (out / "manifest.csv").exists():
+        foreign += [name for name in ("manifest.csv", "dataset_card.yaml") if (out / name).exists()]
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f", … ({len(foreign) - 5} more)" if len(foreign) > 5 else "")
+        raise OutputExistsError(
+            f"--out {out} already holds files that are not a synthetic cohort ({shown}); "
+            "`drasclr synthetic` writes manifest.csv, dataset_card.yaml, ground_truth.csv and "
+            "images/ there and would overwrite yours. What to do: choose a new or empty "
+            "folder, or pass --force to write into it anyway")
+
+
 def make_synthetic_cohort(n_subjects: int, out_dir: str | os.PathLike, seed: int = 0,
                           spacing: float = 1.5, size_scale: float = 1.0,
                           n_jobs: int | None = None, config: SyntheticConfig | None = None,
-                          **options: Any):
+                          overwrite: bool = False, **options: Any):
     """Generate (or finish) a synthetic cohort in ``out_dir`` and return its Manifest.
 
     Deterministic given ``seed`` (subject k uses a seed derived from ``(seed, k)``, so the
     result does not depend on ``n_jobs``); subjects whose files exist are skipped, so an
     interrupted run resumes. ``options`` are further :class:`SyntheticConfig` fields;
-    ``config`` replaces all keyword options at once.
+    ``config`` replaces all keyword options at once. A folder holding files that are not
+    a synthetic cohort of the same options is refused unless ``overwrite=True``.
 
     >>> import tempfile
     >>> m = make_synthetic_cohort(1, tempfile.mkdtemp(), spacing=3.0, size_scale=0.4)
@@ -753,6 +820,8 @@ def make_synthetic_cohort(n_subjects: int, out_dir: str | os.PathLike, seed: int
                                                 size_scale=size_scale, n_jobs=n_jobs, **options))
     if int(n_subjects) < 1:
         raise ValueError(f"make_synthetic_cohort: n_subjects={n_subjects}; ask for at least 1")
+    # A folder holding the user's files is refused (overwrite=True writes anyway).
+    check_out_folder(out_dir, config, force=overwrite)
     out = Path(out_dir).expanduser().resolve()
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "ground_truth").mkdir(parents=True, exist_ok=True)

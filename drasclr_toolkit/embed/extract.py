@@ -30,6 +30,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -45,7 +46,9 @@ from pydantic import Field, field_validator
 from tqdm.auto import tqdm
 
 from drasclr_toolkit.config import Config, Device, check_keys
-from drasclr_toolkit.io_utils import atomic_write_text, remove_stale_temp_files
+from drasclr_toolkit.errors import OutputExistsError
+from drasclr_toolkit.io_utils import atomic_write_text, remove_stale_temp_files, short_file_name
+from drasclr_toolkit.locks import folder_lock
 from drasclr_toolkit.models import DrasCLREncoder
 from drasclr_toolkit.models.checkpoint import ENCODER_ARGS, load_encoder, official_landmark_coords
 from drasclr_toolkit.patch_source import PatchSource
@@ -125,10 +128,31 @@ def _encoder_fingerprint(encoder: torch.nn.Module) -> str:
 
 
 def _part_name(subject_id: str) -> str:
-    return quote(subject_id, safe="") + ".npy"
+    return short_file_name(quote(subject_id, safe=""), ".npy")
 
 
 # -- extraction ------------------------------------------------------------------------
+def refuse_foreign_embeddings_file(out_path: Path, overwrite: bool = False) -> None:
+    """OutputExistsError when ``out_path`` exists and is not an embeddings file this
+    toolkit wrote (a user's manifest, a folder, ...), unless ``overwrite``."""
+    out_path = Path(out_path)
+    if not out_path.exists() or overwrite:
+        return
+    ours = False
+    if out_path.is_file():
+        try:
+            with np.load(out_path, allow_pickle=False) as data:
+                ours = "metadata" in data.files and "patch" in data.files
+        except Exception:  # noqa: BLE001 - any unreadable file is not ours
+            ours = False
+    if not ours:
+        kind = "a folder" if out_path.is_dir() else "a file that is not an embeddings .npz"
+        raise OutputExistsError(
+            f"the output is {kind} this toolkit did not write; it is left as it is",
+            where=f"--out {out_path}",
+            fix="give a new .npz path, or pass --force (overwrite=True) to replace it")
+
+
 def extract_embeddings(
     source: PatchSource,
     checkpoint: str | Path | None = None,
@@ -145,6 +169,7 @@ def extract_embeddings(
     progress: bool = True,
     recompute_changed: bool = False,
     recalibrate: bool = True,
+    overwrite: bool = False,
 ) -> Embeddings:
     """Patch-level embeddings ``(N, L, D)`` of every subject of ``source``.
 
@@ -173,6 +198,8 @@ def extract_embeddings(
             store's per-subject checksum differs, e.g. ``out_path`` reused with another
             store) is recomputed; by default that is an error, so old vectors are never
             mixed silently with new data.
+        overwrite: replace an ``out_path`` that is not an embeddings file (by default it is
+            refused, so a user's file given by mistake is never overwritten).
 
     Returns:
         :class:`Embeddings` in source order; subjects whose patches could not be read
@@ -207,15 +234,29 @@ def extract_embeddings(
                    "amp": dtype is not None,
                    "batchnorm": "recalibrated" if "batchnorm" in info else "as built"}
     parts_dir = None
+    lock = contextlib.ExitStack()
     if out_path is not None:
         out_path = Path(out_path)
         parts_dir = out_path.with_name(out_path.name + ".parts")
+        if dist_info.is_main:
+            refuse_foreign_embeddings_file(out_path, overwrite)
+            # one writer per output: a second run into it is refused, naming the holder
+            lock.enter_context(folder_lock(parts_dir, "embed"))
         if dist_info.is_main:  # temp files of a killed run (other ranks' writes are live)
             remove_stale_temp_files(parts_dir)
             if out_path.parent.is_dir():
                 remove_stale_temp_files(out_path.parent, recursive=False)
         _check_parts_dir(parts_dir, fingerprint)
 
+    with lock:
+        return _extract(source, encoder, info, wanted, all_ids, landmarks, coords, device, dtype,
+                        dist_info, batch_size, fingerprint, parts_dir, out_path, progress,
+                        recompute_changed, was_training)
+
+
+def _extract(source, encoder, info, wanted, all_ids, landmarks, coords, device, dtype,
+             dist_info, batch_size, fingerprint, parts_dir, out_path, progress,
+             recompute_changed, was_training) -> Embeddings:
     mine = wanted[dist_info.rank::dist_info.world_size]
     todo = [i for i in mine if parts_dir is None or
             not _part_is_current(parts_dir, source, all_ids[i], recompute_changed)]

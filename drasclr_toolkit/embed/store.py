@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import json
 import warnings
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Sequence
@@ -30,6 +32,7 @@ from typing import Any, Literal, Sequence
 import numpy as np
 import pandas as pd
 
+from ..errors import DrasclrError
 from ..io_utils import atomic_write_stream
 
 __all__ = ["Embeddings", "POOLING_METHODS", "atomic_save_npy"]
@@ -43,6 +46,10 @@ def atomic_save_npy(path: str | Path, array: np.ndarray) -> None:
     atomic_write_stream(path, lambda handle: np.save(handle, array, allow_pickle=False),
                         make_parents=True)
 
+
+
+class EmbeddingsFileError(DrasclrError, ValueError):
+    """An embeddings .npz that is truncated, damaged or not an embeddings file."""
 
 @dataclass
 class Embeddings:
@@ -209,14 +216,32 @@ class Embeddings:
         if not path.is_file():
             raise FileNotFoundError(f"embeddings file {path} does not exist; run "
                                     "`drasclr embed` (or extract_embeddings) to create it")
-        with np.load(path, allow_pickle=False) as data:
-            missing = {"patch", "landmarks", "landmark_coords", "lung_fraction",
-                       "metadata"} - set(data.files)
-            if missing:
-                raise ValueError(f"{path} is not an embeddings file: missing {sorted(missing)}")
-            meta = json.loads(str(data["metadata"]))
-            return cls(patch=data["patch"], subject_ids=meta["subject_ids"],
-                       landmarks=data["landmarks"], landmark_coords=data["landmark_coords"],
-                       lung_fraction=data["lung_fraction"],
-                       provenance=meta.get("provenance", {}),
-                       in_scan=data["in_scan"] if "in_scan" in data.files else None)
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                missing = {"patch", "landmarks", "landmark_coords", "lung_fraction",
+                           "metadata"} - set(data.files)
+                if missing:
+                    raise EmbeddingsFileError(
+                        f"not an embeddings file: it lacks {sorted(missing)}",
+                        where=f"file {path}", fix="give a .npz written by `drasclr embed`")
+                meta = json.loads(str(data["metadata"]))
+                emb = cls(patch=data["patch"], subject_ids=meta["subject_ids"],
+                          landmarks=data["landmarks"], landmark_coords=data["landmark_coords"],
+                          lung_fraction=data["lung_fraction"],
+                          provenance=meta.get("provenance", {}),
+                          in_scan=data["in_scan"] if "in_scan" in data.files else None)
+        except EmbeddingsFileError:
+            raise
+        except (OSError, ValueError, EOFError, KeyError, TypeError, zipfile.BadZipFile,
+                zlib.error) as exc:
+            raise EmbeddingsFileError(
+                f"the embeddings file cannot be read, it is truncated or damaged "
+                f"({type(exc).__name__}: {exc})", where=f"file {path}",
+                fix="run `drasclr embed` again into a new --out (a finished run's file is "
+                "rewritten from its .parts folder)") from None
+        if emb.patch.shape[:2] != (len(emb.subject_ids), len(emb.landmarks)):
+            raise EmbeddingsFileError(
+                f"the arrays disagree: patch {emb.patch.shape} for {len(emb.subject_ids)} "
+                f"subjects and {len(emb.landmarks)} landmarks", where=f"file {path}",
+                fix="run `drasclr embed` again into a new --out")
+        return emb

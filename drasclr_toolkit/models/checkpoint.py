@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -41,6 +42,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
+from drasclr_toolkit.errors import CheckpointError
 from drasclr_toolkit.io_utils import atomic_write
 
 from .encoder import DrasCLREncoder
@@ -162,6 +164,44 @@ def official_landmark_coords(landmarks: Sequence[Sequence[float]] | np.ndarray) 
     return (p / hi * 2.0 - 1.0).astype(np.float32)
 
 
+def safe_torch_load(path: str | os.PathLike, map_location: Any = "cpu", *,
+                    mmap: bool = False) -> Any:
+    """``torch.load(path, weights_only=True)`` whose failures are one
+    :class:`~drasclr_toolkit.errors.CheckpointError` naming the file and saying what it
+    is: missing, not a regular file, truncated or damaged, not a checkpoint, or holding
+    Python objects (refused: unpickling them could run code, so no way around it is
+    offered)."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise CheckpointError("the file does not exist", where=f"checkpoint {path}",
+                              fix="check the path (a run writes final.pt in its --out)")
+    if not path.is_file():
+        raise CheckpointError("it is not a regular file", where=f"checkpoint {path}",
+                              fix="give the checkpoint file itself (final.pt, last.pt or an "
+                              "official .pth.tar)")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError:
+        raise CheckpointError(
+            "it holds Python objects other than tensors and plain values, so it is refused "
+            "unread (unpickling such a file can run any code)", where=f"checkpoint {path}",
+            fix="use a checkpoint written by `drasclr pretrain` or an official DrasCLR "
+            "checkpoint_patch_XXXX.pth.tar; never load files from an untrusted source") from None
+    except Exception as err:  # noqa: BLE001 - sorted into truncated / not a checkpoint
+        head = path.read_bytes()[:4] if path.stat().st_size else b""
+        if head.startswith(b"PK"):
+            problem = ("the file is truncated or damaged (its zip archive cannot be read: "
+                       f"{type(err).__name__})")
+            fix = "copy or write it again (a run killed mid-write keeps the previous file)"
+        elif not head:
+            problem, fix = "the file is empty", "copy or write it again"
+        else:
+            problem = ("it is not a PyTorch checkpoint (neither a zip archive nor a legacy "
+                       f"torch file: {type(err).__name__})")
+            fix = "give a checkpoint written by `drasclr pretrain` (final.pt) or an official one"
+        raise CheckpointError(problem, where=f"checkpoint {path}", fix=fix) from None
+
+
 def _read_checkpoint(path: str) -> Mapping[str, Any]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"official checkpoint {path!r} does not exist; pass the path of "
@@ -169,13 +209,9 @@ def _read_checkpoint(path: str) -> Mapping[str, Any]:
     try:
         # mmap: a reference checkpoint carries a 1.2 GB negative queue we never read.
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:
+    except (RuntimeError, pickle.UnpicklingError):
         pass  # legacy (non-zip) serialisation cannot be memory-mapped
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - re-raised with the file named
-        raise ValueError(f"cannot read official checkpoint {path!r} with torch.load(weights_only="
-                         f"True): {err}") from err
+    return safe_torch_load(path)
 
 
 def _find_prefix(state: Mapping[str, Any], branch: str, path: str) -> str:
@@ -312,7 +348,7 @@ def read_training_checkpoint(path: str | Path) -> dict[str, Any]:
     """The training state in ``checkpoints/last.pt``, on the CPU, after checking its format."""
     # CPU first: RNG states must stay CPU tensors; load_state_dict copies weights, queues
     # and optimiser state onto the model's device.
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = safe_torch_load(path)
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise ValueError(f"checkpoint {path}: field 'format' is {found!r}, not "
@@ -330,9 +366,9 @@ def load_encoder(checkpoint: str | Path, map_location: str = "cpu"
     ``p / max · 2 - 1``, what official weights were trained with).
     """
     path = Path(checkpoint).expanduser()
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    state = torch.load(path, map_location=map_location, weights_only=True)
+    state = safe_torch_load(path, map_location)
     if not isinstance(state, dict):
         raise ValueError(f"checkpoint {path}: expected a dict, got {type(state).__name__}")
     if _is_official(state):
@@ -360,7 +396,15 @@ def load_encoder(checkpoint: str | Path, map_location: str = "cpu"
         raise ValueError(f"checkpoint {path}: field 'encoder_config' has keys {unknown} that "
                          "DrasCLREncoder does not take")
     encoder = DrasCLREncoder(**arch)
-    encoder.load_state_dict(weights)
+    try:
+        encoder.load_state_dict(weights)
+    except RuntimeError as err:
+        mismatched = [line.strip() for line in str(err).splitlines() if "size mismatch" in line]
+        raise CheckpointError(
+            "its weights do not fit the encoder its 'encoder_config' describes "
+            f"({dict(arch)}): " + ("; ".join(mismatched[:2]) or str(err).splitlines()[0]),
+            where=f"checkpoint {path}",
+            fix="the file was edited or mixes two runs; use the final.pt a run wrote") from None
     info = {"encoder_kind": "trained", "checkpoint": str(path.resolve()),
             "checkpoint_config": _jsonable(state.get("config", dict(arch))),
             "encoder_config": _jsonable(dict(arch)),

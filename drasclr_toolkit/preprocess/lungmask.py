@@ -41,6 +41,7 @@ from pydantic import ConfigDict, Field
 from scipy import ndimage as ndi
 
 from ..config import Config
+from ..errors import DrasclrError
 from .resample import as_sitk, resample_like, to_lps
 
 __all__ = ["LungSegConfig", "LungSegmentationError", "lungmask_available", "segment_lungs"]
@@ -48,7 +49,7 @@ __all__ = ["LungSegConfig", "LungSegmentationError", "lungmask_available", "segm
 log = logging.getLogger(__name__)
 
 
-class LungSegmentationError(RuntimeError):
+class LungSegmentationError(DrasclrError, RuntimeError):
     """No plausible lungs were found in a scan."""
 
 

@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import concurrent.futures as cf
+import hashlib
 import json
 import logging
 import multiprocessing as mp
@@ -34,7 +35,10 @@ import SimpleITK as sitk
 from pydantic import ConfigDict, Field
 
 from ..config import Config
-from ..io_utils import die_with_parent, remove_stale_temp_files, safe_subject_id
+from ..data.problems import ManifestError, ManifestProblem
+from ..io_utils import (die_with_parent, refuse_foreign_folder, remove_stale_temp_files,
+                        safe_subject_id)
+from ..locks import folder_lock
 from .atlas import Atlas
 from .lungmask import LungSegConfig, segment_lungs
 from .patches import (
@@ -57,6 +61,9 @@ __all__ = [
     "build_default_atlas",
     "preprocess_subject",
     "run_preprocessing",
+    "scan_changed",
+    "scan_fingerprint",
+    "settings_digest",
 ]
 
 log = logging.getLogger(__name__)
@@ -233,6 +240,10 @@ def preprocess_subject(
 
 
 # ---------------------------------------------------------------------------- atlas helper
+# Files whose presence marks a folder as a store of ours (resumed, not refused).
+STORE_MARKERS = ("store.json", "atlas/atlas.json")
+
+
 def build_default_atlas(
     manifest: Any,
     out_dir: str | os.PathLike,
@@ -250,6 +261,14 @@ def build_default_atlas(
         >>> atlas.info["reference_subject"]                             # doctest: +SKIP
         'syn003'
     """
+    refuse_foreign_folder(out_dir, STORE_MARKERS, "drasclr preprocess")
+    with folder_lock(out_dir, "preprocess (atlas)"):
+        return _build_default_atlas(manifest, out_dir, config, reference, progress)
+
+
+def _build_default_atlas(manifest: Any, out_dir: str | os.PathLike,
+                         config: PreprocessConfig | Mapping[str, Any] | None,
+                         reference: str | None, progress: bool) -> Atlas:
     from tqdm.auto import tqdm
 
     cfg = _resolve(config)
@@ -318,6 +337,71 @@ def _lung_mask_path(manifest: Any, sid: str) -> str | None:
     return str(v)
 
 
+# Settings that do not change a subject's patches (left out of its settings digest).
+_NOT_IN_SETTINGS = ("threads", "qc")
+
+
+def settings_digest(cfg: PreprocessConfig | Mapping[str, Any]) -> str:
+    """A short hash of the settings that decide a subject's patches."""
+    d = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
+    d = {k: v for k, v in d.items() if k not in _NOT_IN_SETTINGS}
+    text = json.dumps(d, sort_keys=True, default=str)
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+def _files_of(path: Path) -> list[Path]:
+    return sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+
+
+def scan_fingerprint(image_path: str | os.PathLike, with_hash: bool = True) -> dict[str, Any]:
+    """Size, modification time and (``with_hash``) a BLAKE2b content hash of a scan file,
+    or of every file of a DICOM folder: what a resume compares to notice a replaced scan.
+
+    Example:
+        >>> import tempfile
+        >>> f = Path(tempfile.mkdtemp()) / "a.nii.gz"
+        >>> _ = f.write_bytes(b"scan")
+        >>> sorted(scan_fingerprint(f))
+        ['blake2b', 'mtime_ns', 'size']
+    """
+    files = _files_of(Path(image_path))
+    stats = [f.stat() for f in files]
+    out: dict[str, Any] = {"size": int(sum(s.st_size for s in stats)),
+                           "mtime_ns": int(max((s.st_mtime_ns for s in stats), default=0))}
+    if with_hash:
+        h = hashlib.blake2b(digest_size=16)
+        for f in files:
+            if len(files) > 1:
+                h.update(f.name.encode() + b"\0")
+            with open(f, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+        out["blake2b"] = h.hexdigest()
+    return out
+
+
+def scan_changed(store: PatchStore, sid: str, image_path: str | os.PathLike,
+                 settings: str) -> str | None:
+    """Why a finished subject must be redone (its scan file or the settings changed since),
+    or None. Size and time equal: unchanged without reading the file; else the content
+    hash decides (a copy with a new time but the same bytes is kept)."""
+    source = store.subject_record(sid).get("source")
+    if not isinstance(source, dict):
+        return None  # recorded before fingerprints existed
+    if source.get("settings") != settings:
+        return "the preprocessing settings changed since it was done"
+    try:
+        now = scan_fingerprint(image_path, with_hash=False)
+    except OSError:
+        return None  # a missing scan: keep what was made from it
+    if now["size"] == source.get("size") and now["mtime_ns"] == source.get("mtime_ns"):
+        return None
+    if scan_fingerprint(image_path)["blake2b"] == source.get("blake2b"):
+        return None
+    return (f"its scan file {image_path} changed since it was done (size "
+            f"{source.get('size')} then, {now['size']} now; content hash differs)")
+
+
 def _work_one(
     store_path: str, sid: str, image_path: str, mask_path: str | None, cfg_dict: dict, threads: int
 ) -> tuple[str, str, str]:
@@ -328,6 +412,8 @@ def _work_one(
     store = PatchStore(store_path)
     try:
         cfg = PreprocessConfig.from_dict(cfg_dict)
+        # taken before reading, so a file replaced meanwhile is noticed next time
+        source = {**scan_fingerprint(image_path), "settings": settings_digest(cfg)}
         load_ct = _load_ct_fn()
         ct = load_ct(image_path, subject_id=sid)
         lung_mask = sitk.ReadImage(mask_path) if mask_path else None
@@ -335,7 +421,8 @@ def _work_one(
         res = preprocess_subject(ct, store.atlas, cfg, lung_mask=lung_mask, keep_images=False)
         res.subject_id = sid
         stage = "write"
-        store.write_subject(sid, res.patches, res.lung_fraction, res.corners, res.record())
+        store.write_subject(sid, res.patches, res.lung_fraction, res.corners,
+                            {**res.record(), "source": source})
         return sid, "ok", ""
     except Exception as exc:
         reason = f"{type(exc).__name__}: {exc}"
@@ -354,6 +441,7 @@ def run_preprocessing(
     shard: tuple[int, int] = (0, 1),
     progress: bool = True,
     retry_failed: bool = True,
+    overwrite: bool = False,
 ) -> PatchStore:
     """Preprocess a cohort into ``out_dir`` (a PatchStore); resumable and shardable.
 
@@ -361,7 +449,9 @@ def run_preprocessing(
     subject, built and cached in out_dir/atlas). ``shard=(i, n)`` processes the subjects
     whose manifest position p has p % n == i. Failures are recorded in
     out_dir/failures/<sid>.json and in the QC table (out_dir/qc.csv); with
-    ``retry_failed`` they are tried again on the next run.
+    ``retry_failed`` they are tried again on the next run. An ``out_dir`` holding files
+    that are not a store (a user's ``qc.csv``, ``config.json``, ...) is refused unless
+    ``overwrite=True``.
 
     Example:
         >>> store = run_preprocessing("cohort/manifest.csv", None, "work/pre", n_jobs=2)  # doctest: +SKIP
@@ -381,47 +471,65 @@ def run_preprocessing(
     # Ids name files (records, failure notes): a table built in Python skipped the
     # manifest reader's check, so check here, before anything is written.
     sids = [safe_subject_id(s) for s in manifest.subject_ids]
-    # Temporary files left by a run killed mid-write. A dead pid is exact on one machine;
-    # shard jobs may run on other hosts sharing the folder, so then only old files go.
-    remove_stale_temp_files(out, min_age_s=0.0 if n == 1 else 3600.0)
-    if atlas is None:
-        atlas = build_default_atlas(manifest, out, cfg, progress=progress)
-    elif not isinstance(atlas, Atlas):
-        atlas = Atlas.load(atlas)
-    store = PatchStore.create(out, sids, atlas, neighbors_k=cfg.neighbors_k)
-    _atomic_write_text(out / "config.json", json.dumps(cfg.to_dict(), indent=1, default=str))
+    if not sids:
+        raise ManifestError([ManifestProblem("the manifest lists no subjects (a header only?)",
+                                             column="subject_id")],
+                            getattr(manifest, "path", None))
+    refuse_foreign_folder(out, STORE_MARKERS, "drasclr preprocess", overwrite)
+    # One writer per folder (shard jobs share it, one job per shard): a second run into
+    # the same --out is refused, naming the holder's pid.
+    with folder_lock(out, "preprocess", shard=(i, n)):
+        # Temporary files left by a run killed mid-write. A dead pid is exact on one machine;
+        # shard jobs may run on other hosts sharing the folder, so then only old files go.
+        remove_stale_temp_files(out, min_age_s=0.0 if n == 1 else 3600.0)
+        if atlas is None:
+            atlas = build_default_atlas(manifest, out, cfg, progress=progress)
+        elif not isinstance(atlas, Atlas):
+            atlas = Atlas.load(atlas)
+        store = PatchStore.create(out, sids, atlas, neighbors_k=cfg.neighbors_k)
+        _atomic_write_text(out / "config.json", json.dumps(cfg.to_dict(), indent=1, default=str))
 
-    todo = []
-    for pos, sid in enumerate(sids):
-        if pos % n != i or store.is_done(sid):
-            continue
-        if not retry_failed and (out / "failures" / f"{sid}.json").exists():
-            continue
-        todo.append(sid)
+        todo = []
+        settings = settings_digest(cfg)
+        for pos, sid in enumerate(sids):
+            if pos % n != i:
+                continue
+            if store.is_done(sid):
+                try:
+                    why = scan_changed(store, sid, manifest.image_path(sid), settings)
+                except Exception:  # noqa: BLE001 - an unreadable path is the worker's to report
+                    why = None
+                if why is None:
+                    continue
+                log.warning("subject %s is redone: %s", sid, why)
+                store.forget(sid)
+            if not retry_failed and (out / "failures" / f"{sid}.json").exists():
+                continue
+            todo.append(sid)
 
-    cfg_dict = cfg.to_dict()
-    threads = cfg.threads or max(1, (os.cpu_count() or 1) // max(1, n_jobs))
-    jobs = []
-    for sid in todo:
-        try:
-            image_path = str(manifest.image_path(sid))
-        except Exception as exc:
-            store.write_failure(sid, f"{type(exc).__name__}: {exc}", "manifest")
-            continue
-        jobs.append((str(out), sid, image_path, _lung_mask_path(manifest, sid), cfg_dict, threads))
+        cfg_dict = cfg.to_dict()
+        threads = cfg.threads or max(1, (os.cpu_count() or 1) // max(1, n_jobs))
+        jobs = []
+        for sid in todo:
+            try:
+                image_path = str(manifest.image_path(sid))
+            except Exception as exc:
+                store.write_failure(sid, f"{type(exc).__name__}: {exc}", "manifest")
+                continue
+            jobs.append((str(out), sid, image_path, _lung_mask_path(manifest, sid), cfg_dict, threads))
 
-    bar = tqdm(total=len(jobs), desc=f"preprocess shard {i}/{n}", disable=not progress, unit="scan")
-    if n_jobs <= 1:
-        for job in jobs:
-            sid, status, _ = _work_one(*job)
-            bar.update(1)
-            bar.set_postfix_str(f"{sid} {status}")
-    else:
-        _run_pool(jobs, n_jobs, store, bar)
-    bar.close()
-    store.refresh()
-    qc_table(store, thresholds=cfg.qc, write=True)
-    return store
+        bar = tqdm(total=len(jobs), desc=f"preprocess shard {i}/{n}", disable=not progress, unit="scan")
+        if n_jobs <= 1:
+            for job in jobs:
+                sid, status, _ = _work_one(*job)
+                bar.update(1)
+                bar.set_postfix_str(f"{sid} {status}")
+        else:
+            _run_pool(jobs, n_jobs, store, bar)
+        bar.close()
+        store.refresh()
+        qc_table(store, thresholds=cfg.qc, write=True)
+        return store
 
 
 def _run_pool(jobs: list[tuple], n_jobs: int, store: PatchStore, bar: Any) -> None:

@@ -52,6 +52,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..errors import DrasclrError
 from ..io_utils import atomic_write_text, subject_file
 
 __all__ = ["PatchStore", "StoreError"]
@@ -63,7 +64,7 @@ SUBJECT_ARRAYS = ("patches", "lung_fraction", "corners")
 _DTYPES = {"patches": "<i2", "lung_fraction": "<f4", "corners": "<i4"}
 
 
-class StoreError(RuntimeError):
+class StoreError(DrasclrError, RuntimeError):
     """A store directory that cannot be used as asked.
 
     Built from a plain message (older call sites) or from a problem with keyword fields;
@@ -108,6 +109,29 @@ def _checksums(patches: np.ndarray, lung_fraction: np.ndarray, corners: np.ndarr
         "lung_fraction": _crc(np.asarray(lung_fraction, _DTYPES["lung_fraction"])),
         "corners": _crc(np.asarray(corners, _DTYPES["corners"])),
     }
+
+
+def _json_digest(obj: Any) -> str:
+    """A hash of a JSON value as it reads back (key order and spacing do not matter)."""
+    canonical = json.dumps(json.loads(json.dumps(obj)), sort_keys=True, separators=(",", ":"))
+    return hashlib.blake2b(canonical.encode(), digest_size=16).hexdigest()
+
+
+def _sealed(obj: dict[str, Any], key: str) -> dict[str, Any]:
+    """``obj`` with ``obj[key]`` = the digest of everything else in it."""
+    body = {k: v for k, v in obj.items() if k != key}
+    return {**body, key: _json_digest(body)}
+
+
+def _seal_ok(obj: dict[str, Any], key: str) -> bool | None:
+    """Whether ``obj`` still matches its seal (None: written before seals existed)."""
+    if key not in obj:
+        return None
+    return _json_digest({k: v for k, v in obj.items() if k != key}) == obj[key]
+
+
+def _file_digest(path: Path) -> str:
+    return hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
 
 
 def _landmarks_crc(landmarks: np.ndarray) -> int:
@@ -159,9 +183,22 @@ class PatchStore:
                 f"the store description cannot be read ({exc})", store=self.path,
                 file=meta_path, fix="restore store.json from a backup, or preprocess into a "
                 "new --out folder") from None
-        self.slots: list[str] = list(self.meta["subject_slots"])
-        self.patch_size: int = int(self.meta["patch_size"])
-        self.n_landmarks: int = int(self.meta["n_landmarks"])
+        if not isinstance(self.meta, dict) or _seal_ok(self.meta, "meta_checksum") is False:
+            raise StoreError(
+                "the store description was edited or damaged after preprocessing wrote it "
+                "(its checksum 'meta_checksum' does not match its content)", store=self.path,
+                file=meta_path, field="store.json",
+                fix="restore store.json from a backup, or preprocess into a new --out folder")
+        try:
+            self.slots: list[str] = list(self.meta["subject_slots"])
+            self.patch_size: int = int(self.meta["patch_size"])
+            self.n_landmarks: int = int(self.meta["n_landmarks"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StoreError(f"the store description lacks a usable {exc}", store=self.path,
+                             file=meta_path, field="store.json",
+                             fix="restore store.json from a backup, or preprocess into a new "
+                             "--out folder") from None
+        self._check_atlas_agrees()
         self._slot_of = {s: i for i, s in enumerate(self.slots)}
         self._group = None
         self._atlas = None
@@ -171,6 +208,35 @@ class PatchStore:
         self._coords: np.ndarray | None = None
         self._neighbors: np.ndarray | None = None
         self._sums: dict[str, dict | None] = {}  # subject -> its record's checksums
+
+    def _check_atlas_agrees(self) -> None:
+        """``store.json`` and ``atlas/atlas.json`` describe one atlas, or StoreError naming
+        both files (two runs into one folder with other atlases left them disagreeing)."""
+        meta_path, atlas_json = self.path / "store.json", self.path / "atlas" / "atlas.json"
+        if not atlas_json.is_file():
+            return  # a store made before its atlas was saved in it (read by landmarks)
+        try:
+            atlas_meta = json.loads(atlas_json.read_text())
+            atlas_n = int(atlas_meta["n_landmarks"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise StoreError(f"the atlas description cannot be read ({type(exc).__name__}: "
+                             f"{exc})", store=self.path, file=atlas_json, field="atlas.json",
+                             fix="restore atlas/ from a backup, or preprocess into a new --out "
+                             "folder") from None
+        problem = None
+        if atlas_n != self.n_landmarks:
+            problem = (f"{meta_path} says {self.n_landmarks} landmarks but {atlas_json} says "
+                       f"{atlas_n}")
+        elif ("atlas_json_blake2b" in self.meta
+              and _file_digest(atlas_json) != self.meta["atlas_json_blake2b"]):
+            problem = (f"{atlas_json} differs from the atlas {meta_path} was made with "
+                       "(checksum 'atlas_json_blake2b')")
+        if problem:
+            raise StoreError(
+                f"store.json and atlas.json disagree: {problem}; the patches may have been cut "
+                "for another atlas (two runs into one folder?)", store=self.path,
+                file=f"{meta_path} and {atlas_json}", field="atlas",
+                fix="preprocess again into a new --out folder (one run per folder)")
 
     # ------------------------------------------------------------------ creation
     @classmethod
@@ -207,6 +273,12 @@ class PatchStore:
         path.mkdir(parents=True, exist_ok=True)
         if not (path / "atlas" / "atlas.json").exists():
             atlas.save(path / "atlas")
+        elif not np.array_equal(np.load(path / "atlas" / "landmarks.npy"), atlas.landmarks):
+            raise StoreError(
+                "the atlas already in this folder has other landmarks than the one given "
+                f"({len(np.load(path / 'atlas' / 'landmarks.npy'))} vs {L})", store=path,
+                file=path / "atlas" / "landmarks.npy", field="atlas",
+                fix="use the atlas in this folder (--atlas), or a new --out folder")
         N = len(subject_ids)
         root = zarr.open_group(str(path / "patches.zarr"), mode="a")
         blosc = BloscCodec(cname="zstd", clevel=int(compression_level), shuffle="bitshuffle")
@@ -226,9 +298,10 @@ class PatchStore:
             "layout": "patches (N, L, P, P, P) int16 in (z, y, x) voxel order; "
             "shard per subject, chunk per (subject, location)",
             "checksums": f"{CHECKSUM_ALGORITHM} per subject and array in subjects/<sid>.json",
-            "landmarks_crc32": _landmarks_crc(np.load(path / "atlas" / "landmarks.npy")),
+            "landmarks_crc32": _landmarks_crc(np.asarray(atlas.landmarks)),
+            "atlas_json_blake2b": _file_digest(path / "atlas" / "atlas.json"),
         }
-        _atomic_write_text(meta_path, json.dumps(meta, indent=1))
+        _atomic_write_text(meta_path, json.dumps(_sealed(meta, "meta_checksum"), indent=1))
         return cls(path)
 
     # ------------------------------------------------------------------ pickling
@@ -243,10 +316,43 @@ class PatchStore:
 
     def _arrays(self):
         if self._group is None:
-            import zarr
-
-            self._group = zarr.open_group(str(self.path / "patches.zarr"), mode="r+")
+            self._group = self._open_arrays()
         return self._group
+
+    def _open_arrays(self):
+        """The zarr group, its metadata checked: a damaged or edited ``zarr.json`` (not JSON,
+        another data type or shape) is a StoreError naming that file, not a raw zarr error."""
+        import zarr
+
+        root = self.path / "patches.zarr"
+        P, L, N = self.patch_size, self.n_landmarks, len(self.slots)
+        expected = {"patches": (N, L, P, P, P), "lung_fraction": (N, L), "corners": (N, L, 3)}
+        fix = (f"the store's array description is damaged: restore {root} from a backup, or "
+               "preprocess into a new --out folder")
+        for meta in [root / "zarr.json"] + [root / name / "zarr.json" for name in expected]:
+            try:
+                json.loads(meta.read_text())
+            except (OSError, ValueError) as exc:
+                raise StoreError(f"the zarr metadata cannot be read ({type(exc).__name__}: "
+                                 f"{exc})", store=self.path, file=meta, field="zarr.json",
+                                 fix=fix) from None
+        arrays, file = {}, root / "zarr.json"
+        try:
+            group = zarr.open_group(str(root), mode="r+")
+            for name in expected:
+                file = root / name / "zarr.json"
+                arrays[name] = group[name]
+        except Exception as exc:  # noqa: BLE001 - any zarr error here is damaged metadata
+            raise StoreError(f"the zarr metadata is not valid ({type(exc).__name__}: {exc})",
+                             store=self.path, file=file, field="zarr.json", fix=fix) from None
+        for name, shape in expected.items():
+            arr = arrays[name]
+            if str(arr.dtype) != str(np.dtype(_DTYPES[name])) or tuple(arr.shape) != shape:
+                raise StoreError(
+                    f"array {name!r} is {arr.dtype} {tuple(arr.shape)}, the store was made with "
+                    f"{np.dtype(_DTYPES[name])} {shape} (its metadata was edited or damaged)",
+                    store=self.path, file=root / name / "zarr.json", field="zarr.json", fix=fix)
+        return group
 
     # ------------------------------------------------------------------ protocol
     @property
@@ -267,6 +373,12 @@ class PatchStore:
                 raise self._damage(None, path, "atlas landmarks",
                                    f"cannot be read ({type(exc).__name__}: {exc})") from None
             expected = self.meta.get("landmarks_crc32")
+            if len(landmarks) != self.n_landmarks:
+                raise StoreError(
+                    f"store.json and atlas/landmarks.npy disagree: {self.path / 'store.json'} "
+                    f"says {self.n_landmarks} landmarks, {path} holds {len(landmarks)}",
+                    store=self.path, file=path, field="atlas landmarks",
+                    fix="preprocess again into a new --out folder (one run per folder)")
             if expected is not None and _landmarks_crc(landmarks) != int(expected):
                 raise StoreError(
                     "the atlas landmarks differ from those the store was made with "
@@ -299,8 +411,8 @@ class PatchStore:
         """Finished subjects (those with a commit marker), in manifest order."""
         if self._done_cache is None:
             d = self.path / "subjects"
-            done = {p.name[:-5] for p in d.glob("*.json")} if d.exists() else set()
-            self._done_cache = [s for s in self.slots if s in done]
+            done = {p.name for p in d.glob("*.json")} if d.exists() else set()
+            self._done_cache = [s for s in self.slots if self._marker(s).name in done]
         return self._done_cache
 
     def refresh(self) -> None:
@@ -351,15 +463,25 @@ class PatchStore:
         return StoreError(problem, store=self.path, subject_id=sid, file=file, field=field,
                           fix=fix)
 
+    def _record(self, sid: str) -> dict[str, Any]:
+        """A subject's record, checked against its seal ('record_checksum')."""
+        marker = self._marker(sid)
+        try:
+            record = json.loads(marker.read_text())
+        except (OSError, ValueError) as exc:
+            raise self._damage(sid, marker, "record",
+                               f"the subject's record cannot be read ({exc})") from None
+        if not isinstance(record, dict) or _seal_ok(record, "record_checksum") is False:
+            raise self._damage(sid, marker, "record",
+                               "the subject's record (landmark centres, in_scan, transform, "
+                               "QC) was edited or damaged after preprocessing wrote it "
+                               "(checksum 'record_checksum' mismatch)")
+        return record
+
     def _sums_of(self, sid: str) -> dict | None:
         """The checksums in a subject's record (cached per process), None for old records."""
         if sid not in self._sums:
-            marker = self._marker(sid)
-            try:
-                record = json.loads(marker.read_text())
-            except (OSError, ValueError) as exc:
-                raise self._damage(sid, marker, "record",
-                                   f"the subject's record cannot be read ({exc})") from None
+            record = self._record(sid)
             sums = record.get("checksums")
             if sums is not None and sums.get("algorithm") != CHECKSUM_ALGORITHM:
                 sums = None
@@ -444,7 +566,7 @@ class PatchStore:
     def subject_record(self, subject: int | str) -> dict[str, Any]:
         """The subject's JSON record: mapped landmarks, transform, QC, checksums."""
         sid = subject if isinstance(subject, str) else self.subject_ids[int(subject)]
-        return json.loads(self._marker(sid).read_text())
+        return self._record(sid)
 
     def subject_corners(self, subject: int | str) -> np.ndarray:
         """(L, 3) int patch corners (x, y, z) in the subject's resampled grid."""
@@ -466,13 +588,20 @@ class PatchStore:
             ['ok', 'ok', 'damaged']
         """
         self.refresh()
+        self._sums = {}
         rows: list[dict[str, str]] = []
         try:
             self._landmarks = None
             _ = self.landmarks
+            self._check_atlas_agrees()
+            self._group = None
+            self._arrays()
             rows.append({"subject": "(atlas landmarks)", "status": "ok", "reason": ""})
         except StoreError as exc:
             rows.append({"subject": "(atlas landmarks)", "status": "damaged", "reason": str(exc)})
+            if exc.field == "zarr.json":  # no array can be read: one row says why
+                return rows + [{"subject": sid, "status": "unverified", "reason": "see above"}
+                               for sid in (self.slots if subjects is None else list(subjects))]
         done = set(self.subject_ids)
         failures = self.failures()
         for sid in (self.slots if subjects is None else list(subjects)):
@@ -523,7 +652,7 @@ class PatchStore:
         scan (partial coverage; such patches are air padding). From the subject records."""
         out = np.ones((len(self.subject_ids), int(self.n_landmarks)), bool)
         for row, sid in enumerate(self.subject_ids):
-            flags = json.loads(self._marker(sid).read_text()).get("in_scan")
+            flags = self._record(sid).get("in_scan")
             if isinstance(flags, str):
                 flags = json.loads(flags)
             if flags is not None and len(flags) == out.shape[1]:
@@ -561,7 +690,11 @@ class PatchStore:
         d = self.path / "failures"
         if not d.exists():
             return {}
-        return {p.name[:-5]: json.loads(p.read_text()) for p in sorted(d.glob("*.json"))}
+        out = {}
+        for p in sorted(d.glob("*.json")):
+            record = json.loads(p.read_text())
+            out[str(record.get("subject_id") or p.name[:-5])] = record
+        return out
 
     # ------------------------------------------------------------------ writing
     def is_done(self, subject_id: str) -> bool:
@@ -593,7 +726,8 @@ class PatchStore:
         g["patches"][i] = patches
         g["lung_fraction"][i] = lung_fraction
         g["corners"][i] = corners
-        record = {**record, "checksums": _checksums(patches, lung_fraction, corners)}
+        record = _sealed({**record, "checksums": _checksums(patches, lung_fraction, corners)},
+                         "record_checksum")
         fail = subject_file(self.path / "failures", subject_id, ".json")
         _atomic_write_text(marker, json.dumps(record, indent=1))
         if fail.exists():

@@ -67,8 +67,10 @@ def load_failure_flag(field: Any, message: str) -> str:
         if "without the rescale" in text or "above" in text:
             return "wrong_hu"
         return "not_ct"
-    if field == "pixel values":
-        return "wrong_hu"
+    if field in ("pixel values", "scl_slope", "scl_inter", "RescaleSlope (0028,1053)",
+                 "RescaleIntercept (0028,1052)", "intensity scale (slope)",
+                 "intensity offset (intercept)"):
+        return "wrong_hu"  # NaN voxels, or a slope/intercept that puts air and tissue off
     return "unreadable"
 
 

@@ -103,19 +103,17 @@ def load_labels(labels: Any) -> pd.DataFrame | None:
     """A label table indexed by subject id (CSV path or DataFrame with ``subject_id``)."""
     if labels is None:
         return None
+    from drasclr_toolkit.data.labels import check_labels, read_labels
+
     if isinstance(labels, (str, os.PathLike)):
-        path = Path(labels).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"labels file {path} does not exist; check the path")
-        labels = pd.read_csv(path, converters={"subject_id": str})
+        return read_labels(labels, what="labels file")
     frame = labels.copy()
-    if "subject_id" in frame.columns:
-        frame = frame.set_index("subject_id")
-    if frame.index.name != "subject_id":
+    if "subject_id" not in frame.columns and frame.index.name == "subject_id":
+        frame = frame.reset_index()
+    if "subject_id" not in frame.columns:
         raise ValueError("the labels table needs a subject_id column (the scan names, as in "
                          "the QC table) and one column per label; time and event for survival")
-    frame.index = frame.index.astype(str)
-    return frame
+    return check_labels(frame, "labels table").set_index("subject_id")
 
 
 def _preprocess_config(config: Any, atlas: Atlas | None, problems: list[str]

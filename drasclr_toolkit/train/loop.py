@@ -17,8 +17,10 @@ All checkpoints are dicts of tensors and plain values: ``torch.load(p, weights_o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import random
 import time
 from pathlib import Path
@@ -31,7 +33,10 @@ import yaml
 from torch import nn
 from torch.utils.data import DataLoader
 
-from drasclr_toolkit.io_utils import atomic_write_text, read_jsonl, remove_stale_temp_files
+from drasclr_toolkit.config import ConfigError
+from drasclr_toolkit.io_utils import (atomic_write_text, read_jsonl, refuse_foreign_folder,
+                                     remove_stale_temp_files)
+from drasclr_toolkit.locks import folder_lock
 from drasclr_toolkit.models import DrasCLREncoder
 from drasclr_toolkit.models.checkpoint import (
     CHECKPOINT_FORMAT,
@@ -70,6 +75,13 @@ from drasclr_toolkit.train.sampler import (
 )
 
 log = logging.getLogger(__name__)
+
+# Files whose presence marks a folder as a pretraining run of ours (resumed, not refused).
+RUN_MARKERS = ("metrics.jsonl", "checkpoints", "final.pt", "previous")
+# Settings that may differ when a run is resumed: they change how it is watched or how
+# fast it goes, never what a step computes (every other change is refused on resume).
+RESUMABLE_CHANGES = frozenset({"progress", "num_workers", "cpu_threads", "log_every",
+                               "checkpoint_every", "keep_epoch_checkpoints", "device"})
 
 
 # -- small utilities -----------------------------------------------------------------------
@@ -405,7 +417,7 @@ class PretrainRun:
     def __init__(self, source: PatchSource, config: PretrainConfig | Mapping[str, Any] | str | Path | None,
                  out_dir: str | Path, *, resume: bool = True, stop_after_steps: int | None = None,
                  callbacks: Sequence[Callable[[dict], Any]] = (),
-                 allow_store_change: bool = False) -> None:
+                 allow_store_change: bool = False, overwrite: bool = False) -> None:
         self.config = PretrainConfig.coerce(config)
         self.source = source
         self.allow_store_change = allow_store_change
@@ -423,7 +435,29 @@ class PretrainRun:
         self.stop_after_steps = stop_after_steps
         self.callbacks = list(callbacks)
         cfg = self.config
+        # Settings that cannot run are refused here, before the run folder is touched.
         self.device = resolve_device(cfg.device)  # "auto" picks LOCAL_RANK's GPU under torchrun
+        world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+        if cfg.batch_size // max(world, 1) < 2:
+            raise ConfigError(
+                f"pretrain config, field 'batch_size': {cfg.batch_size} gives "
+                f"{cfg.batch_size // max(world, 1)} patch(es) per batch on each of {world} "
+                "process(es); BatchNorm needs at least 2. What to do: set batch_size to 2 or "
+                "more per process (e.g. --set batch_size=8)",
+                section="pretrain", field="batch_size", value=cfg.batch_size,
+                fix="set batch_size to 2 or more per process")
+        self._lock = contextlib.ExitStack()
+        if int(os.environ.get("RANK", "0") or 0) == 0:  # one writer per run folder
+            refuse_foreign_folder(self.out_dir, RUN_MARKERS, "drasclr pretrain", overwrite)
+            self._lock.enter_context(folder_lock(self.out_dir, "pretrain"))
+        try:
+            self._setup(source, resume)
+        except BaseException:
+            self._lock.close()
+            raise
+
+    def _setup(self, source: PatchSource, resume: bool) -> None:
+        cfg = self.config
         self.dist = init_distributed(self.device)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)  # also outside torchrun
@@ -456,8 +490,14 @@ class PretrainRun:
         if self.dist.is_main and self.out_dir.is_dir():
             # A kill during an atomic write (a checkpoint can be 9 MB) leaves its temp file.
             remove_stale_temp_files(self.out_dir)
+        if not resume and self.dist.is_main:
+            self._move_aside()
         if resume and (self.ckpt_dir / "last.pt").is_file():
             self._load(self.ckpt_dir / "last.pt")
+        else:
+            # No checkpoint: every step is (re)done from 1, so a record of an earlier
+            # attempt killed before its first checkpoint would be a second copy.
+            self._truncate_metrics(0)
 
     # -- checkpoints ---------------------------------------------------------------------------
     def _position(self) -> tuple[int, int]:
@@ -483,8 +523,49 @@ class PretrainRun:
         barrier(self.dist)
         return path
 
+    def _move_aside(self) -> Path | None:
+        """``restart``: move an earlier run's records (metrics, config, checkpoints, final.pt)
+        into ``previous/<n>/`` so the new run starts clean and never mixes with them."""
+        found = [p for p in (self.metrics_path, self.out_dir / "config.yaml", self.ckpt_dir,
+                             self.out_dir / "final.pt") if p.exists()]
+        if not found:
+            return None
+        previous = self.out_dir / "previous"
+        n = 1
+        while (previous / f"{n:03d}").exists():
+            n += 1
+        target = previous / f"{n:03d}"
+        target.mkdir(parents=True)
+        for p in found:
+            os.replace(p, target / p.name)
+        log.info("restart: the earlier run's records were moved to %s", target)
+        return target
+
+    def _check_same_settings(self, path: Path, state: Mapping[str, Any]) -> None:
+        """Refuse to resume (or re-finish) a run with settings other than those it ran with:
+        the records would then claim steps ran at settings they did not."""
+        before = dict(state.get("config") or {})
+        now = self.config.to_dict()
+        changed = sorted(k for k in set(before) | set(now)
+                         if k not in RESUMABLE_CHANGES and before.get(k) != now.get(k))
+        if changed:
+            listed = ", ".join(f"{k}: {before.get(k)!r} then, {now.get(k)!r} now"
+                               for k in changed[:6])
+            raise ConfigError(
+                f"checkpoint {path}: field 'config': this run was made with other settings "
+                f"({listed}); resuming would record steps under settings they did not run "
+                "with. What to do: run with the settings it was started with, give a new "
+                "--out, or start it over with --restart (restart=True: the earlier records "
+                "are moved to previous/)", section="pretrain", field=changed[0],
+                value=now.get(changed[0]), fix="same settings, a new --out, or --restart")
+
+    def close(self) -> None:
+        """Release the run folder's lock (``pretrain`` does it when it returns)."""
+        self._lock.close()
+
     def _load(self, path: Path) -> None:
         state = read_training_checkpoint(path)
+        self._check_same_settings(path, state)
         if state["encoder_config"] != self.trainer.encoder_config():
             raise ValueError(f"checkpoint {path}: field 'encoder_config' {state['encoder_config']} "
                              f"differs from this config's {self.trainer.encoder_config()}; use a "
@@ -554,7 +635,8 @@ class PretrainRun:
         cfg = self.config
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if self.dist.is_main:
-            (self.out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            self.metrics_path.touch()  # first: it marks the folder as a run of ours
+            atomic_write_text(self.out_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
             summary = config_summary(cfg, self.trainer, self.source, self.sampler, self.device, self.dist)
             print(summary, flush=True)
             log.info("\n%s", summary)
@@ -617,11 +699,14 @@ def _store_fingerprint(source: PatchSource) -> str | None:
 def pretrain(source: PatchSource, config: PretrainConfig | Mapping[str, Any] | str | Path | None,
              out_dir: str | Path, *, resume: bool = True, stop_after_steps: int | None = None,
              callbacks: Iterable[Callable[[dict], Any]] = (),
-             allow_store_change: bool = False) -> Path:
+             allow_store_change: bool = False, overwrite: bool = False) -> Path:
     """Pretrain a DrasCLR encoder on a patch source; return the final checkpoint's path.
 
     Runs on the CPU, one GPU (bf16 autocast) or, started by ``torchrun``, many GPUs/nodes
-    (DDP). Re-running with the same ``out_dir`` resumes exactly where it stopped.
+    (DDP). Re-running with the same ``out_dir`` resumes exactly where it stopped (with
+    the same settings: others are refused; ``resume=False`` starts over, the earlier
+    records moved to ``previous/``). One run per ``out_dir`` at a time; a folder holding
+    files that are not a run is refused unless ``overwrite=True``.
 
     Example:
         >>> from drasclr_toolkit.patch_source import ArrayPatchSource
@@ -635,8 +720,10 @@ def pretrain(source: PatchSource, config: PretrainConfig | Mapping[str, Any] | s
         ('final.pt', ['config', 'encoder', 'encoder_config'])
     """
     run = PretrainRun(source, config, out_dir, resume=resume, stop_after_steps=stop_after_steps,
-                      callbacks=list(callbacks), allow_store_change=allow_store_change)
+                      callbacks=list(callbacks), allow_store_change=allow_store_change,
+                      overwrite=overwrite)
     try:
         return run.run()
     finally:
+        run.close()
         shutdown(run.dist)
