@@ -210,7 +210,9 @@ def test_same_seed_same_cohort_and_resume(tmp_path):
     _, y = _read(tmp_path / "b" / "images" / "syn001.nii.gz")
     assert np.array_equal(x, y)
     assert not any(p.name.endswith(".tmp") or ".tmp." in p.name for p in a.rglob("*"))
-    with pytest.raises(ValueError, match="other options"):
+    from drasclr_toolkit.errors import OutputExistsError
+
+    with pytest.raises(OutputExistsError, match=r"other options \(spacing: 3.0 there, 2.5 now\)"):
         make_synthetic_cohort(2, a, **{**opts, "spacing": 2.5})
 
 
