@@ -217,3 +217,24 @@ def test_nuisance_is_joined_by_id_and_a_mistyped_id_is_named():
     typo = shuffled.rename(index={ids[4]: "s0O4"})
     with pytest.raises(ValueError, match="s004"):
         nuisance_sensitivity(table, typo, n_boot=50)
+
+
+def test_the_probe_report_shows_interval_holm_p_and_the_multiplicity_sentence():
+    from drasclr_toolkit.probe.report import _phenotype_table, _tests_note
+
+    rng = np.random.default_rng(3)
+    ids = [f"s{i:02d}" for i in range(30)]
+    X = pd.DataFrame(rng.normal(size=(30, 4)), index=ids)
+    labels = pd.DataFrame({"a": X[0] + 0.3 * rng.normal(size=30), "b": rng.normal(size=30)},
+                          index=ids)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = evaluate_phenotypes({"embedding": X}, labels, n_repeats=1, n_permutations=19)
+    table = _phenotype_table(res).set_index("target")
+    lo, hi = res.set_index("target").loc["a", ["r2_ci_low", "r2_ci_high"]]
+    assert table.at["a", "95% CI"] == f"[{lo:.2f}, {hi:.2f}]"
+    assert table.at["a", "p (Holm)"] == res.set_index("target").at["a", "p_adj"]
+    assert "small sample" not in table.at["a", "caution"]  # 30 subjects is above 20
+    note = _tests_note(res)
+    assert note.startswith("2 tests, Holm-corrected") and "39 permutations" in note
+    assert "No permutation null" in _tests_note(res.assign(n_permutations=0))

@@ -161,16 +161,42 @@ def _phenotype_table(res: pd.DataFrame) -> pd.DataFrame:
             rows.append({"target": r["target"], "n": r.get("n"), "verdict": r.get("verdict")})
             continue
         rows.append({"target": r["target"], "kind": r["kind"], "n": r["n"], "metric": metric,
-                     "value": r.get(metric), "chance": r.get(f"{metric}_chance"),
+                     "value": r.get(metric), "95% CI": _interval(r, metric),
+                     "chance": r.get(f"{metric}_chance"),
                      "null mean": r.get(f"{metric}_null_mean"), "p": r.get(f"{metric}_p"),
-                     "verdict": r.get("verdict")})
+                     "p (Holm)": r.get("p_adj"), "verdict": r.get("verdict"),
+                     "caution": r.get("caution") or ""})
     return pd.DataFrame(rows)
 
 
+def _interval(r: dict, metric: str) -> str:
+    lo, hi = r.get(f"{metric}_ci_low"), r.get(f"{metric}_ci_high")
+    try:
+        return f"[{float(lo):.2f}, {float(hi):.2f}]"
+    except (TypeError, ValueError):
+        return ""
+
+
 def _survival_table(res: pd.DataFrame) -> pd.DataFrame:
-    keep = ["model", "n", "n_events", "harrell_c", "harrell_c_null_mean", "harrell_c_p",
-            "uno_c", "ibs", "ibs_null_mean", "verdict"]
-    return res[[c for c in keep if c in res.columns]]
+    table = res.copy()
+    if "harrell_c" in table.columns:
+        table.insert(table.columns.get_loc("harrell_c") + 1, "harrell_c 95% CI",
+                     [_interval(r, "harrell_c") for r in table.to_dict("records")])
+    keep = ["model", "n", "n_events", "harrell_c", "harrell_c 95% CI", "harrell_c_null_mean",
+            "harrell_c_p", "p_adj", "uno_c", "ibs", "ibs_null_mean", "verdict", "caution"]
+    return table[[c for c in keep if c in table.columns]].rename(columns={"p_adj": "p (Holm)"})
+
+
+def _tests_note(res: pd.DataFrame) -> str:
+    """The multiplicity sentence for one result table (how many tests, whether its
+    permutations allow a corrected claim)."""
+    from drasclr_toolkit.evaluate.stats import multiplicity_note
+
+    n_tests = int(res["n_tests"].max()) if "n_tests" in res and res["n_tests"].notna().any() else 0
+    perms = int(res["n_permutations"].max()) if "n_permutations" in res else 0
+    if not n_tests or not perms:
+        return "No permutation null was run: no verdict can claim evidence."
+    return multiplicity_note(n_tests, perms)
 
 
 def write_report(result: Any, path: str | Path) -> Path:
@@ -194,12 +220,17 @@ def write_report(result: Any, path: str | Path) -> Path:
         sections += embedding_sections(result)
     if result.phenotypes is not None:
         sections.append(("Phenotype probes (cross-validated)", [
-            "Linear probes on the mean-pooled embeddings, repeated K-fold; 'chance' and the "
-            "permutation null are the reference. A tiny cohort gives wide uncertainty.",
+            "Linear probes on the mean-pooled embeddings, repeated K-fold; 'chance' (the "
+            "training-fold mean or majority class through the same folds) and the "
+            "permutation null are the reference. 95% CI: Nadeau-Bengio corrected interval "
+            "over folds. Evidence needs the Holm-corrected p <= 0.05 and the interval above "
+            "chance. " + _tests_note(result.phenotypes),
             _phenotype_table(result.phenotypes)]))
     if result.survival is not None:
         sections.append(("Survival (cross-validated)", [
-            "Cox model on the embeddings; Harrell's C of 0.5 is chance.",
+            "Cox model on the embeddings; Harrell's C of 0.5 is chance; the interval is "
+            "on the logit scale, inside [0, 1]; fewer than 10 events is exploratory. "
+            + _tests_note(result.survival),
             _survival_table(result.survival)]))
     page = html_report("DrasCLR probe of a CT folder", sections, intro=_intro(result))
     return atomic_write_text(Path(path), page)
