@@ -20,6 +20,7 @@ exist before are reported as such.
     python benchmarks/bench_calibration.py --label after
     python benchmarks/bench_calibration.py --label before --code /path/to/old/checkout
     python benchmarks/bench_calibration.py --smoke          # a few data sets per row (tests)
+    python benchmarks/bench_calibration.py --table          # results/calibration.md from both
 """
 
 from __future__ import annotations
@@ -48,6 +49,16 @@ def _import(code: str | None):
         sys.path.insert(0, str(HERE.parent))
     import drasclr_toolkit.evaluate as ev
     return ev
+
+
+def _commit(code) -> str:
+    """The short git commit of the measured checkout ('?' outside git)."""
+    import subprocess
+    try:
+        return subprocess.run(["git", "-C", str(code), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "?"
 
 
 def _kwargs(fn, **kw):
@@ -312,6 +323,115 @@ def run_spearman_ci(ev, n, datasets, seed, rho=0.5, n_boot=500):
                 truth=truth, failures=fails, n_datasets=datasets)
 
 
+
+# ----------------------------------------------------------------------------- table
+#: scenario -> (what is simulated, [(quantity key, words, nominal kind)])
+DESCRIBED = {
+    "continuous_null_n40": ("ridge probe, continuous target, noise features, n = 40", [
+        ("type1_p", "permutation p <= 0.05", "type1"),
+        ("type1_verdict", "verdict claims evidence", "type1"),
+        ("coverage", "95 % interval covers the expected R2", "coverage"),
+        ("mean_width", "mean interval width", None)]),
+    "continuous_planted_n40": ("ridge probe, planted signal (R2 0.4), n = 40", [
+        ("coverage", "95 % interval covers the expected R2", "coverage"),
+        ("mean_width", "mean interval width", None)]),
+    "continuous_null_n12": ("ridge probe, noise, n = 12", [
+        ("type1_p", "permutation p <= 0.05", "type1"),
+        ("type1_verdict", "verdict claims evidence", "type1")]),
+    "binary_null_n40": ("logistic probe, binary target, noise, n = 40", [
+        ("type1_p", "permutation p <= 0.05", "type1"),
+        ("type1_verdict", "verdict claims evidence", "type1"),
+        ("coverage", "95 % interval covers AUC 0.5", "coverage"),
+        ("outside_range", "interval outside [0, 1]", "zero")]),
+    "binary_planted_n40": ("logistic probe, planted signal, n = 40", [
+        ("coverage", "95 % interval covers the expected AUC", "coverage")]),
+    "binary_null_n12": ("logistic probe, noise, n = 12", [
+        ("type1_p", "permutation p <= 0.05", "type1"),
+        ("type1_verdict", "verdict claims evidence", "type1")]),
+    "survival_null_n60": ("Cox model, noise, n = 60 (~36 events)", [
+        ("type1_p", "permutation p <= 0.05", "type1"),
+        ("type1_verdict", "verdict claims evidence", "type1"),
+        ("coverage", "95 % interval covers C = 0.5", "coverage"),
+        ("outside_range", "interval outside [0, 1]", "zero")]),
+    "survival_planted_n60": ("Cox model, planted signal, n = 60", [
+        ("coverage", "95 % interval covers the expected C", "coverage")]),
+    "survival_3events_n40": ("Cox model, noise, n = 40 with 3 events", [
+        ("failures", "calls that raised (of the data sets)", "zero_count"),
+        ("outside_range", "interval outside [0, 1]", "zero"),
+        ("coverage", "95 % interval covers C = 0.5", "coverage")]),
+    "survival_6events_n40": ("Cox model, noise, n = 40 with 6 events", [
+        ("failures", "calls that raised (of the data sets)", "zero_count"),
+        ("outside_range", "interval outside [0, 1]", "zero"),
+        ("coverage", "95 % interval covers C = 0.5", "coverage")]),
+    "risk_groups_null_n60": ("Kaplan-Meier risk groups from CV, noise, n = 60", [
+        ("type1_p", "log-rank p <= 0.05", "type1")]),
+    "paired_equal_n40": ("two feature sets with equal signal, n = 40", [
+        ("type1_p", "printed comparison declares one higher", "type1")]),
+    "pc_rho_null_n12": ("notebook 03's PC-target Spearman test, noise, n = 12", [
+        ("type1_p", "permutation p <= 0.05", "type1")]),
+    "spearman_ci_n12": ("nuisance Spearman rho (bootstrap CI, scipy p), n = 12", [
+        ("coverage", "95 % interval covers rho_s", "coverage"),
+        ("type1_p", "p <= 0.05 at rho = 0", "type1")]),
+    "spearman_ci_n40": ("nuisance Spearman rho, n = 40", [
+        ("coverage", "95 % interval covers rho_s", "coverage"),
+        ("type1_p", "p <= 0.05 at rho = 0", "type1")]),
+}
+
+
+def judge(kind: str | None, value: float | None, n: int) -> str:
+    """Words for one measured rate against its nominal value (type-I: <= alpha + 0.02;
+    coverage: within 5 points of 0.95, above that 'conservative')."""
+    if value is None or kind is None:
+        return ""
+    if kind == "type1":
+        return "ok" if value <= ALPHA + 0.02 else "**too many**"
+    if kind == "coverage":
+        if abs(value - 0.95) <= 0.05:
+            return "ok (conservative)" if value > 0.975 else "ok"
+        return "conservative (wide)" if value > 0.95 else "**under-covers**"
+    if kind == "zero":
+        return "ok" if value == 0 else "**impossible values**"
+    if kind == "zero_count":
+        return "ok" if value == 0 else f"**{value / n:.0%} crashed**"
+    return ""
+
+
+def render_table(before: dict | None, after: dict) -> str:
+    """The before/after calibration table (markdown) from the two result files."""
+    rows_b = {r["scenario"]: r for r in (before or {}).get("rows", [])}
+    rows_a = {r["scenario"]: r for r in after["rows"]}
+
+    def fmt(row, key):
+        if row is None or row.get(key) is None:
+            return "–"
+        v = row[key]
+        if key == "failures":
+            return f"{v} / {row['n_datasets']}"
+        return f"{v:.3f}" if key != "mean_width" else f"{v:.2f}"
+
+    lines = ["| scenario | quantity | nominal | before | after | verdict (after) | data sets "
+             "(before / after) |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for name, (what, quantities) in DESCRIBED.items():
+        a, b = rows_a.get(name), rows_b.get(name)
+        if a is None:
+            continue
+        for key, words, kind in quantities:
+            nominal = {"type1": "≤ 0.05 (+0.02)", "coverage": "0.95 (± 0.05)", "zero": "0",
+                       "zero_count": "0"}.get(kind, "")
+            verdict = judge(kind, a.get(key), a["n_datasets"])
+            n_sets = f"{b['n_datasets'] if b else '–'} / {a['n_datasets']}"
+            lines.append(f"| {what} | {words} | {nominal} | {fmt(b, key)} | {fmt(a, key)} | "
+                         f"{verdict} | {n_sets} |")
+    tests = {r.get("test") for r in rows_b.values() if r.get("test")}
+    notes = []
+    if before:
+        notes.append(f"Before: commit {before['machine'].get('commit', '?')} "
+                     f"({before['machine']['date']}); after: commit "
+                     f"{after['machine'].get('commit', '?')} ({after['machine']['date']}). " + (
+                         f"The before risk-group test was the {', '.join(sorted(tests))}." if tests
+                         else ""))
+    return "\n".join(lines + [""] + notes) + "\n"
+
 # ----------------------------------------------------------------------------- main
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
@@ -324,7 +444,17 @@ def main(argv=None) -> int:
     ap.add_argument("--counts", nargs="*", default=[], metavar="SCENARIO=N",
                     help="data sets for a scenario (overrides its default count)")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--table", action="store_true",
+                    help="write results/calibration.md from calibration_{before,after}.json")
     args = ap.parse_args(argv)
+    if args.table:
+        res = HERE / "results"
+        before = res / "calibration_before.json"
+        text = render_table(json.loads(before.read_text()) if before.is_file() else None,
+                            json.loads((res / "calibration_after.json").read_text()))
+        (res / "calibration.md").write_text(text)
+        print(text)
+        return 0
     overrides = {k: int(v) for k, v in (c.split("=", 1) for c in args.counts)}
     ev = _import(args.code)
     scale = 3 / 500 if args.smoke else args.scale
@@ -386,7 +516,7 @@ def main(argv=None) -> int:
         print(json.dumps(result), flush=True)
         machine = dict(platform=platform.platform(), processor=platform.processor(),
                        cpus=os.cpu_count(), python=platform.python_version(),
-                       load_average=os.getloadavg(), code=args.code or str(HERE.parent),
+                       load_average=os.getloadavg(), commit=_commit(args.code or HERE.parent),
                        date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
         if not args.smoke or args.out:
             out.parent.mkdir(parents=True, exist_ok=True)

@@ -24,3 +24,31 @@ def test_gpu_pipeline_benchmark_smoke_run(tmp_path):
     assert result["train"][0]["anchor_patches_per_s"] > 0
     assert len(result["profile_top10"]) == 10
     assert result["extract"][0]["subjects_per_s_at_581_landmarks"] > 0
+
+
+def test_calibration_benchmark_smoke_run_and_its_table(tmp_path):
+    out = tmp_path / "cal.json"
+    res = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_calibration.py"),
+                          "--smoke", "--only", "continuous_null_n12", "paired_equal_n40",
+                          "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert [r["scenario"] for r in result["rows"]] == ["continuous_null_n12", "paired_equal_n40"]
+    assert all(r["failures"] == 0 and r["n_datasets"] == 3 for r in result["rows"])
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import bench_calibration as bc
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    before = {"machine": {"commit": "old", "date": "d0"}, "rows": [
+        {"scenario": "risk_groups_null_n60", "type1_p": 0.125, "n_datasets": 200,
+         "test": "plain log-rank"}]}
+    after = {"machine": {"commit": "new", "date": "d1"}, "rows": [
+        {"scenario": "risk_groups_null_n60", "type1_p": 0.037, "n_datasets": 300},
+        {"scenario": "survival_3events_n40", "failures": 0, "outside_range": 0.0,
+         "coverage": 0.80, "n_datasets": 200}]}
+    table = bc.render_table(before, after)
+    assert "| 0.125 | 0.037 | ok | 200 / 300 |" in table
+    assert "**under-covers**" in table and "plain log-rank" in table
+    assert bc.judge("type1", 0.08, 500) == "**too many**"
+    assert bc.judge("coverage", 0.99, 500) == "ok (conservative)"
