@@ -52,7 +52,8 @@ def test_landmark_cloud_one_subject_colours_and_hover():
     assert trace.type == "scatter3d" and len(trace.x) == 6
     np.testing.assert_allclose(trace.marker.color, pcs[:, 0], rtol=1e-6)
     np.testing.assert_allclose(np.c_[trace.x, trace.y, trace.z], (emb.landmarks + 15.5) * 2)
-    assert trace.text[3].startswith("landmark 3<br>corner (x, y, z) = (78, 0, 26)")
+    # hover in the axes' unit: the centre (78 + 15.5) · 2 mm, not the voxel corner
+    assert trace.text[3].startswith("landmark 3<br>centre (x, y, z) = (187, 31, 83) mm")
     assert f"lung fraction {emb.lung_fraction[1, 3]:.2f}" in trace.text[3]
     assert f"PC1 = {pcs[3, 0]:.4g}" in trace.text[3]
     assert fig.layout.scene.aspectmode == "data"

@@ -16,6 +16,8 @@ import SimpleITK as sitk
 from drasclr_toolkit.constants import HU_MAX, HU_MIN
 from drasclr_toolkit.data.ct import image_array
 
+from .landmarks import SCENE_CAMERA
+
 __all__ = ["plot_landmarks_3d", "plot_overlay", "plot_patches", "plot_registration"]
 
 
@@ -143,7 +145,8 @@ def plot_landmarks_3d(centres_mm: np.ndarray, values: np.ndarray | None = None,
     ))
     fig = go.Figure(traces)
     fig.update_layout(title=title, height=500,
-                      scene=dict(aspectmode="data", xaxis_title="x (mm, → left)",
+                      scene=dict(aspectmode="data", camera=SCENE_CAMERA,
+                                 xaxis_title="x (mm, → left)",
                                  yaxis_title="y (mm, → posterior)",
                                  zaxis_title="z (mm, → superior)"),
                       margin=dict(l=10, r=10, t=40, b=10),
