@@ -237,8 +237,30 @@ def test_patch_explorer_links_landmark_choice_to_patch_and_ct_box():
     ex._on_hover(ex.cloud.data[0], _Points(), None)
     assert ex.landmark == 4
 
-    # side by side the panels fit a 1,500 px output area
+    # the list names each landmark by zone and index; a click on the pick halo around a
+    # marker (a few pixels off its centre) selects that landmark
+    labels = [label for label, _ in ex.dropdown.options]
+    assert all(" · " in label for label in labels) and labels[3].endswith(" · 3")
+    assert labels[0].split(" · ")[0] in {"right upper", "right middle", "right lower",
+                                         "left upper", "left middle", "left lower"}
+    halo = next(t for t in ex.cloud.data if t.name == "pick halo")
+    assert halo.marker.size >= 3 * ex.cloud.data[0].marker.size
+    ex.follow_hover.value = True
+
+    class _Halo:
+        point_inds = [1]
+    ex._on_click(halo, _Halo(), None)
+    assert ex.landmark == int(halo.customdata[1]) == 1
+
+    # side by side the panels fit a 1,500 px output area, and a 900 px tall window
     assert ex.cloud.layout.width + ex.patch_figure.layout.width <= 1400
+    assert max(ex.cloud.layout.height,
+               ex.patch_figure.layout.height + ex.ct_figure.layout.height) + 60 <= 900
+    # every axis says what it shows; the colour bar says HU
+    for axis in (ex.patch_figure.layout.xaxis, ex.patch_figure.layout.yaxis3,
+                 ex.ct_figure.layout.xaxis):
+        assert "mm" in axis.title.text
+    assert ex.patch_figure.data[2].colorbar.title.text == "HU"
     bundle = ex._repr_mimebundle_()
     assert bundle["text/html"].count('class="drasclr-plot"') == 3  # cloud, patch, CT
 
