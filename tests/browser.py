@@ -176,6 +176,8 @@ CHECK_FIGURES_JS = r"""
   function inside(a, b, slack) { slack = slack || 1; return a.l >= b.l - slack && a.t >= b.t - slack && a.r <= b.r + slack && a.b <= b.b + slack; }
   function overlap(a, b) { return Math.min(a.r, b.r) - Math.max(a.l, b.l) > 1 && Math.min(a.b, b.b) - Math.max(a.t, b.t) > 1; }
   function text(el) { return (el.textContent || '').trim(); }
+  // plotly fills an empty title with an editing placeholder ("Click to enter X axis title")
+  function real(t) { t = (t || '').trim(); return /^Click to enter/.test(t) ? '' : t; }
   var out = [];
   document.querySelectorAll('.js-plotly-plot').forEach(function (gd, index) {
     var fig = {index: index, id: gd.id, problems: [], titles: [], kind: '2d'};
@@ -189,12 +191,12 @@ CHECK_FIGURES_JS = r"""
       var ax = full[k];
       if (!ax.visible || !ax._id || (ax._mainSubplot === undefined && !ax.anchor)) { return; }
       var ticks = ax.showticklabels && (ax._vals || []).length > 0;
-      var title = ax.title && ax.title.text || '';
+      var title = real(ax.title && ax.title.text);
       fig.titles.push(k + ': ' + title);
       if (ticks && !title.trim()) { fig.problems.push(k + ' has tick labels but no title (quantity, unit)'); }
     });
     gd.querySelectorAll('.g-xtitle text, .g-ytitle text, .gtitle').forEach(function (el) {
-      if (!text(el)) { return; }
+      if (!real(text(el))) { return; }
       var b = box(el);
       if (!inside(b, gbox, 2)) { fig.problems.push('title "' + text(el).slice(0, 40) + '" outside the figure box'); }
     });
@@ -209,11 +211,11 @@ CHECK_FIGURES_JS = r"""
       var shows = trace.showscale || (trace.marker && trace.marker.showscale);
       if (!shows || trace.visible === false || trace.visible === 'legendonly') { return; }
       var cb = trace.colorbar || (trace.marker && trace.marker.colorbar) || {};
-      if (!(cb.title && cb.title.text && cb.title.text.trim())) { fig.problems.push('colour bar of "' + (trace.name || trace.type) + '" has no title'); }
+      if (!real(cb.title && cb.title.text)) { fig.problems.push('colour bar of "' + (trace.name || trace.type) + '" has no title'); }
     });
     Object.keys(full).filter(function (k) { return /^coloraxis\d*$/.test(k); }).forEach(function (k) {
       var ca = full[k];
-      if (ca.showscale && !(ca.colorbar && ca.colorbar.title && ca.colorbar.title.text)) { fig.problems.push(k + ' colour bar has no title'); }
+      if (ca.showscale && !real(ca.colorbar && ca.colorbar.title && ca.colorbar.title.text)) { fig.problems.push(k + ' colour bar has no title'); }
     });
     // legend: clear of tick labels, axis titles and the plot areas
     var legend = gd.querySelector('.legend');
@@ -234,7 +236,7 @@ CHECK_FIGURES_JS = r"""
       fig.kind = '3d';
       var sc = full[k];
       ['xaxis', 'yaxis', 'zaxis'].forEach(function (a) {
-        var t = sc[a] && sc[a].title && sc[a].title.text || '';
+        var t = real(sc[a] && sc[a].title && sc[a].title.text);
         fig.titles.push(k + '.' + a + ': ' + t);
         if (sc[a].visible !== false && !t.trim()) { fig.problems.push(k + '.' + a + ' has no title'); }
       });
