@@ -105,3 +105,39 @@ def test_report_page_draws_offline(tmp_path):
            "--dump-dom", page.as_uri()]
     dom = subprocess.run(cmd, capture_output=True, text=True, timeout=180).stdout
     assert re.search(r'<div class="' + PLOT_CLASS + r' js-plotly-plot', dom)
+
+
+def _tqdm_notebook(value: float, total: float, right: str) -> nbformat.NotebookNode:
+    """An executed notebook holding one tqdm.notebook bar as papermill saves it."""
+    def model(name, **state):
+        return {"model_name": name, "model_module": "@jupyter-widgets/controls",
+                "model_module_version": "2.0.0", "state": {"_model_name": name, **state}}
+
+    state = {"box": model("HBoxModel", children=["IPY_MODEL_left", "IPY_MODEL_bar",
+                                                 "IPY_MODEL_right"]),
+             "left": model("HTMLModel", value="pretrain:\u2007100%"),
+             "bar": model("FloatProgressModel", value=value, max=total, bar_style="success"),
+             "right": model("HTMLModel", value=right)}
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json":
+                              {"state": state, "version_major": 2, "version_minor": 0}}
+    cell = nbformat.v4.new_code_cell("train()")
+    cell.outputs = [nbformat.v4.new_output("display_data", data={
+        "text/plain": "pretrain:   0%|          | 0/160 [00:00<?, ?step/s]",
+        "application/vnd.jupyter.widget-view+json": {"model_id": "box", "version_major": 2,
+                                                     "version_minor": 0}})]
+    nb.cells = [cell]
+    return nb
+
+
+def test_exported_progress_bars_show_their_final_state():
+    done = static_notebook(_tqdm_notebook(160, 160, "\u2007160/160\u2007[01:32&lt;00:00]"))
+    html = done.cells[0].outputs[0]["data"]["text/html"]
+    assert "pretrain: 100%" in html and "160/160 [01:32&lt;00:00]" in html
+    assert "width:100.0%" in html and "0%|" not in str(done.cells[0].outputs)
+    nothing = static_notebook(_tqdm_notebook(0, 1, "\u20070/0\u2007[00:00&lt;?]"))
+    assert "nothing to do" in nothing.cells[0].outputs[0]["data"]["text/html"]
+    unsaved = _tqdm_notebook(160, 160, "")
+    unsaved.metadata.pop("widgets")
+    text = static_notebook(unsaved).cells[0].outputs[0]["data"]["text/plain"]
+    assert "0%" not in text and "final state was not saved" in text

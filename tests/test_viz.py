@@ -52,7 +52,8 @@ def test_landmark_cloud_one_subject_colours_and_hover():
     assert trace.type == "scatter3d" and len(trace.x) == 6
     np.testing.assert_allclose(trace.marker.color, pcs[:, 0], rtol=1e-6)
     np.testing.assert_allclose(np.c_[trace.x, trace.y, trace.z], (emb.landmarks + 15.5) * 2)
-    assert trace.text[3].startswith("landmark 3<br>corner (x, y, z) = (78, 0, 26)")
+    # hover in the axes' unit: the centre (78 + 15.5) · 2 mm, not the voxel corner
+    assert trace.text[3].startswith("landmark 3<br>centre (x, y, z) = (187, 31, 83) mm")
     assert f"lung fraction {emb.lung_fraction[1, 3]:.2f}" in trace.text[3]
     assert f"PC1 = {pcs[3, 0]:.4g}" in trace.text[3]
     assert fig.layout.scene.aspectmode == "data"
@@ -236,8 +237,30 @@ def test_patch_explorer_links_landmark_choice_to_patch_and_ct_box():
     ex._on_hover(ex.cloud.data[0], _Points(), None)
     assert ex.landmark == 4
 
-    # side by side the panels fit a 1,500 px output area
+    # the list names each landmark by zone and index; a click on the pick halo around a
+    # marker (a few pixels off its centre) selects that landmark
+    labels = [label for label, _ in ex.dropdown.options]
+    assert all(" · " in label for label in labels) and labels[3].endswith(" · 3")
+    assert labels[0].split(" · ")[0] in {"right upper", "right middle", "right lower",
+                                         "left upper", "left middle", "left lower"}
+    halo = next(t for t in ex.cloud.data if t.name == "pick halo")
+    assert halo.marker.size >= 3 * ex.cloud.data[0].marker.size
+    ex.follow_hover.value = True
+
+    class _Halo:
+        point_inds = [1]
+    ex._on_click(halo, _Halo(), None)
+    assert ex.landmark == int(halo.customdata[1]) == 1
+
+    # side by side the panels fit a 1,500 px output area, and a 900 px tall window
     assert ex.cloud.layout.width + ex.patch_figure.layout.width <= 1400
+    assert max(ex.cloud.layout.height,
+               ex.patch_figure.layout.height + ex.ct_figure.layout.height) + 60 <= 900
+    # every axis says what it shows; the colour bar says HU
+    for axis in (ex.patch_figure.layout.xaxis, ex.patch_figure.layout.yaxis3,
+                 ex.ct_figure.layout.xaxis):
+        assert "mm" in axis.title.text
+    assert ex.patch_figure.data[2].colorbar.title.text == "HU"
     bundle = ex._repr_mimebundle_()
     assert bundle["text/html"].count('class="drasclr-plot"') == 3  # cloud, patch, CT
 

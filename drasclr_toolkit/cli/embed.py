@@ -10,6 +10,14 @@ Examples::
         --checkpoint final.pt --out emb.npz --config gpu
 
 Re-running the same command resumes: finished subjects (in ``<out>.parts/``) are skipped.
+
+``--maps DIR`` also writes each subject's first embedding principal components as NIfTI
+volumes (``DIR/<subject>/embedding_pc1_atlas.nii.gz``; with ``--manifest`` also
+``embedding_pc1_scan.nii.gz`` on the subject's own CT grid) to overlay in 3D Slicer or
+ITK-SNAP::
+
+    drasclr embed --store STORE --checkpoint final.pt --out emb.npz --maps maps/ \
+        --manifest manifest.csv
 """
 
 from __future__ import annotations
@@ -35,11 +43,33 @@ def run(args: argparse.Namespace) -> int:
     failed = emb.provenance.get("failed", {})
     if os.environ.get("RANK", "0") == "0":  # under torchrun every rank returns the same result
         print(f"embeddings: {args.out}  {emb}")
+        if args.maps and len(emb):
+            _write_maps(args, source, emb)
         for sid, reason in failed.items():
             print(f"  failed {sid}: {reason}")
     if failed and not len(emb):
         return 1
     return EXIT_PARTIAL if failed else 0
+
+
+def _write_maps(args: argparse.Namespace, source, emb) -> None:
+    from drasclr_toolkit.data import Manifest
+    from drasclr_toolkit.embed.maps import MapError, embedding_pc_maps, write_cohort_maps
+
+    if not hasattr(source, "subject_record"):
+        raise MapError("maps need a patch store (its atlas and registrations); this source "
+                       "has neither", where=f"--store {args.store}",
+                       fix="pass the preprocessing store folder, or leave out --maps")
+    scans = {}
+    if args.manifest:
+        manifest = Manifest.load(args.manifest)
+        scans = {sid: manifest.image_path(sid) for sid in emb.subject_ids
+                 if sid in set(manifest.subject_ids)}
+    pcs = embedding_pc_maps(emb, n_components=args.map_components)
+    written = write_cohort_maps(source, pcs, args.maps, emb.subject_ids, scans,
+                                units={name: "PCA score (unitless)" for name in pcs})
+    spaces = "atlas and scan space" if scans else "atlas space (add --manifest for scan space)"
+    print(f"maps: {len(written)} subjects × {len(pcs)} components in {spaces} -> {args.maps}")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -62,4 +92,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "an error: old vectors are never mixed with new data)")
     p.add_argument("--force", action="store_true",
                    help="replace an --out file that is not an embeddings file (refused otherwise)")
+    p.add_argument("--maps", default=None, metavar="DIR",
+                   help="also write per-landmark embedding PC maps as NIfTI into DIR")
+    p.add_argument("--map-components", type=int, default=3,
+                   help="principal components written by --maps (default 3)")
+    p.add_argument("--manifest", default=None,
+                   help="manifest of the store's scans: --maps then also writes each map "
+                        "on the subject's own CT grid")
     p.set_defaults(func=run)

@@ -142,7 +142,7 @@ def dense_slice_figure(ct: Any, centres_mm: np.ndarray, patch_mm: float, truth: 
         fig.update_xaxes(title_text="patient left → (mm)", row=1, col=col)
     fig.update_layout(title=title or f"axial slice z = {z_mm:.0f} mm: patch classes",
                       height=460, margin=dict(l=10, r=10, t=60, b=10),
-                      legend=dict(orientation="h"))
+                      legend=dict(orientation="v", x=1.02, xanchor="left", y=1))
     return fig
 
 
@@ -172,7 +172,10 @@ def label_efficiency_figure(results: Any, metric: str = "balanced_accuracy",
     if "chance" in frame:
         fig.add_hline(y=float(frame["chance"].mean()), line=dict(dash="dash", color="black"),
                       annotation_text="chance", annotation_position="bottom right")
-    fig.update_xaxes(type="log", title_text="labelled training subjects (% of the pool, log scale)")
+    # Ticks at the shares that were run (plotly would label 20–90 % of a log axis "2 … 9").
+    shares = sorted({float(f) * 100 for f in frame["fraction"]})
+    fig.update_xaxes(type="log", title_text="labelled training subjects (% of the pool, log scale)",
+                     tickmode="array", tickvals=shares, ticktext=[f"{v:g} %" for v in shares])
     fig.update_yaxes(title_text=metric.replace("_", " ") + " on held-out subjects", range=[0, 1])
     fig.update_layout(title=title or "Label efficiency: mean over seeds, band = min–max",
                       height=420, margin=dict(l=10, r=10, t=50, b=10))

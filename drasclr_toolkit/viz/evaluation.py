@@ -30,7 +30,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-__all__ = ["km_figure", "nuisance_scatter", "result_figure"]
+__all__ = ["km_figure", "nuisance_scatter", "result_figure", "time_unit_of"]
 
 GROUP_COLOURS = {"low risk": "#1f77b4", "middle risk": "#ff7f0e", "high risk": "#d62728"}
 EVIDENCE_COLOUR, NO_EVIDENCE_COLOUR = "#d62728", "#7f7f7f"
@@ -85,16 +85,39 @@ def result_figure(long: pd.DataFrame, title: str | None = None, columns: int = 4
             name="value, 95 % CI (filled: evidence)", legendgroup="value",
             showlegend=k == 0), row=row, col=col)
         fig.update_xaxes(tickangle=35, row=row, col=col)
+        metric = str(part["metric"].dropna().iloc[0]) if part["metric"].notna().any() else "value"
+        fig.update_yaxes(title_text=metric, title_standoff=4, row=row, col=col)
+    # The legend sits to the right of the panels: below them it would cover the rotated
+    # feature-set names, whose height plotly does not reserve for it.
     fig.update_layout(title=title or "Each result beside chance (dashed) and its null band",
                       height=330 * rows + 60, template="plotly_white", barmode="overlay",
-                      margin=dict(l=10, r=10, t=70, b=10), legend=dict(orientation="h", y=-0.15))
+                      margin=dict(l=10, r=10, t=70, b=10),
+                      legend=dict(orientation="v", x=1.02, xanchor="left", y=1, yanchor="top"))
     return fig
 
 
-def km_figure(groups: Any, title: str | None = None) -> go.Figure:
+_TIME_UNITS = ("years", "months", "weeks", "days", "hours")
+
+
+def time_unit_of(card: Any, column: str = "time") -> str | None:
+    """The unit of a follow-up time column from a dataset card's description of it
+    ("years to death or censoring" → "years"); None when the card does not say.
+
+    Example:
+        >>> time_unit_of({"columns": {"time": {"description": "years to death or censoring"}}})
+        'years'
+    """
+    columns = (card or {}).get("columns") or {}
+    entry = columns.get(column) or {}
+    text = str(entry.get("unit") or entry.get("description") or "").lower()
+    return next((u for u in _TIME_UNITS if u in text or u.rstrip("s") in text.split()), None)
+
+
+def km_figure(groups: Any, title: str | None = None, time_unit: str | None = None) -> go.Figure:
     """Kaplan–Meier step curves with 95 % bands per risk group, log-rank p in the title.
 
-    ``groups`` is a :class:`~drasclr_toolkit.evaluate.survival.RiskGroups`.
+    ``groups`` is a :class:`~drasclr_toolkit.evaluate.survival.RiskGroups`; ``time_unit``
+    names the follow-up time's unit on the x axis (e.g. ``time_unit_of(manifest.card)``).
 
     Example:
         >>> from drasclr_toolkit.evaluate.survival import risk_groups
@@ -120,11 +143,13 @@ def km_figure(groups: Any, title: str | None = None) -> go.Figure:
                                  line=dict(shape="hv", color=colour, width=2),
                                  name=f"{name} (n={n})",
                                  customdata=part["at_risk"],
-                                 hovertemplate="t=%{x:.3g}<br>S=%{y:.3f}<br>"
-                                               "at risk %{customdata}"))
+                                 hovertemplate="t=%{x:.3g}" + (f" {time_unit}" if time_unit else "")
+                                               + "<br>S=%{y:.3f}<br>at risk %{customdata}"))
     p = groups.logrank["p_value"]
     head = title or f"Kaplan–Meier by out-of-fold {groups.model} risk"
-    fig.update_layout(title=f"{head} (log-rank p={p:.3g})", xaxis_title="time",
+    x_title = f"time to event or censoring ({time_unit})" if time_unit else \
+        "time to event or censoring (unit of the labels' time column)"
+    fig.update_layout(title=f"{head} (log-rank p={p:.3g})", xaxis_title=x_title,
                       yaxis_title="survival probability", yaxis_range=[0, 1.02],
                       template="plotly_white")
     return fig

@@ -27,14 +27,25 @@ from drasclr_toolkit.constants import HU_WINDOW
 from drasclr_toolkit.patch_source import PatchSource
 
 from .export import figure_html
-from .landmarks import landmark_centres, landmark_cloud
+from .landmarks import landmark_centres, landmark_cloud, landmark_labels
 
 __all__ = ["PatchExplorer", "patch_explorer"]
 
 SLICE_NAMES = ("axial", "coronal", "sagittal")
-# Side by side the views fit a 1,500 px output area (JupyterLab at full width on a laptop).
+# Side by side the views fit a 1,500 px output area (JupyterLab at full width on a laptop)
+# and, with the controls, a 900 px tall window: the 3D view and the patch panels are seen
+# together.
 CLOUD_WIDTH = 640
 PANEL_WIDTH = 680
+CLOUD_HEIGHT = 440
+# Plotly picks a 3D point only within its drawn marker; an invisible marker this many times
+# larger around each landmark catches clicks a few pixels off the centre.
+PICK_HALO = 3.0
+# What each patch slice's axes show (patient directions, 1 mm per voxel on the 1 mm grid).
+# Axial: anterior up (rows reversed); coronal and sagittal: superior up.
+_SLICE_AXES = {"axial": ("x (mm, → left)", "y (mm, ↓ posterior)"),
+               "coronal": ("x (mm, → left)", "z (mm, ↑ superior)"),
+               "sagittal": ("y (mm, → posterior)", "z (mm, ↑ superior)")}
 
 
 def _ct_array(ct: Any) -> tuple[np.ndarray, tuple[float, float, float]]:
@@ -84,16 +95,26 @@ class PatchExplorer(widgets.VBox):
 
         spacing = _atlas_spacing(source)
         self.cloud_spacing = spacing or (1.0, 1.0, 1.0)
+        self.labels = landmark_labels(self.landmarks, self.patch_size,
+                                      getattr(source, "atlas", None) if spacing else None)
         fig = landmark_cloud(self.landmarks, np.asarray(values), lung_fraction=lung,
                              value_name=value_name, patch_size=self.patch_size,
                              title=f"{self.subject_id}: hover over or click a landmark",
-                             spacing=spacing)
+                             spacing=spacing, labels=self.labels)
+        # The pick halo: near-transparent large markers on every landmark (fully transparent
+        # ones are not picked); a click near a marker lands on its halo.
+        everywhere = landmark_centres(self.landmarks, self.patch_size, self.cloud_spacing)
+        fig.add_trace(go.Scatter3d(
+            x=everywhere[:, 0], y=everywhere[:, 1], z=everywhere[:, 2], mode="markers",
+            marker=dict(size=4.0 * PICK_HALO, color="rgba(0,0,0,0.01)"), name="pick halo",
+            customdata=np.arange(len(self.landmarks)), text=self.labels,
+            hovertemplate="%{text}<extra></extra>", showlegend=False))
         centre = landmark_centres(self.landmarks[:1], self.patch_size, self.cloud_spacing)
         fig.add_trace(go.Scatter3d(x=centre[:, 0], y=centre[:, 1], z=centre[:, 2], mode="markers",
                                    marker=dict(size=10, color="rgba(0,0,0,0)",
                                                line=dict(color="red", width=4)),
                                    name="selected", hoverinfo="skip"))
-        fig.update_layout(width=CLOUD_WIDTH, height=460)
+        fig.update_layout(width=CLOUD_WIDTH, height=CLOUD_HEIGHT)
         self.cloud = go.FigureWidget(fig)
         # Plotly picks a 3D point on click only within a few pixels of its centre, but
         # reports hover from further away: following the hovered landmark (and clicks,
@@ -105,16 +126,22 @@ class PatchExplorer(widgets.VBox):
             trace.on_hover(self._on_hover)
 
         self.patch_figure = go.FigureWidget(make_subplots(rows=1, cols=3,
-                                                          subplot_titles=SLICE_NAMES))
-        for col in range(1, 4):
-            self.patch_figure.add_trace(go.Heatmap(z=[[0]], colorscale="gray", zmin=window[0],
-                                                   zmax=window[1], showscale=col == 3,
-                                                   hovertemplate="HU %{z}<extra></extra>"),
-                                        row=1, col=col)
-            self.patch_figure.update_yaxes(autorange="reversed", scaleanchor=f"x{col}",
-                                           row=1, col=col)
-        self.patch_figure.update_layout(width=PANEL_WIDTH, height=280,
-                                        margin=dict(l=10, r=10, t=60, b=10))
+                                                          subplot_titles=SLICE_NAMES,
+                                                          horizontal_spacing=0.09))
+        mm = float(self.cloud_spacing[0])  # patch voxels are preprocessing voxels
+        for col, plane in enumerate(SLICE_NAMES, start=1):
+            self.patch_figure.add_trace(go.Heatmap(
+                z=[[0]], dx=mm, dy=mm, colorscale="gray", zmin=window[0], zmax=window[1],
+                showscale=col == 3, colorbar=dict(title=dict(text="HU"), thickness=12),
+                hovertemplate="(%{x:.0f}, %{y:.0f}) mm: %{z} HU<extra></extra>"),
+                row=1, col=col)
+            across, down = _SLICE_AXES[plane]
+            self.patch_figure.update_yaxes(autorange="reversed" if plane == "axial" else True,
+                                           scaleanchor=f"x{col}",
+                                           title_text=down, title_standoff=2, row=1, col=col)
+            self.patch_figure.update_xaxes(title_text=across, title_standoff=2, row=1, col=col)
+        self.patch_figure.update_layout(width=PANEL_WIDTH, height=300,
+                                        margin=dict(l=50, r=10, t=60, b=45))
 
         ct_array, self.ct_spacing = _ct_array(ct)
         if subject_corners is None and ct_array is not None:
@@ -124,14 +151,18 @@ class PatchExplorer(widgets.VBox):
         self.subject_corners = None if subject_corners is None else np.asarray(subject_corners)
         self.ct_figure = None
         if self.ct is not None:
-            self.ct_figure = go.FigureWidget(go.Heatmap(z=[[0]], colorscale="gray",
-                                                        zmin=window[0], zmax=window[1],
-                                                        hovertemplate="HU %{z}<extra></extra>"))
-            self.ct_figure.update_yaxes(autorange="reversed", scaleanchor="x")
-            self.ct_figure.update_layout(width=PANEL_WIDTH, height=380,
-                                         margin=dict(l=10, r=10, t=40, b=10))
+            sx, sy = self.ct_spacing[0], self.ct_spacing[1]
+            self.ct_figure = go.FigureWidget(go.Heatmap(
+                z=[[0]], dx=sx, dy=sy, colorscale="gray", zmin=window[0], zmax=window[1],
+                colorbar=dict(title=dict(text="HU"), thickness=12),
+                hovertemplate="(%{x:.0f}, %{y:.0f}) mm: %{z} HU<extra></extra>"))
+            self.ct_figure.update_yaxes(autorange="reversed", scaleanchor="x",
+                                        title_text="y (mm from the scan corner, → posterior)")
+            self.ct_figure.update_xaxes(title_text="x (mm from the scan corner, → left)")
+            self.ct_figure.update_layout(width=PANEL_WIDTH, height=340,
+                                         margin=dict(l=60, r=10, t=40, b=45))
 
-        self.dropdown = widgets.Dropdown(options=[(str(i), i) for i in range(len(self.landmarks))],
+        self.dropdown = widgets.Dropdown(options=[(label, i) for i, label in enumerate(self.labels)],
                                          value=int(landmark), description="landmark")
         self.dropdown.observe(lambda change: self._show(int(change["new"])), names="value")
         views = [self.cloud, self.patch_figure] if self.ct_figure is None else \
@@ -152,7 +183,7 @@ class PatchExplorer(widgets.VBox):
             figures.append(go.Figure(self.ct_figure))
         data["text/html"] = (
             '<div style="font:12px sans-serif;color:#555">Static copy of the patch explorer '
-            f"at landmark {self.landmark} (selection works in JupyterLab).</div>"
+            f"at landmark {self.labels[self.landmark]} (selection works in JupyterLab).</div>"
             + "".join(figure_html(f) for f in figures))
         return data
 
@@ -187,7 +218,7 @@ class PatchExplorer(widgets.VBox):
         with self.patch_figure.batch_update():
             for trace, image in zip(self.patch_figure.data, slices):
                 trace.z = image
-            self.patch_figure.layout.title = (f"{self.subject_id}, landmark {landmark}: "
+            self.patch_figure.layout.title = (f"{self.subject_id}, {self.labels[landmark]}: "
                                               f"{self.patch_size}³ patch")
         centre = landmark_centres(self.landmarks[landmark:landmark + 1], self.patch_size,
                                   self.cloud_spacing)
@@ -204,10 +235,16 @@ class PatchExplorer(widgets.VBox):
         inside = 0 <= z0 + p // 2 < self.ct.shape[0]
         with self.ct_figure.batch_update():
             self.ct_figure.data[0].z = np.asarray(self.ct[z])
-            self.ct_figure.layout.shapes = [dict(type="rect", x0=x0 - 0.5, x1=x0 + p - 0.5,
-                                                 y0=y0 - 0.5, y1=y0 + p - 0.5,
-                                                 line=dict(color="red", width=2))]
-            self.ct_figure.layout.title = (f"axial slice z = {z} (voxel index)"
+            sx, sy, sz = self.ct_spacing
+            # the box as far as it lies on the image (a patch may stick out of the scan)
+            ny, nx = self.ct.shape[1:]
+            bx0, bx1 = max(x0, 0) - 0.5, min(x0 + p, nx) - 0.5
+            by0, by1 = max(y0, 0) - 0.5, min(y0 + p, ny) - 0.5
+            self.ct_figure.layout.shapes = [dict(type="rect", x0=bx0 * sx, x1=bx1 * sx,
+                                                 y0=by0 * sy, y1=by1 * sy,
+                                                 line=dict(color="red", width=2))] \
+                if bx1 > bx0 and by1 > by0 else []
+            self.ct_figure.layout.title = (f"axial slice at z = {z * sz:.0f} mm"
                                            + ("" if inside else ": patch centre outside the scan"))
 
 

@@ -90,13 +90,63 @@ def attach_static_fallback(widget: Any, render: Callable[[], Iterable[go.Figure]
     return widget
 
 
+_WIDGET_STATE_MIME = "application/vnd.jupyter.widget-state+json"
+_PROGRESS_MODELS = ("FloatProgressModel", "IntProgressModel")
+
+
+def _widget_models(notebook: Any) -> dict[str, dict[str, Any]]:
+    """model id → {"model_name", "state"} from the widget state the kernel run saved."""
+    saved = (notebook.metadata.get("widgets") or {}).get(_WIDGET_STATE_MIME) or {}
+    return dict(saved.get("state") or {})
+
+
+def _progress_html(model_id: str, models: dict[str, dict[str, Any]]) -> str | None:
+    """A tqdm notebook bar (HBox: text, progress, text) drawn in its final state, or None
+    when ``model_id`` is not such a bar. Without a saved state the bar is named as such
+    instead of showing the 0 % its plain-text form was printed with."""
+    import html as html_lib
+
+    model = models.get(model_id)
+    if model is None:
+        return None
+    children = [str(c).removeprefix("IPY_MODEL_")
+                for c in model.get("state", {}).get("children", [])]
+    parts = [models.get(c, {}) for c in children]
+    bars = [p for p in parts if p.get("model_name") in _PROGRESS_MODELS]
+    if model.get("model_name") != "HBoxModel" or len(bars) != 1:
+        return None
+    bar = bars[0]["state"]
+    texts = [html_lib.unescape(str(p.get("state", {}).get("value", ""))).replace("\u2007", " ")
+             for p in parts if p.get("model_name") == "HTMLModel"]
+    left, right = (texts + ["", ""])[:2]
+    # a bar over nothing (tqdm draws total=0 as 0/0 on max 1): all was done earlier
+    if not float(bar.get("max", 1) or 0) or re.match(r"\s*0/0\b", right):
+        return ('<div class="drasclr-progress" style="font:12px monospace">'
+                f"{html_lib.escape(left.rstrip(': '))}: nothing to do (finished earlier)</div>")
+    value, top = float(bar.get("value", 0)), float(bar.get("max", 1))
+    colour = {"danger": "#d62728", "success": "#2ca02c"}.get(bar.get("bar_style", ""), "#1f77b4")
+    return ('<div class="drasclr-progress" style="font:12px monospace;display:flex;'
+            'align-items:center;gap:8px">'
+            f"<span>{html_lib.escape(left)}</span>"
+            f'<span style="display:inline-block;width:240px;height:10px;background:#eee">'
+            f'<span style="display:block;height:10px;width:{100 * min(value / top, 1):.1f}%;'
+            f'background:{colour}"></span></span><span>{html_lib.escape(right)}</span></div>')
+
+
+# tqdm's plain-text form: "desc:  0%|   | 0/12 [00:00<?, ?it/s]" or "0scan [00:00, ?scan/s]"
+_TQDM_TEXT = re.compile(r"\[\d+:\d+[<,]")
+
+
 def static_notebook(notebook: Any) -> Any:
     """A copy of an executed notebook ready for a static page.
 
-    Widget state goes (the page shows each widget's static copy instead), plotly outputs
-    get a :func:`figure_html` copy, and outputs that only carry plotly's bundle go.
+    Widget state goes (the page shows each widget's static copy instead), progress bars
+    show the final state the run saved (never the 0 % they were first printed with),
+    plotly outputs get a :func:`figure_html` copy, and outputs that only carry plotly's
+    bundle go.
     """
     nb = copy.deepcopy(notebook)
+    models = _widget_models(nb)
     nb.metadata.pop("widgets", None)
     for cell in nb.cells:
         if cell.get("cell_type") != "code":
@@ -112,7 +162,16 @@ def static_notebook(notebook: Any) -> Any:
                 html = "".join(html)
             if _PLOTLY_BUNDLE_MARK in html and PLOTLY_MIME not in data:
                 continue  # plotly.js itself: the page carries one copy of its own
-            data.pop(WIDGET_MIME, None)
+            view = data.pop(WIDGET_MIME, None)
+            if view is not None and "text/html" not in data:
+                progress = _progress_html(str(view.get("model_id", "")), models)
+                plain = data.get("text/plain", "")
+                plain = "".join(plain) if isinstance(plain, list) else str(plain)
+                if progress is not None:
+                    data = {"text/html": progress}
+                elif _TQDM_TEXT.search(plain):
+                    data = {"text/plain": "(a progress bar: its final state was not saved)"}
+                output["data"] = data
             if PLOTLY_MIME in data:
                 data["text/html"] = figure_html(data[PLOTLY_MIME])
             if not data:

@@ -27,7 +27,8 @@ from plotly.colors import qualitative
 
 from drasclr_toolkit.embed import Embeddings
 
-__all__ = ["landmark_centres", "landmark_cloud", "landmark_trace", "landmark_traces",
+__all__ = ["SCENE_CAMERA", "landmark_centres", "landmark_cloud", "landmark_labels",
+           "landmark_trace", "landmark_traces",
            "patch_kmeans", "patch_pca",
            "CATEGORY_COLOURS"]
 
@@ -107,11 +108,13 @@ def landmark_trace(landmarks: np.ndarray, values: np.ndarray | None = None, *,
                    landmark_ids: Sequence[int] | None = None, marker_size: float = 4.0,
                    colorscale: str = "Viridis", cmin: float | None = None,
                    cmax: float | None = None, name: str = "landmarks",
-                   showscale: bool = True, positions: np.ndarray | None = None) -> go.Scatter3d:
+                   showscale: bool = True, positions: np.ndarray | None = None,
+                   unit: str = "mm", labels: Sequence[str] | None = None) -> go.Scatter3d:
     """One Scatter3d of landmarks coloured by ``values`` (L,); the building block of the views.
 
-    Hover shows the landmark id, its atlas corner (x, y, z), its lung fraction and the value.
-    ``positions`` overrides where the points are drawn (default: patch centres).
+    Hover shows the landmark (``labels``, e.g. "right upper · 17", else its id), where it is
+    drawn (x, y, z) in the axes' ``unit``, its lung fraction and the value. ``positions``
+    overrides where the points are drawn (default: patch centres).
     """
     corners = np.asarray(landmarks)
     n_loc = len(corners)
@@ -129,8 +132,8 @@ def landmark_trace(landmarks: np.ndarray, values: np.ndarray | None = None, *,
             raise ValueError(f"lung_fraction must have shape ({n_loc},); got {lung_fraction.shape}")
     text = []
     for i in range(n_loc):
-        parts = [f"landmark {ids[i]}",
-                 "corner (x, y, z) = ({}, {}, {})".format(*(_format(c) for c in corners[i]))]
+        label = labels[i] if labels is not None else f"landmark {ids[i]}"
+        parts = [label, "centre (x, y, z) = ({:.0f}, {:.0f}, {:.0f}) {}".format(*xyz[i], unit)]
         if lung_fraction is not None:
             parts.append(f"lung fraction {lung_fraction[i]:.2f}")
         if values is not None:
@@ -176,6 +179,7 @@ def landmark_traces(landmarks: np.ndarray, values: np.ndarray | None = None, *,
     ids = np.asarray(kwargs.pop("landmark_ids", None) if "landmark_ids" in kwargs else
                      np.arange(len(corners)))
     positions = kwargs.pop("positions", None)
+    labels = kwargs.pop("labels", None)
     lung = kwargs.pop("lung_fraction", None)
     traces = []
     order = list(categories) if categories is not None else sorted(set(vals.tolist()), key=str)
@@ -186,6 +190,8 @@ def landmark_traces(landmarks: np.ndarray, values: np.ndarray | None = None, *,
         trace = landmark_trace(corners[keep], None, value_name=value_name,
                                lung_fraction=None if lung is None else np.asarray(lung)[keep],
                                positions=None if positions is None else np.asarray(positions)[keep],
+                               labels=None if labels is None else
+                               [labels[j] for j in np.flatnonzero(keep)],
                                landmark_ids=ids[keep], name=f"{value_name} {category}", **kwargs)
         trace.marker.color = CATEGORY_COLOURS[j % len(CATEGORY_COLOURS)]
         trace.legendgroup = f"{value_name} {category}"
@@ -193,6 +199,28 @@ def landmark_traces(landmarks: np.ndarray, values: np.ndarray | None = None, *,
         trace.text = [t + f"<br>{value_name} = {category}" for t in trace.text]
         traces.append(trace)
     return traces
+
+
+# Plotly's default eye (1.25, 1.25, 1.25) draws a lung-shaped box (taller than wide) so
+# large that the lowest tick labels and the y title fall below the figure; from this
+# distance every tick and title stays inside (checked in a browser, tests/test_pages.py).
+SCENE_CAMERA: dict[str, Any] = {"eye": {"x": 1.9, "y": 1.9, "z": 1.2}}
+
+
+def landmark_labels(landmarks: np.ndarray, patch_size: int = 32, atlas: Any = None) -> list[str]:
+    """"right upper · 17": each landmark's lung zone and index, for lists and hovers.
+
+    Zones come from the atlas lung mask when ``atlas`` is given, else from the landmark
+    grid (:func:`drasclr_toolkit.evaluate.features.landmark_zones`).
+
+    Example:
+        >>> landmark_labels(np.array([[0, 0, 0], [40, 0, 60]]))
+        ['right lower · 0', 'left upper · 1']
+    """
+    from drasclr_toolkit.evaluate.features import landmark_zones
+
+    zones = landmark_zones(np.asarray(landmarks), patch_size, atlas)
+    return [f"{str(z).replace('_', ' ')} · {i}" for i, z in enumerate(zones)]
 
 
 def scene_layout(title: str | None = None, unit: str = "mm") -> dict[str, Any]:
@@ -203,7 +231,7 @@ def scene_layout(title: str | None = None, unit: str = "mm") -> dict[str, Any]:
     """
     return dict(
         title=title,
-        scene=dict(aspectmode="data",
+        scene=dict(aspectmode="data", camera=SCENE_CAMERA,
                    xaxis_title=f"x ({unit}, → left)", yaxis_title=f"y ({unit}, → posterior)",
                    zaxis_title=f"z ({unit}, → superior)"),
         margin=dict(l=10, r=10, t=40 if title else 10, b=10),
@@ -220,7 +248,8 @@ def landmark_cloud(landmarks: np.ndarray, values: np.ndarray | None = None, *,
                    subject_ids: Sequence[str] | None = None, value_name: str = "value",
                    categorical: bool | None = None, patch_size: int = 32,
                    spacing: Sequence[float] | None = None, marker_size: float = 4.0,
-                   colorscale: str = "Viridis", title: str | None = None) -> go.Figure:
+                   colorscale: str = "Viridis", title: str | None = None,
+                   labels: Sequence[str] | None = None) -> go.Figure:
     """3D cloud of the atlas landmarks coloured by a per-landmark value.
 
     Args:
@@ -236,6 +265,7 @@ def landmark_cloud(landmarks: np.ndarray, values: np.ndarray | None = None, *,
         categorical: force categorical (True) or continuous (False) colouring.
         spacing: atlas voxel size (x, y, z) in mm (e.g. ``atlas.mask.GetSpacing()``): the
             axes are then in mm. Without it the axes are atlas voxel indices, and say so.
+        labels: a name per landmark for the hover (e.g. :func:`landmark_labels`).
 
     Returns a ``plotly.graph_objects.Figure``; ``fig.write_html(path)`` saves it.
 
@@ -258,7 +288,7 @@ def landmark_cloud(landmarks: np.ndarray, values: np.ndarray | None = None, *,
         traces = landmark_traces(corners, values, lung_fraction=lung, value_name=value_name,
                                  categorical=categorical, patch_size=patch_size,
                                  spacing=spacing, marker_size=marker_size,
-                                 colorscale=colorscale)
+                                 colorscale=colorscale, unit=unit, labels=labels)
         fig = go.Figure(traces)
         fig.update_layout(**scene_layout(title, unit))
         return fig
@@ -286,7 +316,7 @@ def landmark_cloud(landmarks: np.ndarray, values: np.ndarray | None = None, *,
                                  value_name=value_name, categorical=is_cat,
                                  patch_size=patch_size, spacing=spacing,
                                  marker_size=marker_size, colorscale=colorscale,
-                                 name=names[i], **extra)
+                                 name=names[i], unit=unit, labels=labels, **extra)
         for trace in traces:
             trace.visible = i == 0
             fig.add_trace(trace)

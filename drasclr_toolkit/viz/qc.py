@@ -16,6 +16,8 @@ import SimpleITK as sitk
 from drasclr_toolkit.constants import HU_MAX, HU_MIN
 from drasclr_toolkit.data.ct import image_array
 
+from .landmarks import SCENE_CAMERA
+
 __all__ = ["plot_landmarks_3d", "plot_overlay", "plot_patches", "plot_registration"]
 
 
@@ -53,9 +55,11 @@ def plot_overlay(
 
     vol = image_array(image)
     msk = image_array(mask) if mask is not None else None
+    spacing = _spacing(image)  # (x, y, z) mm: the slices are drawn in mm from the scan corner
     nz, ny, nx = vol.shape
+    size = (nx, ny, nz)
     centre = list(index) if index is not None else _default_centre(vol.shape, msk)
-    fig = make_subplots(rows=1, cols=len(axes), subplot_titles=list(axes))
+    fig = make_subplots(rows=1, cols=len(axes), subplot_titles=list(axes), horizontal_spacing=0.08)
     for col, ax in enumerate(axes, start=1):
         if ax == "axial":
             sl, ms, k, dims = vol[centre[2]], None if msk is None else msk[centre[2]], 2, (0, 1)
@@ -63,32 +67,52 @@ def plot_overlay(
             sl, ms, k, dims = vol[:, centre[1], :], None if msk is None else msk[:, centre[1], :], 1, (0, 2)
         else:
             sl, ms, k, dims = vol[:, :, centre[0]], None if msk is None else msk[:, :, centre[0]], 0, (1, 2)
+        # Axis of the slice picture: columns are x (axial, coronal) or y (sagittal),
+        # rows are y (axial) or z (coronal, sagittal).
+        cx = 0 if ax in ("axial", "coronal") else 1
+        cy = 1 if ax == "axial" else 2
+        geometry = dict(dx=spacing[cx], dy=spacing[cy], x0=0.0, y0=0.0)
         fig.add_trace(go.Heatmap(z=np.clip(sl, HU_MIN, HU_MAX), colorscale="gray", showscale=False,
-                                 hoverinfo="skip"), row=1, col=col)
+                                 hovertemplate="(%{x:.0f}, %{y:.0f}) mm: %{z} HU<extra></extra>",
+                                 **geometry), row=1, col=col)
         if ms is not None:
             fig.add_trace(go.Contour(z=(ms > 0).astype(float), contours=dict(start=0.5, end=0.5, coloring="lines"),
-                                     line=dict(width=2), colorscale=_RED, showscale=False, hoverinfo="skip"),
+                                     line=dict(width=2), colorscale=_RED, showscale=False, hoverinfo="skip",
+                                     **geometry),
                           row=1, col=col)
         if corners is not None and len(corners):
             c = np.asarray(corners)
             hit = (c[:, k] <= centre[k]) & (centre[k] < c[:, k] + patch_size)
-            # Axis of the slice picture: columns are x (axial, coronal) or y (sagittal),
-            # rows are y (axial) or z (coronal, sagittal).
-            cx = 0 if ax in ("axial", "coronal") else 1
-            cy = 1 if ax == "axial" else 2
             xs, ys = [], []
             for p in c[hit]:
-                x0, y0 = p[cx] - 0.5, p[cy] - 0.5
-                x1, y1 = x0 + patch_size, y0 + patch_size
+                # as far as the patch lies on the image (patches may stick out of the scan)
+                x0, x1 = max(p[cx], 0) - 0.5, min(p[cx] + patch_size, size[cx]) - 0.5
+                y0, y1 = max(p[cy], 0) - 0.5, min(p[cy] + patch_size, size[cy]) - 0.5
+                if x1 <= x0 or y1 <= y0:
+                    continue
+                x0, x1, y0, y1 = x0 * spacing[cx], x1 * spacing[cx], y0 * spacing[cy], y1 * spacing[cy]
                 xs += [x0, x1, x1, x0, x0, None]
                 ys += [y0, y0, y1, y1, y0, None]
             fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line=dict(color="yellow", width=1),
                                      showlegend=False, hoverinfo="skip"), row=1, col=col)
         # Superior up for coronal/sagittal: z index grows superior.
         fig.update_yaxes(autorange=True if ax != "axial" else "reversed", scaleanchor=f"x{col}",
-                         row=1, col=col)
-    fig.update_layout(title=title, height=380, width=360 * len(axes), margin=dict(l=10, r=10, t=50, b=10))
+                         title_text=_AXIS_TITLES[cy], title_standoff=2, row=1, col=col)
+        fig.update_xaxes(title_text=_AXIS_TITLES[cx], title_standoff=2, row=1, col=col)
+    fig.update_layout(title=title, height=400, width=380 * len(axes),
+                      margin=dict(l=50, r=10, t=50, b=45))
     return fig
+
+
+_AXIS_TITLES = ("x (mm, → left)", "y (mm, → posterior)", "z (mm, → superior)")
+
+
+def _spacing(image: Any) -> tuple[float, float, float]:
+    if hasattr(image, "GetSpacing"):
+        return tuple(float(v) for v in image.GetSpacing())
+    if hasattr(image, "spacing"):
+        return tuple(float(v) for v in image.spacing)
+    return (1.0, 1.0, 1.0)
 
 
 def plot_registration(atlas: Any, subject_mask: sitk.Image, transform: sitk.Transform,
@@ -143,7 +167,8 @@ def plot_landmarks_3d(centres_mm: np.ndarray, values: np.ndarray | None = None,
     ))
     fig = go.Figure(traces)
     fig.update_layout(title=title, height=500,
-                      scene=dict(aspectmode="data", xaxis_title="x (mm, → left)",
+                      scene=dict(aspectmode="data", camera=SCENE_CAMERA,
+                                 xaxis_title="x (mm, → left)",
                                  yaxis_title="y (mm, → posterior)",
                                  zaxis_title="z (mm, → superior)"),
                       margin=dict(l=10, r=10, t=40, b=10),

@@ -149,8 +149,10 @@ def slice_figure(
     planes = _planes(spacing)
     max_label = int(overlay.max()) if overlay is not None and overlay.size else 0
 
+    # The gaps hold each panel's vertical title ("superior ↑"): at 0.04 a narrow output
+    # (690 px in JupyterLab) drew it over the neighbouring panel.
     fig = make_subplots(rows=1, cols=3, subplot_titles=[p.capitalize() for p in PLANES],
-                        horizontal_spacing=0.04)
+                        horizontal_spacing=0.06)
     for col, name in enumerate(PLANES, start=1):
         plane = planes[name]
         index = int(np.clip(indices[name], 0, volume.shape[plane.axis] - 1))
@@ -176,7 +178,7 @@ def slice_figure(
         axis_suffix = "" if col == 1 else str(col)
         fig.update_yaxes(autorange="reversed" if name == "axial" else True,
                          scaleanchor=f"x{axis_suffix}", showticklabels=False, row=1, col=col,
-                         title_text=ROW_LABELS[name])
+                         title_text=ROW_LABELS[name], title_standoff=2)
         fig.update_xaxes(showticklabels=False, row=1, col=col, title_text=COLUMN_LABELS[name])
     fig.update_layout(
         height=360, margin=dict(l=10, r=10, t=50 if title else 30, b=10),

@@ -100,6 +100,6 @@ def lung_surface(mask: Any, spacing: Sequence[float] | None = None, affine: np.n
                                        lung_fraction=lung_fraction, value_name=value_name,
                                        categorical=categorical, patch_size=patch_size,
                                        positions=positions, marker_size=marker_size,
-                                       colorscale=colorscale))
+                                       colorscale=colorscale, unit=unit))
     fig.update_layout(**scene_layout(title, unit))
     return fig
