@@ -25,7 +25,7 @@ from drasclr_toolkit.constants import HU_MAX, HU_MIN
 from drasclr_toolkit.io_utils import atomic_write
 from drasclr_toolkit.landmarks import nearest_neighbors, normalize_landmarks
 
-__all__ = ["ArrayPatchSource", "PatchSource"]
+__all__ = ["ArrayPatchSource", "CachedPatchSource", "PatchSource", "cached_source"]
 
 
 @runtime_checkable
@@ -200,3 +200,67 @@ class ArrayPatchSource:
                 hu = np.where(holes, -980.0, hu)                 # low-density holes
                 out[s, l] = np.clip(hu, HU_MIN, HU_MAX).astype(np.int16)
         return cls(out, landmarks, k_neighbors=min(k_neighbors, n_locations - 1))
+
+
+class CachedPatchSource:
+    """Another patch source with all its patches read into memory once.
+
+    Every read is then an array index: no decoding, no checksum, no file access. Reading
+    goes subject by subject through the source's own ``read_subject`` (so a damaged
+    subject is reported as the source reports it); every other attribute (landmarks,
+    ids, ``fingerprint``, ...) is the source's own.
+
+    Example:
+        >>> inner = ArrayPatchSource.synthetic(n_subjects=3, n_locations=4, patch_size=8)
+        >>> cached = CachedPatchSource(inner)
+        >>> bool((cached.read_location(2, [2, 0]) == inner.read_location(2, [2, 0])).all())
+        True
+        >>> cached.subject_ids == inner.subject_ids, cached.nbytes
+        (True, 12288)
+    """
+
+    def __init__(self, source: PatchSource) -> None:
+        self.source = source
+        n, n_loc, p = len(source.subject_ids), len(source.landmarks), int(source.patch_size)
+        self.patches = np.empty((n_loc, n, p, p, p), np.int16)  # location-major, as training reads
+        for s in range(n):
+            self.patches[:, s] = np.asarray(source.read_subject(s))
+
+    @staticmethod
+    def size_mb(source: PatchSource) -> float:
+        """MiB the cache of ``source`` would take."""
+        n, n_loc, p = len(source.subject_ids), len(source.landmarks), int(source.patch_size)
+        return n * n_loc * p ** 3 * 2 / 2 ** 20
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.patches.nbytes)
+
+    def read_location(self, loc: int, subjects: Sequence[int]) -> np.ndarray:
+        return self.patches[int(loc), np.asarray(list(subjects), dtype=np.int64)]
+
+    def read_subject(self, subject: int | str) -> np.ndarray:
+        index = self.source.subject_ids.index(subject) if isinstance(subject, str) else int(subject)
+        return self.patches[:, index].copy()
+
+    def __getattr__(self, name: str):
+        # Only reached for names not set here: landmarks, ids, fingerprint, path, ...
+        return getattr(self.__dict__["source"], name)
+
+
+def cached_source(source: PatchSource, limit_mb: float) -> PatchSource:
+    """``source`` held in memory (:class:`CachedPatchSource`) when its patches fit in
+    ``limit_mb`` MiB; otherwise ``source`` itself (read from disk as before).
+
+    Example:
+        >>> src = ArrayPatchSource.synthetic(n_subjects=2, n_locations=3, patch_size=8)
+        >>> cached_source(src, 100) is src    # already in memory
+        True
+        >>> round(CachedPatchSource.size_mb(src), 4)   # what a store of this shape would take
+        0.0059
+    """
+    if isinstance(source, (CachedPatchSource, ArrayPatchSource)) or limit_mb <= 0:
+        return source
+    if CachedPatchSource.size_mb(source) > limit_mb:
+        return source
+    return CachedPatchSource(source)

@@ -62,7 +62,8 @@ from drasclr_toolkit.runtime import (
     resolve_device,
     shutdown,
 )
-from drasclr_toolkit.ssl.augment import hu_to_unit
+from drasclr_toolkit.constants import HU_WINDOW
+from drasclr_toolkit.ssl.augment import check_window, hu_to_unit
 
 from .store import POOLING_METHODS, Embeddings, atomic_save_npy
 
@@ -83,6 +84,9 @@ class EmbedConfig(Config):
         pooling: default patient pooling (``mean``, ``max``, ``lung_weighted``).
         encoder: architecture of the random-init encoder (keys of ``DrasCLREncoder``);
             ignored when a checkpoint is given (the checkpoint's own config is used).
+        hu_window: the network's HU window for an encoder without a checkpoint (the
+            random-init baseline, a given encoder); ``None``: [-1024, 240]. A trained
+            checkpoint's own window (pretrain ``hu_window``) always wins.
 
     Example:
         >>> EmbedConfig.from_dict({"batch_size": 8}).batch_size
@@ -98,6 +102,12 @@ class EmbedConfig(Config):
     seed: int = 0
     pooling: Literal[POOLING_METHODS] = "mean"
     encoder: dict[str, Any] = Field(default_factory=dict)
+    hu_window: list[float] | None = Field(None, min_length=2, max_length=2)
+
+    @field_validator("hu_window")
+    @classmethod
+    def _window(cls, window: list[float] | None) -> list[float] | None:
+        return None if window is None else list(check_window(window))
 
     @field_validator("encoder")
     @classmethod
@@ -219,8 +229,9 @@ def extract_embeddings(
     # The fingerprint is taken before any recalibration: re-estimated statistics can differ
     # in the last bits between runs (thread counts, GPU atomics), the weights never do.
     weights_sha1 = _encoder_fingerprint(encoder)
+    window = network_window(info, cfg.hu_window)
     if info["encoder_kind"] == "random-init" and recalibrate:
-        info["batchnorm"] = _recalibrate(encoder, source, seed, device)
+        info["batchnorm"] = _recalibrate(encoder, source, seed, device, window)
 
     all_ids = [str(s) for s in source.subject_ids]
     wanted = (list(range(len(all_ids))) if subjects is None else
@@ -233,6 +244,8 @@ def extract_embeddings(
                    "seed": seed if info["encoder_kind"] == "random-init" else None,
                    "amp": dtype is not None,
                    "batchnorm": "recalibrated" if "batchnorm" in info else "as built"}
+    if window != HU_WINDOW:  # only then: parts written before windows existed stay valid
+        fingerprint["hu_window"] = list(window)
     parts_dir = None
     lock = contextlib.ExitStack()
     if out_path is not None:
@@ -251,12 +264,12 @@ def extract_embeddings(
     with lock:
         return _extract(source, encoder, info, wanted, all_ids, landmarks, coords, device, dtype,
                         dist_info, batch_size, fingerprint, parts_dir, out_path, progress,
-                        recompute_changed, was_training)
+                        recompute_changed, was_training, window)
 
 
 def _extract(source, encoder, info, wanted, all_ids, landmarks, coords, device, dtype,
              dist_info, batch_size, fingerprint, parts_dir, out_path, progress,
-             recompute_changed, was_training) -> Embeddings:
+             recompute_changed, was_training, window) -> Embeddings:
     mine = wanted[dist_info.rank::dist_info.world_size]
     todo = [i for i in mine if parts_dir is None or
             not _part_is_current(parts_dir, source, all_ids[i], recompute_changed)]
@@ -264,7 +277,7 @@ def _extract(source, encoder, info, wanted, all_ids, landmarks, coords, device, 
     results, failed = _embed_subjects(
         source, encoder, [(i, all_ids[i]) for i in todo],
         torch.as_tensor(coords, dtype=torch.float32, device=device), batch_size, device, dtype,
-        parts_dir, _progress_bar(len(todo) * len(landmarks), progress, dist_info))
+        parts_dir, _progress_bar(len(todo) * len(landmarks), progress, dist_info), window)
     encoder.train(was_training)
     seconds = time.perf_counter() - started
 
@@ -276,6 +289,7 @@ def _extract(source, encoder, info, wanted, all_ids, landmarks, coords, device, 
         "seed": fingerprint["seed"], "encoder_sha1": fingerprint["encoder_sha1"],
         "rep_dim": int(encoder.rep_dim), "device": str(device), "amp": fingerprint["amp"],
         "batch_size": batch_size, "world_size": dist_info.world_size, "failed": failed,
+        "hu_window": list(window),
         "source": str(getattr(source, "path", getattr(source, "root", type(source).__name__))),
         "seconds_rank0": round(seconds, 3), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "store_fingerprint": (source.fingerprint() if callable(getattr(source, "fingerprint", None))
@@ -289,20 +303,39 @@ def _extract(source, encoder, info, wanted, all_ids, landmarks, coords, device, 
     return emb
 
 
+def network_window(info: Mapping[str, Any], configured: Sequence[float] | None = None
+                   ) -> tuple[float, float]:
+    """The HU window an encoder was trained with: a trained checkpoint's ``hu_window``,
+    else ``configured`` (the random-init baseline, a given encoder), else [-1024, 240].
+
+    Example:
+        >>> network_window({"encoder_kind": "trained", "checkpoint_config": {"hu_window": [-1024, -500]}})
+        (-1024, -500)
+        >>> network_window({"encoder_kind": "random-init"}, [-1000, -400])
+        (-1000, -400)
+    """
+    config = info.get("checkpoint_config") or {}
+    if info.get("encoder_kind") == "trained" and isinstance(config, Mapping) \
+            and config.get("hu_window") is not None:
+        return check_window(config["hu_window"])
+    return check_window(configured)
+
+
 def _recalibrate(encoder: torch.nn.Module, source: PatchSource, seed: int,
-                 device: torch.device, max_locations: int = 64) -> str:
+                 device: torch.device, window: tuple[float, float] = HU_WINDOW,
+                 max_locations: int = 64) -> str:
     """Honest random-init statistics: BatchNorm re-estimated from this cohort's patches."""
     from drasclr_toolkit.models.batchnorm import location_batches, recalibrate_batchnorm
 
     batch = min(32, len(source.subject_ids))
     if batch >= 2:
         batches = location_batches(source, batch_size=batch, max_locations=max_locations,
-                                   seed=seed)
+                                   seed=seed, window=window)
         how = f"up to {batch} subjects at one landmark each, landmarks spread over the lung"
     else:  # one subject: batches of its landmarks (each patch with its own location)
         coords = np.asarray(source.landmark_coords, np.float32)
         patches = np.asarray(source.read_subject(0))
-        batches = ((hu_to_unit(torch.as_tensor(patches[i:i + 16])).unsqueeze(1),
+        batches = ((hu_to_unit(torch.as_tensor(patches[i:i + 16]), window).unsqueeze(1),
                     torch.as_tensor(coords[i:i + 16])) for i in range(0, len(coords), 16))
         how = "one subject: 16 of its landmarks per batch"
     used = recalibrate_batchnorm(encoder, batches, device=device)
@@ -351,7 +384,8 @@ def _progress_bar(total: int, progress: bool, dist_info: DistInfo) -> tqdm:
 
 def _embed_subjects(source: PatchSource, encoder: torch.nn.Module, todo: list[tuple[int, str]],
                     coords: torch.Tensor, batch_size: int, device: torch.device,
-                    dtype: torch.dtype | None, parts_dir: Path | None, bar: tqdm
+                    dtype: torch.dtype | None, parts_dir: Path | None, bar: tqdm,
+                    window: tuple[float, float] = HU_WINDOW
                     ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Embed ``todo`` (source index, subject id) ``batch_size`` subjects at a time.
 
@@ -374,7 +408,7 @@ def _embed_subjects(source: PatchSource, encoder: torch.nn.Module, todo: list[tu
                     bar.update(n_loc)
             if not chunk:
                 continue
-            out = _embed_chunk(encoder, np.stack(chunk), coords, device, bar)
+            out = _embed_chunk(encoder, np.stack(chunk), coords, device, bar, window)
             for row, sid in enumerate(chunk_ids):
                 if parts_dir is not None:
                     atomic_save_npy(parts_dir / _part_name(sid), out[row])
@@ -388,11 +422,12 @@ def _embed_subjects(source: PatchSource, encoder: torch.nn.Module, todo: list[tu
 
 
 def _embed_chunk(encoder: torch.nn.Module, patches: np.ndarray, coords: torch.Tensor,
-                 device: torch.device, bar: tqdm) -> np.ndarray:
+                 device: torch.device, bar: tqdm, window: tuple[float, float] = HU_WINDOW
+                 ) -> np.ndarray:
     """``(C, L, P, P, P)`` int16 HU patches → ``(C, L, D)`` float32, one landmark per pass."""
     out = np.empty((len(patches), len(coords), encoder.rep_dim), dtype=np.float32)
     for loc in range(len(coords)):
-        x = _to_network(patches[:, loc], device)
+        x = _to_network(patches[:, loc], device, window)
         h = encoder.encode(x, coords[loc])
         out[:, loc] = h.float().cpu().numpy()
         bar.update(len(patches))
@@ -415,10 +450,11 @@ def _read_subject(source: PatchSource, index: int, sid: str, n_loc: int) -> np.n
     return patches
 
 
-def _to_network(hu: np.ndarray, device: torch.device) -> torch.Tensor:
+def _to_network(hu: np.ndarray, device: torch.device,
+                window: tuple[float, float] = HU_WINDOW) -> torch.Tensor:
     """HU patches ``(B, P, P, P)`` → network input ``(B, 1, P, P, P)`` in [-1, 1]."""
     x = torch.from_numpy(np.ascontiguousarray(hu)).to(device=device, dtype=torch.float32)
-    return hu_to_unit(x).unsqueeze(1)
+    return hu_to_unit(x, window).unsqueeze(1)
 
 
 def _subject_digest(source: PatchSource, sid: str) -> str | None:

@@ -34,24 +34,29 @@ LABEL_FRACTIONS: tuple[float, ...] = (0.01, 0.05, 0.1, 0.25, 1.0)
 METHODS: tuple[str, ...] = ("fine-tuned", "from scratch", "linear probe")
 
 
-def _network_input(patches: np.ndarray) -> torch.Tensor:
+def _network_input(patches: np.ndarray, window: tuple[float, float] | None = None
+                   ) -> torch.Tensor:
     from drasclr_toolkit.ssl.augment import hu_to_unit
 
-    return hu_to_unit(torch.as_tensor(patches)).unsqueeze(1)
+    return hu_to_unit(torch.as_tensor(patches), window).unsqueeze(1)
 
 
 def _encoders(checkpoint: str | Path | None, encoder_kwargs: Mapping[str, Any] | None,
               seed: int, n_loc: int, store_coords: np.ndarray
-              ) -> tuple[nn.Module | None, nn.Module, np.ndarray]:
-    """(pretrained or None, random-init twin, location coordinates for the pretrained)."""
+              ) -> tuple[nn.Module | None, nn.Module, np.ndarray, tuple[float, float]]:
+    """(pretrained or None, random-init twin, location coordinates for the pretrained,
+    the HU window the pretrained encoder was trained with: every method sees it)."""
+    from drasclr_toolkit.embed.extract import network_window
     from drasclr_toolkit.models.checkpoint import load_encoder
     from drasclr_toolkit.models import DrasCLREncoder
 
     coords = np.asarray(store_coords, np.float32)
     pretrained = None
     arch = dict(encoder_kwargs or {})
+    window = network_window({})
     if checkpoint is not None:
         pretrained, info = load_encoder(checkpoint)
+        window = network_window(info)
         arch = dict(info.get("encoder_config") or arch)
         trained_coords = info.get("trained_landmark_coords")
         if trained_coords is not None and np.shape(trained_coords) == (n_loc, 3):
@@ -61,7 +66,7 @@ def _encoders(checkpoint: str | Path | None, encoder_kwargs: Mapping[str, Any] |
         scratch = DrasCLREncoder(**arch) if arch or pretrained is None else \
             DrasCLREncoder(rep_dim=pretrained.rep_dim, num_experts=pretrained.num_experts,
                            width=pretrained.width, conditioning=pretrained.conditioning)
-    return pretrained, scratch, coords
+    return pretrained, scratch, coords, window
 
 
 class _Classifier(nn.Module):
@@ -77,7 +82,8 @@ class _Classifier(nn.Module):
 def _train(encoder: nn.Module, patches: np.ndarray, labels: np.ndarray, locs: np.ndarray,
            coords: np.ndarray, n_classes: int, steps: int, batch_size: int,
            lr_encoder: float, lr_head: float, seed: int,
-           locations_per_batch: int = 8) -> _Classifier:
+           locations_per_batch: int = 8, window: tuple[float, float] | None = None
+           ) -> _Classifier:
     model = _Classifier(copy.deepcopy(encoder), n_classes)
     model.train()
     params = [{"params": model.encoder.parameters(), "lr": lr_encoder},
@@ -97,7 +103,7 @@ def _train(encoder: nn.Module, patches: np.ndarray, labels: np.ndarray, locs: np
         p = np.where(allowed, weights, 0.0)
         pick = rng.choice(len(labels), size=min(batch_size, max(2, int(allowed.sum()))),
                           p=p / p.sum())
-        x = _network_input(patches[pick])
+        x = _network_input(patches[pick], window)
         loc = torch.as_tensor(coords[locs[pick]])
         loss = loss_fn(model(x, loc), torch.as_tensor(labels[pick]))
         opt.zero_grad(set_to_none=True)
@@ -109,22 +115,23 @@ def _train(encoder: nn.Module, patches: np.ndarray, labels: np.ndarray, locs: np
 
 @torch.no_grad()
 def _predict(model: nn.Module, patches: np.ndarray, locs: np.ndarray, coords: np.ndarray,
-             batch: int = 128) -> np.ndarray:
+             batch: int = 128, window: tuple[float, float] | None = None) -> np.ndarray:
     out = []
     for start in range(0, len(locs), batch):
         sl = slice(start, start + batch)
-        out.append(model(_network_input(patches[sl]), torch.as_tensor(coords[locs[sl]])))
+        out.append(model(_network_input(patches[sl], window), torch.as_tensor(coords[locs[sl]])))
     return torch.cat(out).argmax(1).numpy()
 
 
 @torch.no_grad()
 def _represent(encoder: nn.Module, patches: np.ndarray, locs: np.ndarray, coords: np.ndarray,
-               batch: int = 128) -> np.ndarray:
+               batch: int = 128, window: tuple[float, float] | None = None) -> np.ndarray:
     encoder.eval()
     out = []
     for start in range(0, len(locs), batch):
         sl = slice(start, start + batch)
-        out.append(encoder.encode(_network_input(patches[sl]), torch.as_tensor(coords[locs[sl]])))
+        out.append(encoder.encode(_network_input(patches[sl], window),
+                                  torch.as_tensor(coords[locs[sl]])))
     return torch.cat(out).numpy()
 
 
@@ -185,8 +192,8 @@ def _label_efficiency(store: Any, truth: PatchTruth, checkpoint: str | Path | No
                          f"(training and test); found {len(labelled)}")
     n_classes = len(truth.classes)
     n_loc = truth.label.shape[1]
-    pretrained, scratch_init, coords = _encoders(checkpoint, encoder_kwargs, 0, n_loc,
-                                                 np.asarray(store.landmark_coords))
+    pretrained, scratch_init, coords, window = _encoders(checkpoint, encoder_kwargs, 0, n_loc,
+                                                         np.asarray(store.landmark_coords))
     base = pretrained if pretrained is not None else scratch_init
     encoder_name = "pretrained" if pretrained is not None else "random-init (no checkpoint)"
     if pretrained is None:
@@ -196,7 +203,7 @@ def _label_efficiency(store: Any, truth: PatchTruth, checkpoint: str | Path | No
 
         base = copy.deepcopy(scratch_init)
         recalibrate_batchnorm(base, location_batches(
-            store, batch_size=min(32, max(2, len(ids))), max_locations=64))
+            store, batch_size=min(32, max(2, len(ids))), max_locations=64, window=window))
 
     patches = {i: np.asarray(store.read_subject(i)) for i in labelled}
 
@@ -216,7 +223,8 @@ def _label_efficiency(store: Any, truth: PatchTruth, checkpoint: str | Path | No
         test, pool = list(order[:n_test]), list(order[n_test:])
         x_test, y_test, loc_test = rows_of(test)
         chance = 1.0 / len(np.unique(y_test))
-        frozen_test = _represent(base, x_test, loc_test, coords) if "linear probe" in methods else None
+        frozen_test = (_represent(base, x_test, loc_test, coords, window=window)
+                       if "linear probe" in methods else None)
         done: dict[tuple[int, str], dict[str, Any]] = {}
         for fraction in fractions:
             n_train = max(1, int(math.ceil(fraction * len(pool))))
@@ -229,7 +237,7 @@ def _label_efficiency(store: Any, truth: PatchTruth, checkpoint: str | Path | No
                 if len(np.unique(y_tr)) < 2:
                     predicted = np.full(len(y_test), y_tr[0])
                 elif method == "linear probe":
-                    features = _represent(base, x_tr, loc_tr, coords)
+                    features = _represent(base, x_tr, loc_tr, coords, window=window)
                     probe = make_pipeline(StandardScaler(), LogisticRegression(
                         C=0.1, class_weight="balanced", max_iter=2000))
                     predicted = probe.fit(features, y_tr).predict(frozen_test)
@@ -237,8 +245,8 @@ def _label_efficiency(store: Any, truth: PatchTruth, checkpoint: str | Path | No
                     start_from = base if method == "fine-tuned" else scratch_init
                     lr_enc = lr_encoder if method == "fine-tuned" else lr_head
                     model = _train(start_from, x_tr, y_tr, loc_tr, coords, n_classes, steps,
-                                   batch_size, lr_enc, lr_head, seed)
-                    predicted = _predict(model, x_test, loc_test, coords)
+                                   batch_size, lr_enc, lr_head, seed, window=window)
+                    predicted = _predict(model, x_test, loc_test, coords, window=window)
                 results.append(dict(
                     method=method, fraction=float(fraction), n_train_subjects=n_train,
                     n_train_patches=len(y_tr), seed=int(seed),

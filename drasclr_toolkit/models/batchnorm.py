@@ -100,7 +100,8 @@ def recalibrate_batchnorm(encoder: nn.Module, batches: Iterable[Any], *,
 
 
 def location_batches(source: Any, *, batch_size: int = 16, max_locations: int | None = None,
-                     subjects: Iterable[int] | None = None, seed: int = 0):
+                     subjects: Iterable[int] | None = None, seed: int = 0,
+                     window: tuple[float, float] | None = None):
     """``(x, loc)`` batches of a patch source, location by location (for recalibration).
 
     Each batch holds up to ``batch_size`` subjects' patches at one landmark (intensity
@@ -108,6 +109,7 @@ def location_batches(source: Any, *, batch_size: int = 16, max_locations: int | 
     landmark's normalised coordinates. ``max_locations`` spreads over the landmarks evenly
     (every ``L / max_locations``-th) to bound the cost; ``subjects`` restricts the subjects
     (default all; a random subset of ``batch_size`` per location, seeded, when there are more).
+    ``window`` is the network's HU window (default [-1024, 240]).
     """
     import numpy as np
 
@@ -123,5 +125,5 @@ def location_batches(source: Any, *, batch_size: int = 16, max_locations: int | 
     for loc in locs:
         chosen = pool if len(pool) <= batch_size else np.sort(rng.choice(pool, batch_size, replace=False))
         patches = np.asarray(source.read_location(int(loc), chosen.tolist()))
-        x = hu_to_unit(torch.as_tensor(patches)).unsqueeze(1)
+        x = hu_to_unit(torch.as_tensor(patches), window).unsqueeze(1)
         yield x, torch.as_tensor(coords[loc])

@@ -1,6 +1,8 @@
 """Intensity mapping and the DrasCLR patch augmentation (MONAI transforms).
 
-The network sees HU clipped to [-1024, 240] and mapped linearly to [-1, 1]; missing values
+The network sees HU clipped to a window, by default the reference's [-1024, 240] (the
+``hu_window`` pretraining option can choose another, e.g. a lung window; the checkpoint
+records it and embedding and fine-tuning use it), mapped linearly to [-1, 1]; missing values
 (NaN, e.g. from resampling outside the scan) become -1, i.e. air, at training and at test
 time alike (the reference cleaned NaN only in its training loader).
 
@@ -24,27 +26,48 @@ from monai.transforms import (
     RandGaussianNoised,
 )
 
-from drasclr_toolkit.constants import HU_MAX, HU_MIN
-
-_HU_SPAN = (HU_MAX - HU_MIN) / 2.0  # 632
+from drasclr_toolkit.constants import HU_MIN, HU_WINDOW
 
 
-def hu_to_unit(x: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+def check_window(window: tuple[float, float] | list[float] | None) -> tuple[float, float]:
+    """The network window as ``(low, high)`` HU (``None``: the reference [-1024, 240]).
+
+    Example:
+        >>> check_window(None), check_window([-1024, -500])
+        ((-1024, 240), (-1024, -500))
+    """
+    if window is None:
+        return HU_WINDOW
+    low, high = (v for v in window)
+    if not high > low:
+        raise ValueError(f"HU window {tuple(window)}: the upper end must be above the lower "
+                         "one, e.g. (-1024, 240)")
+    return (low, high)
+
+
+def hu_to_unit(x: np.ndarray | torch.Tensor, window: tuple[float, float] | None = None
+               ) -> np.ndarray | torch.Tensor:
     """Map Hounsfield units to the network's [-1, 1] range (float32).
 
-    Clip to [-1024, 240], then ``(HU + 1024) / 632 - 1``; NaN becomes -1 (air).
+    Clip to the window (default [-1024, 240], the reference's), then map it linearly to
+    [-1, 1] (``(HU + 1024) / 632 - 1`` for the default); NaN becomes air (-1024 HU, so -1
+    for every window starting at or above air).
 
     Example:
         >>> hu_to_unit(np.array([-2000, -1024, 240, np.nan])).tolist()
         [-1.0, -1.0, 1.0, -1.0]
+        >>> hu_to_unit(np.array([-1024, -762, -500]), window=(-1024, -500)).tolist()
+        [-1.0, 0.0, 1.0]
     """
+    low, high = check_window(window)
+    span = (high - low) / 2.0
     if isinstance(x, torch.Tensor):
         t = x.to(torch.float32) if not torch.is_floating_point(x) else x.float()
         t = torch.nan_to_num(t, nan=HU_MIN)
-        return (t.clamp(HU_MIN, HU_MAX) - HU_MIN) / _HU_SPAN - 1.0
+        return (t.clamp(low, high) - low) / span - 1.0
     a = np.asarray(x, dtype=np.float32)
     a = np.nan_to_num(a, nan=HU_MIN)
-    return ((np.clip(a, HU_MIN, HU_MAX) - HU_MIN) / _HU_SPAN - 1.0).astype(np.float32)
+    return ((np.clip(a, low, high) - low) / span - 1.0).astype(np.float32)
 
 
 def _plain(t: torch.Tensor) -> torch.Tensor:
@@ -77,8 +100,11 @@ class PatchAugmenter:
         rotate_deg: maximum rotation about each axis in degrees.
         scale: maximum relative zoom (0.1 = ±10 %).
         noise_std: maximum standard deviation of Gaussian noise in HU.
-        p_noise, p_contrast: probabilities of noise and gamma-contrast change.
+        p_noise, p_contrast: probabilities of noise and gamma-contrast change (0 and 0:
+            no intensity augmentation, geometry only).
         enabled: False gives plain intensity mapping (both views equal the patch).
+        window: the network's HU window (default [-1024, 240]); augmentation works on HU
+            clipped to it, then maps it to [-1, 1].
 
     Example:
         >>> aug = PatchAugmenter()
@@ -91,10 +117,11 @@ class PatchAugmenter:
 
     def __init__(self, translate: float = 12.0, rotate_deg: float = 10.0, scale: float = 0.1,
                  noise_std: float = 50.0, p_noise: float = 0.25, p_contrast: float = 0.25,
-                 enabled: bool = True) -> None:
+                 enabled: bool = True, window: tuple[float, float] | None = None) -> None:
         self.params = dict(translate=translate, rotate_deg=rotate_deg, scale=scale,
                            noise_std=noise_std, p_noise=p_noise, p_contrast=p_contrast)
         self.enabled = enabled
+        self.window = check_window(window)
         self._single = _pipeline(["x"], **self.params)
         self._multi: dict[int, Compose] = {}
 
@@ -103,34 +130,35 @@ class PatchAugmenter:
             self._multi[k] = _pipeline([f"n{i}" for i in range(k)], **self.params)
         return self._multi[k]
 
-    @staticmethod
-    def _prepare(patch: np.ndarray | torch.Tensor) -> torch.Tensor:
-        # HU + 1024 with the same clip/NaN clean-up as hu_to_unit, channel first.
+    def _prepare(self, patch: np.ndarray | torch.Tensor) -> torch.Tensor:
+        # HU minus the window's low end (air is 0 for the default window, so the contrast
+        # transform sees non-negative values), same clip/NaN clean-up as hu_to_unit.
+        low, high = self.window
         t = torch.as_tensor(np.asarray(patch, dtype=np.float32))
-        t = torch.nan_to_num(t, nan=HU_MIN).clamp(HU_MIN, HU_MAX) - HU_MIN
+        t = torch.nan_to_num(t, nan=HU_MIN).clamp(low, high) - low
         return t.unsqueeze(0)
 
     def view(self, patches: np.ndarray, seed: int) -> torch.Tensor:
         """One augmented view of each patch in ``patches`` (B, P, P, P) → (B, 1, P, P, P)."""
         if not self.enabled:
-            return hu_to_unit(torch.as_tensor(np.asarray(patches))).unsqueeze(1)
+            return hu_to_unit(torch.as_tensor(np.asarray(patches)), self.window).unsqueeze(1)
         self._single.set_random_state(seed=int(seed) % (2**32))
         out = [_plain(self._single({"x": self._prepare(p)})["x"]) for p in patches]
-        return hu_to_unit(torch.stack(out) + HU_MIN)
+        return hu_to_unit(torch.stack(out) + self.window[0], self.window)
 
     def shared_view(self, patches: np.ndarray, seed: int) -> torch.Tensor:
         """One view per sample shared by its k patches: (k, B, P, P, P) → (k, B, 1, P, P, P)."""
         patches = np.asarray(patches)
         k = patches.shape[0]
         if not self.enabled or k == 0:
-            return hu_to_unit(torch.as_tensor(patches)).unsqueeze(2)
+            return hu_to_unit(torch.as_tensor(patches), self.window).unsqueeze(2)
         pipe = self._neighbour_pipeline(k)
         pipe.set_random_state(seed=int(seed) % (2**32))
         per_sample = []
         for b in range(patches.shape[1]):
             d = pipe({f"n{i}": self._prepare(patches[i, b]) for i in range(k)})
             per_sample.append(torch.stack([_plain(d[f"n{i}"]) for i in range(k)]))
-        return hu_to_unit(torch.stack(per_sample, dim=1) + HU_MIN)
+        return hu_to_unit(torch.stack(per_sample, dim=1) + self.window[0], self.window)
 
     def __call__(self, anchor: np.ndarray, neighbours: np.ndarray | None, seed: int
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

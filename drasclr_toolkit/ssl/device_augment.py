@@ -38,9 +38,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from drasclr_toolkit.constants import HU_MAX, HU_MIN
+from drasclr_toolkit.constants import HU_MIN
 
-from .augment import PatchAugmenter, hu_to_unit
+from .augment import PatchAugmenter, check_window, hu_to_unit
 
 __all__ = ["DeviceAugmenter"]
 
@@ -63,20 +63,23 @@ class DeviceAugmenter:
         translate, rotate_deg, scale, noise_std, p_noise, p_contrast, enabled: as in
             :class:`PatchAugmenter`.
         gamma: range of the contrast exponent (MONAI's default (0.5, 4.5)).
+        window: the network's HU window, as in :class:`PatchAugmenter`.
     """
 
     def __init__(self, translate: float = 12.0, rotate_deg: float = 10.0, scale: float = 0.1,
                  noise_std: float = 50.0, p_noise: float = 0.25, p_contrast: float = 0.25,
-                 gamma: tuple[float, float] = (0.5, 4.5), enabled: bool = True) -> None:
+                 gamma: tuple[float, float] = (0.5, 4.5), enabled: bool = True,
+                 window: tuple[float, float] | None = None) -> None:
         self.params = dict(translate=translate, rotate_deg=rotate_deg, scale=scale,
                            noise_std=noise_std, p_noise=p_noise, p_contrast=p_contrast)
         self.gamma = (float(gamma[0]), float(gamma[1]))
         self.enabled = enabled
+        self.window = check_window(window)
 
     @classmethod
     def like(cls, host: PatchAugmenter) -> "DeviceAugmenter":
         """The device twin of a host augmenter (same parameters, same on/off)."""
-        return cls(**host.params, enabled=host.enabled)
+        return cls(**host.params, enabled=host.enabled, window=host.window)
 
     # -- random draws -------------------------------------------------------------------
     @staticmethod
@@ -136,11 +139,16 @@ class DeviceAugmenter:
 
     def _views(self, hu: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """hu: (B, C, P, P, P) in HU → augmented, in [-1, 1], same shape (float32)."""
-        x = torch.nan_to_num(hu.float(), nan=HU_MIN).clamp(HU_MIN, HU_MAX) - HU_MIN
+        low, high = self.window
+        x = torch.nan_to_num(hu.float(), nan=HU_MIN).clamp(low, high) - low
         if self.enabled:
             draw = self._draw(x.shape[0], x.shape[-1], gen, x.device)
-            x = self._contrast(self._noise(self._affine(x, draw), draw, gen), draw)
-        return hu_to_unit(x + HU_MIN)
+            x = self._affine(x, draw)
+            if self.params["p_noise"] > 0:  # no noise field drawn when noise is off
+                x = self._noise(x, draw, gen)
+            if self.params["p_contrast"] > 0:
+                x = self._contrast(x, draw)
+        return hu_to_unit(x + low, self.window)
 
     # -- public API, shaped like PatchAugmenter -----------------------------------------
     def view(self, patches: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -176,5 +184,6 @@ class DeviceAugmenter:
         return v1, v2, nv
 
     def __repr__(self) -> str:
-        inner: dict[str, Any] = {**self.params, "gamma": self.gamma, "enabled": self.enabled}
+        inner: dict[str, Any] = {**self.params, "gamma": self.gamma, "enabled": self.enabled,
+                                 "window": self.window}
         return "DeviceAugmenter(" + ", ".join(f"{k}={v}" for k, v in inner.items()) + ")"

@@ -65,14 +65,29 @@ class PretrainConfig(Config):
     augment_rotate_deg: float = Field(10.0, ge=0, le=180)  # max rotation about each axis (reference 10)
     augment_scale: float = Field(0.1, ge=0, lt=1)          # max relative zoom (reference ±10 %)
     augment_noise_p: float = Field(0.25, ge=0, le=1)       # probability of Gaussian noise (std up to 50 HU)
-    augment_on: Literal["host", "device"] = "host"  # host (MONAI, data-loader workers) | device (batched torch)
+    augment_contrast_p: float = Field(0.25, ge=0, le=1)    # probability of a gamma-contrast change
+    # False: geometry only (no noise, no contrast), whatever the two probabilities say; the
+    # study's "intensity augmentation off" variant (invariance to intensity changes may
+    # erase the density differences emphysema is made of).
+    augment_intensity: bool = True
+    augment_on: Literal["host", "device"] = "host"  # host (MONAI, per patch) | device (batched torch, on the training device)
+    # The network's HU window: HU clipped to it and mapped to [-1, 1] (reference
+    # [-1024, 240]); stored in the checkpoint, so embedding and fine-tuning use the same.
+    hu_window: list[float] = Field(default_factory=lambda: [-1024.0, 240.0], min_length=2,
+                                   max_length=2)
     # runtime
     num_workers: int = Field(0, ge=0)
     device: Device = "auto"
     amp: bool = True                      # bf16 autocast on CUDA (no effect on CPU)
+    # bf16 autocast on the CPU too (fast where the CPU has bf16 units, AVX512-BF16/AMX;
+    # losses within ~1 % of float32: tests/test_cpu_fast_path.py, benchmarks/bench_cpu_step.py)
+    cpu_amp: bool = False
     channels_last: bool = False           # channels_last_3d memory format on CUDA
     compile: bool = False                 # torch.compile the query and key encoders
     cpu_threads: int | None = Field(None, ge=1)  # torch threads on CPU (None: torch's default)
+    # Read every patch of the source into memory before training when they fit in this many
+    # MiB (0: off): a step then never decodes or checksums the store again.
+    patch_cache_mb: int = Field(0, ge=0)
     seed: int = 0
     checkpoint_every: int = Field(500, ge=1)  # steps; also written at the end of every epoch
     keep_epoch_checkpoints: bool = True   # small encoder-only file per epoch
@@ -86,10 +101,20 @@ class PretrainConfig(Config):
             raise self.field_error("batch_negatives", False,
                                    "with queue_size 0 leaves no negatives",
                                    "set batch_negatives: true, or a queue_size of at least 1")
+        if not self.hu_window[1] > self.hu_window[0]:
+            raise self.field_error("hu_window", list(self.hu_window),
+                                   "has its upper end not above its lower end",
+                                   "give [low, high] HU with high > low, e.g. [-1024, 240]")
         if self.queue_size == 0 and self.prefill_queues:
             raise self.field_error("prefill_queues", True, "needs a queue (queue_size is 0)",
                                    "set prefill_queues: false, or a queue_size of at least 1")
         return self
+
+    def augment_probabilities(self) -> tuple[float, float]:
+        """(p_noise, p_contrast) as applied: both 0 when ``augment_intensity`` is off."""
+        if not self.augment_intensity:
+            return 0.0, 0.0
+        return self.augment_noise_p, self.augment_contrast_p
 
     def encoder_kwargs(self) -> dict[str, Any]:
         """Arguments of :class:`DrasCLREncoder` (what checkpoints store as encoder_config)."""

@@ -44,7 +44,7 @@ from drasclr_toolkit.models.checkpoint import (
     read_training_checkpoint,
     save_encoder_checkpoint,
 )
-from drasclr_toolkit.patch_source import PatchSource
+from drasclr_toolkit.patch_source import PatchSource, cached_source
 from drasclr_toolkit.runtime import (
     DistInfo,
     all_reduce_mean,
@@ -81,7 +81,8 @@ RUN_MARKERS = ("metrics.jsonl", "checkpoints", "final.pt", "previous")
 # Settings that may differ when a run is resumed: they change how it is watched or how
 # fast it goes, never what a step computes (every other change is refused on resume).
 RESUMABLE_CHANGES = frozenset({"progress", "num_workers", "cpu_threads", "log_every",
-                               "checkpoint_every", "keep_epoch_checkpoints", "device"})
+                               "checkpoint_every", "keep_epoch_checkpoints", "device",
+                               "patch_cache_mb"})
 
 
 # -- small utilities -----------------------------------------------------------------------
@@ -220,8 +221,10 @@ class DrasCLRTrainer:
             branch = DDP(branch, device_ids=ids)
         self.query_branch = branch
         self._key_forward = key_forward
-        # bf16 on CUDA only; float16 would need a gradient scaler the loop does not have.
-        self.amp_dtype = amp_dtype(self.device, cfg.amp and self.device.type == "cuda",
+        # bf16 (on the CPU only when cpu_amp asks); float16 would need a gradient scaler
+        # the loop does not have.
+        wanted = cfg.amp if self.device.type == "cuda" else cfg.cpu_amp
+        self.amp_dtype = amp_dtype(self.device, wanted and self.device.type in ("cuda", "cpu"),
                                    allow_float16=False)
         self.use_amp = self.amp_dtype is not None
 
@@ -479,10 +482,14 @@ class PretrainRun:
                                       self.device, self.dist)
         translate = (cfg.augment_translate if cfg.augment_translate is not None
                      else 12.0 * source.patch_size / 32.0)
+        p_noise, p_contrast = cfg.augment_probabilities()
         host_augmenter = PatchAugmenter(translate=translate, rotate_deg=cfg.augment_rotate_deg,
-                                        scale=cfg.augment_scale, p_noise=cfg.augment_noise_p,
-                                        enabled=cfg.augment)
+                                        scale=cfg.augment_scale, p_noise=p_noise,
+                                        p_contrast=p_contrast, enabled=cfg.augment,
+                                        window=cfg.hu_window)
         on_device = cfg.augment_on == "device"
+        if cfg.patch_cache_mb:
+            source = cached_source(source, cfg.patch_cache_mb)
         self.dataset = LocationPatchDataset(source, cfg.neighbours, host_augmenter, raw=on_device)
         if on_device:
             self.trainer.device_augmenter = DeviceAugmenter.like(host_augmenter)
@@ -544,8 +551,12 @@ class PretrainRun:
     def _check_same_settings(self, path: Path, state: Mapping[str, Any]) -> None:
         """Refuse to resume (or re-finish) a run with settings other than those it ran with:
         the records would then claim steps ran at settings they did not."""
-        before = dict(state.get("config") or {})
         now = self.config.to_dict()
+        # An option added to the toolkit after the run started is absent from its record:
+        # the run used what is now that option's default.
+        defaults = PretrainConfig().to_dict()
+        before = {**{k: v for k, v in defaults.items() if k in now},
+                  **dict(state.get("config") or {})}
         changed = sorted(k for k in set(before) | set(now)
                          if k not in RESUMABLE_CHANGES and before.get(k) != now.get(k))
         if changed:
