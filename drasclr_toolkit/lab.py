@@ -40,7 +40,8 @@ from drasclr_toolkit.train.config import PretrainConfig
 
 __all__ = ["ContrastiveStep", "Experiment", "compare_to_baseline", "condconv_toy",
            "fresh_contrast_accuracy", "momentum_demo", "open_contrastive_step",
-           "run_augmenter", "settings_table", "softmax_at_temperatures"]
+           "run_augmenter", "settings_table", "softmax_at_temperatures", "lung_hu",
+           "densitometry_of_values", "harrell_c_by_hand", "momentum_by_hand", "exercise"]
 
 
 def run_augmenter(config: PretrainConfig | Mapping[str, Any], patch_size: int) -> PatchAugmenter:
@@ -390,3 +391,91 @@ def compare_to_baseline(workspace: Any, experiment: Experiment, *,
                 text.append(f"{r['task']}: not compared ({r['reason']})")
     keep = [c for c in training.columns if not c.startswith("_")]
     return {"training": training[keep], "probes": probes, "paired": paired, "text": text}
+
+
+# -- concepts on toy numbers ----------------------------------------------------------------
+def lung_hu(manifest: Any, subject_id: str) -> np.ndarray:
+    """The HU values of one subject's lung voxels, inside the mask densitometry uses (the
+    manifest's lung mask, else the preprocessing segmentation)."""
+    import SimpleITK as sitk
+
+    from drasclr_toolkit.data import load_ct
+    from drasclr_toolkit.preprocess.lungmask import segment_lungs
+    from drasclr_toolkit.preprocess.resample import resample_like, to_lps
+
+    image = to_lps(load_ct(manifest.image_path(subject_id), subject_id=subject_id).to_sitk())
+    mask_path = manifest.lung_mask_path(subject_id)
+    if mask_path is not None and str(mask_path).strip():
+        mask = resample_like(to_lps(sitk.ReadImage(str(mask_path))), image, "nearest", 0)
+    else:
+        mask, _ = segment_lungs(image)
+    values = sitk.GetArrayFromImage(image)[sitk.GetArrayFromImage(mask) > 0]
+    return values.astype(np.float64)
+
+
+def densitometry_of_values(values: np.ndarray) -> dict[str, float]:
+    """%LAA-950 (share of lung voxels below −950 HU), Perc15 (the HU value below which 15 %
+    of lung voxels lie) and MLD (mean lung density, HU) of lung voxel values.
+
+    Example:
+        >>> densitometry_of_values(np.array([-1000.0, -960, -900, -850]))
+        {'laa950_pct': 50.0, 'perc15_hu': -982.0, 'mld_hu': -927.5}
+    """
+    v = np.asarray(values, dtype=np.float64)
+    return {"laa950_pct": float(100.0 * (v < -950).mean()),
+            "perc15_hu": float(np.percentile(v, 15)), "mld_hu": float(v.mean())}
+
+
+def harrell_c_by_hand(time: Sequence[float], event: Sequence[bool], risk: Sequence[float],
+                      ids: Sequence[str] | None = None) -> tuple[pd.DataFrame, float]:
+    """Harrell's C counted pair by pair: a pair is *comparable* when the subject with the
+    shorter time had the event (a censored subject's true time is unknown: later than its
+    time); it is *concordant* when that subject also has the higher risk (a tie counts ½).
+    C = concordant / comparable. Returns one row per pair and C.
+
+    Example:
+        >>> pairs, c = harrell_c_by_hand([2, 4, 6], [True, False, True], [3, 1, 2])
+        >>> int(pairs["comparable"].sum()), round(c, 3)
+        (2, 1.0)
+    """
+    t, e, r = (np.asarray(x, dtype=np.float64) for x in (time, event, risk))
+    names = list(ids) if ids is not None else [f"s{i + 1}" for i in range(len(t))]
+    rows = []
+    for i in range(len(t)):
+        for j in range(i + 1, len(t)):
+            first, second = (i, j) if t[i] < t[j] else (j, i)
+            comparable = bool(e[first]) and t[first] < t[second]
+            if not comparable:
+                why = ("censored first: who fails first is unknown" if not e[first]
+                       else "same time")
+                score = np.nan
+            else:
+                score = 1.0 if r[first] > r[second] else 0.5 if r[first] == r[second] else 0.0
+                why = {1.0: "concordant: earlier event, higher risk", 0.5: "tied risk",
+                       0.0: "discordant: earlier event, lower risk"}[score]
+            rows.append({"pair": f"{names[first]}–{names[second]}", "comparable": comparable,
+                         "score": score, "why": why})
+    pairs = pd.DataFrame(rows)
+    n = int(pairs["comparable"].sum())
+    c = float(pairs["score"].sum() / n) if n else float("nan")
+    return pairs, c
+
+
+
+def exercise(workspace: Any, name: str, **overrides: Any) -> dict[str, Any]:
+    """One exercise in one call: train the side run (or reuse it), compare it with the
+    active (baseline) run, display the tables and print the sentences; returns the
+    comparison (:func:`compare_to_baseline`)."""
+    import time
+
+    from IPython.display import display
+
+    started = time.perf_counter()
+    result = compare_to_baseline(workspace, workspace.experiment(name, **overrides))
+    display(result["training"])
+    if result["probes"] is not None:
+        display(result["probes"])
+    for line in result["text"]:
+        print("•", line)
+    print(f"({time.perf_counter() - started:.0f} s, including the run when it was not reused)")
+    return result
