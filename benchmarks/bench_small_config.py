@@ -85,9 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     stages: dict[str, float] = {}
     # A stage whose product was already in the work folder is timed as reused, so the
     # results never pass a cache hit off as the stage's cost.
-    reused = {"cohort + preprocessing": (ws.preprocess_dir / "store.json").exists(),
-              "pretraining": (ws.pretrain_dir / "final.pt").exists(),
-              "embeddings": (ws.embeddings_dir / "trained.npz").exists(),
+    # (Products are keyed on what made them: the run folder on the settings and the store.)
+    has_store = (ws.preprocess_dir / "store.json").exists()
+    reused = {"cohort + preprocessing": has_store,
+              "pretraining": has_store and (ws.run_dir() / "final.pt").exists(),
+              "embeddings": any(ws.embeddings_dir.glob("trained-*.npz")),
               "densitometry": (ws.evaluate_dir / "densitometry.csv").exists()}
     start = time.perf_counter()
     store = ws.patch_store()
@@ -124,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         from drasclr_toolkit.train import read_metrics
         from drasclr_toolkit.train.summary import learning_summary
 
-        learning = learning_summary(read_metrics(ws.pretrain_dir))
+        learning = learning_summary(read_metrics(ws.checkpoint().parent))
     except Exception as exc:  # the table is the point; the summary is extra
         learning = {"error": str(exc)}
     keep = [c for c in ("feature_set", "features", "target", "n", "r2", "r2_ci_low", "r2_ci_high",

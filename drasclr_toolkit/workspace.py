@@ -14,10 +14,37 @@ Example
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable
 
 from drasclr_toolkit.config import load_config
+
+#: The file naming the workspace's active pretraining run (written by ``ws.pretrain``).
+ACTIVE_RUN_FILE = "active_run.json"
+
+
+def product_key(*parts: Any) -> str:
+    """A short hash of what made a product (JSON-able parts: options, fingerprints).
+
+    Example:
+        >>> product_key({"temperature": 0.2}, "abc") == product_key({"temperature": 0.2}, "abc")
+        True
+        >>> product_key({"temperature": 0.2}, "abc") == product_key({"temperature": 0.1}, "abc")
+        False
+    """
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=5).hexdigest()
+
+
+def file_fingerprint(path: str | Path) -> str:
+    """A short hash of a file's bytes (a checkpoint: what the encoder's weights are)."""
+    h = hashlib.blake2b(digest_size=8)
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 class Workspace:
@@ -28,7 +55,7 @@ class Workspace:
     """
 
     def __init__(self, work_dir: str | Path, config: str | Path | dict = "tiny",
-                 manifest: str | Path | None = None) -> None:
+                 manifest: str | Path | None = None, *, verbose: bool = True) -> None:
         self.root = Path(work_dir).expanduser().resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         self.config_name = config if isinstance(config, (str, Path)) else "<dict>"
@@ -36,6 +63,17 @@ class Workspace:
         self.manifest_path = Path(manifest).expanduser().resolve() if manifest else None
         # Products already made or checked in this session: each stage runs once per Workspace.
         self._made: dict[str, Any] = {}
+        self.verbose = verbose  # one line when a cached product is reused
+
+    def _say(self, text: str) -> None:
+        if self.verbose:
+            print(text, flush=True)
+
+    def _rel(self, path: Path) -> str:
+        try:
+            return str(path.relative_to(self.root))
+        except ValueError:
+            return str(path)
 
     def __repr__(self) -> str:
         source = self.manifest_path or "synthetic cohort"
@@ -144,30 +182,121 @@ class Workspace:
             )
         return self._made["patch_store"]
 
-    def checkpoint(self) -> Path:
-        """The pretrained encoder's final checkpoint (training resumes where it stopped)."""
+    # -- pretraining runs, keyed on what makes them ---------------------------------------
+    def pretrain_config(self, **overrides: Any):
+        """The configuration's ``pretrain`` options with ``overrides`` (validated)."""
+        from drasclr_toolkit.train import PretrainConfig
+
+        return PretrainConfig.from_dict({**self.section("pretrain"), **overrides})
+
+    def run_key(self, config) -> str:
+        """The key of a pretraining run: its options (all but those that only change how it
+        is watched or how fast it goes) and the patch store's fingerprint."""
+        from drasclr_toolkit.train.loop import RESUMABLE_CHANGES
+
+        options = {k: v for k, v in config.to_dict().items() if k not in RESUMABLE_CHANGES}
+        return product_key("pretrain", options, self.patch_store().fingerprint())
+
+    def run_dir(self, name: str = "run", **overrides: Any) -> Path:
+        """The folder of the run with these settings: ``pretrain/<name>-<key>``."""
+        if not name or any(c in name for c in "/\\") or name.startswith("."):
+            raise ValueError(f"run name {name!r}: give a plain folder name such as "
+                             "'no-conditioning'")
+        return self.pretrain_dir / f"{name}-{self.run_key(self.pretrain_config(**overrides))}"
+
+    def _train(self, name: str, overrides: dict[str, Any],
+               callbacks: Iterable[Callable[[dict], Any]] = ()) -> Path:
         from drasclr_toolkit.train.loop import pretrain
 
-        final = self.pretrain_dir / "final.pt"
-        if final.exists():
+        config = self.pretrain_config(**overrides)
+        run_dir = self.run_dir(name, **overrides)
+        final = run_dir / "final.pt"
+        if final.is_file():
+            self._say(f"reused {self._rel(final)}: trained before with these exact settings "
+                      "on this patch store")
             return final
-        return pretrain(self.patch_store(), self.section("pretrain"), self.pretrain_dir)
+        return pretrain(self.patch_store(), config, run_dir, callbacks=list(callbacks))
 
-    def embeddings(self, encoder: str = "trained"):
-        """Patch embeddings of the cohort from the ``trained`` or the ``random-init`` encoder."""
+    def pretrain(self, callbacks: Iterable[Callable[[dict], Any]] = (),
+                 **overrides: Any) -> Path:
+        """Train the encoder with the configuration's ``pretrain`` options and
+        ``overrides`` (e.g. ``temperature=0.1``), or reuse the run that has exactly these
+        settings; make it the workspace's active encoder; return its ``final.pt``.
+
+        A run stopped half-way resumes in its folder; a changed setting trains in a new one.
+        """
+        final = self._train("run", overrides, callbacks)
+        self._write_active({"name": "run", "overrides": overrides})
+        self._made["checkpoint"] = final
+        return final
+
+    def _active_path(self) -> Path:
+        return self.pretrain_dir / ACTIVE_RUN_FILE
+
+    def _write_active(self, record: dict[str, Any]) -> None:
+        from drasclr_toolkit.io_utils import atomic_write_text
+
+        atomic_write_text(self._active_path(), json.dumps(record, sort_keys=True, default=str),
+                          make_parents=True)
+
+    def active_overrides(self) -> dict[str, Any]:
+        """The overrides of the active run (``{}``: the configuration's own settings)."""
+        path = self._active_path()
+        if not path.is_file():
+            return {}
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return {}
+        return dict(record.get("overrides") or {})
+
+    def checkpoint(self) -> Path:
+        """The active pretrained encoder's ``final.pt``: the run notebook 02 trained last
+        (``ws.pretrain``), or the configuration's own settings when none was chosen; trained
+        when missing (a stopped run resumes where it stopped)."""
+        overrides = self.active_overrides()
+        if overrides:
+            self._say(f"active encoder: pretraining with {overrides} (set in notebook 02)")
+        return self._train("run", overrides)
+
+    def experiment(self, name: str, *, steps: int | None = None, **overrides: Any):
+        """A side run: the configuration's pretraining with ``overrides``, trained in its own
+        folder ``pretrain/<name>-<key>`` (reused when it exists) without changing the active
+        encoder. ``steps`` cuts the run short (``max_steps``). Returns a
+        :class:`drasclr_toolkit.lab.Experiment` (checkpoint, metrics, embeddings).
+
+        Example: ``ws.experiment("no-conditioning", conditioning="none")``.
+        """
+        from drasclr_toolkit.lab import Experiment
+
+        if steps is not None:
+            overrides = {**overrides, "max_steps": int(steps)}
+        final = self._train(name, overrides)
+        return Experiment(self, name, overrides, final)
+
+    def embeddings(self, encoder: str = "trained", checkpoint: str | Path | None = None):
+        """Patch embeddings of the cohort from the ``trained`` (active) or the
+        ``random-init`` encoder, or from ``checkpoint``; cached under a key of the
+        checkpoint's content, the ``embed`` options and the patch store."""
         from drasclr_toolkit.embed import Embeddings, EmbedConfig, extract_embeddings
 
         if encoder not in ("trained", "random-init"):
             raise ValueError(f"encoder must be 'trained' or 'random-init', got {encoder!r}")
-        path = self.embeddings_dir / f"{encoder}.npz"
         store = self.patch_store()
+        embed_options = self.section("embed")
+        if encoder == "trained" and checkpoint is None:
+            checkpoint = self.checkpoint()
+        ckpt_key = file_fingerprint(checkpoint) if checkpoint is not None else None
+        key = product_key("embed", encoder, ckpt_key, embed_options, store.fingerprint())
+        path = self.embeddings_dir / f"{encoder}-{key}.npz"
         if path.exists():
             cached = Embeddings.load(path)
             # Made from what the store holds now? (Subjects redone or added since: re-embed.)
             if cached.provenance.get("store_fingerprint") in (None, store.fingerprint()):
+                self._say(f"reused {self._rel(path)}: embedded before by the same encoder, "
+                          "options and patch store")
                 return cached
-        cfg = EmbedConfig.from_dict(self.section("embed"))
-        checkpoint = self.checkpoint() if encoder == "trained" else None
+        cfg = EmbedConfig.from_dict(embed_options)
         self.embeddings_dir.mkdir(parents=True, exist_ok=True)
         return extract_embeddings(store, checkpoint, config=cfg, out_path=path,
                                   recompute_changed=True)
@@ -186,10 +315,17 @@ class Workspace:
         if "densitometry" not in self._made:
             self.evaluate_dir.mkdir(parents=True, exist_ok=True)
             store = self.patch_store()
+            # Keyed on the cohort (its scans) and the store (which subjects, redone or not).
+            cache = self.evaluate_dir / f"densitometry-{product_key(self._cohort_key(), store.fingerprint())}.csv"
             self._made["densitometry"] = cohort_densitometry(
-                self.cohort(), list(store.subject_ids),
-                cache=self.evaluate_dir / "densitometry.csv")
+                self.cohort(), list(store.subject_ids), cache=cache)
         return self._made["densitometry"]
+
+    def _cohort_key(self) -> Any:
+        """What the cohort is: the synthetic section, or the manifest file's content."""
+        if self.manifest_path is None:
+            return {"synthetic": self.section("synthetic")}
+        return {"manifest": file_fingerprint(self.manifest_path)}
 
     @property
     def patch_labels_path(self) -> Path | None:
@@ -213,7 +349,7 @@ class Workspace:
             return self._made["patch_truth"]
         store = self.patch_store()
         ids = list(store.subject_ids)
-        cache = self.evaluate_dir / "patch_truth.npz"
+        cache = self.evaluate_dir / f"patch_truth-{product_key(self._cohort_key(), store.fingerprint())}.npz"
         truth = None
         if self.is_synthetic:
             if cache.exists():
