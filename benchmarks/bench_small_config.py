@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="override one config value (YAML value), e.g. --set pretrain.seed=1 "
                         "or --set pretrain.epochs=20; repeatable; use a new --work folder")
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--permutations", type=int, default=50)
+    p.add_argument("--permutations", type=int, default=1000,
+                   help="permutations of each probe's null (>= 1000 allows a Holm-corrected claim)")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "small_config"))
     args = p.parse_args(argv)
 
