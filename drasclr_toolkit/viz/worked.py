@@ -37,9 +37,9 @@ def similarity_heatmap(step: Any, title: str | None = None):
                                                          color="black"),
                              name="positive (same subject)", hoverinfo="skip"))
     fig.update_yaxes(autorange="reversed")
-    fig.update_layout(title=title or f"landmark {step.loc}: similarity of every query with every "
-                      f"key, divided by T = {step.temperature:g} (boxes: the positives)",
-                      height=520, width=640, margin=dict(l=10, r=10, t=60, b=10),
+    fig.update_layout(title=title or f"landmark {step.loc}: every query's cosine with every key,"
+                      f"<br>divided by T = {step.temperature:g} (boxes: the positives)",
+                      height=560, width=720, margin=dict(l=10, r=10, t=60, b=10),
                       legend=dict(orientation="h", y=-0.15))
     return fig
 
@@ -90,7 +90,8 @@ def condconv_figure(toy: Mapping[str, Any]):
     experts = toy["experts"]
     kernels = toy["kernels"]
     n_cols = max(len(experts), len(kernels))
-    titles = [""] * n_cols + [f"expert {e}" for e in range(len(experts))] + \
+    # plotly gives titles to existing cells only: one for the bar chart spanning row 1
+    titles = [""] + [f"expert {e}" for e in range(len(experts))] + \
         [""] * (n_cols - len(experts)) + [f"mixed: {n}" for n in kernels] + \
         [""] * (n_cols - len(kernels))
     specs = [[{"colspan": n_cols}] + [None] * (n_cols - 1), [{}] * n_cols, [{}] * n_cols]
@@ -111,9 +112,10 @@ def condconv_figure(toy: Mapping[str, Any]):
             fig.update_xaxes(visible=False, row=r, col=c)
             fig.update_yaxes(visible=False, row=r, col=c)
     fig.update_yaxes(title_text="routing weight r", range=[0, 1], row=1, col=1)
-    fig.update_layout(title="CondConv: r = sigmoid(Linear(location)) per expert, kernel = "
-                      "Σ r_e · W_e (middle slice of a 3×3×3 kernel)", barmode="group",
-                      height=560, margin=dict(l=10, r=10, t=70, b=10))
+    fig.update_layout(title="CondConv, first layer: r = sigmoid(Linear(location)) per expert; "
+                      "kernel = Σ r_e · W_e<br>(middle slice of a 3×3×3 kernel; row 2 the "
+                      "experts, row 3 each location's mix)", barmode="group",
+                      height=600, margin=dict(l=10, r=10, t=90, b=10))
     return fig
 
 
@@ -167,6 +169,7 @@ def survival_pairs_figure(time: Sequence[float], event: Sequence[bool], risk: Se
                                  showlegend=i == list(event).index(e)))
     fig.update_layout(title="five subjects: follow-up, event (×) or censored (○), and the "
                       "model's risk", xaxis_title="time (years)", height=300,
+                      xaxis_range=[0, 1.2 * float(max(time))],  # room for the last label
                       margin=dict(l=10, r=10, t=50, b=10))
     return fig
 
