@@ -791,6 +791,41 @@ def kill_before_checkpoint(work: Path):
         "" if rc == 0 else " | " + _short(err, 150))
 
 
+@case("SIGTERM of `drasclr pretrain` (a second process) after 3 steps, before any checkpoint; "
+      "then the same command", "the rerun completes; metrics.jsonl holds steps 1-12 once each")
+def sigterm_pretrain(work: Path):
+    from drasclr_toolkit.train.metrics import read_metrics
+
+    run = work / "run_sigterm"
+    shutil.rmtree(run, ignore_errors=True)
+    args = ["pretrain", "--store", str(_store(work)), "--config", str(_config(work)), "--out",
+            str(run), "--set", "max_steps=12", "--set", "checkpoint_every=1000"]
+    proc = subprocess.Popen([sys.executable, "-m", "drasclr_toolkit.cli.main", *args],
+                            cwd=work, env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        seen = 0
+        while time.time() < deadline and proc.poll() is None and seen < 3:
+            time.sleep(0.1)
+            log = run / "metrics.jsonl"
+            seen = log.read_text().count("\n") if log.exists() else 0
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if seen < 3 or (run / "checkpoints" / "last.pt").exists():
+        return False, f"could not stop it between step 3 and a checkpoint (saw {seen} steps)"
+    rc, _, err = _drasclr(*args, cwd=work)
+    steps = read_metrics(run)["step"].tolist() if rc == 0 else []
+    ok = rc == 0 and steps == list(range(1, 13))
+    return ok, (f"killed after {seen} logged steps (exit {proc.returncode}); rerun exit {rc}; "
+                f"steps {steps[:3]}...{steps[-2:]}, each once: {steps == sorted(set(steps))}"
+                + ("" if rc == 0 else " | " + _short(err, 150)))
+
+
 # ---------------------------------------------- one resumed preprocessing run, four faults
 
 
