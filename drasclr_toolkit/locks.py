@@ -31,7 +31,7 @@ import warnings
 from pathlib import Path
 from typing import Iterator
 
-from .errors import FolderBusyError
+from .errors import FolderBusyError, os_error
 
 try:
     import fcntl
@@ -61,7 +61,13 @@ def _acquire(lock_file: Path, shared: bool, folder: Path, what: str) -> bool:
         if key in _held:
             _held[key] += 1
             return True
-        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:  # read-only folder, full disk: said with the file's name
+            said = os_error(exc, lock_file)
+            if said is None:
+                raise
+            raise said from exc
         try:
             fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -79,8 +85,16 @@ def _acquire(lock_file: Path, shared: bool, folder: Path, what: str) -> bool:
             return False
         if not shared:  # the holder's line (a dead holder's line is simply rewritten)
             line = f"pid {os.getpid()} ({what}: {' '.join(sys.argv[:3])[:120]})\n"
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, line.encode(), 0)
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, line.encode(), 0)
+            except OSError as exc:  # a full disk: said with the lock file's name
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                os.close(fd)
+                said = os_error(exc, lock_file)
+                if said is None:
+                    raise
+                raise said from exc
         _held[key], _fds[key] = 1, fd
         return True
 

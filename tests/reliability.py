@@ -1,17 +1,19 @@
-"""Reliability check: feed the toolkit each bad input and fault of issue 8 and say what happens.
+"""Reliability check: feed the toolkit each bad input and fault (issues 8 and 20) and say what happens.
 
 Run it as ``python tests/reliability.py``, ``python -m tests.reliability`` (from the
 repository root) or through ``tests/test_reliability.py``. It prints one table row per
 case: the input, the outcome we expect, the outcome we got, PASS/FAIL; the exit status is 1
 when a case fails. Everything happens in a temporary folder (``--workdir`` to keep it) on a
-two-subject synthetic cohort, in well under 90 s on two cores.
+two-subject synthetic cohort. Cases that need a read-only or full file system mount a small
+tmpfs (root only; skipped elsewhere).
 
-``--only WORD`` runs the cases whose input contains WORD.
+``--only WORD`` runs the cases whose input contains WORD (``A|B``: either).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -69,6 +71,61 @@ def _env() -> dict[str, str]:
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "drasclr_toolkit.cli.main", *args], cwd=cwd,
                           env=_env(), capture_output=True, text=True, timeout=120)
+
+
+def _drasclr(*args: str, cwd: Path, seconds: int = 300) -> tuple[int | str, str, str]:
+    """``drasclr ARGS`` run in this process through the CLI's own ``main`` (its one error
+    path, exit status and messages) without the 5-15 s start of a new interpreter on a
+    loaded machine. Returns ``(exit status, stdout, stderr)``; an exception that escapes
+    ``main`` (a bug) gives status ``"traceback"`` and its traceback in stderr. A command
+    still running after ``seconds`` (a hang) is interrupted by SIGALRM: status ``"hang"``."""
+    import contextlib
+    import io
+
+    from drasclr_toolkit.cli.main import main
+
+    out, err = io.StringIO(), io.StringIO()
+    old = os.getcwd()
+    os.chdir(cwd)
+    previous = signal.signal(signal.SIGALRM, _on_alarm)
+    signal.alarm(seconds)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                rc: int | str = main(list(args))
+            except SystemExit as exc:
+                rc = exc.code if isinstance(exc.code, int) else 1
+            except _Hang:
+                rc = "hang"
+            except Exception:  # noqa: BLE001 - a traceback is the outcome we test against
+                rc = "traceback"
+                err.write("Traceback (most recent call last):\n" + traceback.format_exc())
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+        os.chdir(old)
+    return rc, out.getvalue(), err.getvalue()
+
+
+class _Hang(BaseException):
+    """Raised by SIGALRM in a command that runs past its time (e.g. blocked on a FIFO)."""
+
+
+def _on_alarm(signum, frame):
+    raise _Hang()
+
+
+def _said(rc, err: str, expect_rc, *words: str) -> tuple[bool, str]:
+    """A clean refusal: exit ``expect_rc``, no traceback, every word in the message."""
+    missing = [w for w in words if w not in err]
+    ok = rc == expect_rc and "Traceback" not in err and not missing
+    line = next((ln for ln in err.splitlines() if "error" in ln or "failed" in ln), err.strip())
+    text = f"exit {rc}; " + _short(line, 200)
+    if missing:
+        text += f" [missing: {missing}]"
+    if "Traceback" in err:
+        text += " [traceback: " + _short(err.strip().splitlines()[-1], 120) + "]"
+    return ok, text
 
 
 def _cohort(work: Path):
@@ -303,9 +360,9 @@ def _store_case(work: Path, name: str, array: str, damage: Callable[[Path], None
     damage(file)
     ok, text = _expect_error(_read_all(copy, "syn001"), StoreError, "syn001", str(file),
                              f"'{array}'", "What to do")
-    verify = _cli("store", "verify", str(copy), cwd=work)
-    ok = ok and verify.returncode == 1 and "damaged" in verify.stdout
-    return ok, text + f" | store verify: exit {verify.returncode}"
+    rc, out, _ = _drasclr("store", "verify", str(copy), cwd=work)
+    ok = ok and rc == 1 and "damaged" in out
+    return ok, text + f" | store verify: exit {rc}"
 
 
 @case("patch store: a subject's shard file deleted", "StoreError naming subject, file, array")
@@ -356,12 +413,12 @@ def one_subject(work: Path):
       "exit 1: needs at least 2 subjects (no BatchNorm error, no traceback)")
 def one_subject_pretrain(work: Path):
     one_subject(work)
-    res = _cli("pretrain", "--store", str(work / "one_subject"), "--out", str(work / "run1"),
-               cwd=work)
-    ok = (res.returncode == 1 and "at least 2 subjects" in res.stderr
-          and "Traceback" not in res.stderr and "Expected more than 1 value" not in res.stderr)
-    said = [line for line in res.stderr.splitlines() if "at least 2" in line]
-    return ok, f"exit {res.returncode}; " + _short(said[0] if said else res.stderr, 180)
+    rc, _, err = _drasclr("pretrain", "--store", str(work / "one_subject"), "--out",
+                          str(work / "run1"), cwd=work)
+    ok = (rc == 1 and "at least 2 subjects" in err
+          and "Traceback" not in err and "Expected more than 1 value" not in err)
+    said = [line for line in err.splitlines() if "at least 2" in line]
+    return ok, f"exit {rc}; " + _short(said[0] if said else err, 180)
 
 
 # ------------------------------------------------------------------------ resumes and data
@@ -439,9 +496,9 @@ def manifest_relative_and_na(work: Path):
     source = Path(first) if Path(first).is_absolute() else Path(manifest.path).parent / first
     for name in ("NA", "missing"):
         _sh.copyfile(source, folder / f"{name}.nii.gz")
-    res = _cli("manifest", "scan", "scan_me", "-o", "scanned.csv", cwd=work)
-    if res.returncode != 0:
-        return False, f"exit {res.returncode}: " + _short(res.stderr, 200)
+    rc, _, err = _drasclr("manifest", "scan", "scan_me", "-o", "scanned.csv", cwd=work)
+    if rc != 0:
+        return False, f"exit {rc}: " + _short(err, 200)
     ids = pd.read_csv(work / "scanned.csv", dtype=str, keep_default_na=False)["subject_id"]
     ok = sorted(ids) == ["NA", "missing"]
     return ok, f"exit 0; subject ids {sorted(ids)}"
@@ -482,13 +539,13 @@ def synthetic_overwrite(work: Path):
              folder / "images" / "mine.nii.gz": "not really an image"}
     for path, text in files.items():
         path.write_text(text)
-    res = _cli("synthetic", "--n-subjects", "1", "--out", str(folder), "--spacing", "3",
-               "--size-scale", "0.4", "--n-jobs", "1", cwd=work)
+    rc, _, err = _drasclr("synthetic", "--n-subjects", "1", "--out", str(folder), "--spacing",
+                          "3", "--size-scale", "0.4", "--n-jobs", "1", cwd=work)
     unchanged = all(p.read_text() == t for p, t in files.items())
-    ok = (res.returncode == 1 and "Traceback" not in res.stderr and "--force" in res.stderr
+    ok = (rc == 1 and "Traceback" not in err and "--force" in err
           and unchanged and not (folder / "ground_truth").exists())
-    return ok, (f"exit {res.returncode}, files unchanged: {unchanged}; "
-                + _short(res.stderr.strip().splitlines()[-2] if res.stderr.strip() else "", 180))
+    return ok, (f"exit {rc}, files unchanged: {unchanged}; "
+                + _short(err.strip().splitlines()[-2] if err.strip() else "", 180))
 
 
 @case("metrics.jsonl whose last line is half written (killed mid-write)",
@@ -530,13 +587,1114 @@ def cli_error(work: Path):
     return ok, f"exit {plain.returncode}, traceback only with --debug: {ok}; {_short(first, 150)}"
 
 
+# ============================================================ issue 20: runs, HU, one door
+# Each case below reproduces a fault found by trying the toolkit as a careless or unlucky
+# user would (issue 20). Commands run in this process through the CLI's main (_drasclr),
+# except where a second process is the point (locks, signals).
+
+_SETTINGS = dict(_ENCODER, queue_size=8, batch_size=2, max_steps=2, epochs=1, device="cpu",
+                 checkpoint_every=1, log_every=1, cpu_threads=1, num_workers=0, progress=False)
+
+
+def _config(work: Path) -> Path:
+    """A YAML config for the CLI: the tiny preprocessing settings of this script, a tiny
+    encoder pretrained for 2 steps, embeddings on the CPU."""
+    import yaml
+
+    path = work / "rel.yaml"
+    if not path.exists():
+        path.write_text(yaml.safe_dump({
+            "preprocess": TINY, "pretrain": _SETTINGS,
+            "embed": {"device": "cpu", "batch_size": 16,
+                      "encoder": {k: _ENCODER[k] for k in ("width", "num_experts")}}}))
+    return path
+
+
+def _run(work: Path) -> Path:
+    """A finished 2-step pretraining run (``drasclr pretrain``) on the two-subject store."""
+    run = work / "run_done"
+    if not (run / "final.pt").exists():
+        rc, _, err = _drasclr("pretrain", "--store", str(_store(work)), "--config",
+                              str(_config(work)), "--out", str(run), cwd=work)
+        if rc != 0:
+            raise RuntimeError(f"the shared pretraining run failed: {err[-600:]}")
+    return run
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != ".drasclr.lock"}
+
+
+# ------------------------------------------------------------------ locks: one writer
+
+
+_HOLDER: dict[Path, subprocess.Popen] = {}
+
+
+def _holder(work: Path) -> subprocess.Popen:
+    """A second process holding the writer locks of busy_pre/ (preprocess), busy_run/
+    (pretrain) and busy.npz (embed), as a run started earlier would."""
+    if work in _HOLDER and _HOLDER[work].poll() is None:
+        return _HOLDER[work]
+    for name in ("busy_pre", "busy_run", "busy.npz.parts"):
+        shutil.rmtree(work / name, ignore_errors=True)  # a fresh start for each run
+    code = ("import sys, time\n"
+            "from drasclr_toolkit.locks import folder_lock\n"
+            "from pathlib import Path\n"
+            "w = Path(sys.argv[1])\n"
+            "with folder_lock(w / 'busy_pre', 'preprocess'), "
+            "folder_lock(w / 'busy_run', 'pretrain'), "
+            "folder_lock(w / 'busy.npz.parts', 'embed'):\n"
+            "    print('held', flush=True)\n"
+            "    time.sleep(600)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(work)], env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    if line.strip() != "held":
+        raise RuntimeError("the lock holder did not start: " + proc.stderr.read()[-500:])
+    _HOLDER[work] = proc
+    return proc
+
+
+def _stop_holders() -> None:
+    for proc in _HOLDER.values():
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@case("two `drasclr preprocess` into one --out at once (the second with another --reference)",
+      "the second exits 1 naming the folder and the first one's pid; nothing written")
+def busy_preprocess(work: Path):
+    manifest, _ = _cohort(work)
+    holder = _holder(work)
+    out = work / "busy_pre"
+    rc, _, err = _drasclr("preprocess", "--manifest", str(manifest.path), "--out", str(out),
+                          "--reference", "syn001", "--config", str(_config(work)),
+                          "--no-progress", cwd=work)
+    ok, text = _said(rc, err, 1, str(out), f"pid {holder.pid}")
+    written = [p.name for p in out.iterdir() if p.name != ".drasclr.lock"]
+    return ok and not written, text + f" | files written: {written or 'none'}"
+
+
+@case("two `drasclr pretrain` into one --out at once",
+      "the second exits 1 naming the folder and pid; no config.yaml, no metrics")
+def busy_pretrain(work: Path):
+    holder = _holder(work)
+    out = work / "busy_run"
+    rc, _, err = _drasclr("pretrain", "--store", str(_store(work)), "--config",
+                          str(_config(work)), "--out", str(out), cwd=work)
+    ok, text = _said(rc, err, 1, str(out), f"pid {holder.pid}")
+    written = [p.name for p in out.iterdir() if p.name != ".drasclr.lock"]
+    return ok and not written, text + f" | files written: {written or 'none'}"
+
+
+@case("two `drasclr embed` into one --out at once",
+      "the second exits 1 naming the file's lock and pid; no .npz written")
+def busy_embed(work: Path):
+    holder = _holder(work)
+    out = work / "busy.npz"
+    out.unlink(missing_ok=True)
+    rc, _, err = _drasclr("embed", "--store", str(_store(work)), "--config", str(_config(work)),
+                          "--out", str(out), "--no-progress", cwd=work)
+    ok, text = _said(rc, err, 1, f"pid {holder.pid}")
+    return ok and not out.exists(), text + f" | {out.name} written: {out.exists()}"
+
+
+@case("a lock left by a run killed with kill -9, then the same command",
+      "the dead holder's lock is taken over; the run completes (exit 0)")
+def stale_lock(work: Path):
+    holder = _holder(work)
+    holder.kill()
+    holder.wait()
+    out = work / "busy_run"
+    before = (out / ".drasclr.lock").read_text().strip()
+    rc, _, err = _drasclr("pretrain", "--store", str(_store(work)), "--config",
+                          str(_config(work)), "--out", str(out), cwd=work)
+    after = (out / ".drasclr.lock").read_text().strip()
+    ok = rc == 0 and (out / "final.pt").exists() and f"pid {os.getpid()}" in after
+    return ok, (f"exit {rc}; lock said '{_short(before, 50)}', now '{_short(after, 50)}'"
+                + ("" if rc == 0 else " | " + _short(err, 150)))
+
+
+@case("store.json and atlas/atlas.json disagree (another reference's atlas.json, 2 more landmarks)",
+      "store verify exit 1 and every reader refuses, naming both files")
+def store_atlas_disagree(work: Path):
+    from drasclr_toolkit.preprocess.store import StoreError
+
+    copy = _damaged_copy(work, "store_other_atlas")
+    atlas_json = copy / "atlas" / "atlas.json"
+    meta = json.loads(atlas_json.read_text())
+    meta["n_landmarks"] = int(meta["n_landmarks"]) + 2  # as an atlas of another reference
+    meta["info"]["reference_subject"] = "syn001"
+    atlas_json.write_text(json.dumps(meta, indent=2))
+    ok, text = _expect_error(_read_all(copy, "syn001"), StoreError, str(atlas_json),
+                             "store.json", "What to do")
+    rc, out, err = _drasclr("store", "verify", str(copy), cwd=work)
+    ok = ok and rc == 1 and str(atlas_json) in out + err and "Traceback" not in err
+    return ok, text + f" | store verify: exit {rc}, both files named"
+
+
+# ------------------------------------------------------------------ run records
+
+
+@case("a finished pretraining run re-run with `--set lr=0.5`",
+      "exit 1 naming lr (0.005 then, 0.5 now); final.pt and config.yaml unchanged")
+def rerun_other_lr(work: Path):
+    run = _run(work)
+    before = _files(run)
+    rc, _, err = _drasclr("pretrain", "--store", str(_store(work)), "--config",
+                          str(_config(work)), "--out", str(run), "--set", "lr=0.5", cwd=work)
+    ok, text = _said(rc, err, 1, "lr", "0.5", "--restart")
+    same = _files(run) == before
+    return ok and same, text + f" | run folder unchanged: {same}"
+
+
+@case("`drasclr pretrain --restart` of a finished run",
+      "old metrics, config, checkpoints, final.pt moved to previous/001; new metrics hold each step once")
+def restart_run(work: Path):
+    from drasclr_toolkit.train.metrics import read_metrics
+
+    run = work / "run_restart"
+    shutil.rmtree(run, ignore_errors=True)
+    shutil.copytree(_run(work), run)
+    old = _files(run)
+    rc, _, err = _drasclr("pretrain", "--store", str(_store(work)), "--config",
+                          str(_config(work)), "--out", str(run), "--restart", "--set",
+                          "lr=0.001", cwd=work)
+    if rc != 0:
+        return False, f"exit {rc}: " + _short(err, 200)
+    moved = _files(run / "previous" / "001")
+    steps = read_metrics(run)["step"].tolist()
+    ok = (moved == {k: v for k, v in old.items() if not k.startswith("previous")}
+          and steps == sorted(set(steps)) and (run / "final.pt").exists())
+    return ok, (f"exit 0; previous/001 holds {sorted(moved)}; new metrics steps {steps}")
+
+
+@case("pretraining killed before its first checkpoint (metrics of steps 1-8 left), then rerun",
+      "steps 1-8 are redone and recorded once (no step twice in metrics.jsonl)")
+def kill_before_checkpoint(work: Path):
+    from drasclr_toolkit.train.metrics import read_metrics
+
+    run = work / "run_killed_early"
+    shutil.rmtree(run, ignore_errors=True)
+    run.mkdir()
+    # What a SIGTERM after step 8 and before checkpoint_every leaves: metrics, no checkpoint.
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 2.0})
+                                               + "\n" for s in range(1, 9)))
+    rc, _, err = _drasclr("pretrain", "--store", str(_store(work)), "--config",
+                          str(_config(work)), "--out", str(run), cwd=work)
+    steps = read_metrics(run)["step"].tolist() if rc == 0 else []
+    ok = rc == 0 and steps == [1, 2]
+    return ok, f"exit {rc}; metrics steps after the rerun {steps}" + (
+        "" if rc == 0 else " | " + _short(err, 150))
+
+
+@case("SIGTERM of `drasclr pretrain` (a second process) after 3 steps, before any checkpoint; "
+      "then the same command", "the rerun completes; metrics.jsonl holds steps 1-12 once each")
+def sigterm_pretrain(work: Path):
+    from drasclr_toolkit.train.metrics import read_metrics
+
+    run = work / "run_sigterm"
+    shutil.rmtree(run, ignore_errors=True)
+    args = ["pretrain", "--store", str(_store(work)), "--config", str(_config(work)), "--out",
+            str(run), "--set", "max_steps=12", "--set", "checkpoint_every=1000"]
+    proc = subprocess.Popen([sys.executable, "-m", "drasclr_toolkit.cli.main", *args],
+                            cwd=work, env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        seen = 0
+        while time.time() < deadline and proc.poll() is None and seen < 3:
+            time.sleep(0.1)
+            log = run / "metrics.jsonl"
+            seen = log.read_text().count("\n") if log.exists() else 0
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if seen < 3 or (run / "checkpoints" / "last.pt").exists():
+        return False, f"could not stop it between step 3 and a checkpoint (saw {seen} steps)"
+    rc, _, err = _drasclr(*args, cwd=work)
+    steps = read_metrics(run)["step"].tolist() if rc == 0 else []
+    ok = rc == 0 and steps == list(range(1, 13))
+    return ok, (f"killed after {seen} logged steps (exit {proc.returncode}); rerun exit {rc}; "
+                f"steps {steps[:3]}...{steps[-2:]}, each once: {steps == sorted(set(steps))}"
+                + ("" if rc == 0 else " | " + _short(err, 150)))
+
+
+# ---------------------------------------------- one resumed preprocessing run, four faults
+
+
+_RUNS: dict[tuple[Path, str], tuple] = {}
+_LONG_ID = "scan_" + "x" * 228  # 233 characters + .nii.gz = 240
+
+
+def _rescanned(work: Path):
+    """Resume the finished two-subject store with syn001's scan replaced by another (the
+    same subject list; syn001's file now holds syn000's scan). Returns (exit status,
+    stderr, store folder, syn001's patches before)."""
+    import pandas as pd
+
+    from drasclr_toolkit.preprocess.store import PatchStore
+
+    if (work, "rescan") in _RUNS:
+        return _RUNS[work, "rescan"]
+    manifest, _ = _cohort(work)
+    out = _damaged_copy(work, "store_rescanned")
+    before = PatchStore(out).read_subject("syn001").copy()
+    images = work / "rescanned_images"
+    shutil.rmtree(images, ignore_errors=True)
+    images.mkdir()
+    syn000 = Path(manifest.image_path("syn000"))
+    shutil.copy2(manifest.image_path("syn001"), images / "syn001.nii.gz")
+    shutil.copyfile(syn000, images / "syn001.nii.gz")  # another scan copied over syn001's
+    path = work / "rescanned.csv"
+    pd.DataFrame({"subject_id": ["syn000", "syn001"],
+                  "image": [str(syn000), str(images / "syn001.nii.gz")]}).to_csv(path, index=False)
+    rc, _, err = _drasclr("preprocess", "--manifest", str(path), "--atlas", str(out / "atlas"),
+                          "--out", str(out), "--config", str(_config(work)), "--no-progress",
+                          cwd=work, seconds=240)
+    _RUNS[work, "rescan"] = rc, err, out, before
+    return _RUNS[work, "rescan"]
+
+
+def _odd_run(work: Path):
+    """Preprocess a manifest of two odd rows: a scan whose file name has 240 characters in a
+    folder named with spaces, unicode and quotes, and a FIFO. Returns (exit status,
+    stderr, store folder, manifest path)."""
+    import pandas as pd
+
+    if (work, "odd") in _RUNS:
+        return _RUNS[work, "odd"]
+    manifest, atlas = _cohort(work)
+    odd = work / "scans with spaces ü 'quoted' \"x\""
+    shutil.rmtree(odd, ignore_errors=True)
+    odd.mkdir()
+    long_scan = odd / f"{_LONG_ID}.nii.gz"
+    shutil.copyfile(manifest.image_path("syn000"), long_scan)
+    fifo = odd / "pipe.nii.gz"
+    os.mkfifo(fifo)
+    path = work / "odd.csv"
+    pd.DataFrame({"subject_id": [_LONG_ID, "piped"],
+                  "image": [str(long_scan), str(fifo)]}).to_csv(path, index=False)
+    out = work / "store_odd"
+    shutil.rmtree(out, ignore_errors=True)
+    rc, _, err = _drasclr("preprocess", "--manifest", str(path), "--atlas", str(atlas),
+                          "--out", str(out), "--config", str(_config(work)), "--no-progress",
+                          cwd=work, seconds=240)
+    _RUNS[work, "odd"] = rc, err, out, path
+    return _RUNS[work, "odd"]
+
+
+@case("preprocess resumed after another scan was copied over syn001's file",
+      "syn001 is redone (scan changed), its patches replaced; syn000 kept")
+def replaced_scan(work: Path):
+    from drasclr_toolkit.preprocess.store import PatchStore
+
+    rc, err, out, before = _rescanned(work)
+    store = PatchStore(out)
+    record = store.subject_record("syn001") if "syn001" in store.subject_ids else {}
+    now = store.read_subject("syn001") if record else None
+    changed = now is not None and (now.shape != before.shape or not np.array_equal(now, before))
+    return changed, (f"exit {rc}; syn001 patches replaced: {changed}; "
+                     f"syn000 kept: {'syn000' in store.subject_ids}")
+
+
+@case("a scan file name of 240 characters, in a folder named with spaces, ü and quotes",
+      "that subject is preprocessed (files named by a short name + hash); the cohort goes on")
+def long_name(work: Path):
+    from drasclr_toolkit.preprocess.store import PatchStore
+
+    rc, err, out, _ = _odd_run(work)
+    store = PatchStore(out)
+    done = _LONG_ID in store.subject_ids
+    longest = max(len(p.name) for p in out.rglob("*"))
+    return done and longest <= 255, (f"exit {rc}; the 233-character id preprocessed: {done}; "
+                                     f"longest file name in the store {longest} characters")
+
+
+@case("a manifest row pointing at a FIFO (named pipe), `drasclr preprocess`",
+      "no hang: that subject fails with a message, the others are kept, exit 3")
+def fifo_preprocess(work: Path):
+    from drasclr_toolkit.preprocess.store import PatchStore
+
+    rc, err, out, _ = _odd_run(work)
+    store = PatchStore(out)
+    failed = store.failures().get("piped", {}).get("reason", "")
+    kept = [s[:12] + "..." for s in store.subject_ids]
+    ok = (rc == 3 and "Traceback" not in err and "FIFO" in failed
+          and list(store.subject_ids) == [_LONG_ID])
+    return ok, f"exit {rc}; piped failed: {_short(failed, 140)}; kept {kept}"
+
+
+@case("a manifest row pointing at a FIFO, `drasclr manifest validate --check-scans`",
+      "no hang: exit 1 naming the file (not a regular file), within seconds")
+def fifo_validate(work: Path):
+    _, _, _, path = _odd_run(work)
+    start = time.perf_counter()
+    rc, out, err = _drasclr("manifest", "validate", str(path), "--check-scans", cwd=work,
+                            seconds=60)
+    took = time.perf_counter() - start
+    ok, text = _said(rc, out + err, 1, "pipe.nii.gz")
+    return ok and took < 30, text + f" | {took:.1f} s"
+
+
+@case("a 240-character subject id, `drasclr manifest validate`",
+      "valid (exit 0) with a warning that the id is long")
+def long_id_validate(work: Path):
+    import pandas as pd
+
+    _, _, _, path = _odd_run(work)
+    table = pd.read_csv(path, dtype=str)
+    short = work / "long_id.csv"
+    table[table["subject_id"] != "piped"].to_csv(short, index=False)
+    rc, out, err = _drasclr("manifest", "validate", str(short), cwd=work)
+    said = out + err
+    ok = rc == 0 and "long" in said.lower() and "Traceback" not in said
+    line = next((ln for ln in said.splitlines() if "long" in ln.lower()), "")
+    return ok, f"exit {rc}; " + _short(line, 200)
+
+
+# ---------------------------------------------------------------- Hounsfield units
+
+
+def _nifti_with_scaling(work: Path, name: str, slope: float, inter: float) -> Path:
+    """syn000's scan with the NIfTI header's scl_slope / scl_inter changed (voxels untouched)."""
+    import gzip
+    import struct
+
+    manifest, _ = _cohort(work)
+    raw = bytearray(gzip.decompress(Path(manifest.image_path("syn000")).read_bytes()))
+    raw[112:120] = struct.pack("<2f", slope, inter)
+    path = work / name
+    path.write_bytes(gzip.compress(bytes(raw), compresslevel=1))
+    return path
+
+
+@case("NIfTI whose scl_slope is 10 instead of 1", "CTLoadError naming scl_slope and its value")
+def nifti_slope(work: Path):
+    from drasclr_toolkit.data import CTLoadError, load_ct
+
+    path = _nifti_with_scaling(work, "slope10.nii.gz", 10.0, 0.0)
+    return _expect_error(lambda: load_ct(path, subject_id="syn000"), CTLoadError,
+                         "scl_slope", "10", str(path), "What to do")
+
+
+@case("NIfTI whose intercept is applied twice (scl_inter -1024 on HU values)",
+      "CTLoadError naming scl_inter")
+def nifti_intercept(work: Path):
+    from drasclr_toolkit.data import CTLoadError, load_ct
+
+    path = _nifti_with_scaling(work, "inter.nii.gz", 1.0, -1024.0)
+    return _expect_error(lambda: load_ct(path, subject_id="syn000"), CTLoadError,
+                         "scl_inter", str(path), "What to do")
+
+
+@case("DICOM series with RescaleSlope 10 (instead of 1)",
+      "CTLoadError naming RescaleSlope and its value; QC flag wrong_hu")
+def dicom_slope(work: Path):
+    import SimpleITK as sitk
+
+    from drasclr_toolkit.data import CTLoadError, load_ct
+
+    manifest, _ = _cohort(work)
+    image = sitk.ReadImage(str(manifest.image_path("syn000")))
+    folder = work / "dicom_slope10"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir()
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    # ITK stores (value - intercept) / slope: writing 10 x HU + 9216 stores HU + 1024, what a
+    # scanner stores with slope 1; the header's slope 10 then reads as 10 x HU + 9216.
+    raw = sitk.Cast(sitk.Cast(image, sitk.sitkInt32) * 10 + 9216, sitk.sitkInt32)
+    for k in range(raw.GetDepth()):
+        sl = raw[:, :, k]
+        pos = raw.TransformIndexToPhysicalPoint((0, 0, k))
+        for key, value in {"0008|0060": "CT", "0020|000d": "1.2.3.4", "0020|000e": "1.2.3.4.5",
+                           "0008|0018": f"1.2.3.4.5.{k + 1}", "0020|0013": str(k + 1),
+                           "0020|0032": "\\".join(f"{v:.4f}" for v in pos),
+                           "0020|0037": "1\\0\\0\\0\\1\\0",
+                           "0018|0050": str(raw.GetSpacing()[2]),
+                           "0028|1052": "-1024", "0028|1053": "10"}.items():
+            sl.SetMetaData(key, value)
+        writer.SetFileName(str(folder / f"s{k:03d}.dcm"))
+        writer.Execute(sl)
+    from drasclr_toolkit.probe.qc import load_failure_flag
+
+    ok, text = _expect_error(lambda: load_ct(folder, subject_id="dcm"), CTLoadError,
+                             "RescaleSlope", "10", "What to do")
+    try:
+        load_ct(folder, subject_id="dcm")
+        flag = "none"
+    except CTLoadError as exc:
+        flag = load_failure_flag(exc.field, str(exc))
+    return ok and flag == "wrong_hu", text + f" | QC flag: {flag}"
+
+
+# ---------------------------------------------------------- never overwrite user files
+
+
+@case("`drasclr embed --out cohort/manifest.csv` (the user's manifest)",
+      "exit 1, --force named; the manifest unchanged")
+def embed_over_manifest(work: Path):
+    manifest, _ = _cohort(work)
+    target = Path(manifest.path)
+    before = target.read_bytes()
+    rc, _, err = _drasclr("embed", "--store", str(_store(work)), "--config", str(_config(work)),
+                          "--out", str(target), "--no-progress", cwd=work)
+    ok, text = _said(rc, err, 1, str(target), "--force")
+    same = target.read_bytes() == before
+    return ok and same, text + f" | manifest unchanged: {same}"
+
+
+def _user_folder(work: Path, name: str, files: dict[str, str]) -> tuple[Path, dict]:
+    folder = work / name
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir()
+    for rel, text in files.items():
+        (folder / rel).write_text(text)
+    return folder, _files(folder)
+
+
+@case("`drasclr preprocess --out` a folder holding the user's qc.csv and config.json",
+      "exit 1, --force named; both files unchanged")
+def preprocess_over_user(work: Path):
+    manifest, _ = _cohort(work)
+    folder, before = _user_folder(work, "user_qc", {"qc.csv": "my,qc\n1,2\n",
+                                                    "config.json": '{"mine": true}'})
+    rc, _, err = _drasclr("preprocess", "--manifest", str(manifest.path), "--out", str(folder),
+                          "--config", str(_config(work)), "--no-progress", cwd=work)
+    ok, text = _said(rc, err, 1, str(folder), "--force")
+    same = _files(folder) == before
+    return ok and same, text + f" | user files unchanged: {same}"
+
+
+@case("Python: make_synthetic_cohort(1, folder) where the user's manifest.csv lies",
+      "OutputExistsError naming the folder and overwrite=True; the manifest unchanged")
+def synthetic_python_overwrite(work: Path):
+    from drasclr_toolkit.data.synthetic import make_synthetic_cohort
+    from drasclr_toolkit.errors import OutputExistsError
+
+    folder, before = _user_folder(work, "user_manifest", {"manifest.csv": "subject_id,image\n"})
+    ok, text = _expect_error(lambda: make_synthetic_cohort(1, folder, spacing=3.0,
+                                                           size_scale=0.4, n_jobs=1),
+                             OutputExistsError, str(folder), "overwrite=True")
+    same = _files(folder) == before
+    return ok and same, text + f" | unchanged: {same}"
+
+
+@case("Python: run_preprocessing(..., out) into a folder of the user's files",
+      "OutputExistsError naming the folder and overwrite=True; files unchanged")
+def run_preprocessing_overwrite(work: Path):
+    from drasclr_toolkit.errors import OutputExistsError
+    from drasclr_toolkit.preprocess.pipeline import run_preprocessing
+
+    manifest, atlas = _cohort(work)
+    folder, before = _user_folder(work, "user_notes", {"notes.txt": "my notes",
+                                                       "qc.csv": "mine"})
+    ok, text = _expect_error(lambda: run_preprocessing(manifest.path, atlas, folder, TINY,
+                                                       progress=False),
+                             OutputExistsError, str(folder), "overwrite=True")
+    same = _files(folder) == before
+    return ok and same, text + f" | unchanged: {same}"
+
+
+@case("Python: extract_embeddings(out_path=) the user's CSV file",
+      "OutputExistsError naming the file; the file unchanged")
+def extract_over_user(work: Path):
+    from drasclr_toolkit.embed import extract_embeddings
+    from drasclr_toolkit.errors import OutputExistsError
+    from drasclr_toolkit.preprocess.store import PatchStore
+
+    folder, before = _user_folder(work, "user_table", {"table.npz": "not an npz of ours"})
+    target = folder / "table.npz"
+    ok, text = _expect_error(lambda: extract_embeddings(PatchStore(_store(work)),
+                                                        encoder_kwargs=_ENCODER,
+                                                        out_path=target, progress=False),
+                             OutputExistsError, str(target))
+    same = _files(folder) == before
+    return ok and same, text + f" | unchanged: {same}"
+
+
+@case("`drasclr pretrain --out` a folder of the user's files",
+      "exit 1, --force named; files unchanged, no config.yaml")
+def pretrain_over_user(work: Path):
+    folder, before = _user_folder(work, "user_run", {"model.pt": "mine", "notes.md": "x"})
+    rc, _, err = _drasclr("pretrain", "--store", str(_store(work)), "--config",
+                          str(_config(work)), "--out", str(folder), cwd=work)
+    ok, text = _said(rc, err, 1, str(folder), "--force")
+    same = _files(folder) == before
+    return ok and same, text + f" | unchanged: {same}"
+
+
+@case("`drasclr evaluate --out` a folder of the user's files",
+      "exit 1, --force named; files unchanged")
+def evaluate_over_user(work: Path):
+    feats, labels = _eval_files(work)
+    folder, before = _user_folder(work, "user_results", {"results.csv": "mine"})
+    rc, _, err = _drasclr("evaluate", "--embeddings", str(feats), "--labels", str(labels),
+                          "--out", str(folder), "--targets", "fev1_pp", cwd=work)
+    ok, text = _said(rc, err, 1, str(folder), "--force")
+    same = _files(folder) == before
+    return ok and same, text + f" | unchanged: {same}"
+
+
+# ------------------------------------------------------- store metadata under checksums
+
+
+def _edit_record(work: Path, name: str, edit: Callable[[dict], None]) -> tuple[Path, Path]:
+    copy = _damaged_copy(work, name)
+    path = copy / "subjects" / "syn001.json"
+    record = json.loads(path.read_text())
+    edit(record)
+    path.write_text(json.dumps(record, indent=1))
+    return copy, path
+
+
+def _record_case(work: Path, name: str, edit: Callable[[dict], None]):
+    from drasclr_toolkit.preprocess.store import PatchStore, StoreError
+
+    copy, path = _edit_record(work, name, edit)
+    ok, text = _expect_error(_read_all(copy, "syn001"), StoreError, str(path), "What to do")
+    rows = PatchStore(copy).verify()
+    status = {r["subject"]: r["status"] for r in rows}
+    ok = ok and status.get("syn001") == "damaged" and status.get("syn000") == "ok"
+    return ok, text + f" | verify: syn001 {status.get('syn001')}, syn000 {status.get('syn000')}"
+
+
+@case("subject record edited: in_scan of one landmark flipped", "StoreError naming the record; verify: damaged")
+def edit_in_scan(work: Path):
+    def edit(r):
+        r["in_scan"][0] = not r["in_scan"][0]
+    return _record_case(work, "rec_in_scan", edit)
+
+
+@case("subject record edited: one landmark centre moved 5 mm", "StoreError naming the record; verify: damaged")
+def edit_centres(work: Path):
+    def edit(r):
+        r["centres_mm"][0][0] = float(r["centres_mm"][0][0]) + 5.0
+    return _record_case(work, "rec_centres", edit)
+
+
+@case("subject record edited: the registration transform (translation + 5 mm)", "StoreError naming the record; verify: damaged")
+def edit_transform(work: Path):
+    def edit(r):
+        r["transform"]["translation"][0] = float(r["transform"]["translation"][0]) + 5.0
+    return _record_case(work, "rec_transform", edit)
+
+
+@case("subject record edited: qc.lung_volume_ml", "StoreError naming the record; verify: damaged")
+def edit_lung_volume(work: Path):
+    def edit(r):
+        r["qc"]["lung_volume_ml"] = 5000.0
+    return _record_case(work, "rec_volume", edit)
+
+
+@case("store.json edited: n_landmarks", "StoreError naming store.json; store verify exit 1")
+def edit_n_landmarks(work: Path):
+    from drasclr_toolkit.preprocess.store import StoreError
+
+    copy = _damaged_copy(work, "store_n_landmarks")
+    meta_path = copy / "store.json"
+    meta = json.loads(meta_path.read_text())
+    meta["n_landmarks"] = int(meta["n_landmarks"]) - 2
+    meta_path.write_text(json.dumps(meta))
+    ok, text = _expect_error(_read_all(copy, "syn001"), StoreError, str(meta_path), "What to do")
+    rc, out, _ = _drasclr("store", "verify", str(copy), cwd=work)
+    return ok and rc == 1, text + f" | store verify: exit {rc}"
+
+
+@case("`drasclr embed` on a store whose record's in_scan was edited",
+      "exit 1 naming the record (not a shape error)")
+def embed_edited_record(work: Path):
+    def edit(r):
+        r["in_scan"] = r["in_scan"][:-1]
+    copy, path = _edit_record(work, "rec_embed", edit)
+    out = work / "rec_embed.npz"
+    rc, _, err = _drasclr("embed", "--store", str(copy), "--config", str(_config(work)),
+                          "--out", str(out), "--no-progress", cwd=work)
+    # syn001 fails with its record named; syn000 is embedded: exit 3, or 1 if refused at once
+    ok = rc in (1, 3) and "Traceback" not in err and (str(path) in err or "syn001" in err)
+    line = next((ln for ln in err.splitlines() if "syn001" in ln), err.strip())
+    return ok, f"exit {rc}; " + _short(line, 200)
+
+
+def _zarr_case(work: Path, name: str, damage: Callable[[dict, Path], None]):
+    from drasclr_toolkit.preprocess.store import PatchStore, StoreError
+
+    copy = _damaged_copy(work, name)
+    meta_file = copy / "patches.zarr" / "patches" / "zarr.json"
+    damage(json.loads(meta_file.read_text()), meta_file)
+    ok, text = _expect_error(_read_all(copy, "syn001"), StoreError, str(meta_file), "What to do")
+    rows = PatchStore(copy).verify()
+    ok = ok and rows[0]["status"] == "damaged" and str(meta_file) in rows[0]["reason"]
+    return ok, text + f" | verify first row: {rows[0]['status']}"
+
+
+@case("patch store: zarr.json of the patches array truncated", "StoreError naming that zarr.json")
+def zarr_truncated(work: Path):
+    def damage(meta, file):
+        text = file.read_text()
+        file.write_text(text[: len(text) // 2])
+    return _zarr_case(work, "zarr_cut", damage)
+
+
+@case("patch store: zarr.json edited to another data_type (uint8)", "StoreError naming that zarr.json")
+def zarr_dtype(work: Path):
+    def damage(meta, file):
+        meta["data_type"] = "uint8"
+        file.write_text(json.dumps(meta))
+    return _zarr_case(work, "zarr_dtype", damage)
+
+
+# ------------------------------------------------- file systems: read-only, full disks
+
+@contextlib.contextmanager
+def _tmpfs(path: Path, size: str, read_only: bool = False):
+    """A small tmpfs mounted at ``path`` (a real read-only or full file system), or None
+    where mounting is not allowed (not root): the case is then skipped."""
+    path.mkdir(parents=True, exist_ok=True)
+    opts = f"size={size},mode=0777" + (",ro" if read_only else "")
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(path)],
+                         capture_output=True, text=True)
+    if res.returncode != 0:
+        yield None
+        return
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def _fill(folder: Path, leave: int) -> Path:
+    """Fill the file system of ``folder`` up to ``leave`` free bytes."""
+    st = os.statvfs(folder)
+    free = st.f_bavail * st.f_frsize
+    filler = folder / "filler.bin"
+    with open(filler, "wb") as fh:
+        fh.write(b"\0" * max(free - leave, 0))
+    return filler
+
+
+def _read_only_case(work: Path, *command: str, out_arg: str = "--out", **kw):
+    with _tmpfs(work / "ro_mount", "1m", read_only=True) as mount:
+        if mount is None:
+            return None, "skipped: cannot mount a read-only tmpfs (needs root)"
+        rc, _, err = _drasclr(*command, out_arg, str(mount / "out"), cwd=work, **kw)
+        return _said(rc, err, 1, "read-only", str(mount))
+
+
+@case("read-only --out: `drasclr preprocess`", "exit 1: read-only, naming the folder; no traceback")
+def ro_preprocess(work: Path):
+    manifest, _ = _cohort(work)
+    return _read_only_case(work, "preprocess", "--manifest", str(manifest.path), "--config",
+                           str(_config(work)), "--no-progress")
+
+
+@case("read-only --out: `drasclr pretrain`", "exit 1: read-only, naming the folder; no traceback")
+def ro_pretrain(work: Path):
+    return _read_only_case(work, "pretrain", "--store", str(_store(work)), "--config",
+                           str(_config(work)))
+
+
+@case("read-only --out: `drasclr embed`", "exit 1: read-only, naming the folder; no traceback")
+def ro_embed(work: Path):
+    with _tmpfs(work / "ro_mount", "1m", read_only=True) as mount:
+        if mount is None:
+            return None, "skipped: cannot mount a read-only tmpfs (needs root)"
+        rc, _, err = _drasclr("embed", "--store", str(_store(work)), "--config",
+                              str(_config(work)), "--out", str(mount / "e.npz"),
+                              "--no-progress", cwd=work)
+        return _said(rc, err, 1, "read-only", str(mount))
+
+
+@case("read-only --out: `drasclr evaluate`", "exit 1: read-only, naming the folder; no traceback")
+def ro_evaluate(work: Path):
+    feats, labels = _eval_files(work)
+    return _read_only_case(work, "evaluate", "--embeddings", str(feats), "--labels",
+                           str(labels), "--targets", "fev1_pp")
+
+
+@case("read-only --out: `drasclr synthetic`", "exit 1: read-only, naming the folder; no traceback")
+def ro_synthetic(work: Path):
+    return _read_only_case(work, "synthetic", "--n-subjects", "1", "--spacing", "3",
+                           "--size-scale", "0.4", "--n-jobs", "1")
+
+
+@case("read-only -o: `drasclr manifest scan`", "exit 1: read-only, naming the file; no traceback")
+def ro_manifest_scan(work: Path):
+    manifest, _ = _cohort(work)
+    with _tmpfs(work / "ro_mount", "1m", read_only=True) as mount:
+        if mount is None:
+            return None, "skipped: cannot mount a read-only tmpfs (needs root)"
+        rc, _, err = _drasclr("manifest", "scan", str(Path(manifest.path).parent / "images"),
+                              "-o", str(mount / "m.csv"), cwd=work)
+        return _said(rc, err, 1, "read-only", str(mount))
+
+
+@case("disk full during pretraining (the checkpoint does not fit)",
+      "exit 1: 'the disk is full', naming the file; no traceback, no partial checkpoint")
+def full_pretrain(work: Path):
+    with _tmpfs(work / "full_run", "2m") as mount:
+        if mount is None:
+            return None, "skipped: cannot mount a small tmpfs (needs root)"
+        _fill(mount, 24 << 10)
+        run = mount / "run"
+        rc, _, err = _drasclr("pretrain", "--store", str(_store(work)), "--config",
+                              str(_config(work)), "--out", str(run), cwd=work)
+        ok, text = _said(rc, err, 1, "disk is full", str(run))
+        partial = [p.name for p in run.rglob("*.pt")] + [p.name for p in run.rglob("*.tmp")]
+        return ok and not partial, text + f" | checkpoint files left: {partial or 'none'}"
+
+
+@case("disk full during `drasclr embed`",
+      "exit 1: 'the disk is full', naming the file; no traceback")
+def full_embed(work: Path):
+    with _tmpfs(work / "full_emb", "1m") as mount:
+        if mount is None:
+            return None, "skipped: cannot mount a small tmpfs (needs root)"
+        _fill(mount, 8 << 10)  # room for the lock and one part file, not for the rest
+        out = mount / "e.npz"
+        rc, _, err = _drasclr("embed", "--store", str(_store(work)), "--config",
+                              str(_config(work)), "--out", str(out), "--no-progress", cwd=work)
+        return _said(rc, err, 1, "disk is full", str(mount))
+
+
+@case("disk full during `drasclr preprocess` (one subject to write), then space freed and rerun",
+      "exit 3 with the subject recorded as failed (disk full); the rerun repairs it, exit 0")
+def full_preprocess(work: Path):
+    from drasclr_toolkit.preprocess.store import PatchStore
+
+    manifest, _ = _cohort(work)
+    with _tmpfs(work / "full_pre", "16m") as mount:
+        if mount is None:
+            return None, "skipped: cannot mount a small tmpfs (needs root)"
+        out = mount / "store"
+        shutil.copytree(_store(work), out)
+        (out / "subjects" / "syn001.json").unlink()  # syn001 is to be (re)done
+        filler = _fill(mount, 96 << 10)
+        args = ("preprocess", "--manifest", str(manifest.path), "--atlas", str(out / "atlas"),
+                "--out", str(out), "--config", str(_config(work)), "--no-progress")
+        rc, _, err = _drasclr(*args, cwd=work)
+        reason = PatchStore(out).failures().get("syn001", {}).get("reason", "")
+        filler.unlink()
+        rc2, _, err2 = _drasclr(*args, cwd=work)
+        done = sorted(PatchStore(out).subject_ids)
+        ok = (rc == 3 and "disk is full" in reason and rc2 == 0
+              and done == ["syn000", "syn001"] and "Traceback" not in err + err2)
+        return ok, (f"exit {rc}; syn001: {_short(reason, 120)} | after freeing space: exit "
+                    f"{rc2}, done {done}")
+
+
+# ------------------------------------------------------------------- scans and manifests
+
+
+@case("a .nii.gz whose header declares 32767 x 32767 x 32767 voxels, `manifest validate --check-scans`",
+      "exit 1 within 3 s: field 'image size', nothing read")
+def huge_header(work: Path):
+    import gzip
+    import struct
+
+    manifest, _ = _cohort(work)
+    raw = bytearray(gzip.decompress(Path(manifest.image_path("syn000")).read_bytes()))
+    raw[40:48] = struct.pack("<4h", 3, 32767, 32767, 32767)
+    folder = work / "huge"
+    folder.mkdir(exist_ok=True)
+    (folder / "huge.nii.gz").write_bytes(gzip.compress(bytes(raw[:352 + (1 << 20)]), 1))
+    (folder / "m.csv").write_text("subject_id,image\nhuge,huge.nii.gz\n")
+    start = time.perf_counter()
+    rc, out, err = _drasclr("manifest", "validate", str(folder / "m.csv"), "--check-scans",
+                            cwd=work, seconds=60)
+    took = time.perf_counter() - start
+    ok, text = _said(rc, out + err, 1, "image size", "32767")
+    return ok and took < 3, text + f" | {took:.1f} s"
+
+
+@case("a manifest with a header and no rows", "validate exit 1; preprocess exit 1 (no subjects), no RuntimeError")
+def header_only_manifest(work: Path):
+    _, atlas = _cohort(work)
+    path = work / "empty.csv"
+    path.write_text("subject_id,image\n")
+    rc1, out1, err1 = _drasclr("manifest", "validate", str(path), cwd=work)
+    rc2, _, err2 = _drasclr("preprocess", "--manifest", str(path), "--atlas", str(atlas),
+                            "--out", str(work / "empty_out"), "--config", str(_config(work)),
+                            "--no-progress", cwd=work)
+    ok, text = _said(rc2, err2, 1, str(path))
+    ok = ok and rc1 == 1 and "Traceback" not in out1 + err1
+    return ok, f"validate: exit {rc1} | preprocess: " + text
+
+
+@case("damaged manifests: a duplicate id, a missing image column, a binary file as CSV",
+      "ManifestError for each, naming the file and the row or column")
+def damaged_manifests(work: Path):
+    from drasclr_toolkit.data import Manifest
+    from drasclr_toolkit.data.manifest import ManifestError
+
+    manifest, _ = _cohort(work)
+    image = manifest.image_path("syn000")
+    folder = work / "bad_manifests"
+    folder.mkdir(exist_ok=True)
+    bad = {"dup.csv": f"subject_id,image\na,{image}\na,{image}\n",
+           "nocol.csv": "subject_id,scan\na,x.nii.gz\n"}
+    for name, text in bad.items():
+        (folder / name).write_text(text)
+    (folder / "binary.csv").write_bytes(bytes(range(256)) * 8)
+    results = []
+    for name in ("dup.csv", "nocol.csv", "binary.csv"):
+        ok, text = _expect_error(lambda n=name: Manifest.load(folder / n), ManifestError,
+                                 str(folder / name))
+        results.append((ok, f"{name}: {'ok' if ok else text}"))
+    return all(r[0] for r in results), "; ".join(r[1] for r in results)
+
+
+@case("`drasclr synthetic --n-subjects 0`", "exit 1 or 2: at least 1 subject; nothing made")
+def synthetic_zero(work: Path):
+    out = work / "syn_zero"
+    rc, _, err = _drasclr("synthetic", "--n-subjects", "0", "--out", str(out), cwd=work)
+    made = out.exists() and any(out.iterdir())
+    ok = rc in (1, 2) and "Traceback" not in err and not made
+    return ok, f"exit {rc}; " + _short(err.strip().splitlines()[-1] if err.strip() else "", 180) + \
+        f" | files made: {made}"
+
+
+# ------------------------------------------------------------------------- checkpoints
+
+
+def _embed_with_checkpoint(work: Path, ckpt: Path):
+    out = work / f"emb_{ckpt.stem}.npz"
+    return _drasclr("embed", "--store", str(_store(work)), "--config", str(_config(work)),
+                    "--checkpoint", str(ckpt), "--out", str(out), "--no-progress", cwd=work)
+
+
+@case("`drasclr embed --checkpoint` a final.pt truncated at 60 %",
+      "exit 1: CheckpointError naming the file (truncated)")
+def truncated_checkpoint(work: Path):
+    data = (_run(work) / "final.pt").read_bytes()
+    ckpt = work / "cut.pt"
+    ckpt.write_bytes(data[: int(len(data) * 0.6)])
+    rc, _, err = _embed_with_checkpoint(work, ckpt)
+    return _said(rc, err, 1, str(ckpt), "What to do")
+
+
+@case("`drasclr embed --checkpoint` a CSV renamed .pt",
+      "exit 1: not a checkpoint, naming the file (no 'pop from empty list')")
+def csv_checkpoint(work: Path):
+    ckpt = work / "table.pt"
+    ckpt.write_text("subject_id,fev1\na,1\nb,2\n")
+    rc, _, err = _embed_with_checkpoint(work, ckpt)
+    return _said(rc, err, 1, str(ckpt), "What to do")
+
+
+@case("`drasclr embed --checkpoint` whose weights are of another width than its encoder_config",
+      "exit 1: CheckpointError naming the file and encoder_config")
+def other_width_checkpoint(work: Path):
+    import torch
+
+    state = torch.load(_run(work) / "final.pt", map_location="cpu", weights_only=True)
+    state["encoder_config"] = dict(state["encoder_config"], width=0.25)
+    ckpt = work / "wider.pt"
+    torch.save(state, ckpt)
+    rc, _, err = _embed_with_checkpoint(work, ckpt)
+    return _said(rc, err, 1, str(ckpt), "encoder_config")
+
+
+@case("a checkpoint holding a malicious pickle (code that writes a file when loaded)",
+      "refused naming the file; the code never runs; no advice to use weights_only=False")
+def malicious_checkpoint(work: Path):
+    import pickle
+
+    import torch
+
+    marker = work / "pwned.txt"
+
+    class Evil:
+        def __reduce__(self):
+            return (Path.write_text, (marker, "ran"))
+
+    ckpt = work / "evil.pt"
+    torch.save({"encoder": Evil()}, ckpt, pickle_module=pickle)
+    rc, _, err = _embed_with_checkpoint(work, ckpt)
+    ok, text = _said(rc, err, 1, str(ckpt))
+    ok = ok and not marker.exists() and "weights_only=False" not in err
+    return ok, text + f" | code ran: {marker.exists()}"
+
+
+# ------------------------------------------------------------------- labels, evaluate
+
+
+def _eval_files(work: Path, n: int = 12) -> tuple[Path, Path]:
+    """A feature CSV (4 random features) and a label table (fev1_pp, time, event) of n subjects."""
+    import pandas as pd
+
+    feats, labels = work / f"feats{n}.csv", work / f"labels{n}.csv"
+    if not feats.exists():
+        rng = np.random.default_rng(3)
+        ids = [f"p{i:02d}" for i in range(n)]
+        pd.DataFrame(rng.normal(size=(n, 4)), columns=list("abcd")).assign(
+            subject_id=ids).to_csv(feats, index=False)
+        pd.DataFrame({"subject_id": ids, "fev1_pp": rng.normal(70, 15, n).round(1),
+                      "time": rng.uniform(1, 10, n).round(2),
+                      "event": [i % 2 for i in range(n)]}).to_csv(labels, index=False)
+    return feats, labels
+
+
+def _label_case(work: Path, name: str, change: Callable, *words: str):
+    import pandas as pd
+
+    feats, labels = _eval_files(work)
+    table = pd.read_csv(labels, dtype={"subject_id": str})
+    table = change(table)
+    path = work / f"{name}.csv"
+    table.to_csv(path, index=False)
+    rc, _, err = _drasclr("evaluate", "--embeddings", str(feats), "--labels", str(path),
+                          "--out", str(work / f"eval_{name}"), "--targets", "fev1_pp",
+                          "--n-repeats", "1", "--n-permutations", "9", cwd=work)
+    return _said(rc, err, 1, str(path), *words)
+
+
+@case("`drasclr evaluate` with event codes 2 and -1", "exit 1: LabelError naming the event column and the values")
+def labels_event_codes(work: Path):
+    def change(t):
+        t.loc[0, "event"], t.loc[1, "event"] = 2, -1
+        return t
+    return _label_case(work, "ev_codes", change, "event")
+
+
+@case("`drasclr evaluate` with event 'yes'", "exit 1: LabelError naming the event column")
+def labels_event_yes(work: Path):
+    def change(t):
+        t["event"] = t["event"].astype(object)
+        t.loc[0, "event"] = "yes"
+        return t
+    return _label_case(work, "ev_yes", change, "event", "yes")
+
+
+@case("`drasclr evaluate` with a subject id twice in the labels", "exit 1: LabelError naming the id")
+def labels_duplicate(work: Path):
+    import pandas as pd
+
+    def change(t):
+        return pd.concat([t, t.iloc[[2]]], ignore_index=True)
+    return _label_case(work, "dup_id", change, "p02")
+
+
+@case("`drasclr evaluate` with follow-up times 0 and negative", "exit 1: LabelError naming the time column")
+def labels_bad_time(work: Path):
+    def change(t):
+        t.loc[0, "time"], t.loc[1, "time"] = 0.0, -3.0
+        return t
+    return _label_case(work, "bad_time", change, "time")
+
+
+@case("`drasclr evaluate --embeddings` a truncated .npz", "exit 1: EmbeddingsFileError naming the file")
+def truncated_npz(work: Path):
+    from drasclr_toolkit.embed import extract_embeddings
+    from drasclr_toolkit.preprocess.store import PatchStore
+
+    full = work / "whole.npz"
+    if not full.exists():
+        extract_embeddings(PatchStore(_store(work)), encoder_kwargs=_ENCODER, out_path=full,
+                           progress=False)
+    cut = work / "cut_emb.npz"
+    data = full.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    _, labels = _eval_files(work)
+    rc, _, err = _drasclr("evaluate", "--embeddings", str(cut), "--labels", str(labels),
+                          "--out", str(work / "eval_cut"), cwd=work)
+    return _said(rc, err, 1, str(cut))
+
+
+@case("`drasclr evaluate` of a constant target (every fev1_pp 70)",
+      "exit 1 said in words: nothing could be evaluated, the target does not vary")
+def constant_target(work: Path):
+    def change(t):
+        t["fev1_pp"] = 70.0
+        return t.drop(columns=["time", "event"])
+    ok, text = _label_case(work, "constant", change, "nothing could be evaluated")
+    return ok and "summarise" not in text, text
+
+
+@case("`drasclr evaluate` on 3 subjects", "exit 1 said in words: too few subjects")
+def three_subjects(work: Path):
+    def change(t):
+        return t.iloc[:3].drop(columns=["time", "event"])
+    ok, text = _label_case(work, "three", change, "nothing could be evaluated")
+    return ok and "summarise" not in text, text
+
+
+# --------------------------------------------------------------------- configs, devices
+
+
+@case("`drasclr pretrain --config` a YAML file with a syntax error",
+      "exit 1: ConfigError naming the file, line and column")
+def yaml_syntax(work: Path):
+    path = work / "broken.yaml"
+    path.write_text("pretrain:\n  lr: 0.01\n  batch_size: [2, 4\n  width: 0.5\n")
+    rc, _, err = _drasclr("pretrain", "--store", str(_store(work)), "--config", str(path),
+                          "--out", str(work / "run_yaml"), cwd=work)
+    return _said(rc, err, 1, str(path), "line", "column")
+
+
+@case("`drasclr pretrain --set device=cuda` on a machine without a GPU",
+      "exit 1 naming device, before anything is written (no config.yaml)")
+def device_cuda(work: Path):
+    import torch
+
+    if torch.cuda.is_available():
+        return None, "skipped: this machine has a GPU"
+    out = work / "run_cuda"
+    rc, _, err = _drasclr("pretrain", "--store", str(_store(work)), "--config",
+                          str(_config(work)), "--out", str(out), "--set", "device=cuda", cwd=work)
+    ok, text = _said(rc, err, 1, "device")
+    written = sorted(p.name for p in out.rglob("*")) if out.exists() else []
+    return ok and not written, text + f" | written: {written or 'nothing'}"
+
+
+@case("`drasclr pretrain --set batch_size=1`",
+      "exit 1 naming batch_size, before anything is written (no config.yaml)")
+def batch_one(work: Path):
+    out = work / "run_bs1"
+    rc, _, err = _drasclr("pretrain", "--store", str(_store(work)), "--config",
+                          str(_config(work)), "--out", str(out), "--set", "batch_size=1",
+                          cwd=work)
+    ok, text = _said(rc, err, 1, "batch_size")
+    written = sorted(p.name for p in out.rglob("*")) if out.exists() else []
+    return ok and not written, text + f" | written: {written or 'nothing'}"
+
+
+# ------------------------------------------------------------ runs with failed subjects
+
+
+@case("`drasclr embed --checkpoint final.pt` on a store with one damaged subject",
+      "exit 3: that subject failed (named), the other's vectors kept")
+def embed_partial(work: Path):
+    from drasclr_toolkit.embed import Embeddings
+
+    copy = _damaged_copy(work, "store_embed_partial")
+    from drasclr_toolkit.preprocess.store import PatchStore
+
+    PatchStore(copy).chunk_file("patches", "syn001").unlink()
+    out = work / "partial.npz"
+    rc, stdout, err = _drasclr("embed", "--store", str(copy), "--config", str(_config(work)),
+                               "--checkpoint", str(_run(work) / "final.pt"), "--out", str(out),
+                               "--no-progress", cwd=work)
+    kept = list(Embeddings.load(out).subject_ids) if out.exists() else []
+    ok = rc == 3 and "syn001" in stdout + err and kept == ["syn000"] and "Traceback" not in err
+    line = next((ln for ln in (stdout + err).splitlines() if "failed syn001" in ln), "")
+    return ok, f"exit {rc}; kept {kept}; " + _short(line, 150)
+
+
 # ----------------------------------------------------------------------------------- run
 
 
 def run_all(workdir: Path, only: str | None = None, echo: bool = False) -> list[Row]:
     rows = []
     for input_, expected, fn in CASES:
-        if only and only.lower() not in input_.lower():
+        if only and not any(w.lower() in input_.lower() for w in only.split("|")):
             continue
         row = Row(input_, expected)
         start = time.perf_counter()
@@ -574,13 +1732,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     start = time.perf_counter()
-    if args.workdir:
-        work = Path(args.workdir)
-        work.mkdir(parents=True, exist_ok=True)
-        rows = run_all(work, args.only, echo=True)
-    else:
-        with tempfile.TemporaryDirectory(prefix="drasclr_reliability_") as tmp:
-            rows = run_all(Path(tmp), args.only, echo=True)
+    try:
+        if args.workdir:
+            work = Path(args.workdir)
+            work.mkdir(parents=True, exist_ok=True)
+            rows = run_all(work, args.only, echo=True)
+        else:
+            with tempfile.TemporaryDirectory(prefix="drasclr_reliability_") as tmp:
+                rows = run_all(Path(tmp), args.only, echo=True)
+    finally:
+        _stop_holders()
     print(format_table(rows))
     failed = [r for r in rows if r.status == "FAIL"]
     print(f"\n{len(rows) - len(failed)}/{len(rows)} cases as expected "

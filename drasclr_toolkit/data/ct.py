@@ -1096,8 +1096,15 @@ def load_ct(
             fix="re-export the scan without missing values (NaN), or fill them with -1024 HU",
         )
     if checks.check_hu:
+        # Values that went through a rescale (some below 0): a wrong slope or intercept is
+        # named as such (RescaleSlope 10 puts air at -784, which the plain range checks would
+        # only call "no air"). Values from 0 up are raw or not CT: the range checks say which.
+        rescaled = float(array.min()) < 0
+        if rescaled:
+            _check_calibration(array, checks, subject_id, p)
         _check_hounsfield(array, checks, subject_id, p)
-        _check_calibration(array, checks, subject_id, p)
+        if not rescaled:
+            _check_calibration(array, checks, subject_id, p)
     return CTImage(
         array=_to_int16(array, subject_id=subject_id, file=p),
         spacing=image.GetSpacing(),

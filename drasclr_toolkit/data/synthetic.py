@@ -781,7 +781,7 @@ def check_out_folder(out: str | Path, config: Any, force: bool = False) -> None:
             raise OutputExistsError(
                 f"file {card_path}, field 'options': --out {out} holds a synthetic cohort made "
                 f"with other options ({differ}). What to do: use a new --out folder, the same "
-                "options, or --force to overwrite it")
+                "options, or --force (overwrite=True in Python) to overwrite it")
     foreign = [name for name in entries if name not in _COHORT_TOP]
     for sub in ("images", "ground_truth"):
         if (out / sub).is_dir():
@@ -795,7 +795,7 @@ def check_out_folder(out: str | Path, config: Any, force: bool = False) -> None:
             f"--out {out} already holds files that are not a synthetic cohort ({shown}); "
             "`drasclr synthetic` writes manifest.csv, dataset_card.yaml, ground_truth.csv and "
             "images/ there and would overwrite yours. What to do: choose a new or empty "
-            "folder, or pass --force to write into it anyway")
+            "folder, or pass --force (overwrite=True in Python) to write into it anyway")
 
 
 def make_synthetic_cohort(n_subjects: int, out_dir: str | os.PathLike, seed: int = 0,

@@ -24,6 +24,7 @@ import json
 import logging
 import multiprocessing as mp
 import os
+import stat
 import time
 import traceback
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from pydantic import ConfigDict, Field
 
 from ..config import Config
 from ..data.problems import ManifestError, ManifestProblem
+from ..errors import as_drasclr_error
 from ..io_utils import (die_with_parent, refuse_foreign_folder, remove_stale_temp_files,
                         safe_subject_id)
 from ..locks import folder_lock
@@ -353,6 +355,15 @@ def _files_of(path: Path) -> list[Path]:
     return sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
 
 
+def _hashable(path: Path) -> bool:
+    """A regular file: a FIFO, socket or device is never opened (reading a FIFO blocks until
+    something writes to it; load_ct then refuses it by name)."""
+    try:
+        return stat.S_ISREG(path.stat().st_mode)
+    except OSError:
+        return False
+
+
 def scan_fingerprint(image_path: str | os.PathLike, with_hash: bool = True) -> dict[str, Any]:
     """Size, modification time and (``with_hash``) a BLAKE2b content hash of a scan file,
     or of every file of a DICOM folder: what a resume compares to notice a replaced scan.
@@ -371,6 +382,8 @@ def scan_fingerprint(image_path: str | os.PathLike, with_hash: bool = True) -> d
     if with_hash:
         h = hashlib.blake2b(digest_size=16)
         for f in files:
+            if not _hashable(f):
+                continue
             if len(files) > 1:
                 h.update(f.name.encode() + b"\0")
             with open(f, "rb") as fh:
@@ -425,7 +438,8 @@ def _work_one(
                             {**res.record(), "source": source})
         return sid, "ok", ""
     except Exception as exc:
-        reason = f"{type(exc).__name__}: {exc}"
+        said = as_drasclr_error(exc) if isinstance(exc, OSError) else None  # disk full, ...
+        reason = f"{type(said or exc).__name__}: {said or exc}"
         log.warning("subject %s failed at %s: %s", sid, stage, reason)
         log.debug("%s", traceback.format_exc())
         store.write_failure(sid, reason, stage)
