@@ -121,11 +121,18 @@ class Browser:
         out.write_bytes(base64.b64decode(data))
         return out
 
-    def click(self, x: float, y: float) -> None:
-        """A real left click at page (viewport) coordinates: move, press, release."""
-        for kind, buttons in (("mouseMoved", 0), ("mousePressed", 1), ("mouseReleased", 0)):
-            self.send("Input.dispatchMouseEvent", type=kind, x=x, y=y, button="left"
-                      if kind != "mouseMoved" else "none", buttons=buttons, clickCount=1)
+    def click(self, x: float, y: float, hold_s: float = 0.15) -> None:
+        """A real left click at page (viewport) coordinates: move, press, hold, release.
+
+        The hold matters for WebGL scenes: plotly's 3D view reads the pressed button in
+        its next animation frame, as it does for a person's click."""
+        self.send("Input.dispatchMouseEvent", type="mouseMoved", x=x, y=y, button="none")
+        time.sleep(0.05)
+        self.send("Input.dispatchMouseEvent", type="mousePressed", x=x, y=y, button="left",
+                  buttons=1, clickCount=1)
+        time.sleep(hold_s)
+        self.send("Input.dispatchMouseEvent", type="mouseReleased", x=x, y=y, button="left",
+                  buttons=0, clickCount=1)
 
     def move(self, x: float, y: float) -> None:
         self.send("Input.dispatchMouseEvent", type="mouseMoved", x=x, y=y, button="none")
@@ -190,7 +197,8 @@ CHECK_FIGURES_JS = r"""
     Object.keys(full).filter(function (k) { return /^[xy]axis\d*$/.test(k); }).forEach(function (k) {
       var ax = full[k];
       if (!ax.visible || !ax._id || (ax._mainSubplot === undefined && !ax.anchor)) { return; }
-      var ticks = ax.showticklabels && (ax._vals || []).length > 0;
+      // a category axis (feature-set names) names its points itself
+      var ticks = ax.showticklabels && (ax._vals || []).length > 0 && ax.type !== 'category';
       var title = real(ax.title && ax.title.text);
       fig.titles.push(k + ': ' + title);
       if (ticks && !title.trim()) { fig.problems.push(k + ' has tick labels but no title (quantity, unit)'); }
@@ -249,9 +257,11 @@ CHECK_FIGURES_JS = r"""
       var m = [cam.model, cam.view, cam.projection];
       function mul(mat, v) { var o = [0, 0, 0, 0]; for (var i = 0; i < 4; i++) { for (var j = 0; j < 4; j++) { o[i] += mat[j * 4 + i] * v[j]; } } return o; }
       // the scene's viewport inside the canvas (its domain)
-      var dom = sc.domain, W = full.width, H = full.height, ms = full.margin;
-      var vw = (W - ms.l - ms.r) * (dom.x[1] - dom.x[0]), vh = (H - ms.t - ms.b) * (dom.y[1] - dom.y[0]);
-      var vl = gbox.l + ms.l + (W - ms.l - ms.r) * dom.x[0], vt = gbox.t + ms.t + (H - ms.t - ms.b) * (1 - dom.y[1]);
+      // the scene's viewport: its domain of the plot area left after margins and legend
+      var dom = sc.domain, sz = full._size;
+      var vw = sz.w * (dom.x[1] - dom.x[0]), vh = sz.h * (dom.y[1] - dom.y[0]);
+      var vl = gbox.l + sz.l + sz.w * dom.x[0], vt = gbox.t + sz.t + sz.h * (1 - dom.y[1]);
+      var view = {l: vl, t: vt, r: vl + vw, b: vt + vh};
       var worst = 0;
       // corners pushed out by 15 % of the box: where tick labels and titles are drawn
       var lo = bounds[0], hi = bounds[1], pad = [0, 1, 2].map(function (i) { return 0.15 * (hi[i] - lo[i]); });
@@ -259,16 +269,33 @@ CHECK_FIGURES_JS = r"""
         var p = [0, 1, 2].map(function (i) { return (c >> i) & 1 ? hi[i] + pad[i] : lo[i] - pad[i]; });
         var v = mul(m[2], mul(m[1], mul(m[0], [p[0], p[1], p[2], 1])));
         var x = vl + (v[0] / v[3] * 0.5 + 0.5) * vw, y = vt + (0.5 - v[1] / v[3] * 0.5) * vh;
-        var out_ = Math.max(gbox.l - x, x - gbox.r, gbox.t - y, y - gbox.b, 0);
+        var out_ = Math.max(view.l - x, x - view.r, view.t - y, y - view.b, 0);
         worst = Math.max(worst, out_);
       }
       fig.scene_overflow_px = Math.round(worst);
-      if (worst > 2) { fig.problems.push(k + ': axis labels run ' + Math.round(worst) + ' px outside the figure'); }
+      if (worst > 2) { fig.problems.push(k + ': axis labels run ' + Math.round(worst) + ' px outside the scene (cut off)'); }
     });
     out.push(fig);
   });
   return out;
 })()
+"""
+
+
+PROJECT_POINT_JS = r"""
+(function (index, trace, point) {
+  var gd = document.querySelectorAll('.js-plotly-plot')[index];
+  var full = gd._fullLayout, sc = full.scene, gl = sc._scene.glplot, cam = gl.cameraParams;
+  var data = gd._fullData[trace];
+  var p = sc._scene.dataScale ? [data.x[point] * sc._scene.dataScale[0], data.y[point] * sc._scene.dataScale[1], data.z[point] * sc._scene.dataScale[2]]
+                              : [data.x[point], data.y[point], data.z[point]];
+  function mul(mat, v) { var o = [0, 0, 0, 0]; for (var i = 0; i < 4; i++) { for (var j = 0; j < 4; j++) { o[i] += mat[j * 4 + i] * v[j]; } } return o; }
+  var v = mul(cam.projection, mul(cam.view, mul(cam.model, [p[0], p[1], p[2], 1])));
+  var dom = sc.domain, sz = full._size, gb = gd.getBoundingClientRect();
+  var vw = sz.w * (dom.x[1] - dom.x[0]), vh = sz.h * (dom.y[1] - dom.y[0]);
+  var vl = gb.left + sz.l + sz.w * dom.x[0], vt = gb.top + sz.t + sz.h * (1 - dom.y[1]);
+  return [vl + (v[0] / v[3] * 0.5 + 0.5) * vw, vt + (0.5 - v[1] / v[3] * 0.5) * vh];
+})
 """
 
 

@@ -40,7 +40,7 @@ PANEL_WIDTH = 680
 CLOUD_HEIGHT = 440
 # Plotly picks a 3D point only within its drawn marker; an invisible marker this many times
 # larger around each landmark catches clicks a few pixels off the centre.
-PICK_HALO = 3.0
+PICK_HALO = 4.0
 # What each patch slice's axes show (patient directions, 1 mm per voxel on the 1 mm grid).
 # Axial: anterior up (rows reversed); coronal and sagittal: superior up.
 _SLICE_AXES = {"axial": ("x (mm, → left)", "y (mm, ↓ posterior)"),

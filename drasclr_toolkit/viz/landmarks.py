@@ -204,7 +204,7 @@ def landmark_traces(landmarks: np.ndarray, values: np.ndarray | None = None, *,
 # Plotly's default eye (1.25, 1.25, 1.25) draws a lung-shaped box (taller than wide) so
 # large that the lowest tick labels and the y title fall below the figure; from this
 # distance every tick and title stays inside (checked in a browser, tests/test_pages.py).
-SCENE_CAMERA: dict[str, Any] = {"eye": {"x": 1.9, "y": 1.9, "z": 1.2}}
+SCENE_CAMERA: dict[str, Any] = {"eye": {"x": 2.1, "y": 2.1, "z": 1.3}}
 
 
 def landmark_labels(landmarks: np.ndarray, patch_size: int = 32, atlas: Any = None) -> list[str]:
