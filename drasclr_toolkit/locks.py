@@ -38,7 +38,7 @@ try:
 except ImportError:  # pragma: no cover - Windows
     fcntl = None
 
-__all__ = ["LOCK_NAME", "folder_lock", "lock_for_file"]
+__all__ = ["LOCK_NAME", "folder_lock"]
 
 LOCK_NAME = ".drasclr.lock"
 _held: dict[str, int] = {}  # lock file (resolved) -> nesting depth, in this process
@@ -139,13 +139,3 @@ def folder_lock(folder: str | os.PathLike, what: str,
     finally:
         for lock_file in reversed(taken):
             _release(lock_file)
-
-
-def lock_for_file(path: str | os.PathLike) -> Path:
-    """The folder whose lock guards the output file ``path`` (its parent).
-
-    Example:
-        >>> lock_for_file("out/emb.npz").as_posix()
-        'out'
-    """
-    return Path(path).parent

@@ -437,3 +437,24 @@ def test_landmarks_outside_the_scan_are_left_out_of_pooling(tmp_path):
     again = Embeddings.load(emb.save(tmp_path / "e.npz"))
     np.testing.assert_array_equal(again.in_scan, inside)
     assert emb.subset(["cut"]).in_scan.tolist() == [[True, True, False]]
+
+
+def test_a_damaged_subject_is_left_out_of_the_random_init_recalibration_too():
+    from drasclr_toolkit.preprocess.store import StoreError
+
+    damaged = StoreError("checksum mismatch", store="store", subject_id="s01")
+
+    class _Damaged(_Source):
+        def read_location(self, loc, subjects):
+            if 1 in [int(s) for s in subjects]:
+                raise damaged
+            return super().read_location(loc, subjects)
+
+    src = make_source(n=4)
+    src.__class__ = _Damaged
+    src.fail = {1: damaged}
+    with pytest.warns(UserWarning, match="leaves out 1 subject.*s01"):
+        emb = extract_embeddings(src, encoder_kwargs=TINY, batch_size=2, progress=False)
+    assert emb.subject_ids == ["s00", "s02", "s03"]
+    assert "s01" in emb.provenance["failed"]
+    assert "left out unreadable s01" in str(emb.provenance)

@@ -46,7 +46,7 @@ from pydantic import Field, field_validator
 from tqdm.auto import tqdm
 
 from drasclr_toolkit.config import Config, Device, check_keys
-from drasclr_toolkit.errors import OutputExistsError
+from drasclr_toolkit.errors import DrasclrError, OutputExistsError
 from drasclr_toolkit.io_utils import atomic_write_text, remove_stale_temp_files, short_file_name
 from drasclr_toolkit.locks import folder_lock
 from drasclr_toolkit.models import DrasCLREncoder
@@ -324,17 +324,42 @@ def network_window(info: Mapping[str, Any], configured: Sequence[float] | None =
 def _recalibrate(encoder: torch.nn.Module, source: PatchSource, seed: int,
                  device: torch.device, window: tuple[float, float] = HU_WINDOW,
                  max_locations: int = 64) -> str:
-    """Honest random-init statistics: BatchNorm re-estimated from this cohort's patches."""
+    """Honest random-init statistics: BatchNorm re-estimated from this cohort's patches
+    (subjects whose patches cannot be read are left out with a warning)."""
+    try:
+        return _recalibrate_on(encoder, source, seed, device, window, max_locations, None)
+    except DrasclrError as exc:
+        # a damaged subject must not stop the cohort: leave it out here, as extraction does
+        good, bad = [], []
+        for i, sid in enumerate(source.subject_ids):
+            try:
+                source.read_subject(i)
+                good.append(i)
+            except DrasclrError:
+                bad.append(sid)
+        if not bad or not good:
+            raise
+        warnings.warn(f"BatchNorm recalibration leaves out {len(bad)} subject(s) whose "
+                      f"patches cannot be read ({', '.join(map(str, bad[:5]))}): {exc}",
+                      stacklevel=2)
+        how = _recalibrate_on(encoder, source, seed, device, window, max_locations, good)
+        return f"{how}; left out unreadable {', '.join(map(str, bad[:5]))}"
+
+
+def _recalibrate_on(encoder: torch.nn.Module, source: PatchSource, seed: int,
+                    device: torch.device, window: tuple[float, float], max_locations: int,
+                    subjects: list[int] | None) -> str:
     from drasclr_toolkit.models.batchnorm import location_batches, recalibrate_batchnorm
 
-    batch = min(32, len(source.subject_ids))
+    pool = list(range(len(source.subject_ids))) if subjects is None else subjects
+    batch = min(32, len(pool))
     if batch >= 2:
         batches = location_batches(source, batch_size=batch, max_locations=max_locations,
-                                   seed=seed, window=window)
+                                   seed=seed, window=window, subjects=subjects)
         how = f"up to {batch} subjects at one landmark each, landmarks spread over the lung"
     else:  # one subject: batches of its landmarks (each patch with its own location)
         coords = np.asarray(source.landmark_coords, np.float32)
-        patches = np.asarray(source.read_subject(0))
+        patches = np.asarray(source.read_subject(pool[0]))
         batches = ((hu_to_unit(torch.as_tensor(patches[i:i + 16]), window).unsqueeze(1),
                     torch.as_tensor(coords[i:i + 16])) for i in range(0, len(coords), 16))
         how = "one subject: 16 of its landmarks per batch"
