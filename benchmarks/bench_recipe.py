@@ -96,11 +96,11 @@ def data_key(config: dict) -> str:
 
 
 def command_of(args: argparse.Namespace, variant: str, seed: int) -> str:
-    parts = ["python benchmarks/bench_recipe.py", "--config", args.config, "--work", args.work,
-             "--variants", variant, "--seeds", str(seed)]
+    parts = ["--config", args.config, "--work", args.work, "--variants", variant,
+             "--seeds", str(seed)]
     if args.max_steps:
         parts += ["--max-steps", str(args.max_steps)]
-    return " ".join(shlex.quote(p) for p in parts)
+    return "python benchmarks/bench_recipe.py " + " ".join(shlex.quote(p) for p in parts)
 
 
 def run_one(root: Path, config: dict, variant: str, seed: int, max_steps: int | None):
@@ -203,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
                                     paired=True)
         long = summarise(table)
         for _, r in long.iterrows():
-            rows.append({**meta[r["feature_set"]], "data": key, "target": r["task"],
+            rows.append({**meta[r["feature_set"]], "feature_set": r["feature_set"],
+                         "data": key, "target": r["task"],
                          "r2": r["value"], "ci_low": r["ci_low"], "ci_high": r["ci_high"],
                          "p_adj": r["p_adj"], "evidence": r["evidence"]})
         for name, info in meta.items():
@@ -226,10 +227,10 @@ def main(argv: list[str] | None = None) -> int:
                                                 aggfunc="first"))
         wide.columns = [f"{a}_vs_{b}" for a, b in wide.columns]
         wide = wide.reset_index()
-        tidy["feature_set"] = [f"{r.variant}|{r.seed if r.seed is not None else '-'}|{r.pooling}"
-                               for r in tidy.itertuples()]
-        tidy = tidy.merge(wide, on=["feature_set", "target"], how="left").drop(columns="feature_set")
+        tidy = tidy.merge(wide, on=["feature_set", "target"], how="left")
+    tidy = tidy.drop(columns="feature_set")
     tidy = tidy.drop_duplicates(subset=["variant", "seed", "pooling", "target", "data"])
+    tidy["seed"] = tidy["seed"].astype("Int64")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out.with_suffix(".csv"), tidy.to_csv(index=False))
@@ -275,7 +276,8 @@ def plot(tidy: pd.DataFrame, path: Path) -> None:
         ax.axhline(0, color="k", lw=0.5)
         ax.set_xticks(range(len(variants)), variants, rotation=60, ha="right", fontsize=7)
         ax.set_title(target.replace("_", " "), fontsize=9)
-    axes[0].set_ylabel(f"R² ({RULE_POOLING} pooling)")
+        ax.set_ylim(-1.05, 1.05)   # R² below -1 (worse than the mean, small cohorts) is clipped
+    axes[0].set_ylabel(f"R² ({RULE_POOLING} pooling; axis clipped at -1)")
     axes[-1].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
