@@ -19,7 +19,8 @@ The machine is shared, so settings are measured **interleaved**: ``--rounds`` ro
 timing ``--steps`` consecutive steps of every setting in turn (order rotated per round),
 with the load average recorded before and after each block. The median over rounds of each
 setting's anchor patches/s is reported, and the ratio to ``old`` within each round (the
-fairest comparison under changing load). Minutes per `small` run = its 1,152 steps × 16
+fairest comparison under changing load), and the same per CPU-second of this process
+(load moves it much less than the wall time). Minutes per `small` run = its 1,152 steps × 16
 anchors at that rate (pretraining only; ``--full`` also times a whole run of each setting).
 
 Usage::
@@ -97,11 +98,13 @@ class Setting:
         self.threads = self.config["cpu_threads"]
         self.losses: list[float] = []
 
-    def block(self, steps: int) -> tuple[float, int]:
-        """Time ``steps`` steps (data included); return (seconds, anchors)."""
+    def block(self, steps: int) -> tuple[float, float, int]:
+        """Time ``steps`` steps (data included); return (wall seconds, CPU seconds of this
+        process, anchors). CPU time counts only what this process computed, so it moves
+        far less with other sessions' load than the wall time does."""
         torch.set_num_threads(self.threads)
         anchors = 0
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         for _ in range(steps):
             try:
                 batch = next(self._batches)
@@ -113,7 +116,7 @@ class Setting:
             metrics = self.run.trainer.step(batch)
             self.losses.append(float(metrics["loss"]))
             anchors += self.run.sampler.global_batch
-        return time.perf_counter() - start, anchors
+        return time.perf_counter() - start, time.process_time() - cpu_start, anchors
 
     def close(self) -> None:
         self.run.close()
@@ -177,12 +180,14 @@ def main(argv: list[str] | None = None) -> int:
             order = settings[r % len(settings):] + settings[:r % len(settings)]
             for s in order:
                 before = loadavg()
-                seconds, anchors = s.block(args.steps)
+                seconds, cpu_seconds, anchors = s.block(args.steps)
                 blocks.append({"round": r, "setting": s.name, "seconds": round(seconds, 3),
                                "patches_per_s": round(anchors / seconds, 2),
+                               "patches_per_cpu_s": round(anchors / cpu_seconds, 2),
                                "load_before": before, "load_after": loadavg()})
                 print(f"round {r} {s.name:18s} {anchors / seconds:6.1f} anchor patches/s  "
-                      f"(load {before:.1f})", flush=True)
+                      f"{anchors / cpu_seconds:6.1f} per CPU-second  (load {before:.1f})",
+                      flush=True)
         losses = {s.name: [round(v, 4) for v in s.losses] for s in settings}
         for s in settings:
             s.close()
@@ -198,7 +203,11 @@ def main(argv: list[str] | None = None) -> int:
             old = [b for b in blocks if b["round"] == r and b["setting"] == "old"]
             ratios.append(mine[0]["patches_per_s"] / old[0]["patches_per_s"])
         median = statistics.median(rates)
+        cpu_rates = [b["patches_per_cpu_s"] for b in blocks if b["setting"] == name]
+        old_cpu = statistics.median(b["patches_per_cpu_s"] for b in blocks if b["setting"] == "old")
         rows.append({"setting": name, "overrides": SETTINGS[name],
+                     "patches_per_cpu_s_median": round(statistics.median(cpu_rates), 2),
+                     "cpu_speedup_vs_old": round(statistics.median(cpu_rates) / old_cpu, 2),
                      "patches_per_s_median": round(median, 2),
                      "patches_per_s_min": min(rates), "patches_per_s_max": max(rates),
                      "speedup_vs_old_median": round(statistics.median(ratios), 2),
@@ -221,10 +230,12 @@ def main(argv: list[str] | None = None) -> int:
           f"{result['load_median']:.1f}). {args.rounds} rounds × {args.steps} steps per "
           "setting, interleaved.", "",
           "| setting | anchor patches/s (median) | min-max | × old (median of rounds) | "
-          "min per small run |", "| --- | ---: | ---: | ---: | ---: |"]
+          "min per small run | per CPU-second | × old (CPU) |",
+          "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     md += [f"| {r['setting']} | {r['patches_per_s_median']:.1f} | {r['patches_per_s_min']:.1f}-"
            f"{r['patches_per_s_max']:.1f} | {r['speedup_vs_old_median']:.2f} | "
-           f"{r['minutes_per_small_run']:.1f} |" for r in rows]
+           f"{r['minutes_per_small_run']:.1f} | {r['patches_per_cpu_s_median']:.1f} | "
+           f"{r['cpu_speedup_vs_old']:.2f} |" for r in rows]
     if full:
         md += ["", "Whole runs:", "", "| setting | minutes | load before/after | loss first → "
                "last 50 | accuracy last 50 (chance) |", "| --- | ---: | --- | --- | --- |"]

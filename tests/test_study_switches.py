@@ -122,3 +122,26 @@ def test_method_switches_change_the_model_or_the_loss(source, tmp_path, switch, 
     assert np.isfinite(metrics.loss).all()
     if switch.get("neighbours") == 0:   # no neighbour loss at all
         assert (metrics.loss_neighbour == 0).all() and np.allclose(metrics.loss, metrics.loss_local)
+
+
+def test_every_study_variant_is_a_valid_config_that_differs_from_the_baseline():
+    """benchmarks/bench_recipe.py's variants are config overrides only: each one validates
+    in its stage's schema and changes what it names."""
+    import importlib.util
+    from pathlib import Path
+
+    from drasclr_toolkit.config import load_config
+    from drasclr_toolkit.embed import EmbedConfig
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_recipe.py"
+    spec = importlib.util.spec_from_file_location("bench_recipe", path)
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    base = load_config("small")
+    for name, overrides in recipe.VARIANTS.items():
+        config = recipe.apply_overrides(base, overrides)
+        PretrainConfig.from_dict(config["pretrain"])
+        EmbedConfig.from_dict(config["embed"])
+        assert (config != base) == bool(overrides), name
+        data_changed = any(k.split(".")[0] in ("synthetic", "preprocess") for k in overrides)
+        assert (recipe.data_key(config) != recipe.data_key(base)) == data_changed, name

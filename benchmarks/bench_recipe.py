@@ -1,0 +1,288 @@
+"""The recipe study (issue 18): which part of DrasCLR carries disease on the synthetic cohort.
+
+Variants × seeds, end to end: pretrain → embed → pooled patient features → one paired
+``evaluate_phenotypes`` call (same subjects, same folds for every feature set) with the
+random-init encoder of each seed and zone densitometry beside them → paired comparisons of
+every variant against the baseline variant of the same seed, against random-init and
+against densitometry (``paired_comparisons``, Holm-corrected). The default is then chosen
+by the rule written before the study: ``benchmarks/selection_rule.md``.
+
+Each variant is a set of config overrides (``SECTION.KEY: value``); those that touch only
+``pretrain`` share one cohort and patch store, a data variant (``synthetic.*`` or
+``preprocess.*``) gets its own. Resumable: a finished pretraining (``final.pt``) and
+embeddings file are reused, an interrupted one resumes where it stopped; probes are redone
+(minutes). Every row of the table carries the command that reproduces its run.
+
+Usage::
+
+    python benchmarks/bench_recipe.py --work runs/recipe                  # all variants, 3 seeds (hours)
+    python benchmarks/bench_recipe.py --work runs/recipe --variants baseline,no-neighbour-loss --seeds 0,1,2
+    python benchmarks/bench_recipe.py --config tiny --work /tmp/recipe_smoke --variants baseline,no-conditioning \\
+        --seeds 0 --max-steps 20 --repeats 2 --permutations 0 --out /tmp/recipe_smoke/result   # smoke run
+
+Writes ``<out>.csv`` (the tidy table: variant, seed, pooling, target, R² with CI,
+differences to baseline / random-init / densitometry with paired p, learning verdict,
+command), ``<out>.md`` and ``<out>.png`` (the figure: R² per target, variants × seeds, the
+references as lines).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from drasclr_toolkit.io_utils import atomic_write_text  # noqa: E402
+
+DISEASE = ("centrilobular_severity", "paraseptal_severity", "panlobular_severity")
+NUISANCE = ("noise_hu", "blur_mm", "hu_offset")
+ZONE_DENSITOMETRY = [f"{zone}_{stat}" for zone in ("right_upper", "left_upper", "right_lower",
+                                                   "left_lower")
+                     for stat in ("mld_hu", "perc15_hu", "laa950_pct")]
+# The pooling the selection rule scores (benchmarks/selection_rule.md); others are reported.
+RULE_POOLING = "zones_lung_weighted"
+
+# Each variant: config overrides as SECTION.KEY -> value (the baseline is the config itself).
+VARIANTS: dict[str, dict[str, object]] = {
+    "baseline": {},
+    "no-conditioning": {"pretrain.conditioning": "none"},          # the MoCo baseline
+    "concat": {"pretrain.conditioning": "concat"},                 # location into the head
+    "no-neighbour-loss": {"pretrain.neighbours": 0},
+    "no-intensity-aug": {"pretrain.augment_intensity": False},
+    "lung-window": {"pretrain.hu_window": [-1024, -500], "embed.hu_window": [-1024, -500]},
+    # the earlier recipe: per-landmark queues, slow key encoder, ±12 voxel shifts
+    "queue-recipe": {"pretrain.queue_size": 256, "pretrain.key_momentum": 0.999,
+                     "pretrain.augment_translate": 12},
+    "1mm": {"synthetic.spacing": 1.0, "preprocess.spacing": 1.0,
+            "preprocess.segmentation.work_spacing": 1.0, "pretrain.augment_translate": 2},
+    "96-subjects": {"synthetic.n_subjects": 96},
+}
+
+
+def apply_overrides(config: dict, overrides: dict[str, object]) -> dict:
+    """A copy of a loaded config with ``SECTION.KEY[.SUBKEY]`` overrides set.
+
+    Example:
+        >>> apply_overrides({"pretrain": {"lr": 0.1}}, {"pretrain.neighbours": 0})
+        {'pretrain': {'lr': 0.1, 'neighbours': 0}}
+    """
+    out = json.loads(json.dumps(config))
+    for key, value in overrides.items():
+        parts = key.split(".")
+        node = out.setdefault(parts[0], {})
+        for part in parts[1:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return out
+
+
+def data_key(config: dict) -> str:
+    """Which cohort and store a config needs (its synthetic + preprocess sections)."""
+    text = json.dumps({k: config.get(k) for k in ("synthetic", "preprocess")}, sort_keys=True)
+    return hashlib.blake2b(text.encode(), digest_size=4).hexdigest()
+
+
+def command_of(args: argparse.Namespace, variant: str, seed: int) -> str:
+    parts = ["--config", args.config, "--work", args.work, "--variants", variant,
+             "--seeds", str(seed)]
+    if args.max_steps:
+        parts += ["--max-steps", str(args.max_steps)]
+    return "python benchmarks/bench_recipe.py " + " ".join(shlex.quote(p) for p in parts)
+
+
+def run_one(root: Path, config: dict, variant: str, seed: int, max_steps: int | None):
+    """Pretrain and embed one (variant, seed), resumably; return (trained, random-init
+    embeddings, learning summary, workspace)."""
+    from drasclr_toolkit.embed import Embeddings, EmbedConfig, extract_embeddings
+    from drasclr_toolkit.train import pretrain, read_metrics
+    from drasclr_toolkit.train.summary import learning_summary
+    from drasclr_toolkit.workspace import Workspace
+
+    ws = Workspace(root / f"data_{data_key(config)}", config)
+    store = ws.patch_store()
+    run_dir = root / "runs" / variant / f"seed{seed}"
+    pre = dict(config["pretrain"], seed=seed, progress=False)
+    if max_steps:
+        pre["max_steps"] = max_steps
+    final = run_dir / "pretrain" / "final.pt"
+    if not final.exists():
+        final = pretrain(store, pre, run_dir / "pretrain")
+    embed_cfg = EmbedConfig.from_dict(dict(config.get("embed", {}), seed=seed))
+    out = {}
+    for kind, checkpoint in (("trained", final), ("random-init", None)):
+        path = run_dir / f"{kind}.npz"
+        out[kind] = (Embeddings.load(path) if path.exists() else
+                     extract_embeddings(store, checkpoint, config=embed_cfg, out_path=path,
+                                        progress=False))
+    learning = learning_summary(read_metrics(run_dir / "pretrain"))
+    return out["trained"], out["random-init"], learning, ws
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="small")
+    p.add_argument("--work", default="runs/recipe")
+    p.add_argument("--variants", default="baseline,no-conditioning,concat,no-neighbour-loss,"
+                                         "no-intensity-aug,lung-window,queue-recipe")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--max-steps", type=int, default=None, help="shorter runs (say so)")
+    p.add_argument("--poolings", default="mean,zones,zones_lung_weighted")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--permutations", type=int, default=50)
+    p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "recipe_study"))
+    args = p.parse_args(argv)
+
+    from drasclr_toolkit.config import load_config
+    from drasclr_toolkit.evaluate import (cohort_densitometry, evaluate_phenotypes,
+                                          paired_comparisons, pool_embeddings, summarise)
+
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        raise SystemExit(f"--variants: unknown {unknown}; known: {sorted(VARIANTS)}")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    poolings = [s.strip() for s in args.poolings.split(",") if s.strip()]
+    root = Path(args.work).expanduser().resolve()
+    base_config = load_config(args.config)
+    started = time.perf_counter()
+
+    # 1. runs (resumable), grouped by the data they need
+    features: dict[str, dict[str, pd.DataFrame]] = {}   # data key -> feature set -> frame
+    meta: dict[str, dict] = {}                          # feature set -> row info
+    spaces: dict[str, object] = {}
+    for variant in variants:
+        config = apply_overrides(base_config, VARIANTS[variant])
+        key = data_key(config)
+        for seed in seeds:
+            trained, random_init, learning, ws = run_one(root, config, variant, seed,
+                                                         args.max_steps)
+            spaces[key] = ws
+            sets = features.setdefault(key, {})
+            for pooling in poolings:
+                name = f"{variant}|{seed}|{pooling}"
+                sets[name] = pool_embeddings(trained, pooling)
+                sets[f"random-init|{seed}|{pooling}"] = pool_embeddings(random_init, pooling)
+                meta[name] = dict(variant=variant, seed=seed, pooling=pooling,
+                                  learning=learning.get("learning"),
+                                  acc_ratio=learning.get("ratio"),
+                                  command=command_of(args, variant, seed))
+                meta[f"random-init|{seed}|{pooling}"] = dict(
+                    variant="random-init", seed=seed, pooling=pooling, learning=None,
+                    acc_ratio=None, command=command_of(args, variant, seed))
+            print(f"{variant} seed {seed}: learning {learning.get('learning')} "
+                  f"({time.perf_counter() - started:.0f} s)", flush=True)
+
+    # 2. one paired evaluation per data set: every feature set on the same folds
+    rows, pairs = [], []
+    for key, sets in features.items():
+        ws = spaces[key]
+        store = ws.patch_store()
+        dens = cohort_densitometry(ws.cohort(), list(store.subject_ids),
+                                   cache=ws.evaluate_dir / "densitometry.csv")
+        sets = dict(sets)
+        sets["densitometry|-|zones"] = dens[[c for c in ZONE_DENSITOMETRY if c in dens]]
+        meta["densitometry|-|zones"] = dict(variant="densitometry", seed=None, pooling="zones",
+                                            learning=None, acc_ratio=None, command="")
+        table = evaluate_phenotypes(sets, ws.ground_truth(), list(DISEASE + NUISANCE), cv=5,
+                                    n_repeats=args.repeats, n_permutations=args.permutations,
+                                    kinds={t: "continuous" for t in DISEASE + NUISANCE},
+                                    paired=True)
+        long = summarise(table)
+        for _, r in long.iterrows():
+            rows.append({**meta[r["feature_set"]], "feature_set": r["feature_set"],
+                         "data": key, "target": r["task"],
+                         "r2": r["value"], "ci_low": r["ci_low"], "ci_high": r["ci_high"],
+                         "p_adj": r["p_adj"], "evidence": r["evidence"]})
+        for name, info in meta.items():
+            if name not in sets or info["variant"] in ("random-init", "densitometry"):
+                continue
+            seed, pooling = info["seed"], info["pooling"]
+            refs = [f"random-init|{seed}|{pooling}", "densitometry|-|zones"]
+            if info["variant"] != "baseline" and f"baseline|{seed}|{pooling}" in sets:
+                refs.append(f"baseline|{seed}|{pooling}")
+            cmp = paired_comparisons(long, reference=name, baselines=refs)
+            for _, c in cmp.iterrows():
+                pairs.append({"feature_set": name, "target": c["task"],
+                              "against": c["baseline"].split("|")[0], "diff": c["diff"],
+                              "diff_p_adj": c["p_adj"]})
+
+    tidy = pd.DataFrame(rows)
+    if pairs:
+        wide = (pd.DataFrame(pairs).pivot_table(index=["feature_set", "target"],
+                                                columns="against", values=["diff", "diff_p_adj"],
+                                                aggfunc="first"))
+        wide.columns = [f"{a}_vs_{b}" for a, b in wide.columns]
+        wide = wide.reset_index()
+        tidy = tidy.merge(wide, on=["feature_set", "target"], how="left")
+    tidy = tidy.drop(columns="feature_set")
+    tidy = tidy.drop_duplicates(subset=["variant", "seed", "pooling", "target", "data"])
+    tidy["seed"] = tidy["seed"].astype("Int64")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out.with_suffix(".csv"), tidy.to_csv(index=False))
+    machine = f"{platform.machine()}, {os.cpu_count()} cores"
+    short = f" (shorter runs: max_steps={args.max_steps})" if args.max_steps else ""
+    md = [f"# Recipe study, `{args.config}`{short} ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+          f"{machine}, {time.perf_counter() - started:.0f} s)", "",
+          f"Variants {', '.join(variants)}; seeds {seeds}. Rule: `benchmarks/selection_rule.md`. "
+          f"Mean R² over seeds, {RULE_POOLING} pooling:", ""]
+    scored = tidy[tidy["pooling"].isin([RULE_POOLING, "zones"])
+                  & ((tidy["pooling"] == RULE_POOLING) | (tidy["variant"] == "densitometry"))]
+    summary = scored.pivot_table(index="variant", columns="target", values="r2", aggfunc="mean")
+    md += ["```", summary.round(3).to_string(), "```", "",
+           f"Full table (every row with its command): `{out.with_suffix('.csv').name}`."]
+    atomic_write_text(out.with_suffix(".md"), "\n".join(md) + "\n")
+    plot(tidy, out.with_suffix(".png"))
+    print("\n".join(md))
+    return 0
+
+
+def plot(tidy: pd.DataFrame, path: Path) -> None:
+    """R² per target: one dot per (variant, seed) with the rule's pooling, references as lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    targets = list(DISEASE + NUISANCE)
+    rule = tidy[tidy["pooling"] == RULE_POOLING]
+    variants = [v for v in dict.fromkeys(rule["variant"]) if v != "random-init"]
+    fig, axes = plt.subplots(1, len(targets), figsize=(3 * len(targets), 3.6), sharey=True)
+    for ax, target in zip(axes, targets):
+        part = rule[rule["target"] == target]
+        for i, v in enumerate(variants):
+            vals = part.loc[part["variant"] == v, "r2"].to_numpy(float)
+            ax.scatter(np.full(len(vals), i), vals, s=18)
+            if len(vals):
+                ax.plot([i - 0.3, i + 0.3], [np.nanmean(vals)] * 2, color="k", lw=1)
+        rand = part.loc[part["variant"] == "random-init", "r2"].mean()
+        dens = tidy[(tidy["variant"] == "densitometry") & (tidy["target"] == target)]["r2"].mean()
+        ax.axhline(rand, color="grey", ls=":", label="random-init")
+        ax.axhline(dens, color="tab:red", ls="--", label="zone densitometry")
+        ax.axhline(0, color="k", lw=0.5)
+        ax.set_xticks(range(len(variants)), variants, rotation=60, ha="right", fontsize=7)
+        ax.set_title(target.replace("_", " "), fontsize=9)
+        ax.set_ylim(-1.05, 1.05)   # R² below -1 (worse than the mean, small cohorts) is clipped
+    axes[0].set_ylabel(f"R² ({RULE_POOLING} pooling; axis clipped at -1)")
+    axes[-1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
