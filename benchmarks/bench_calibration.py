@@ -283,7 +283,10 @@ def run_paired(ev, n, datasets, seed):
 
 def run_pc_null(n, datasets, seed, perms=199):
     """notebook 03's PC–target Spearman test against its permutation null, on noise."""
-    from drasclr_toolkit.embed.analysis import pc_null_band
+    try:
+        from drasclr_toolkit.evaluate.embedding_analysis import pc_null_band
+    except ImportError:  # a checkout from before the move (the "before" column)
+        from drasclr_toolkit.embed.analysis import pc_null_band
     rej = fails = 0
     for k in range(datasets):
         rng = np.random.default_rng([seed, k])

@@ -36,6 +36,7 @@ from drasclr_toolkit.models import DrasCLREncoder
 from drasclr_toolkit.patch_source import PatchSource
 from drasclr_toolkit.ssl import LocalInfoNCE, NeighbourInfoNCE, make_key_encoder, update_momentum
 from drasclr_toolkit.ssl.augment import PatchAugmenter
+from drasclr_toolkit.evaluate.densitometry import densitometry_of_values
 from drasclr_toolkit.train.config import PretrainConfig
 
 __all__ = ["ContrastiveStep", "Experiment", "compare_to_baseline", "condconv_toy",
@@ -433,19 +434,6 @@ def lung_hu(manifest: Any, subject_id: str) -> np.ndarray:
         mask, _ = segment_lungs(image)
     values = sitk.GetArrayFromImage(image)[sitk.GetArrayFromImage(mask) > 0]
     return values.astype(np.float64)
-
-
-def densitometry_of_values(values: np.ndarray) -> dict[str, float]:
-    """%LAA-950 (share of lung voxels below −950 HU), Perc15 (the HU value below which 15 %
-    of lung voxels lie) and MLD (mean lung density, HU) of lung voxel values.
-
-    Example:
-        >>> densitometry_of_values(np.array([-1000.0, -960, -900, -850]))
-        {'laa950_pct': 50.0, 'perc15_hu': -982.0, 'mld_hu': -927.5}
-    """
-    v = np.asarray(values, dtype=np.float64)
-    return {"laa950_pct": float(100.0 * (v < -950).mean()),
-            "perc15_hu": float(np.percentile(v, 15)), "mld_hu": float(v.mean())}
 
 
 def harrell_c_by_hand(time: Sequence[float], event: Sequence[bool], risk: Sequence[float],

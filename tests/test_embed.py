@@ -323,7 +323,7 @@ def test_cli_embed_writes_and_resumes(tmp_path, capsys):
 def test_pc_spearman_and_probe_find_the_encoded_target_not_the_noise():
     from scipy.stats import spearmanr
 
-    from drasclr_toolkit.embed import pc_spearman, probe_scores
+    from drasclr_toolkit.evaluate import pc_spearman, probe_scores
 
     rng = np.random.default_rng(0)
     n = 40
@@ -350,7 +350,7 @@ def test_pc_spearman_and_probe_find_the_encoded_target_not_the_noise():
 
 
 def test_compare_encoders_table():
-    from drasclr_toolkit.embed import compare_encoders, pc_spearman, probe_scores
+    from drasclr_toolkit.evaluate import compare_encoders, pc_spearman, probe_scores
 
     rng = np.random.default_rng(1)
     ids = [f"s{i}" for i in range(20)]
@@ -403,7 +403,7 @@ def test_random_init_baseline_tells_air_from_tissue():
 
 
 def test_pc_null_band_separates_signal_from_noise():
-    from drasclr_toolkit.embed import pc_null_band, variance_shares
+    from drasclr_toolkit.evaluate import pc_null_band, variance_shares
 
     rng = np.random.default_rng(0)
     ids = [f"s{i}" for i in range(40)]

@@ -6,7 +6,6 @@ Example:
     >>> patients = emb.pool("mean")  # DataFrame (N, D) indexed by subject id  # doctest: +SKIP
 """
 
-from .analysis import compare_encoders, pc_null_band, pc_spearman, probe_scores, variance_shares
 from .extract import EmbedConfig, extract_embeddings
 from .retrieval import retrieve_similar
 from .store import POOLING_METHODS, Embeddings
@@ -14,12 +13,7 @@ from .store import POOLING_METHODS, Embeddings
 __all__ = [
     "POOLING_METHODS",
     "EmbedConfig",
-    "compare_encoders",
     "Embeddings",
     "extract_embeddings",
-    "pc_null_band",
-    "pc_spearman",
-    "probe_scores",
-    "variance_shares",
     "retrieve_similar",
 ]

@@ -53,6 +53,7 @@ from drasclr_toolkit.data.ct import image_array
 log = logging.getLogger(__name__)
 
 __all__ = ["HIST_EDGES", "PATCH_METRICS", "ZONES", "cohort_densitometry", "densitometry",
+           "densitometry_of_values",
            "densitometry_sets", "lung_zones", "patch_densitometry"]
 
 ZONES = ("right_upper", "right_middle", "right_lower", "left_upper", "left_middle",
@@ -346,3 +347,16 @@ def patch_densitometry(store: Any, subject_ids: Sequence[str] | None = None) -> 
         out[count == 0] = np.nan
         rows.append(out)
     return np.stack(rows).astype(np.float64)
+
+
+def densitometry_of_values(values: np.ndarray) -> dict[str, float]:
+    """%LAA-950 (share of lung voxels below −950 HU), Perc15 (the HU value below which 15 %
+    of lung voxels lie) and MLD (mean lung density, HU) of lung voxel values.
+
+    Example:
+        >>> densitometry_of_values(np.array([-1000.0, -960, -900, -850]))
+        {'laa950_pct': 50.0, 'perc15_hu': -982.0, 'mld_hu': -927.5}
+    """
+    v = np.asarray(values, dtype=np.float64)
+    return {"laa950_pct": float(100.0 * (v < -950).mean()),
+            "perc15_hu": float(np.percentile(v, 15)), "mld_hu": float(v.mean())}

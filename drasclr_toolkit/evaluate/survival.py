@@ -639,12 +639,6 @@ class RiskGroups:
     model: str
     n_groups: int
 
-    def figure(self, title: str | None = None):
-        """The Kaplan–Meier figure (plotly): :func:`~drasclr_toolkit.viz.evaluation.km_figure`."""
-        from drasclr_toolkit.viz.evaluation import km_figure
-
-        return km_figure(self, title=title)
-
 
 GROUP_NAMES = {2: ("low risk", "high risk"), 3: ("low risk", "middle risk", "high risk")}
 

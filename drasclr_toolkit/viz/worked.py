@@ -125,7 +125,7 @@ def hu_histogram_figure(values: Mapping[str, np.ndarray], bins: Sequence[float] 
     Perc15 and MLD marked; the legend gives its %LAA-950."""
     import plotly.graph_objects as go
 
-    from drasclr_toolkit.lab import densitometry_of_values
+    from drasclr_toolkit.evaluate.densitometry import densitometry_of_values
 
     edges = np.arange(-1100, -499, 5.0) if bins is None else np.asarray(bins, dtype=float)
     centres = (edges[:-1] + edges[1:]) / 2
