@@ -172,16 +172,19 @@ def main(argv: list[str] | None = None) -> int:
                                                          args.max_steps)
             spaces[key] = ws
             sets = features.setdefault(key, {})
+            # one random-init per seed and network window (a lung-window variant has its own)
+            window = config.get("embed", {}).get("hu_window")
+            rand = "random-init" + (f" {list(window)}" if window else "")
             for pooling in poolings:
                 name = f"{variant}|{seed}|{pooling}"
                 sets[name] = pool_embeddings(trained, pooling)
-                sets[f"random-init|{seed}|{pooling}"] = pool_embeddings(random_init, pooling)
+                sets[f"{rand}|{seed}|{pooling}"] = pool_embeddings(random_init, pooling)
                 meta[name] = dict(variant=variant, seed=seed, pooling=pooling,
                                   learning=learning.get("learning"),
-                                  acc_ratio=learning.get("ratio"),
+                                  acc_ratio=learning.get("ratio"), random_init=rand,
                                   command=command_of(args, variant, seed))
-                meta[f"random-init|{seed}|{pooling}"] = dict(
-                    variant="random-init", seed=seed, pooling=pooling, learning=None,
+                meta[f"{rand}|{seed}|{pooling}"] = dict(
+                    variant=rand, seed=seed, pooling=pooling, learning=None, random_init=rand,
                     acc_ratio=None, command=command_of(args, variant, seed))
             print(f"{variant} seed {seed}: learning {learning.get('learning')} "
                   f"({time.perf_counter() - started:.0f} s)", flush=True)
@@ -196,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
         sets = dict(sets)
         sets["densitometry|-|zones"] = dens[[c for c in ZONE_DENSITOMETRY if c in dens]]
         meta["densitometry|-|zones"] = dict(variant="densitometry", seed=None, pooling="zones",
-                                            learning=None, acc_ratio=None, command="")
+                                            learning=None, acc_ratio=None, random_init=None,
+                                            command="")
         table = evaluate_phenotypes(sets, ws.ground_truth(), list(DISEASE + NUISANCE), cv=5,
                                     n_repeats=args.repeats, n_permutations=args.permutations,
                                     kinds={t: "continuous" for t in DISEASE + NUISANCE},
@@ -208,16 +212,17 @@ def main(argv: list[str] | None = None) -> int:
                          "r2": r["value"], "ci_low": r["ci_low"], "ci_high": r["ci_high"],
                          "p_adj": r["p_adj"], "evidence": r["evidence"]})
         for name, info in meta.items():
-            if name not in sets or info["variant"] in ("random-init", "densitometry"):
+            if name not in sets or info["variant"].startswith(("random-init", "densitometry")):
                 continue
             seed, pooling = info["seed"], info["pooling"]
-            refs = [f"random-init|{seed}|{pooling}", "densitometry|-|zones"]
+            refs = [f"{info['random_init']}|{seed}|{pooling}", "densitometry|-|zones"]
             if info["variant"] != "baseline" and f"baseline|{seed}|{pooling}" in sets:
                 refs.append(f"baseline|{seed}|{pooling}")
             cmp = paired_comparisons(long, reference=name, baselines=refs)
             for _, c in cmp.iterrows():
                 pairs.append({"feature_set": name, "target": c["task"],
-                              "against": c["baseline"].split("|")[0], "diff": c["diff"],
+                              "against": c["baseline"].split("|")[0].split(" [")[0],
+                              "diff": c["diff"],
                               "diff_p_adj": c["p_adj"]})
 
     tidy = pd.DataFrame(rows)
@@ -260,7 +265,7 @@ def plot(tidy: pd.DataFrame, path: Path) -> None:
 
     targets = list(DISEASE + NUISANCE)
     rule = tidy[tidy["pooling"] == RULE_POOLING]
-    variants = [v for v in dict.fromkeys(rule["variant"]) if v != "random-init"]
+    variants = [v for v in dict.fromkeys(rule["variant"]) if not v.startswith("random-init")]
     fig, axes = plt.subplots(1, len(targets), figsize=(3 * len(targets), 3.6), sharey=True)
     for ax, target in zip(axes, targets):
         part = rule[rule["target"] == target]
