@@ -332,3 +332,22 @@ def test_live_curves_keep_a_static_copy_of_the_finished_run():
     assert "application/vnd.jupyter.widget-view+json" in bundle
     assert bundle["text/html"].count('class="drasclr-plot"') == 1
     assert list(live.widget.data[0].x) == [1, 2, 3, 4, 5]
+
+
+def test_live_curves_of_a_reused_run_are_drawn_from_its_log():
+    from drasclr_toolkit.viz.training import LiveTrainingCurves
+
+    log = pd.DataFrame({"step": [1, 2, 3], "loss_local": [2.6, 2.4, 2.1],
+                        "loss_neighbour": [2.7, 2.6, 2.5], "acc_local": [0.1, 0.2, 0.3],
+                        "acc_neighbour": [0.1, 0.1, 0.2], "lr": [0.01, 0.008, 0.005],
+                        "n_negatives": [11, 11, 11]})
+    live = LiveTrainingCurves()
+    live.finish(log)                       # nothing was recorded live: the run was reused
+    drawn = {t.name: list(t.y) for t in live.widget.data}
+    assert drawn["loss_local"] == [2.6, 2.4, 2.1]
+    assert np.allclose(drawn["chance (log(1 + negatives))"], np.log(12))
+    assert "reused run" in live.widget.layout.title.text
+    trained = LiveTrainingCurves()
+    trained({"step": 1, "loss_local": 3.0})
+    trained.finish(log)                    # steps recorded live win over the log
+    assert [t.y for t in trained.widget.data if t.name == "loss_local"][0] == (3.0,)

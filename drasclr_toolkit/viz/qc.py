@@ -126,17 +126,25 @@ def plot_registration(atlas: Any, subject_mask: sitk.Image, transform: sitk.Tran
     a = sitk.GetArrayFromImage(ref) > 0
     y = int(np.nonzero(a.any(axis=(0, 2)))[0].mean())
     fig = make_subplots(rows=1, cols=2, subplot_titles=["before", "after"])
+    # millimetres along the atlas grid (x: → patient left, z: → superior, drawn upwards)
+    sx, _, sz = (float(v) for v in ref.GetSpacing())
+    ox, _, oz = (float(v) for v in ref.GetOrigin())
+    xs = ox + sx * np.arange(a.shape[2])
+    zs = oz + sz * np.arange(a.shape[0])
     for col, t in enumerate([initial or sitk.Transform(3, sitk.sitkIdentity), transform], start=1):
         w = sitk.GetArrayFromImage(sitk.Resample(sitk.Cast(subject_mask > 0, sitk.sitkUInt8), ref, t,
                                                  sitk.sitkNearestNeighbor, 0)) > 0
-        fig.add_trace(go.Heatmap(z=a[:, y, :].astype(float), colorscale="gray", showscale=False,
-                                 hoverinfo="skip"), row=1, col=col)
-        fig.add_trace(go.Contour(z=w[:, y, :].astype(float), contours=dict(start=0.5, end=0.5, coloring="lines"),
+        fig.add_trace(go.Heatmap(z=a[:, y, :].astype(float), x=xs, y=zs, colorscale="gray",
+                                 showscale=False, hoverinfo="skip"), row=1, col=col)
+        fig.add_trace(go.Contour(z=w[:, y, :].astype(float), x=xs, y=zs,
+                                 contours=dict(start=0.5, end=0.5, coloring="lines"),
                                  line=dict(width=2), colorscale=_RED, showscale=False, hoverinfo="skip"),
                       row=1, col=col)
-        fig.update_yaxes(scaleanchor=f"x{col}", row=1, col=col)
+        fig.update_yaxes(scaleanchor=f"x{col}", title_text=_AXIS_TITLES[2], title_standoff=2,
+                         row=1, col=col)
+        fig.update_xaxes(title_text=_AXIS_TITLES[0], title_standoff=2, row=1, col=col)
     fig.update_layout(title=title or "subject lungs (red) on the atlas lungs (grey), coronal",
-                      height=380, width=760, margin=dict(l=10, r=10, t=50, b=10))
+                      height=420, width=800, margin=dict(l=60, r=10, t=50, b=50))
     return fig
 
 

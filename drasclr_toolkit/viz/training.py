@@ -16,6 +16,8 @@ CURVE_PANELS = (
     ("contrast accuracy (positive ranked first)", ("acc_local", "acc_neighbour", "chance_acc")),
     ("learning rate", ("lr",)),
 )
+#: the quantity and unit of each panel's y axis
+CURVE_Y_TITLES = ("loss (nats)", "accuracy (fraction of anchors)", "learning rate (per step)")
 # The references drawn dashed: what an encoder that ranks the positive at random among its
 # 1 + n negatives scores (accuracy 1/(1+n), loss log(1+n)), from the logged negatives.
 REFERENCE_CURVES = {"chance_acc": "chance (1 / (1 + negatives))",
@@ -36,16 +38,16 @@ def _trace_style(name: str) -> dict[str, Any]:
     return dict(name=name)
 
 
-
 def _empty_figure(title: str):
     from plotly.subplots import make_subplots
 
     fig = make_subplots(rows=1, cols=len(CURVE_PANELS),
                         subplot_titles=[p[0] for p in CURVE_PANELS], horizontal_spacing=0.08)
-    fig.update_layout(title=title, height=340, margin=dict(t=70, l=40, r=20, b=40),
-                      legend=dict(orientation="h", y=-0.2))
-    for col in range(1, len(CURVE_PANELS) + 1):
+    fig.update_layout(title=title, height=400, margin=dict(t=70, l=60, r=20, b=110),
+                      legend=dict(orientation="h", y=-0.38, yanchor="top"))
+    for col, y_title in enumerate(CURVE_Y_TITLES, start=1):
         fig.update_xaxes(title_text="step", row=1, col=col)
+        fig.update_yaxes(title_text=y_title, row=1, col=col)
     return fig
 
 
@@ -138,7 +140,20 @@ class LiveTrainingCurves:
 
         self._handle = display(self.widget, display_id=True)
 
-    def finish(self) -> None:
-        """Bring the static copy up to date with the last record."""
+    def finish(self, metrics: pd.DataFrame | str | Path | None = None) -> None:
+        """Bring the static copy up to date with the last record. ``metrics`` (a
+        :func:`read_metrics` frame or its file): when no step was recorded live (the run
+        was reused, not trained), the figure is drawn from the run's own log instead of
+        staying empty."""
+        if not self.records and metrics is not None:
+            df = metrics if isinstance(metrics, pd.DataFrame) else read_metrics(metrics)
+            self.records.extend(_with_references(df).to_dict("records"))
+            steps = [r["step"] for r in self.records]
+            with self.widget.batch_update():
+                for trace, name in zip(self.widget.data, self.columns):
+                    trace.x = steps
+                    trace.y = [r.get(name) for r in self.records]
+            if self.widget.layout.title.text:
+                self.widget.layout.title.text += " (reused run: its logged steps)"
         if self._handle is not None:
             self._handle.update(self.widget)
