@@ -8,6 +8,8 @@ import pytest
 
 from drasclr_toolkit.notebook_runner import ordered_notebooks, repository_notebooks_dir, run_notebook
 
+from browser import Browser, chromium_path, figure_problems
+
 NOTEBOOKS = ordered_notebooks(repository_notebooks_dir())
 
 
@@ -40,3 +42,11 @@ def test_notebook_runs_top_to_bottom(notebook, demo_dir):
     executed = json.loads(run.executed.read_text(encoding="utf-8"))
     errors = [o for c in executed["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
+    if chromium_path() is not None:  # the exported page as a person opens it (offline)
+        with Browser() as browser:
+            n_figures = browser.open(run.html)
+            problems = figure_problems(browser.figures())
+            console = list(browser.console_errors)
+        assert not problems, f"{run.html.name}: " + "; ".join(problems)
+        assert not console, f"{run.html.name}: console errors {console}"
+        assert n_figures >= 1
