@@ -72,6 +72,8 @@ def _imported_distributions(repo_root) -> set[str]:
         # optional back-ends probed with find_spec / importorskip
         modules |= set(re.findall(r"""(?:find_spec|importorskip)\(["'](\w+)["']\)""", source))
     modules -= set(sys.stdlib_module_names) | {"drasclr_toolkit", "conftest"}
+    # the project's own helper scripts imported by tests (tests/browser.py, benchmarks/*.py)
+    modules -= {p.stem for folder in ("tests", "benchmarks") for p in (repo_root / folder).glob("*.py")}
     by_module = importlib.metadata.packages_distributions()
     return {_name(by_module.get(m, [m])[0]) for m in modules}
 

@@ -128,7 +128,9 @@ def test_risk_groups_km_and_figure():
     median = groups.table.groupby("group")["time"].median()
     assert median["high risk"] < median["middle risk"] < median["low risk"]
     assert {"group", "time", "survival", "ci_low", "ci_high", "at_risk"} <= set(groups.curves)
-    fig = groups.figure()
+    from drasclr_toolkit.viz.evaluation import km_figure
+
+    fig = km_figure(groups)
     assert len(fig.data) == 9 and "log-rank" in fig.layout.title.text
     noise = risk_groups(X[[1, 2]], time, event)
     assert noise.logrank["p_value"] > 0.01
