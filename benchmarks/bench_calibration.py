@@ -40,6 +40,7 @@ import pandas as pd
 
 HERE = Path(__file__).resolve().parent
 ALPHA = 0.05
+OFFSET = 0  # first data-set index (--offset): a later run adds new data sets to an earlier one
 
 
 def _import(code: str | None):
@@ -156,7 +157,7 @@ def run_phenotype(ev, kind, n, datasets, seed, *, planted, perms, repeats, truth
     lo_out = 0
     metric = "r2" if kind == "continuous" else "auc"
     widths = []
-    for k in range(datasets):
+    for k in range(OFFSET, OFFSET + datasets):
         rng = np.random.default_rng([seed, k])
         if kind == "continuous":
             X, y = continuous(rng, n, r2=0.4 if planted else 0.0)
@@ -197,7 +198,7 @@ def run_phenotype(ev, kind, n, datasets, seed, *, planted, perms, repeats, truth
 def run_survival(ev, n, datasets, seed, *, planted, perms, repeats, truth, n_events=None):
     rej = evid = cover = fails = outside = refused = 0
     widths = []
-    for k in range(datasets):
+    for k in range(OFFSET, OFFSET + datasets):
         rng = np.random.default_rng([seed, k])
         X, t, e = survival(rng, n, strength=0.8 if planted else 0.0, n_events=n_events)
         ids = _ids(n)
@@ -236,7 +237,7 @@ def run_survival(ev, n, datasets, seed, *, planted, perms, repeats, truth, n_eve
 def run_risk_groups(ev, n, datasets, seed, perms):
     rej = fails = 0
     has_perm = "n_permutations" in inspect.signature(ev.risk_groups).parameters
-    for k in range(datasets):
+    for k in range(OFFSET, OFFSET + datasets):
         rng = np.random.default_rng([seed, k])
         X, t, e = survival(rng, n, strength=0.0)
         try:
@@ -256,7 +257,7 @@ def run_paired(ev, n, datasets, seed):
     """Two feature sets that carry the same amount of signal: how often does the printed
     comparison declare one better?"""
     declared = fails = 0
-    for k in range(datasets):
+    for k in range(OFFSET, OFFSET + datasets):
         rng = np.random.default_rng([seed, k])
         z = rng.normal(size=n)
         y = z + rng.normal(size=n)
@@ -288,7 +289,7 @@ def run_pc_null(n, datasets, seed, perms=199):
     except ImportError:  # a checkout from before the move (the "before" column)
         from drasclr_toolkit.embed.analysis import pc_null_band
     rej = fails = 0
-    for k in range(datasets):
+    for k in range(OFFSET, OFFSET + datasets):
         rng = np.random.default_rng([seed, k])
         ids = _ids(n)
         try:
@@ -309,7 +310,7 @@ def run_spearman_ci(ev, n, datasets, seed, rho=0.5, n_boot=500):
     ρ = 0."""
     truth = 6 / np.pi * np.arcsin(rho / 2)
     cover = rej = fails = 0
-    for k in range(datasets):
+    for k in range(OFFSET, OFFSET + datasets):
         rng = np.random.default_rng([seed, k])
         x = rng.normal(size=n)
         y = rho * x + np.sqrt(1 - rho ** 2) * rng.normal(size=n)
@@ -447,6 +448,8 @@ def main(argv=None) -> int:
     ap.add_argument("--counts", nargs="*", default=[], metavar="SCENARIO=N",
                     help="data sets for a scenario (overrides its default count)")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--offset", type=int, default=0,
+                    help="first data-set index: new data sets to pool with an earlier run's")
     ap.add_argument("--table", action="store_true",
                     help="write results/calibration.md from calibration_{before,after}.json")
     args = ap.parse_args(argv)
@@ -459,6 +462,8 @@ def main(argv=None) -> int:
         print(text)
         return 0
     overrides = {k: int(v) for k, v in (c.split("=", 1) for c in args.counts)}
+    global OFFSET
+    OFFSET = args.offset
     ev = _import(args.code)
     scale = 3 / 500 if args.smoke else args.scale
 
