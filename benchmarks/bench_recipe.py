@@ -47,11 +47,9 @@ import pandas as pd  # noqa: E402
 
 from drasclr_toolkit.io_utils import atomic_write_text  # noqa: E402
 
-DISEASE = ("centrilobular_severity", "paraseptal_severity", "panlobular_severity")
-NUISANCE = ("noise_hu", "blur_mm", "hu_offset")
-ZONE_DENSITOMETRY = [f"{zone}_{stat}" for zone in ("right_upper", "left_upper", "right_lower",
-                                                   "left_lower")
-                     for stat in ("mld_hu", "perc15_hu", "laa950_pct")]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+# the targets and the densitometry baseline are the small benchmark's own
+from bench_small_config import DISEASE, NUISANCE, ZONE_DENSITOMETRY  # noqa: E402
 # The pooling the selection rule scores (benchmarks/selection_rule.md); others are reported.
 RULE_POOLING = "zones_lung_weighted"
 
