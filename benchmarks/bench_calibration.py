@@ -436,6 +436,62 @@ def render_table(before: dict | None, after: dict) -> str:
                          else ""))
     return "\n".join(lines + [""] + notes) + "\n"
 
+# ----------------------------------------------------------------------------- pooling
+_RATES = ("type1_p", "type1_verdict", "coverage", "outside_range")
+
+
+def _done(row: dict) -> int:
+    """Data sets of a row that returned a usable result (the denominator of its rates)."""
+    return row["n_datasets"] - row.get("failures", 0) - row.get("refused", 0)
+
+
+def pool_rows(old: dict, new: dict) -> dict:
+    """One row from two runs of the same scenario on disjoint data sets (``--offset``):
+    counts add, rates are weighted by the data sets each run completed, the mean interval
+    width by the data sets that had one (taken as the completed ones)."""
+    if old["scenario"] != new["scenario"]:
+        raise ValueError(f"cannot pool {old['scenario']} with {new['scenario']}")
+    d_old, d_new = _done(old), _done(new)
+    out = dict(old)
+    for key in _RATES + ("mean_width",):
+        a, b = old.get(key), new.get(key)
+        if a is None or b is None:
+            out[key] = a if b is None else b
+        else:
+            out[key] = (a * d_old + b * d_new) / (d_old + d_new) if d_old + d_new else None
+    for key in ("failures", "refused", "n_datasets"):
+        if key in old or key in new:
+            out[key] = old.get(key, 0) + new.get(key, 0)
+    out["seconds"] = round(old.get("seconds", 0) + new.get("seconds", 0), 1)
+    runs = old.get("runs", 2 if old.get("pooled") else 1) + new.get("runs", 1)
+    out["runs"] = runs
+    out["pooled"] = f"data sets 0-{out['n_datasets'] - 1}: {runs} runs pooled (--offset)"
+    return out
+
+
+def pool_files(target: Path, parts: list[Path]) -> dict:
+    """Pool every row of ``parts`` into the same scenario's row of ``target`` (rewritten in
+    place). A part must start where the target row ends: its ``offset`` is checked."""
+    data = json.loads(target.read_text())
+    rows = {r["scenario"]: r for r in data["rows"]}
+    for part in parts:
+        pdata = json.loads(part.read_text())
+        for row in pdata["rows"]:
+            name = row["scenario"]
+            start = row.get("offset", 0)
+            have = rows[name]["n_datasets"] if name in rows else 0
+            if start != have:
+                raise ValueError(f"{part}: {name} starts at data set {start}, but {target} "
+                                 f"holds data sets 0-{have - 1}; run it with --offset {have}")
+            rows[name] = pool_rows(rows[name], row) if name in rows else row
+    data["rows"] = [rows[r["scenario"]] for r in data["rows"]] + [
+        r for n, r in rows.items() if n not in {x["scenario"] for x in data["rows"]}]
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(target)
+    return data
+
+
 # ----------------------------------------------------------------------------- main
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
@@ -450,6 +506,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None)
     ap.add_argument("--offset", type=int, default=0,
                     help="first data-set index: new data sets to pool with an earlier run's")
+    ap.add_argument("--pool", nargs="+", default=None, metavar="PART",
+                    help="pool the rows of these result files (runs with --offset) into "
+                         "results/calibration_<label>.json")
     ap.add_argument("--table", action="store_true",
                     help="write results/calibration.md from calibration_{before,after}.json")
     args = ap.parse_args(argv)
@@ -460,6 +519,12 @@ def main(argv=None) -> int:
                             json.loads((res / "calibration_after.json").read_text()))
         (res / "calibration.md").write_text(text)
         print(text)
+        return 0
+    if args.pool:
+        target = Path(args.out) if args.out else HERE / "results" / f"calibration_{args.label}.json"
+        data = pool_files(target, [Path(p) for p in args.pool])
+        for row in data["rows"]:
+            print(row["scenario"], row["n_datasets"], row.get("type1_p"))
         return 0
     overrides = {k: int(v) for k, v in (c.split("=", 1) for c in args.counts)}
     global OFFSET
@@ -520,6 +585,8 @@ def main(argv=None) -> int:
         start = time.time()
         result = scenarios[name]()
         result.update(scenario=name, seconds=round(time.time() - start, 1))
+        if OFFSET:
+            result["offset"] = OFFSET
         rows.append(result)
         print(json.dumps(result), flush=True)
         machine = dict(platform=platform.platform(), processor=platform.processor(),

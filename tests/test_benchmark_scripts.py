@@ -52,3 +52,29 @@ def test_calibration_benchmark_smoke_run_and_its_table(tmp_path):
     assert "**under-covers**" in table and "plain log-rank" in table
     assert bc.judge("type1", 0.08, 500) == "**too many**"
     assert bc.judge("coverage", 0.99, 500) == "ok (conservative)"
+
+
+def test_calibration_rows_of_two_runs_pool_by_completed_data_sets(tmp_path):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import bench_calibration as bc
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    # 57 of 60 completed, 2 rejections; then 50 of 50, 3 rejections: 5 / 107 pooled.
+    first = {"scenario": "binary_null_n12", "type1_p": 2 / 57, "type1_verdict": 0.0,
+             "coverage": None, "failures": 3, "n_datasets": 60, "seconds": 10.0}
+    second = {"scenario": "binary_null_n12", "type1_p": 3 / 50, "type1_verdict": 0.02,
+              "coverage": None, "failures": 0, "n_datasets": 50, "seconds": 5.0, "offset": 60}
+    target = tmp_path / "after.json"
+    part = tmp_path / "part.json"
+    target.write_text(json.dumps({"label": "after", "machine": {}, "rows": [first]}))
+    part.write_text(json.dumps({"label": "after", "machine": {}, "rows": [second]}))
+    pooled = bc.pool_files(target, [part])["rows"][0]
+    assert pooled["type1_p"] == pytest.approx(5 / 107)
+    assert pooled["type1_verdict"] == pytest.approx(1 / 107)
+    assert (pooled["n_datasets"], pooled["failures"], pooled["seconds"]) == (110, 3, 15.0)
+    assert pooled["coverage"] is None and "0-109" in pooled["pooled"]
+    assert json.loads(target.read_text())["rows"][0]["n_datasets"] == 110
+    # a part that does not start where the stored rows end is refused (no double counting)
+    with pytest.raises(ValueError, match="--offset 110"):
+        bc.pool_files(target, [part])
