@@ -54,12 +54,9 @@ def run_augmenter(config: PretrainConfig | Mapping[str, Any], patch_size: int) -
         >>> run_augmenter({"augment_translate": 1, "augment_rotate_deg": 5}, 32).params["translate"]
         1.0
     """
-    cfg = PretrainConfig.coerce(config)
-    translate = (cfg.augment_translate if cfg.augment_translate is not None
-                 else 12.0 * patch_size / 32.0)
-    return PatchAugmenter(translate=float(translate), rotate_deg=cfg.augment_rotate_deg,
-                          scale=cfg.augment_scale, p_noise=cfg.augment_noise_p,
-                          enabled=cfg.augment)
+    from drasclr_toolkit.train.loop import run_augmenter as _run_augmenter
+
+    return _run_augmenter(PretrainConfig.coerce(config), patch_size)
 
 
 def _encoder_from(config: PretrainConfig, checkpoint: str | Path | None) -> DrasCLREncoder:

@@ -100,9 +100,11 @@ def test_the_cache_changes_no_loss_and_may_change_on_resume(source, tmp_path):
     np.testing.assert_allclose(split.loss.to_numpy(), plain.loss.to_numpy(), rtol=1e-6)
 
 
-def test_small_config_uses_the_fast_path_and_tiny_keeps_the_reference_one():
+def test_small_config_uses_the_fast_path_and_tiny_all_of_it_but_bf16():
     small = PretrainConfig.from_dict(load_config("small")["pretrain"])
     assert (small.cpu_amp, small.augment_on, small.cpu_threads) == (True, "device", 1)
     assert small.patch_cache_mb >= 128     # the small store is 32 × 64 × 32³ int16 = 128 MiB
     tiny = PretrainConfig.from_dict(load_config("tiny")["pretrain"])
-    assert (tiny.cpu_amp, tiny.augment_on, tiny.patch_cache_mb) == (False, "host", 0)
+    # bf16 autocast is slow on CPUs without bf16 units (most laptops): tiny stays float32.
+    assert (tiny.cpu_amp, tiny.augment_on) == (False, "device")
+    assert tiny.patch_cache_mb >= 64      # the demo store: 12 × 76 × 32³ int16 ≈ 60 MB

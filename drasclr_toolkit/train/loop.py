@@ -402,6 +402,19 @@ def config_summary(config: PretrainConfig, trainer: DrasCLRTrainer, source: Patc
     return "\n".join(lines)
 
 
+def run_augmenter(cfg: PretrainConfig, patch_size: int) -> PatchAugmenter:
+    """The augmentation a run with ``cfg`` trains with: ``augment_translate`` voxels (unset:
+    12 per 32, the reference's), rotation, scale, noise and contrast probabilities, the HU
+    window. With ``augment_on: device`` the run draws the same transforms batched in torch
+    (:meth:`DeviceAugmenter.like`)."""
+    translate = (cfg.augment_translate if cfg.augment_translate is not None
+                 else 12.0 * patch_size / 32.0)
+    p_noise, p_contrast = cfg.augment_probabilities()
+    return PatchAugmenter(translate=float(translate), rotate_deg=cfg.augment_rotate_deg,
+                          scale=cfg.augment_scale, p_noise=p_noise, p_contrast=p_contrast,
+                          enabled=cfg.augment, window=cfg.hu_window)
+
+
 class PretrainRun:
     """A pretraining run in ``out_dir``: builds everything, resumes if possible, trains.
 
@@ -480,13 +493,7 @@ class PretrainRun:
             self.total_steps = min(self.total_steps, cfg.max_steps)
         self.trainer = DrasCLRTrainer(cfg, np.asarray(source.landmark_coords), self.total_steps,
                                       self.device, self.dist)
-        translate = (cfg.augment_translate if cfg.augment_translate is not None
-                     else 12.0 * source.patch_size / 32.0)
-        p_noise, p_contrast = cfg.augment_probabilities()
-        host_augmenter = PatchAugmenter(translate=translate, rotate_deg=cfg.augment_rotate_deg,
-                                        scale=cfg.augment_scale, p_noise=p_noise,
-                                        p_contrast=p_contrast, enabled=cfg.augment,
-                                        window=cfg.hu_window)
+        host_augmenter = run_augmenter(cfg, source.patch_size)
         on_device = cfg.augment_on == "device"
         if cfg.patch_cache_mb:
             source = cached_source(source, cfg.patch_cache_mb)
