@@ -72,6 +72,24 @@ def test_classification_on_noise_is_at_chance_with_a_large_p_value():
     assert {"accuracy_ci_low", "macro_f1", "auc", "auc_null_p95"} <= set(row.index)
 
 
+def test_the_logistic_probes_fast_log_loss_chooses_what_sklearns_scorer_chooses():
+    from sklearn.linear_model import LogisticRegressionCV
+
+    from drasclr_toolkit.evaluate.probes import DEFAULT_CS, make_probe, neg_log_loss
+
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(30, 8))
+    for k, y in enumerate([rng.integers(0, 3, 30), (X[:, 0] + rng.normal(size=30) > 0).astype(int)]):
+        ours = make_probe("categorical").fit(X, y)[-1]
+        assert ours.scoring is neg_log_loss
+        theirs = LogisticRegressionCV(Cs=np.asarray(DEFAULT_CS), l1_ratios=(0.0,), cv=3,
+                                      scoring="neg_log_loss", max_iter=2000,
+                                      use_legacy_attributes=False)
+        theirs.fit(make_probe("categorical")[:-1].fit_transform(X), y)
+        assert ours.C_ == pytest.approx(theirs.C_), k
+        np.testing.assert_allclose(ours.scores_, theirs.scores_, rtol=1e-12, atol=1e-12)
+
+
 def test_classification_finds_a_planted_class_signal():
     rng = np.random.default_rng(4)
     ids = _ids(90)

@@ -115,6 +115,21 @@ def infer_target_kind(values: pd.Series | np.ndarray, max_levels: int = 10) -> T
     return "categorical" if whole and s.nunique() <= max_levels else "continuous"
 
 
+def neg_log_loss(estimator, X, y) -> float:
+    """The inner CV's score of a logistic probe: minus the mean log-loss of ``estimator`` on
+    ``(X, y)``, probabilities clipped to [eps, 1 − eps] as scikit-learn's ``log_loss`` does.
+
+    The same number as ``scoring="neg_log_loss"`` without its per-call input validation,
+    which took about two thirds of a logistic probe's time (a probe with 19 permutations
+    fits 100 inner searches of 3 folds × 10 C values); tests/test_evaluate.py checks the
+    choices of C agree.
+    """
+    p = estimator.predict_proba(X)
+    idx = np.searchsorted(estimator.classes_, y)
+    eps = np.finfo(p.dtype).eps
+    return float(np.mean(np.log(np.clip(p[np.arange(len(idx)), idx], eps, 1.0 - eps))))
+
+
 def make_probe(kind: TargetKind, pca: int | float | None = None, *,
                preprocessing: Sequence[tuple[str, Any]] = (), inner_cv: int = 3,
                alphas: Sequence[float] = DEFAULT_ALPHAS, Cs: Sequence[float] = DEFAULT_CS,
@@ -144,7 +159,7 @@ def make_probe(kind: TargetKind, pca: int | float | None = None, *,
     elif kind == "categorical":
         steps.append(("logisticregressioncv", LogisticRegressionCV(
             Cs=np.asarray(Cs, dtype=np.float64), l1_ratios=(0.0,), cv=inner_cv,
-            scoring="neg_log_loss", max_iter=2000, use_legacy_attributes=False)))
+            scoring=neg_log_loss, max_iter=2000, use_legacy_attributes=False)))
     else:
         raise ValueError(f"target kind must be 'continuous' or 'categorical', got {kind!r}")
     return Pipeline(steps)
