@@ -73,13 +73,15 @@ def main(argv=None) -> int:
         run_dir = ws.run_dir(name, **change)
         shutil.rmtree(run_dir, ignore_errors=True)   # time it from scratch
         load_before = os.getloadavg()[0]
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         experiment = ws.experiment(name, **change)
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
         result = lab.compare_to_baseline(ws, experiment)
-        t2 = time.perf_counter()
+        t2, c2 = time.perf_counter(), time.process_time()
         row = dict(exercise=name, change=change, train_s=round(t1 - t0, 1),
                    compare_s=round(t2 - t1, 1), total_s=round(t2 - t0, 1),
+                   train_cpu_s=round(c1 - c0, 1), compare_cpu_s=round(c2 - c1, 1),
+                   total_cpu_s=round(c2 - c0, 1),
                    within_target=bool(t2 - t0 <= TARGET_S),
                    load_before=round(load_before, 2), load_after=round(os.getloadavg()[0], 2),
                    text=result["text"])
