@@ -276,18 +276,23 @@ def fresh_contrast_accuracy(source: PatchSource, checkpoint: str | Path | None,
 
     cfg = PretrainConfig.coerce(config)
     if locations is None:
-        # Up to 8 of the run's anchor landmarks, spread over the lung: the views are made
-        # patch by patch (MONAI affine), about a second a landmark on a laptop CPU.
+        # Up to 8 of the run's anchor landmarks, spread over the lung.
         n_loc = min(8, cfg.train_locations or len(source.landmarks))
         locations = spread_locations(np.asarray(source.landmarks), n_loc)
     encoder = _encoder_from(cfg, checkpoint).eval()
     augmenter = run_augmenter(cfg, source.patch_size)
+    if cfg.augment_on == "device":
+        # The views the run trained on: drawn batched in torch (patch by patch with MONAI
+        # these views were half of an exercise's comparison time).
+        from drasclr_toolkit.ssl.device_augment import DeviceAugmenter
+
+        augmenter = DeviceAugmenter.like(augmenter)
     coords = torch.as_tensor(np.asarray(source.landmark_coords, np.float32))
     n = len(source.subject_ids)
     hits = 0
     for i, loc in enumerate(locations):
         patches = np.asarray(source.read_location(int(loc), list(range(n))))
-        v1, v2, _ = augmenter(patches, None, seed=seed + i)
+        v1, v2, _ = augmenter(torch.as_tensor(patches), None, seed=seed + i)
         a = F.normalize(encoder(v1, coords[int(loc)])[1].float(), dim=1)
         b = F.normalize(encoder(v2, coords[int(loc)])[1].float(), dim=1)
         hits += int(((a @ b.t()).argmax(dim=1) == torch.arange(n)).sum())
