@@ -9,13 +9,13 @@ RescaleSlope / RescaleIntercept, NIfTI scl_slope / scl_inter) with its value.
 from __future__ import annotations
 
 import gzip
-import struct
 from pathlib import Path
 
 import numpy as np
 
 from .ct_image import CTChecks, CTLoadError
 from .dicom import _dicom_numbers_of, _is_dicom_file
+from .image_files import nifti_header
 
 __all__ = ["check_hounsfield_units", "hu_calibration"]
 
@@ -138,14 +138,12 @@ def _scaling_fields(path: Path) -> tuple[str, str, str]:
         try:
             opener = gzip.open if name.endswith(".gz") else open
             with opener(path, "rb") as fh:
-                head = fh.read(348)
-            for endian in ("<", ">"):
-                if struct.unpack(endian + "i", head[:4])[0] == 348:
-                    slope, inter = struct.unpack(endian + "2f", head[112:120])
-                    values = f" (the header says scl_slope {slope:g}, scl_inter {inter:g})"
-                    break
-        except (OSError, EOFError, struct.error):
-            pass
+                header = nifti_header(fh.read(540))
+        except (OSError, EOFError):
+            header = None
+        if header is not None:  # the fields as stored (nib.load would hand them on as NaN)
+            slope, inter = float(header["scl_slope"]), float(header["scl_inter"])
+            values = f" (the header says scl_slope {slope:g}, scl_inter {inter:g})"
         return "scl_slope", "scl_inter", values
     return "intensity scale (slope)", "intensity offset (intercept)", ""
 

@@ -9,13 +9,14 @@ so these checks read the header (and, for NIfTI, the voxel stream once) and rais
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import re
 import stat
-import struct
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -23,7 +24,7 @@ import SimpleITK as sitk
 from .ct_image import CTLoadError
 
 __all__ = ["IMAGE_SUFFIXES", "check_declared_size", "check_metaimage_file", "check_nifti_file",
-           "is_image_file", "require_regular_file"]
+           "is_image_file", "nifti_header", "require_regular_file"]
 
 # Image file suffixes SimpleITK reads that we accept as a single-file scan.
 IMAGE_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -109,7 +110,6 @@ _SHORT_READ = (
     re.compile(r"expected (\d+) bytes but received (\d+)"),
     re.compile(r"ideal\s*=\s*(\d+)\s*:\s*actual\s*=\s*(\d+)"),
 )
-_NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}  # NIfTI datatype codes of float32 / float64
 _STREAM_BLOCK = 8 << 20
 
 
@@ -121,37 +121,66 @@ def _short_read(message: str) -> tuple[int, int] | None:
     return None
 
 
-def _nifti_header(head: bytes, subject_id: str | None, path: Path) -> tuple[int, int, str, int]:
-    """(data offset, data bytes, endianness, datatype) from a NIfTI-1 or NIfTI-2 header."""
-    for endian in ("<", ">"):
-        if len(head) >= 4 and struct.unpack(endian + "i", head[:4])[0] == 348 and len(head) >= 348:
-            ndim = struct.unpack(endian + "h", head[40:42])[0]
-            dims = struct.unpack(endian + "8h", head[40:56])
-            datatype, bitpix = struct.unpack(endian + "2h", head[70:74])
-            offset = int(struct.unpack(endian + "f", head[108:112])[0])
-            single_file = head[344:348] in (b"n+1\0", b"n+2\0")
-            break
-        if len(head) >= 540 and struct.unpack(endian + "i", head[:4])[0] == 540:
-            datatype, bitpix = struct.unpack(endian + "2h", head[12:16])
-            dims = struct.unpack(endian + "8q", head[16:80])
-            ndim = dims[0]
-            offset = int(struct.unpack(endian + "q", head[168:176])[0])
-            single_file = True
-            break
-    else:
+def nifti_header(head: bytes) -> Any:
+    """The NIfTI-1 or NIfTI-2 header (a nibabel header, either byte order) at the start of
+    ``head`` (decompressed bytes), or None when its first field is neither 348 nor 540.
+
+    Example:
+        >>> import nibabel as nib
+        >>> header = nib.Nifti2Header()
+        >>> header.set_data_shape((4, 5, 6))
+        >>> nifti_header(header.binaryblock).get_data_shape(), nifti_header(b"not a header")
+        ((4, 5, 6), None)
+    """
+    import nibabel as nib  # here, not at the top: it costs ~0.5 s of every CLI start
+
+    for kind in (nib.Nifti1Header, nib.Nifti2Header):
+        size = kind.sizeof_hdr
+        if len(head) >= size:
+            # check=False: a damaged header is the caller's to report, in its own words
+            header = kind.from_fileobj(io.BytesIO(head[:size]), check=False)
+            if int(header["sizeof_hdr"]) == size:
+                return header
+    return None
+
+
+def _nifti_header(head: bytes, subject_id: str | None, path: Path
+                  ) -> tuple[int, int, np.dtype | None]:
+    """(data offset, data bytes, voxel dtype) from a NIfTI-1 or NIfTI-2 header, read by
+    nibabel (the dtype None when nibabel does not know the datatype code).
+
+    Example:
+        >>> import nibabel as nib
+        >>> header = nib.Nifti1Header()
+        >>> header.set_data_shape((4, 5, 6)); header.set_data_dtype(np.float32)
+        >>> header["magic"], header["vox_offset"] = b"n+1", 352   # a single .nii file
+        >>> offset, n_bytes, dtype = _nifti_header(header.binaryblock, "s1", Path("s1.nii"))
+        >>> offset, n_bytes, dtype == np.float32
+        (352, 480, True)
+    """
+    header = nifti_header(head)
+    if header is None:
         raise CTLoadError(
             "the NIfTI header is missing or damaged (its first field is not 348 or 540)",
             subject_id=subject_id, file=path, field="NIfTI header", fix=_TRUNCATED_FIX,
         )
-    if not single_file:
-        offset = 0  # .hdr/.img pair: SimpleITK reports a missing .img itself
+    dims = [int(d) for d in header["dim"]]
+    ndim, bitpix = dims[0], int(header["bitpix"])
     if not 1 <= ndim <= 7 or bitpix <= 0:
         raise CTLoadError(
             f"the NIfTI header is damaged (dim[0] = {ndim}, bitpix = {bitpix})",
             subject_id=subject_id, file=path, field="NIfTI header", fix=_TRUNCATED_FIX,
         )
-    n_voxels = int(np.prod([max(int(d), 1) for d in dims[1:ndim + 1]], dtype=np.int64))
-    return max(offset, 0), n_voxels * int(bitpix) // 8, endian, int(datatype)
+    # .hdr/.img pair (magic ni1/ni2): the voxels are in another file, whose absence
+    # SimpleITK reports itself.
+    single_file = bytes(header["magic"]).rstrip(b"\0") in (b"n+1", b"n+2")
+    offset = int(header.get_data_offset()) if single_file else 0
+    try:
+        dtype = header.get_data_dtype()
+    except Exception:  # noqa: BLE001 - nibabel's HeaderDataError: an unknown datatype code
+        dtype = None
+    n_voxels = int(np.prod([max(d, 1) for d in dims[1:ndim + 1]], dtype=np.int64))
+    return max(offset, 0), n_voxels * bitpix // 8, dtype
 
 
 def _decompressed_blocks(path: Path, gz: bool):
@@ -213,9 +242,9 @@ def check_nifti_file(path: str | os.PathLike, subject_id: str | None = None) -> 
                 header += block[: max(0, 540 - len(header))]
                 if len(header) < 540 and start + len(block) < 540:
                     continue
-                data_start, data_bytes, endian, datatype = _nifti_header(header, subject_id, path)
-                if datatype in _NIFTI_FLOAT_TYPES:
-                    dtype = np.dtype(endian + _NIFTI_FLOAT_TYPES[datatype])
+                data_start, data_bytes, voxel_type = _nifti_header(header, subject_id, path)
+                if voxel_type is not None and voxel_type.kind == "f":
+                    dtype = voxel_type
                 elif not gz:
                     total = path.stat().st_size  # plain file without floats: size is enough
                     break
@@ -247,7 +276,7 @@ def check_nifti_file(path: str | os.PathLike, subject_id: str | None = None) -> 
             subject_id=subject_id, file=path, field="file", fix=_TRUNCATED_FIX,
         ) from None
     if data_bytes == 0 and dtype is None:  # a file shorter than 540 bytes (or empty)
-        data_start, data_bytes, _, _ = _nifti_header(header, subject_id, path)
+        data_start, data_bytes, _ = _nifti_header(header, subject_id, path)
     needed = data_start + data_bytes
     if total < needed:
         raise CTLoadError(
