@@ -56,8 +56,8 @@ RULE_POOLING = "zones_lung_weighted"
 # Each variant: config overrides as SECTION.KEY -> value (the baseline is the config itself).
 VARIANTS: dict[str, dict[str, object]] = {
     "baseline": {},
-    "no-conditioning": {"pretrain.conditioning": "none"},          # the MoCo baseline
-    "concat": {"pretrain.conditioning": "concat"},                 # location into the head
+    "no-conditioning": {"model.conditioning": "none"},             # the MoCo baseline
+    "concat": {"model.conditioning": "concat"},                    # location into the head
     "no-neighbour-loss": {"pretrain.neighbours": 0},
     "no-intensity-aug": {"pretrain.augment_intensity": False},
     "lung-window": {"pretrain.hu_window": [-1024, -500], "embed.hu_window": [-1024, -500]},
@@ -71,20 +71,18 @@ VARIANTS: dict[str, dict[str, object]] = {
 
 
 def apply_overrides(config: dict, overrides: dict[str, object]) -> dict:
-    """A copy of a loaded config with ``SECTION.KEY[.SUBKEY]`` overrides set.
+    """A copy of a loaded config with ``SECTION.KEY[.SUBKEY]`` overrides set
+    (:func:`drasclr_toolkit.config.set_options`: ``model.*`` reaches every stage).
 
     Example:
-        >>> apply_overrides({"pretrain": {"lr": 0.1}}, {"pretrain.neighbours": 0})
-        {'pretrain': {'lr': 0.1, 'neighbours': 0}}
+        >>> cfg = apply_overrides({"pretrain": {"lr": 0.1}}, {"pretrain.neighbours": 0,
+        ...                                                   "model.conditioning": "none"})
+        >>> cfg["pretrain"]["neighbours"], cfg["pretrain"]["conditioning"], cfg["pretrain"]["lr"]
+        (0, 'none', 0.1)
     """
-    out = json.loads(json.dumps(config))
-    for key, value in overrides.items():
-        parts = key.split(".")
-        node = out.setdefault(parts[0], {})
-        for part in parts[1:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = value
-    return out
+    from drasclr_toolkit.config import set_options
+
+    return set_options(config, overrides)
 
 
 def data_key(config: dict) -> str:

@@ -54,15 +54,14 @@ def with_overrides(config: str, overrides: list[str]) -> tuple[dict | str, str]:
     """
     if not overrides:
         return config, str(config)
-    from drasclr_toolkit.config import load_config, parse_overrides
+    from drasclr_toolkit.config import load_config, parse_overrides, set_options
 
-    cfg = load_config(config)
-    for key, value in parse_overrides(overrides).items():
+    values = parse_overrides(overrides)
+    for key in values:
         section, dot, name = key.partition(".")
         if not (dot and section and name):
             raise SystemExit(f"--set {key!r}: write SECTION.KEY=VALUE, e.g. pretrain.seed=1")
-        cfg.setdefault(section, {})[name] = value
-    return cfg, f"{config} + " + ", ".join(overrides)
+    return set_options(load_config(config), values), f"{config} + " + ", ".join(overrides)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,8 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", default="runs/small", help="work folder (resumable)")
     p.add_argument("--config", default="small")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override one config value (YAML value), e.g. --set pretrain.seed=1 "
-                        "or --set pretrain.epochs=20; repeatable; use a new --work folder")
+                   help="override one config value (YAML value), e.g. --set pretrain.seed=1, "
+                        "--set pretrain.epochs=20 or --set model.width=0.5; repeatable; use a "
+                        "new --work folder")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--permutations", type=int, default=1000,
                    help="permutations of each probe's null (>= 1000 allows a Holm-corrected claim)")

@@ -1,7 +1,10 @@
 """Named run configurations: ``tiny`` (CPU, minutes) and ``gpu`` (one GPU, real work).
 
 A configuration is a YAML file with one section per stage (``synthetic``, ``preprocess``,
-``pretrain``, ``embed``, ``evaluate``). Each stage turns its section into its own
+``pretrain``, ``embed``, ``evaluate``) and a shared ``model`` section: the encoder's
+architecture, written once and handed by :func:`load_config` to every stage that builds an
+encoder (pretraining, extraction's random-init baseline, fine-tuning). Each stage turns its
+section into its own
 :class:`Config` (a pydantic model): fields are declared once, typed and bounded, and the
 shared machinery here checks them, rejects unknown keys ("did you mean"), coerces YAML 1.1
 strings such as ``"1e-4"`` to numbers and turns every problem into one :class:`ConfigError`.
@@ -10,7 +13,9 @@ Example
 -------
 >>> cfg = load_config("tiny")
 >>> sorted(cfg)
-['embed', 'evaluate', 'preprocess', 'pretrain', 'synthetic']
+['embed', 'evaluate', 'model', 'preprocess', 'pretrain', 'synthetic']
+>>> cfg["model"]["width"] == cfg["pretrain"]["width"] == cfg["embed"]["model"]["width"] == 0.25
+True
 >>> check_keys("embed config", {"batchsize": 8}, ["batch_size", "device"])
 Traceback (most recent call last):
 ...
@@ -19,11 +24,12 @@ drasclr_toolkit.config.ConfigError: embed config: unknown key(s) ['batchsize']; 
 
 from __future__ import annotations
 
+import copy
 import difflib
 from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Mapping, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, Mapping, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -31,7 +37,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from .errors import DrasclrError
 
 PACKAGED = ("tiny", "small", "gpu")
-STAGES = ("synthetic", "preprocess", "pretrain", "embed", "evaluate")
+STAGES = ("synthetic", "preprocess", "model", "pretrain", "embed", "evaluate")
+# How anatomy enters the encoder (drasclr_toolkit.models.DrasCLREncoder).
+CONDITIONINGS = ("condconv", "none", "concat")
 
 
 class ConfigError(DrasclrError, ValueError):
@@ -132,6 +140,7 @@ class Config(BaseModel):
         when it has no stage sections."""
         raw = read_yaml(config_path(path)) or {}
         if isinstance(raw, dict) and any(stage in raw for stage in STAGES):
+            raw = load_config(raw, source=str(path))  # the shared model section handed on
             for key in cls.yaml_section:
                 raw = (raw.get(key) if isinstance(raw, dict) else None) or {}
         if not isinstance(raw, dict):
@@ -163,6 +172,44 @@ class Config(BaseModel):
         """A copy with some fields changed (validated)."""
         return self.from_dict({**{name: getattr(self, name) for name in type(self).model_fields},
                                **changes})
+
+
+class ModelConfig(Config):
+    """The encoder's architecture: the ``model:`` section, shared by pretraining (whose
+    :class:`~drasclr_toolkit.train.PretrainConfig` is a ModelConfig plus training options),
+    extraction (the random-init baseline, ``EmbedConfig.model``) and fine-tuning (the
+    from-scratch twin). Defaults are the reference DrasCLR encoder.
+
+    Example:
+        >>> cfg = ModelConfig.from_yaml("tiny")
+        >>> cfg.width, cfg.num_experts, cfg.conditioning
+        (0.25, 4, 'condconv')
+        >>> sorted(cfg.encoder_kwargs())
+        ['conditioning', 'in_channels', 'num_experts', 'proj_dim', 'rep_dim', 'width']
+    """
+
+    section = "model config"
+    yaml_section = ("model",)
+
+    rep_dim: int = Field(128, ge=1)       # size of the representation h
+    proj_dim: int = Field(128, ge=1)      # size of the projection z (contrastive head)
+    width: float = Field(1.0, gt=0)       # multiplies every channel count (0.25: tiny CPU runs)
+    num_experts: int = Field(8, ge=1)     # expert kernels per conditional convolution
+    conditioning: Literal[CONDITIONINGS] = "condconv"  # condconv (DrasCLR) | none | concat
+
+    @property
+    def model(self) -> "ModelConfig":
+        """The architecture alone (a plain ModelConfig, also of a PretrainConfig)."""
+        return ModelConfig(**{name: getattr(self, name) for name in MODEL_KEYS})
+
+    def encoder_kwargs(self) -> dict[str, Any]:
+        """Arguments of :class:`~drasclr_toolkit.models.DrasCLREncoder` (what checkpoints
+        store as ``encoder_config``)."""
+        return dict(rep_dim=self.rep_dim, num_experts=self.num_experts, width=self.width,
+                    conditioning=self.conditioning, proj_dim=self.proj_dim, in_channels=1)
+
+
+MODEL_KEYS: tuple[str, ...] = tuple(ModelConfig.model_fields)
 
 
 def config_error(model: type[Config], exc: ValidationError) -> ConfigError:
@@ -354,14 +401,33 @@ def read_yaml(path: str | Path) -> Any:
                           "UTF-8 text") from None
 
 
-def load_config(name_or_path: str | Path | Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """Load a configuration as a dict of stage sections (missing sections become ``{}``)."""
+def load_config(name_or_path: str | Path | Mapping[str, Any], *,
+                source: str | None = None) -> dict[str, dict[str, Any]]:
+    """Load a configuration as a dict of stage sections (missing sections become ``{}``).
+
+    The ``model`` section (the encoder's architecture, written once) is handed on: the
+    ``pretrain`` section carries its keys and ``embed`` gets it as ``embed.model``, so each
+    stage's section is all that stage needs. Older files that put these keys under
+    ``pretrain:`` or ``embed.encoder`` still load: the keys are merged into ``model``, and a
+    key given twice with different values is a :class:`ConfigError` naming both places.
+    Loading an already loaded configuration gives it back unchanged.
+
+    Example:
+        >>> old = {"pretrain": {"width": 0.5, "lr": 0.01}, "embed": {"encoder": {"width": 0.5}}}
+        >>> cfg = load_config(old)
+        >>> cfg["model"], cfg["embed"]["model"], cfg["pretrain"]["width"]
+        ({'width': 0.5}, {'width': 0.5}, 0.5)
+        >>> load_config({"model": {"width": 0.25}, "pretrain": {"width": 0.5}})
+        Traceback (most recent call last):
+        ...
+        drasclr_toolkit.config.ConfigError: configuration <dict>: the encoder's width is 0.25 under model: but 0.5 under pretrain:; the architecture is written once. What to do: keep width under model: only
+    """
     if isinstance(name_or_path, Mapping):
         raw: Any = dict(name_or_path)
-        source = "<dict>"
+        source = source or "<dict>"
     else:
         path = config_path(name_or_path)
-        source = str(path)
+        source = source or str(path)
         raw = read_yaml(path) or {}
     if not isinstance(raw, dict):
         raise ValueError(f"configuration {source}: the top level must be a mapping of stages")
@@ -377,4 +443,71 @@ def load_config(name_or_path: str | Path | Mapping[str, Any]) -> dict[str, dict[
         config[str(stage)] = dict(section)
     for stage in STAGES:
         config.setdefault(stage, {})
+    _hand_on_model(config, source)
     return config
+
+
+def _hand_on_model(config: dict[str, dict[str, Any]], source: str) -> None:
+    """Merge the architecture keys of older files (``pretrain:``, ``embed.encoder``) into
+    ``model`` and hand ``model`` to pretraining and extraction (in place)."""
+    model = dict(config["model"])
+    origin = {key: "model:" for key in model}
+    embed = config["embed"]
+    places: list[tuple[str, Any]] = [("pretrain:", config["pretrain"]),
+                                     ("embed.encoder", embed.pop("encoder", None)),
+                                     ("embed.model", embed.get("model"))]
+    for where, section in places:
+        if section is None:
+            continue
+        if not isinstance(section, dict):
+            raise ConfigError(f"configuration {source}: {where} must be a mapping of "
+                              f"architecture keys, got {section!r}", section=where,
+                              value=section, fix="give key: value lines under model:")
+        if where != "pretrain:":  # all of it is architecture; unknown keys fail in ModelConfig
+            keys = list(section)
+        else:
+            keys = [key for key in MODEL_KEYS if key in section]
+        for key in keys:
+            value = section[key]
+            if key in model and model[key] != value:
+                raise ConfigError(
+                    f"configuration {source}: the encoder's {key} is {model[key]!r} under "
+                    f"{origin[key]} but {value!r} under {where}; the architecture is written "
+                    f"once. What to do: keep {key} under model: only",
+                    section=where, field=str(key), value=value, rule="disagrees with "
+                    + origin[key], fix=f"keep {key} under model: only")
+            model.setdefault(key, value)
+            origin.setdefault(key, where)
+    config["model"] = model
+    config["pretrain"].update({key: value for key, value in model.items() if key in MODEL_KEYS})
+    embed["model"] = dict(model)
+
+
+def set_options(config: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """A copy of a configuration with ``SECTION.KEY[.SUBKEY]`` overrides set, loaded again
+    (so ``model.width`` reaches pretraining and extraction alike).
+
+    Example:
+        >>> cfg = set_options(load_config("tiny"), {"model.width": 0.5, "pretrain.lr": 0.01})
+        >>> cfg["pretrain"]["width"], cfg["embed"]["model"]["width"], cfg["pretrain"]["lr"]
+        (0.5, 0.5, 0.01)
+    """
+    out = copy.deepcopy({str(k): dict(v or {}) for k, v in config.items()})
+    changed_model = {}
+    for key, value in overrides.items():
+        parts = str(key).split(".")
+        if len(parts) < 2 or not all(parts):
+            raise ConfigError(f"override {key!r}: write SECTION.KEY=VALUE, e.g. pretrain.lr=0.01",
+                              field=str(key), fix="write SECTION.KEY=VALUE")
+        if parts[0] == "model":
+            changed_model[parts[1]] = value
+        node = out.setdefault(parts[0], {})
+        for part in parts[1:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    # the handed-on copies follow the model section (else they would disagree with it)
+    for key, value in changed_model.items():
+        if key in MODEL_KEYS:
+            out.get("pretrain", {})[key] = value
+        out.get("embed", {}).get("model", {})[key] = value
+    return load_config(out)

@@ -370,21 +370,21 @@ class Workspace:
         self._made["patch_truth"] = truth
         return truth
 
-    def evaluation_budget(self) -> dict[str, Any]:
-        """How hard the evaluation notebooks work: quick on the ``tiny`` configuration
-        (a dozen subjects, 2 CPU cores: too few permutations for a Holm-corrected claim,
-        which the notebooks say), thorough otherwise (``small``, ``gpu`` or a YAML file:
-        1,000 phenotype permutations, enough for a corrected claim over ~50 tests; 500 for
-        survival and the risk groups' log-rank)."""
-        if str(self.config_name) == "tiny":
-            return dict(n_repeats=1, n_permutations=19, n_bootstrap=100,
-                        survival_models=("coxph", "coxnet"), survival_permutations=9,
-                        risk_group_permutations=19,
-                        finetune_steps=8, finetune_batch=16, fractions=(0.1, 0.3, 1.0),
-                        seeds=(0, 1), n_boot_dense=100, min_subjects=10)
-        return dict(n_repeats=5, n_permutations=1000, n_bootstrap=1000,
-                    survival_models=("coxph", "coxnet", "rsf"), survival_permutations=500,
-                    risk_group_permutations=500,
-                    finetune_steps=300, finetune_batch=32,
-                    fractions=(0.01, 0.05, 0.1, 0.25, 1.0), seeds=(0, 1, 2), n_boot_dense=1000,
-                    min_subjects=20)
+    def evaluation_budget(self):
+        """How hard the evaluation notebooks work: the configuration's ``evaluate`` section
+        as an :class:`~drasclr_toolkit.evaluate.budget.EvaluateConfig` (read like a dict,
+        ``budget["n_permutations"]``). ``tiny.yaml`` sets a quick budget (a dozen subjects,
+        2 CPU cores: too few permutations for a Holm-corrected claim, which the notebooks
+        say); a file without the section gets the thorough defaults (1,000 phenotype
+        permutations, enough for a corrected claim over ~50 tests; 500 for survival and
+        the risk groups' log-rank)."""
+        from drasclr_toolkit.evaluate.budget import EvaluateConfig
+
+        return EvaluateConfig.from_dict(self.section("evaluate"))
+
+    def model_config(self):
+        """The encoder's architecture (the configuration's ``model`` section) as a
+        :class:`~drasclr_toolkit.config.ModelConfig`: what a from-scratch encoder is built as."""
+        from drasclr_toolkit.config import ModelConfig
+
+        return ModelConfig.from_dict(self.section("model"))

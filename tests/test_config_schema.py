@@ -3,25 +3,29 @@
 from __future__ import annotations
 
 import dataclasses
+from importlib import resources
+from pathlib import Path
 
 import pytest
 
 from drasclr_toolkit.cli.main import main
-from drasclr_toolkit.config import PACKAGED, Config, ConfigError, load_config
+from drasclr_toolkit.config import (PACKAGED, Config, ConfigError, ModelConfig, load_config,
+                                    set_options)
 from drasclr_toolkit.data.card import ColumnRule
 from drasclr_toolkit.data.ct import CTChecks
 from drasclr_toolkit.data.synthetic import SyntheticConfig
 from drasclr_toolkit.embed.extract import EmbedConfig
+from drasclr_toolkit.evaluate.budget import EvaluateConfig
 from drasclr_toolkit.preprocess.lungmask import LungSegConfig
 from drasclr_toolkit.preprocess.pipeline import PreprocessConfig
 from drasclr_toolkit.preprocess.registration import RegistrationConfig
 from drasclr_toolkit.train import PretrainConfig
 
 # Each stage section of a config file and the model that reads it.
-SECTIONS = {"synthetic": SyntheticConfig, "preprocess": PreprocessConfig,
-            "pretrain": PretrainConfig, "embed": EmbedConfig}
+SECTIONS = {"synthetic": SyntheticConfig, "preprocess": PreprocessConfig, "model": ModelConfig,
+            "pretrain": PretrainConfig, "embed": EmbedConfig, "evaluate": EvaluateConfig}
 EVERY_CONFIG = [PretrainConfig, EmbedConfig, SyntheticConfig, CTChecks, ColumnRule,
-                PreprocessConfig, RegistrationConfig, LungSegConfig]
+                PreprocessConfig, RegistrationConfig, LungSegConfig, ModelConfig, EvaluateConfig]
 
 
 def test_yaml_1_1_exponents_load_as_floats(tmp_path):
@@ -61,8 +65,10 @@ def test_unknown_keys_say_did_you_mean_also_in_nested_sections():
     with pytest.raises(ConfigError, match="preprocess.segmentation: unknown key.*did you mean "
                                           "'work_spacing'"):
         PreprocessConfig.from_dict({"segmentation": {"work_spacin": 2.0}})
-    with pytest.raises(ConfigError, match="embed.encoder: unknown key.*did you mean 'width'"):
-        EmbedConfig.from_dict({"encoder": {"widht": 0.25}})
+    # the random-init architecture is the shared model section (older files: embed.encoder)
+    for key in ("model", "encoder"):
+        with pytest.raises(ConfigError, match="model config: unknown key.*did you mean 'width'"):
+            EmbedConfig.from_dict({key: {"widht": 0.25}})
 
 
 def test_replace_validates_and_keeps_the_original():
@@ -111,3 +117,62 @@ def test_cli_bad_value_is_one_clear_line(tmp_path, capsys):
     assert code == 1 and "Traceback" not in err
     assert err.splitlines()[0] == ("drasclr pretrain: error: pretrain config, field 'lr': 'abc' "
                                    "is not a number; give a float such as 0.01")
+
+
+# -- the shared model section and the evaluation budget ------------------------------------
+@pytest.mark.parametrize("name", PACKAGED)
+def test_the_architecture_is_written_once_and_read_by_every_stage(name):
+    text = (Path(str(resources.files("drasclr_toolkit") / "configs" / f"{name}.yaml"))
+            .read_text())
+    assert text.count("width:") == 1  # only under model:
+    model = ModelConfig.from_yaml(name)
+    assert PretrainConfig.from_yaml(name).model == model
+    assert EmbedConfig.from_yaml(name).model == model
+    assert model.width == {"tiny": 0.25, "small": 0.25, "gpu": 1.0}[name]
+
+
+def test_an_older_file_with_the_architecture_under_pretrain_and_embed_still_loads(tmp_path):
+    old = tmp_path / "old.yaml"
+    old.write_text("pretrain:\n  width: 0.5\n  lr: 0.02\nembed:\n  encoder:\n"
+                   "    width: 0.5\n    num_experts: 2\n")
+    assert ModelConfig.from_yaml(old) == ModelConfig(width=0.5, num_experts=2)
+    pretrain = PretrainConfig.from_yaml(old)
+    assert (pretrain.width, pretrain.num_experts, pretrain.lr) == (0.5, 2, 0.02)
+    assert EmbedConfig.from_yaml(old).model == ModelConfig(width=0.5, num_experts=2)
+    assert load_config(load_config(old)) == load_config(old)  # loading again changes nothing
+
+    both = tmp_path / "both.yaml"
+    both.write_text("model:\n  width: 0.25\npretrain:\n  width: 0.5\n")
+    with pytest.raises(ConfigError, match=r"width is 0.25 under model: but 0.5 under "
+                                          r"pretrain:.*keep width under model: only"):
+        PretrainConfig.from_yaml(both)
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("pretrain:\n  num_experts: 4\nembed:\n  encoder:\n    num_experts: 8\n")
+    with pytest.raises(ConfigError, match="num_experts is 4 under pretrain: but 8 under "
+                                          "embed.encoder"):
+        load_config(twice)
+
+
+def test_a_model_override_reaches_pretraining_and_extraction():
+    cfg = set_options(load_config("tiny"), {"model.conditioning": "none", "pretrain.lr": 0.02})
+    assert PretrainConfig.from_dict(cfg["pretrain"]).conditioning == "none"
+    assert EmbedConfig.from_dict(cfg["embed"]).model.conditioning == "none"
+    assert PretrainConfig.from_dict(cfg["pretrain"]).lr == 0.02
+    with pytest.raises(ConfigError, match="under model: but"):  # one place for the width
+        set_options(load_config("tiny"), {"pretrain.width": 0.5})
+
+
+def test_the_evaluation_budget_comes_from_the_config_not_its_name(tmp_path):
+    from drasclr_toolkit.workspace import Workspace
+
+    assert EvaluateConfig.from_yaml("tiny").n_permutations == 19
+    for name in ("small", "gpu"):
+        assert EvaluateConfig.from_yaml(name) == EvaluateConfig()  # the thorough defaults
+    copy = tmp_path / "my_tiny.yaml"  # a copy of tiny under another name: still quick
+    copy.write_text((Path(str(resources.files("drasclr_toolkit") / "configs" / "tiny.yaml"))
+                     .read_text()))
+    budget = Workspace(tmp_path / "w", copy, verbose=False).evaluation_budget()
+    assert budget["n_permutations"] == budget.n_permutations == 19
+    assert budget["fractions"] == (0.1, 0.3, 1.0)
+    with pytest.raises(ConfigError, match="evaluate config, field 'n_repeats'"):
+        EvaluateConfig.from_dict({"n_repeats": 0})

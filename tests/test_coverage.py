@@ -140,7 +140,7 @@ def test_cut_lung2_keeps_the_whole_scan_scale(real_1mm, shared_reference):
     # 15 mm, 100 of 127. Now (measured) with the no-shear last level (coarse_model
     # "rotation_scale"): z 0.90 in both, 4.5 mm median / 8.5 mm p90, 107 of 131 outside;
     # the rest is rotation that the whole scan's fit takes from the lung bases
-    # (registration.py docstring). The target (3 mm) is not reached.
+    # (benchmarks/registration.md). The target (3 mm) is not reached.
     assert abs(r["z_scale"][1] / r["z_scale"][0] - 1) < 0.05, r["z_scale"]
     assert r["median"] <= 6.0 and r["p90"] <= 11.0, (r["median"], r["p90"])
     below, missing = r["below"], r["missing"]

@@ -478,6 +478,28 @@ def test_a_single_nan_voxel_in_nifti_is_refused(tmp_path):
         load_ct(path, subject_id="s9")
 
 
+@pytest.mark.parametrize("kind", ["big-endian NIfTI-1", "NIfTI-2"])
+def test_nifti_checks_read_big_endian_and_nifti2_headers(tmp_path, kind):
+    # The header is read by nibabel: byte order and the NIfTI-2 layout are its business.
+    import nibabel as nib
+
+    from drasclr_toolkit.data.image_files import check_nifti_file
+
+    a = np.full((8, 9, 10), -1000, np.float32)
+    a[1, 2, 3] = np.nan
+    image = (nib.Nifti1Image(a, np.eye(4), header=nib.Nifti1Header(endianness=">"))
+             if kind.startswith("big") else nib.Nifti2Image(a, np.eye(4)))
+    path = tmp_path / "a.nii"
+    nib.save(image, path)
+    with pytest.raises(CTLoadError, match="1 of 720 voxel") as exc:
+        check_nifti_file(path, "s9")
+    _assert_names(exc.value, path, "pixel values")
+    cut = _cut(path, tmp_path / "cut.nii", 0.6)
+    with pytest.raises(CTLoadError) as exc:
+        check_nifti_file(cut, "s9")
+    _assert_names(exc.value, cut, "file size")
+
+
 @pytest.mark.parametrize("suffix", [".nrrd", ".mha"])
 def test_truncated_compressed_nrrd_and_mha_name_the_file_size(tmp_path, suffix):
     whole = tmp_path / f"whole{suffix}"

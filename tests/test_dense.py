@@ -101,8 +101,7 @@ def test_label_efficiency_table_is_complete_and_ordered():
     fractions = (0.2, 0.5, 1.0)
     table = label_efficiency(source, truth, None, fractions=fractions, seeds=(0, 1), steps=4,
                              batch_size=8, threads=1,
-                             encoder_kwargs=dict(width=0.125, num_experts=2, rep_dim=16,
-                                                 proj_dim=8))
+                             model=dict(width=0.125, num_experts=2, rep_dim=16, proj_dim=8))
     assert len(table) == 3 * len(fractions) * 2
     assert set(table.method) == {"fine-tuned", "from scratch", "linear probe"}
     for (_, _), rows in table.groupby(["method", "seed"]):

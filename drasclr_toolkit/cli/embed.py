@@ -81,8 +81,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="our pretrain checkpoint (final.pt) or an official DrasCLR checkpoint; "
                    "omitted: a randomly initialised encoder (seeded), the baseline")
     p.add_argument("--out", required=True, help="embeddings file to write (.npz)")
-    p.add_argument("--config", default="tiny", help="packaged name (tiny, gpu) or YAML file; "
-                   "its `embed:` section is used")
+    p.add_argument("--config", default="tiny", help="packaged name (tiny, small, gpu) or YAML "
+                   "file; its `embed:` section is used (and `model:` for the random-init "
+                   "encoder)")
     p.add_argument("--batch-size", type=int, default=None, help="subjects per batch")
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--seed", type=int, default=None, help="seed of the random-init encoder")

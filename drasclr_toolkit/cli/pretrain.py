@@ -50,11 +50,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("pretrain", help="DrasCLR self-supervised pretraining",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--store", required=True, help="patch store folder (or ArrayPatchSource .npz)")
-    p.add_argument("--config", default="tiny", help="packaged name (tiny, gpu) or YAML file; "
-                   "its `pretrain:` section is used")
+    p.add_argument("--config", default="tiny", help="packaged name (tiny, small, gpu) or YAML "
+                   "file; its `model:` (the architecture) and `pretrain:` sections are used")
     p.add_argument("--out", required=True, help="run folder (checkpoints, metrics.jsonl)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a pretrain option, e.g. --set max_steps=100 (repeatable)")
+                   help="override a pretrain or model option, e.g. --set max_steps=100 or "
+                   "--set width=0.5 (repeatable)")
     p.add_argument("--restart", action="store_true",
                    help="start over: the earlier run's metrics, config and checkpoints in --out "
                    "are moved to --out/previous/NNN (a resume with other settings is refused)")

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .ct import IMAGE_SUFFIXES, _has_dicom_files, _strip_image_suffix
+from .dicom import _has_dicom_files
+from .image_files import IMAGE_SUFFIXES, _strip_image_suffix
 from .manifest import Manifest
 from .problems import ManifestError, ManifestProblem
 

@@ -19,7 +19,8 @@ import pandas as pd
 from drasclr_toolkit.io_utils import SUBJECT_ID_PATTERN
 
 from .card import PATH_COLUMNS, ColumnRule, card_rules
-from .ct import _is_dicom_file, is_image_file
+from .dicom import _is_dicom_file
+from .image_files import is_image_file
 from .problems import ManifestError, ManifestProblem
 
 __all__ = ["read_csv_text", "raw_text", "validate_frame", "validate_table"]

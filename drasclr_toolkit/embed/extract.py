@@ -42,15 +42,15 @@ from urllib.parse import quote
 
 import numpy as np
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from tqdm.auto import tqdm
 
-from drasclr_toolkit.config import Config, Device, check_keys
+from drasclr_toolkit.config import Config, ConfigError, Device, ModelConfig
 from drasclr_toolkit.errors import DrasclrError, OutputExistsError
 from drasclr_toolkit.io_utils import atomic_write_text, remove_stale_temp_files, short_file_name
 from drasclr_toolkit.locks import folder_lock
 from drasclr_toolkit.models import DrasCLREncoder
-from drasclr_toolkit.models.checkpoint import ENCODER_ARGS, load_encoder, official_landmark_coords
+from drasclr_toolkit.models.checkpoint import load_encoder, official_landmark_coords
 from drasclr_toolkit.patch_source import PatchSource
 from drasclr_toolkit.runtime import (
     DistInfo,
@@ -82,8 +82,10 @@ class EmbedConfig(Config):
         amp: mixed precision; ``None`` = on for CUDA, off on CPU.
         seed: seed of the randomly initialised encoder (when no checkpoint is given).
         pooling: default patient pooling (``mean``, ``max``, ``lung_weighted``).
-        encoder: architecture of the random-init encoder (keys of ``DrasCLREncoder``);
-            ignored when a checkpoint is given (the checkpoint's own config is used).
+        model: architecture of the random-init encoder (:class:`ModelConfig`: the shared
+            ``model:`` section, handed on by :func:`~drasclr_toolkit.config.load_config`);
+            ignored when a checkpoint is given (the checkpoint's own config is used). An
+            older ``encoder:`` mapping is read as ``model``.
         hu_window: the network's HU window for an encoder without a checkpoint (the
             random-init baseline, a given encoder); ``None``: [-1024, 240]. A trained
             checkpoint's own window (pretrain ``hu_window``) always wins.
@@ -101,28 +103,36 @@ class EmbedConfig(Config):
     amp: bool | None = None
     seed: int = 0
     pooling: Literal[POOLING_METHODS] = "mean"
-    encoder: dict[str, Any] = Field(default_factory=dict)
+    model: ModelConfig = Field(default_factory=ModelConfig)
     hu_window: list[float] | None = Field(None, min_length=2, max_length=2)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _encoder_is_model(cls, data: Any) -> Any:
+        # Older sections name the architecture ``encoder``; it is the model section now.
+        if isinstance(data, Mapping) and "encoder" in data:
+            data = dict(data)
+            encoder = data.pop("encoder") or {}
+            if "model" in data and data["model"] not in (None, encoder):
+                raise ConfigError("embed config: both 'encoder' and 'model' are given; the "
+                                  "architecture is written once", section=cls.section,
+                                  field="encoder", fix="keep it under model only")
+            data["model"] = encoder
+        return data
 
     @field_validator("hu_window")
     @classmethod
     def _window(cls, window: list[float] | None) -> list[float] | None:
         return None if window is None else list(check_window(window))
 
-    @field_validator("encoder")
-    @classmethod
-    def _encoder_keys(cls, encoder: dict[str, Any]) -> dict[str, Any]:
-        check_keys("embed.encoder", encoder, ENCODER_ARGS)
-        return encoder
 
 
 # -- encoder ---------------------------------------------------------------------------
-def _random_encoder(seed: int, encoder_kwargs: Mapping[str, Any]) -> DrasCLREncoder:
-    check_keys("encoder_kwargs", encoder_kwargs, ENCODER_ARGS)
+def _random_encoder(seed: int, model: ModelConfig) -> DrasCLREncoder:
     # fork_rng keeps the caller's global RNG untouched while seeding the initialisation.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return DrasCLREncoder(**dict(encoder_kwargs))
+        return DrasCLREncoder(**model.encoder_kwargs())
 
 
 def _jsonable(value: Any) -> Any:
@@ -197,7 +207,8 @@ def extract_embeddings(
         out_path: ``.npz`` to write; enables resumption through ``<out_path>.parts/``.
         amp: autocast (bfloat16/float16) on CUDA; ``None`` = on for CUDA only.
         seed: seed of the random-init encoder.
-        encoder_kwargs: architecture of the random-init encoder (the config's ``encoder``).
+        encoder_kwargs: architecture of the random-init encoder (keys of
+            :class:`~drasclr_toolkit.config.ModelConfig`; replaces the config's ``model``).
         subjects: restrict to these subjects (ids or indices); default all.
         progress: show a tqdm bar (patches embedded).
         recalibrate: for the random-init encoder, re-estimate its BatchNorm statistics on
@@ -215,14 +226,14 @@ def extract_embeddings(
         :class:`Embeddings` in source order; subjects whose patches could not be read
         are left out and listed in ``provenance["failed"]`` with the reason.
     """
-    overrides = dict(batch_size=batch_size, amp=amp, seed=seed, encoder=encoder_kwargs)
+    overrides = dict(batch_size=batch_size, amp=amp, seed=seed, model=encoder_kwargs)
     cfg = EmbedConfig.coerce(config).replace(
         **{key: value for key, value in overrides.items() if value is not None})
-    batch_size, amp, seed, encoder_kwargs = cfg.batch_size, cfg.amp, cfg.seed, cfg.encoder
+    batch_size, amp, seed = cfg.batch_size, cfg.amp, cfg.seed
     if checkpoint is not None and encoder is not None:
         raise ValueError("give either checkpoint or encoder, not both")
     device = resolve_device(cfg.device if device is None else device)
-    encoder, info = _choose_encoder(checkpoint, encoder, seed, encoder_kwargs)
+    encoder, info = _choose_encoder(checkpoint, encoder, seed, cfg.model)
     was_training = encoder.training  # a caller's encoder goes back to its mode afterwards
     encoder = encoder.to(device).eval()
     landmarks, coords = _location_inputs(source, info)
@@ -368,17 +379,16 @@ def _recalibrate_on(encoder: torch.nn.Module, source: PatchSource, seed: int,
 
 
 def _choose_encoder(checkpoint: str | Path | None, encoder: torch.nn.Module | None, seed: int,
-                    encoder_kwargs: Mapping[str, Any] | None
-                    ) -> tuple[torch.nn.Module, dict[str, Any]]:
+                    model: ModelConfig) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The encoder to run (given, loaded, or random-init) and its provenance."""
     if encoder is not None:
         return encoder, {"encoder_kind": "given", "checkpoint": None, "checkpoint_config": None,
                          "landmark_convention": "ours"}
     if checkpoint is not None:
         return load_encoder(checkpoint)
-    return _random_encoder(seed, encoder_kwargs or {}), {
+    return _random_encoder(seed, model), {
         "encoder_kind": "random-init", "checkpoint": None,
-        "checkpoint_config": _jsonable(dict(encoder_kwargs or {})),
+        "checkpoint_config": _jsonable(model.encoder_kwargs()),
         "landmark_convention": "ours"}
 
 

@@ -19,7 +19,7 @@ import copy
 import math
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -41,18 +41,19 @@ def _network_input(patches: np.ndarray, window: tuple[float, float] | None = Non
     return hu_to_unit(torch.as_tensor(patches), window).unsqueeze(1)
 
 
-def _encoders(checkpoint: str | Path | None, encoder_kwargs: Mapping[str, Any] | None,
-              seed: int, n_loc: int, store_coords: np.ndarray
+def _encoders(checkpoint: str | Path | None, model: Any, seed: int, n_loc: int,
+              store_coords: np.ndarray
               ) -> tuple[nn.Module | None, nn.Module, np.ndarray, tuple[float, float]]:
     """(pretrained or None, random-init twin, location coordinates for the pretrained,
     the HU window the pretrained encoder was trained with: every method sees it)."""
+    from drasclr_toolkit.config import ModelConfig
     from drasclr_toolkit.embed.extract import network_window
     from drasclr_toolkit.models.checkpoint import load_encoder
     from drasclr_toolkit.models import DrasCLREncoder
 
     coords = np.asarray(store_coords, np.float32)
     pretrained = None
-    arch = dict(encoder_kwargs or {})
+    arch = ModelConfig.coerce(model).encoder_kwargs() if model is not None else {}
     window = network_window({})
     if checkpoint is not None:
         pretrained, info = load_encoder(checkpoint)
@@ -139,7 +140,7 @@ def label_efficiency(store: Any, truth: PatchTruth, checkpoint: str | Path | Non
                      fractions: Sequence[float] = LABEL_FRACTIONS, seeds: Sequence[int] = (0, 1),
                      test_fraction: float = 1 / 3, steps: int = 60, batch_size: int = 32,
                      lr_encoder: float = 3e-4, lr_head: float = 3e-3,
-                     encoder_kwargs: Mapping[str, Any] | None = None,
+                     model: Any = None,
                      methods: Sequence[str] = METHODS, threads: int | None = None
                      ) -> pd.DataFrame:
     """Balanced accuracy against the share of labelled training subjects, per method and seed.
@@ -155,8 +156,10 @@ def label_efficiency(store: Any, truth: PatchTruth, checkpoint: str | Path | Non
             subsets are nested (a larger share contains the smaller ones).
         steps, batch_size, lr_encoder, lr_head: fine-tuning budget (the same for both
             end-to-end methods).
-        encoder_kwargs: architecture of the from-scratch encoder when there is no
-            checkpoint (e.g. the tiny config's ``width`` and ``num_experts``).
+        model: architecture of the from-scratch encoder when there is no checkpoint: a
+            :class:`~drasclr_toolkit.config.ModelConfig` (``ws.model_config()``, the
+            configuration's ``model`` section), a dict of its keys or a config name;
+            ``None``: the reference encoder. With a checkpoint its own architecture is used.
 
     Returns a tidy DataFrame: method, fraction, n_train_subjects, n_train_patches, seed,
     balanced_accuracy, chance, n_test_patches, seconds, encoder.
@@ -169,7 +172,7 @@ def label_efficiency(store: Any, truth: PatchTruth, checkpoint: str | Path | Non
         torch.set_num_threads(int(threads))
     try:
         return _label_efficiency(store, truth, checkpoint, fractions, seeds, test_fraction, steps,
-                                 batch_size, lr_encoder, lr_head, encoder_kwargs, methods)
+                                 batch_size, lr_encoder, lr_head, model, methods)
     finally:
         torch.set_num_threads(threads_before)
 
@@ -177,7 +180,7 @@ def label_efficiency(store: Any, truth: PatchTruth, checkpoint: str | Path | Non
 def _label_efficiency(store: Any, truth: PatchTruth, checkpoint: str | Path | None,
                       fractions: Sequence[float], seeds: Sequence[int], test_fraction: float,
                       steps: int, batch_size: int, lr_encoder: float, lr_head: float,
-                      encoder_kwargs: Mapping[str, Any] | None, methods: Sequence[str]
+                      model: Any, methods: Sequence[str]
                       ) -> pd.DataFrame:
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import balanced_accuracy_score
@@ -192,7 +195,7 @@ def _label_efficiency(store: Any, truth: PatchTruth, checkpoint: str | Path | No
                          f"(training and test); found {len(labelled)}")
     n_classes = len(truth.classes)
     n_loc = truth.label.shape[1]
-    pretrained, scratch_init, coords, window = _encoders(checkpoint, encoder_kwargs, 0, n_loc,
+    pretrained, scratch_init, coords, window = _encoders(checkpoint, model, 0, n_loc,
                                                          np.asarray(store.landmark_coords))
     base = pretrained if pretrained is not None else scratch_init
     encoder_name = "pretrained" if pretrained is not None else "random-init (no checkpoint)"

@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from drasclr_toolkit.config import CONDITIONINGS
+
 from .condconv import (
     CondConv3d,
     LocationPlan,
@@ -35,7 +37,6 @@ from .condconv import (
 
 __all__ = ["DrasCLREncoder", "CONDITIONINGS", "layer_specs"]
 
-CONDITIONINGS = ("condconv", "none", "concat")
 COORD_DIM = 3
 
 

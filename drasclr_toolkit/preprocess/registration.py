@@ -3,58 +3,24 @@
 We register *lung masks*, as the reference does, but as smooth images: each binary mask is
 resampled to a coarse registration grid (``reg_spacing`` mm, area-averaged, so its values
 are partial-volume fractions) and Gaussian-smoothed, and the mean squared difference of the
-two is minimised with SimpleITK's ``ImageRegistrationMethod`` (affine, 3 resolution levels
-with shrink factors / smoothing sigmas, regular-step gradient descent with physical-shift
-scales). The last level fits rotation · diag(scales) + translation, without shear
-(``coarse_model="rotation_scale"``, _rotation_scale_fit; ``"affine"`` keeps 12 parameters
-there). Initialisation: centres of mass (``CenteredTransformInitializer`` in MOMENTS
-mode) and, when both scans hold the whole lungs, an isotropic scale from the volume ratio.
-A final level (``refine_spacing`` mm, default 1 mm; 0 turns it off) then minimises the same
-metric on the *binary* masks, unsmoothed, over a narrow band around the atlas lung surface
-with a fixed-seed random subset of its points: smoothing biases the optimum by a fraction
-of a mm, this level removes that (landmark error 0.23 → 0.06 mm mean on the benchmark
-subject, for about 5 s on 2 cores; benchmarks/README.md). It runs only when the coarse
-Dice is at least ``refine_min_dice`` and is kept only if the Dice does not drop.
+two is minimised with SimpleITK's ``ImageRegistrationMethod`` (affine, 3 resolution levels,
+regular-step gradient descent with physical-shift scales). The last level fits
+rotation · diag(scales) + translation, without shear (``coarse_model="rotation_scale"``;
+``"affine"`` keeps 12 parameters). Start: centres of mass and, when both scans hold the
+whole lungs, an isotropic scale from the volume ratio. A final level (``refine_spacing`` mm,
+0 turns it off) minimises the same metric on the *binary* masks over a narrow band around
+the atlas lung surface, removing the smoothing's sub-millimetre bias; it runs only when the
+coarse Dice is at least ``refine_min_dice`` and is kept only if the Dice does not drop.
 
-The atlas is the fixed image and the subject the moving image, so the resulting transform
-maps *atlas physical points to subject physical points*: exactly what landmark mapping
-needs. Atlas points mapped outside the subject's scanned box are left out of the metric.
+The atlas is the fixed image and the subject the moving image, so the transform maps *atlas
+physical points to subject physical points*, as landmark mapping needs. Atlas points mapped
+outside the subject's scanned box are left out of the metric. A scan that cuts the lungs
+(lung on its first or last slice) is started from its uncut end (``_partial_init``), and a
+free z scale that strays more than ``partial_z_tolerance`` from the in-plane prior
+(``partial_z_scale``) is held at the prior.
 
-Partial coverage (lung on the scan's first or last slice, e.g. bases cut off): the
-centre-of-mass and volume-ratio start and a free z scale squeeze the whole atlas into the
-scanned part (lung2 with its lowest 30 % of lung height cut: z scale 0.90 → 0.67, remaining
-landmarks 18 mm median / 36 mm p90 from where the uncut scan puts them, 4 of the 128
-landmarks below the cut reported outside). So for such scans the start is anchored on the
-uncut end (``_partial_init``), and when the free fit's z scale strays more than
-``partial_z_tolerance`` from a prior from the in-plane scales (``partial_z_scale``: the
-left-right scale) it is held at the prior: 7.7 mm median / 15 mm p90, 100 of 127
-outside. What remained was tilt that the uncut affine fit takes from the lung bases and
-the upper lungs alone do not show: fitting the uncut scan on only the atlas part that maps
-above the cut gives the cut scan's transform (0.7 mm median), so it is the data of the
-bases, not an artefact of the cut edge. Much of it was shear (2–4 % in the z column), which
-mostly absorbs shape differences between people; without shear (``coarse_model``) the
-uncut fit leans less and the two agree better: 4.5 mm median / 8.5 mm p90, 107 of
-131 outside, none inside reported outside (40 % cut: 8.6 → 5.1 mm median; but 20 % cut:
-2.4 → 3.7 mm, its free z scale, kept, is 3 % below the uncut one). Not the issue's 3 mm: the rest is rotation (~2° about x and y) from the bases, and
-an affine has one rotation for the whole lung. The price: lung2's uncut Dice 0.869 →
-0.858 (fewer parameters fit the mask less closely; between people that is shape, not
-correspondence) and, with ``refine_spacing=0``, synthetic-phantom landmark errors 0.2–0.5
-→ 0.4–0.7 mm median (the refine level, on by default, is affine and takes them back to
-0.2–0.5). Time: unchanged (the no-shear stage replaces the affine's finest level). Where the free z scale agrees with the prior (synthetic phantoms: 0.3–1.0 mm
-median with a cut; lung1) it is kept.
-
-A coarse B-spline stage after the affine (atlas points displaced before the affine, same
-soft masks, band and scan-box rule, L-BFGS-B with coefficients bounded to ±8 mm; 40/60/80 mm
-meshes) was tried and not kept (benchmarks/bench_deformable_coverage.py, benchmarks/README.md):
-30 % cut 4.0–4.7 mm median (20 % cut 1.9–2.7, 40 % cut 4.0–4.7), because the whole scan's
-local fit of the bases now moves the landmarks just above the cut (7.4 mm median within
-20 mm of it) while it corrects those far above; synthetic-phantom errors 0.22–0.51 → 0.47–2.0
-mm median (it fits the soft masks' smoothing bias), and 7–30 s more per scan.
-
-The reference of that measure is itself one mask fit: on the whole lung2, the 12-parameter
-affine and the no-shear fit put the landmarks 4.3 mm apart (median), a 10 mm instead of a
-15 mm metric band 2.6 mm; so ~3 mm is the resolution of mask-only correspondence on real
-lungs, and the synthetic phantoms (known truth) are the exact check.
+Why these choices, what was tried and not kept (a B-spline stage), and the measurements
+(landmark error with the lung bases cut, Dice, time): ``benchmarks/registration.md``.
 
 QC: Dice of the subject mask warped into atlas space with the atlas mask, over the part of
 the atlas that maps inside the subject's scan (``dice``), before (``dice_init``) and after.

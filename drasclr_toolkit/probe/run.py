@@ -21,7 +21,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 import pandas as pd
@@ -32,6 +32,9 @@ from drasclr_toolkit.preprocess import Atlas, PatchStore, PreprocessConfig, qc_t
 from drasclr_toolkit.preprocess.pipeline import build_default_atlas, run_preprocessing
 
 from .qc import ProbeQCRules, assess_scans
+
+if TYPE_CHECKING:
+    from drasclr_toolkit.embed import EmbedConfig
 
 __all__ = ["OFFICIAL_ATLAS_ENV", "ProbeResult", "load_labels", "probe_dataset", "resolve_atlas"]
 
@@ -116,9 +119,9 @@ def load_labels(labels: Any) -> pd.DataFrame | None:
     return check_labels(frame, "labels table").set_index("subject_id")
 
 
-def _preprocess_config(config: Any, atlas: Atlas | None, problems: list[str]
-                       ) -> PreprocessConfig:
-    cfg = PreprocessConfig.from_dict(load_config(config).get("preprocess", {}))
+def _preprocess_config(config: dict[str, dict[str, Any]], atlas: Atlas | None,
+                       problems: list[str]) -> PreprocessConfig:
+    cfg = PreprocessConfig.from_dict(config["preprocess"])
     if atlas is not None and not np.isclose(atlas.spacing, cfg.spacing, rtol=1e-3):
         # The patches must cover the same millimetres as the atlas's: follow the atlas.
         problems.append(f"the atlas grid is {atlas.spacing:g} mm, the config's "
@@ -127,17 +130,14 @@ def _preprocess_config(config: Any, atlas: Atlas | None, problems: list[str]
     return cfg
 
 
-def _embed(store: PatchStore, checkpoint: Any, config: Any, out: Path, progress: bool
+def _embed(store: PatchStore, checkpoint: Any, cfg: "EmbedConfig", out: Path, progress: bool
            ) -> tuple[Any, str]:
-    from drasclr_toolkit.embed import EmbedConfig, extract_embeddings
+    from drasclr_toolkit.embed import extract_embeddings
 
-    cfg = EmbedConfig.from_dict(load_config(config).get("embed", {}))
     name = "checkpoint" if checkpoint is not None else "random-init"
     out.mkdir(parents=True, exist_ok=True)
-    emb = extract_embeddings(store, checkpoint, batch_size=cfg.batch_size, device=cfg.device,
-                             amp=cfg.amp, seed=cfg.seed, encoder_kwargs=cfg.encoder,
-                             out_path=out / f"{name}.npz", progress=progress,
-                             recompute_changed=True)
+    emb = extract_embeddings(store, checkpoint, config=cfg, out_path=out / f"{name}.npz",
+                             progress=progress, recompute_changed=True)
     if checkpoint is None:
         note = ("RANDOM-INIT encoder (no checkpoint given): untrained weights, seed "
                 f"{cfg.seed}, {emb.provenance.get('batchnorm', 'BatchNorm as built')}. "
@@ -212,14 +212,17 @@ def probe_dataset(
         n_permutations: permutations of the evaluation's null (small: a quick look).
         report: write ``out/report.html``.
     """
+    from drasclr_toolkit.embed import EmbedConfig
+
     out = Path(out).expanduser().absolute()
     out.mkdir(parents=True, exist_ok=True)
     # The user's inputs first (labels, atlas, config): a typo fails before any work.
     label_table = load_labels(labels)
     chosen = resolve_atlas(atlas)
     problems: list[str] = []
+    config = load_config(config)  # read once; each stage gets its section whole
     cfg = _preprocess_config(config, chosen, problems)
-    config = load_config(config)
+    embed_cfg = EmbedConfig.from_dict(config["embed"])
     manifest = scan_folder(folder)
     checks = check_scans(manifest)
     result = ProbeResult(out, None, manifest, checks, pd.DataFrame(), atlas=chosen,
@@ -247,7 +250,7 @@ def probe_dataset(
     result.qc.to_csv(out / "qc.csv", index=False)
     if result.store is not None and result.store.subject_ids:
         try:
-            result.embeddings, result.encoder_note = _embed(result.store, checkpoint, config,
+            result.embeddings, result.encoder_note = _embed(result.store, checkpoint, embed_cfg,
                                                             out / "embeddings", progress)
         except Exception as exc:  # noqa: BLE001
             log.exception("probe: embedding stopped")

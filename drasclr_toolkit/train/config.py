@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field, model_validator
 
-from drasclr_toolkit.config import Config, Device
-from drasclr_toolkit.models import CONDITIONINGS
+from drasclr_toolkit.config import Device, ModelConfig
 from drasclr_toolkit.ssl.queue import _DTYPES
 
 
-class PretrainConfig(Config):
+class PretrainConfig(ModelConfig):
     """Options of :func:`drasclr_toolkit.train.pretrain` (the ``pretrain:`` config section).
 
-    Defaults are the published DrasCLR settings (one GPU batch of 32 instead of 4×32).
+    The encoder's architecture (``width``, ``num_experts``, ``conditioning``, ``rep_dim``,
+    ``proj_dim``) is declared by :class:`~drasclr_toolkit.config.ModelConfig`, which this
+    extends: in a YAML file it is the shared ``model:`` section, which
+    :func:`~drasclr_toolkit.config.load_config` hands to this one. Defaults are the
+    published DrasCLR settings (one GPU batch of 32 instead of 4×32).
 
     Example:
         >>> cfg = PretrainConfig.from_dict({"width": 0.25, "epochs": 1})
@@ -53,12 +56,6 @@ class PretrainConfig(Config):
     neighbour_reduction: Literal["sum", "mean"] = "sum"  # sum (reference) | mean
     beta: float = Field(1.0, ge=0)
     beta_warmup_steps: int = Field(0, ge=0)  # β grows linearly from 0 over these steps
-    # encoder
-    rep_dim: int = Field(128, ge=1)
-    proj_dim: int = Field(128, ge=1)
-    width: float = Field(1.0, gt=0)
-    num_experts: int = Field(8, ge=1)
-    conditioning: Literal[tuple(CONDITIONINGS)] = "condconv"
     # augmentation
     augment: bool = True
     augment_translate: float | None = Field(None, ge=0)  # voxels; None: 12 × patch_size / 32
@@ -115,8 +112,3 @@ class PretrainConfig(Config):
         if not self.augment_intensity:
             return 0.0, 0.0
         return self.augment_noise_p, self.augment_contrast_p
-
-    def encoder_kwargs(self) -> dict[str, Any]:
-        """Arguments of :class:`DrasCLREncoder` (what checkpoints store as encoder_config)."""
-        return dict(rep_dim=self.rep_dim, num_experts=self.num_experts, width=self.width,
-                    conditioning=self.conditioning, proj_dim=self.proj_dim, in_channels=1)
