@@ -42,7 +42,8 @@ from drasclr_toolkit.train.config import PretrainConfig
 __all__ = ["ContrastiveStep", "Experiment", "compare_to_baseline", "condconv_toy",
            "fresh_contrast_accuracy", "momentum_demo", "open_contrastive_step",
            "run_augmenter", "settings_table", "softmax_at_temperatures", "lung_hu",
-           "densitometry_of_values", "harrell_c_by_hand", "momentum_by_hand", "exercise"]
+           "densitometry_of_values", "harrell_c_by_hand", "momentum_by_hand", "exercise",
+           "recorded_exercise_times"]
 
 
 def run_augmenter(config: PretrainConfig | Mapping[str, Any], patch_size: int) -> PatchAugmenter:
@@ -491,3 +492,28 @@ def exercise(workspace: Any, name: str, **overrides: Any) -> dict[str, Any]:
         print("•", line)
     print(f"({time.perf_counter() - started:.0f} s, including the run when it was not reused)")
     return result
+
+
+def recorded_exercise_times(path: str | Path | None = None) -> pd.DataFrame | None:
+    """The exercises' times as ``benchmarks/bench_lab_exercises.py`` last recorded them
+    (side run and comparison, wall and CPU seconds, the load average, the machine and the
+    date), or None where the file is absent (an installed package without the repository).
+    """
+    path = Path(path) if path is not None else (
+        Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "lab_exercises.json")
+    if not path.is_file():
+        return None
+    import json
+
+    record = json.loads(path.read_text())
+    machine = record.get("machine", {})
+    rows = [{"exercise": r["exercise"],
+             "change": ", ".join(f"{k}={v}" for k, v in r["change"].items()),
+             "side run (s)": r["train_s"], "comparison (s)": r["compare_s"],
+             "total (s)": r["total_s"], "CPU total (s)": r.get("total_cpu_s"),
+             "load average": r.get("load_before")} for r in record.get("rows", [])]
+    table = pd.DataFrame(rows)
+    table.attrs["machine"] = (f"{machine.get('cpus', '?')} CPUs, {machine.get('date', '?')}, "
+                              f"commit {machine.get('commit', '?')}")
+    return table
+

@@ -116,3 +116,18 @@ def test_worked_figures_draw(source):
     assert len(worked.permutation_null_figure(0.3, np.linspace(-0.5, 0.5, 50)).data) == 1
     fig = worked.survival_pairs_figure([1, 2], [True, False], [0.5, 0.1], ["a", "b"])
     assert {d.name for d in fig.data if d.name} == {"event", "censored"}
+
+
+def test_recorded_exercise_times_reads_the_benchmark_file_or_says_none(tmp_path):
+    import json
+
+    from drasclr_toolkit.lab import recorded_exercise_times
+
+    assert recorded_exercise_times(tmp_path / "absent.json") is None
+    path = tmp_path / "lab_exercises.json"
+    path.write_text(json.dumps({"machine": {"cpus": 2, "date": "d", "commit": "c"}, "rows": [
+        {"exercise": "beta-0", "change": {"beta": 0.0}, "train_s": 70.0, "compare_s": 12.5,
+         "total_s": 82.5, "total_cpu_s": 80.0, "load_before": 1.2}]}))
+    table = recorded_exercise_times(path)
+    assert table.loc[0, "change"] == "beta=0.0" and table.loc[0, "total (s)"] == 82.5
+    assert "2 CPUs" in table.attrs["machine"]
