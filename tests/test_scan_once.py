@@ -67,3 +67,33 @@ def test_workspace_reads_each_scan_once_and_densitometry_comes_from_the_store(
     np.testing.assert_allclose(older.to_numpy(), table.loc[ids].to_numpy(), rtol=1e-12)
     with pytest.raises(ValueError, match="mask_source"):
         cohort_densitometry(cohort, store, mask_source="given")
+
+
+def test_scan_products_are_ignored_once_the_scan_or_the_settings_change(tmp_path):
+    import os
+
+    import SimpleITK as sitk
+
+    from drasclr_toolkit.preprocess import PreprocessConfig
+    from drasclr_toolkit.preprocess.pipeline import scan_fingerprint
+    from drasclr_toolkit.preprocess.scans import ScanCache, ScanProducts, scan_settings_digest
+
+    scan = tmp_path / "a.nii.gz"
+    scan.write_bytes(b"a scan")
+    cfg = PreprocessConfig.from_dict({"spacing": 2.0})
+    image = sitk.Image(4, 4, 4, sitk.sitkInt16)
+    mask = sitk.Image(4, 4, 4, sitk.sitkUInt8)
+    made = ScanProducts("a", {"status": "ok"}, image=image, mask=mask,
+                        source={**scan_fingerprint(scan, with_hash=False),
+                                "settings": scan_settings_digest(cfg)},
+                        densitometry={"laa950_pct": 1.5})
+    cache = ScanCache(tmp_path / "out")
+    cache.save(made)
+    back = cache.load("a", scan, cfg)
+    assert back.densitometry == {"laa950_pct": 1.5} and back.image.GetSize() == (4, 4, 4)
+    assert cache.load("a", scan, PreprocessConfig.from_dict({"spacing": 1.0})) is None
+    assert cache.load("a", scan, cfg, mask_path=tmp_path / "mask.nii.gz") is None
+    cache.drop_images("a")
+    assert cache.load("a", scan, cfg).image is None       # the record stays, the image went
+    os.utime(scan, ns=(1, 1))                             # the scan file replaced
+    assert cache.load("a", scan, cfg) is None

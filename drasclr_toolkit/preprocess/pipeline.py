@@ -55,7 +55,8 @@ from .qc_rules import QCThresholds, absolute_flags
 from .registration import RegistrationConfig, register_affine, transform_to_dict
 from ..constants import HU_MAX, HU_MIN
 from .resample import _INTERPOLATORS, as_sitk, resample_isotropic, resample_like, to_lps
-from .scans import CHECK_COLUMNS, SCAN_PRODUCTS_MARKER, ScanCache, ScanProducts, read_scan
+from .scans import (CHECK_COLUMNS, SCAN_PRODUCTS, SCAN_PRODUCTS_MARKER, ScanCache,
+                    ScanProducts, read_scan)
 from .store import PatchStore, _atomic_write_text
 
 __all__ = [
@@ -346,8 +347,8 @@ def prepare_scans(
     row of the table, never a stop.
 
     Example:
-        >>> checks = prepare_scans(scan_folder("scans/"), "probe_out/preprocess")   # doctest: +SKIP
-        >>> checks[checks.status == "error"]                                         # doctest: +SKIP
+        >>> checks = prepare_scans(scan_folder("scans/"), "out/preprocess")   # doctest: +SKIP
+        >>> checks[checks.status == "error"]                                 # doctest: +SKIP
     """
     import pandas as pd
 
@@ -355,6 +356,7 @@ def prepare_scans(
     manifest = _as_manifest(manifest)
     refuse_foreign_folder(out_dir, STORE_MARKERS, "drasclr preprocess", overwrite)
     with folder_lock(out_dir, "preprocess (scans)"):
+        remove_stale_temp_files(Path(out_dir) / SCAN_PRODUCTS)  # a killed run's half files
         products = _prepare(manifest, out_dir, cfg, progress)
     return pd.DataFrame([p.check_row() for p in products.values()], columns=CHECK_COLUMNS)
 

@@ -217,7 +217,8 @@ class ScanCache:
 
     Example:
         >>> cache = ScanCache("work/preprocess")                                    # doctest: +SKIP
-        >>> cache.load("syn001", "cohort/syn001.nii.gz", cfg).densitometry["mld_hu"]  # doctest: +SKIP
+        >>> made = cache.load("syn001", "cohort/syn001.nii.gz", cfg)   # doctest: +SKIP
+        >>> made.densitometry["mld_hu"]                                  # doctest: +SKIP
         -861.2
     """
 
