@@ -36,7 +36,8 @@ from drasclr_toolkit.preprocess.scans import ScanCache
 
 from .qc import ProbeQCRules, assess_scans
 
-__all__ = ["OFFICIAL_ATLAS_ENV", "ProbeResult", "load_labels", "probe_dataset", "resolve_atlas"]
+__all__ = ["OFFICIAL_ATLAS_ENV", "ProbeResult", "check_folder", "load_labels", "probe_dataset",
+           "resolve_atlas"]
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +129,24 @@ def _preprocess_config(config: Any, atlas: Atlas | None, problems: list[str]
                         f"{cfg.spacing:g} mm: preprocessing used {atlas.spacing:g} mm")
         cfg = PreprocessConfig.from_dict({**cfg.to_dict(), "spacing": atlas.spacing})
     return cfg
+
+
+def check_folder(folder: str | os.PathLike, out: str | os.PathLike,
+                 config: str | os.PathLike | Mapping[str, Any] = "tiny", atlas: Any = None, *,
+                 progress: bool = False) -> tuple[Manifest, pd.DataFrame]:
+    """The probe's first step alone: find the scans of ``folder`` and read, check and
+    segment each once; returns the manifest and the load-check table (``check_scans``'
+    columns). What was read waits in ``out/preprocess``, so :func:`probe_dataset` with the
+    same ``out``, ``config`` and ``atlas`` reads no scan again.
+
+    Example:
+        >>> manifest, checks = check_folder("scans/", "probe_out")   # doctest: +SKIP
+        >>> checks[checks.status == "error"]                          # doctest: +SKIP
+    """
+    cfg = _preprocess_config(config, resolve_atlas(atlas), [])
+    manifest = scan_folder(folder)
+    work = Path(out).expanduser().absolute() / "preprocess"
+    return manifest, prepare_scans(manifest, work, cfg, progress=progress)
 
 
 def _embed(store: PatchStore, checkpoint: Any, config: Any, out: Path, progress: bool
