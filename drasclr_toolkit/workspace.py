@@ -168,7 +168,8 @@ class Workspace:
 
         if "atlas" not in self._made:
             self._made["atlas"] = build_default_atlas(self.cohort(), self.preprocess_dir,
-                                                      self.section("preprocess"))
+                                                      self.section("preprocess"),
+                                                      n_jobs=self.jobs)
         return self._made["atlas"]
 
     def patch_store(self):

@@ -264,13 +264,15 @@ def build_default_atlas(
     config: PreprocessConfig | Mapping[str, Any] | None = None,
     reference: str | None = None,
     progress: bool = False,
+    n_jobs: int = 1,
 ) -> Atlas:
     """Atlas from the cohort subject with the median lung volume, cached in out_dir/atlas.
 
     Every subject's scan is read and segmented once (:func:`prepare_scans`; the lung
     volumes are kept in ``atlas.info["lung_volumes_ml"]``), and what was made waits in
     ``out_dir/scan_products`` for :func:`run_preprocessing`, which reads no scan again;
-    ``reference`` names the subject to use instead (then only it is read).
+    ``reference`` names the subject to use instead (then only it is read). ``n_jobs``
+    worker processes read the scans.
 
     Example:
         >>> atlas = build_default_atlas(manifest, "work/preprocess")   # doctest: +SKIP
@@ -279,12 +281,12 @@ def build_default_atlas(
     """
     refuse_foreign_folder(out_dir, STORE_MARKERS, "drasclr preprocess")
     with folder_lock(out_dir, "preprocess (atlas)"):
-        return _build_default_atlas(manifest, out_dir, config, reference, progress)
+        return _build_default_atlas(manifest, out_dir, config, reference, progress, n_jobs)
 
 
 def _build_default_atlas(manifest: Any, out_dir: str | os.PathLike,
                          config: PreprocessConfig | Mapping[str, Any] | None,
-                         reference: str | None, progress: bool) -> Atlas:
+                         reference: str | None, progress: bool, n_jobs: int = 1) -> Atlas:
     cfg = _resolve(config)
     cache = Path(out_dir) / "atlas"
     if (cache / "atlas.json").exists():
@@ -303,13 +305,16 @@ def _build_default_atlas(manifest: Any, out_dir: str | os.PathLike,
     if reference is None:
         # Every scan read and segmented once; the products wait in out_dir/scan_products
         # for run_preprocessing, which then reads no scan again.
-        for sid, products in _prepare(manifest, out_dir, cfg, progress).items():
+        products_of = _prepare(manifest, out_dir, cfg, progress, n_jobs)
+        for sid, products in products_of.items():
             if products.error is not None:
                 log.warning("atlas: subject %s skipped (%s)", sid, products.error)
             elif np.isfinite(products.lung_volume_ml):
                 volumes[sid] = products.lung_volume_ml
         if not volumes:
-            raise RuntimeError("no subject of the manifest could be segmented; cannot build an atlas")
+            reasons = "; ".join(f"{sid}: {p.error}" for sid, p in list(products_of.items())[:3])
+            raise RuntimeError("no subject of the manifest could be segmented; cannot build an "
+                               f"atlas (first reasons: {reasons})")
         vols = np.array(list(volumes.values()))
         # The subject closest to the median (ties: manifest order) is the reference.
         reference = list(volumes)[int(np.argmin(np.abs(vols - np.median(vols))))]
@@ -337,6 +342,7 @@ def prepare_scans(
     config: PreprocessConfig | Mapping[str, Any] | None = None,
     progress: bool = False,
     overwrite: bool = False,
+    n_jobs: int = 1,
 ) -> "pd.DataFrame":
     """Read, check and segment every scan once, into ``out_dir/scan_products``; return the
     load-check table (the columns of :func:`~drasclr_toolkit.data.check_scans`).
@@ -357,27 +363,62 @@ def prepare_scans(
     refuse_foreign_folder(out_dir, STORE_MARKERS, "drasclr preprocess", overwrite)
     with folder_lock(out_dir, "preprocess (scans)"):
         remove_stale_temp_files(Path(out_dir) / SCAN_PRODUCTS)  # a killed run's half files
-        products = _prepare(manifest, out_dir, cfg, progress)
+        products = _prepare(manifest, out_dir, cfg, progress, n_jobs)
     return pd.DataFrame([p.check_row() for p in products.values()], columns=CHECK_COLUMNS)
 
 
+def _read_one(out_dir: str, sid: str, image_path: str, mask_path: str | None, cfg_dict: dict,
+              threads: int) -> dict[str, Any]:
+    """Worker: read one scan into ``out_dir/scan_products``; returns its record."""
+    if threads > 0:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+    products = read_scan(image_path, sid, PreprocessConfig.from_dict(cfg_dict), mask_path)
+    # A subject already in the store needs no image kept for its patches.
+    done = subject_file(Path(out_dir) / "subjects", sid, ".json").exists()
+    ScanCache(out_dir).save(products, images=not done)
+    return products.record()
+
+
 def _prepare(manifest: Any, out_dir: str | os.PathLike, cfg: PreprocessConfig,
-             progress: bool) -> dict[str, ScanProducts]:
-    """Each subject's scan products: from its record, or read now (and recorded)."""
+             progress: bool, n_jobs: int = 1) -> dict[str, ScanProducts]:
+    """Each subject's scan products: from its record, or read now (and recorded), in
+    ``n_jobs`` worker processes."""
     from tqdm.auto import tqdm
 
     scans = ScanCache(out_dir)
-    done = Path(out_dir) / "subjects"
-    out: dict[str, ScanProducts] = {}
-    for sid in tqdm(list(manifest.subject_ids), desc="read scans", disable=not progress):
+    out: dict[str, ScanProducts | None] = {}
+    jobs = []
+    for sid in manifest.subject_ids:  # ids name files: refuse an unsafe one before any work
+        safe_subject_id(sid)
+    threads = cfg.threads or max(1, (os.cpu_count() or 1) // max(1, n_jobs))
+    for sid in manifest.subject_ids:
         image_path, mask_path = manifest.image_path(sid), _lung_mask_path(manifest, sid)
-        products = scans.load(sid, image_path, cfg, mask_path, images=False)
-        if products is None:
-            products = read_scan(image_path, sid, cfg, mask_path)
-            # A subject already in the store needs no image kept for its patches.
-            scans.save(products, images=not subject_file(done, sid, ".json").exists())
-        out[sid] = products
-    return out
+        out[sid] = scans.load(sid, image_path, cfg, mask_path, images=False)
+        if out[sid] is None:
+            jobs.append((str(out_dir), sid, str(image_path), mask_path, cfg.to_dict(), threads))
+    bar = tqdm(total=len(jobs), desc="read scans", disable=not progress, unit="scan")
+    if n_jobs <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            out[job[1]] = ScanProducts.from_record(_read_one(*job))
+            bar.update(1)
+    else:
+        ctx = mp.get_context("spawn")  # fork after SimpleITK has started threads can deadlock
+        with cf.ProcessPoolExecutor(max_workers=n_jobs, mp_context=ctx,
+                                    initializer=die_with_parent) as pool:
+            futures = {pool.submit(_read_one, *job): job[1] for job in jobs}
+            for fut in cf.as_completed(futures):
+                sid = futures[fut]
+                try:
+                    out[sid] = ScanProducts.from_record(fut.result())
+                except Exception as exc:  # noqa: BLE001 - a dead worker (out of memory?)
+                    # Not recorded: the next run (or the preprocessing worker) reads it again.
+                    out[sid] = ScanProducts(sid, {"status": "ok", "field": None, "message": ""},
+                                            error=f"reading the scan stopped: "
+                                                  f"{type(exc).__name__}: {exc}",
+                                            error_stage="load")
+                bar.update(1)
+    bar.close()
+    return out  # type: ignore[return-value]
 
 
 # ---------------------------------------------------------------------------- cohort
@@ -590,7 +631,7 @@ def run_preprocessing(
         # shard jobs may run on other hosts sharing the folder, so then only old files go.
         remove_stale_temp_files(out, min_age_s=0.0 if n == 1 else 3600.0)
         if atlas is None:
-            atlas = build_default_atlas(manifest, out, cfg, progress=progress)
+            atlas = build_default_atlas(manifest, out, cfg, progress=progress, n_jobs=n_jobs)
         elif not isinstance(atlas, Atlas):
             atlas = Atlas.load(atlas)
         store = PatchStore.create(out, sids, atlas, neighbors_k=cfg.neighbors_k)

@@ -247,7 +247,7 @@ def probe_dataset(
     try:
         # One read and segmentation per scan: the load checks now, the atlas, patches,
         # QC and overlays later from what it made (out/preprocess/scan_products).
-        checks = prepare_scans(manifest, work, cfg, progress=progress)
+        checks = prepare_scans(manifest, work, cfg, progress=progress, n_jobs=n_jobs)
     except Exception as exc:  # noqa: BLE001 - e.g. a foreign --out: still check and report
         log.exception("probe: the scan products could not be written")
         problems.append(f"preprocessing stopped: {type(exc).__name__}: {exc}")
@@ -259,7 +259,8 @@ def probe_dataset(
     if loaded:
         try:
             good = manifest.subset(loaded)
-            result.atlas = chosen or build_default_atlas(good, work, cfg, progress=progress)
+            result.atlas = chosen or build_default_atlas(good, work, cfg, progress=progress,
+                                                         n_jobs=n_jobs)
             result.store = run_preprocessing(good, result.atlas, work, cfg, n_jobs=n_jobs,
                                              progress=progress, keep_scan_images=True)
             pre_qc = qc_table(result.store, thresholds=cfg.qc)
