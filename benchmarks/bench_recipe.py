@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     for key, sets in features.items():
         ws = spaces[key]
         store = ws.patch_store()
-        dens = cohort_densitometry(ws.cohort(), list(store.subject_ids),
+        dens = cohort_densitometry(ws.cohort(), store,  # the store records' numbers
                                    cache=ws.evaluate_dir / "densitometry.csv")
         sets = dict(sets)
         sets["densitometry|-|zones"] = dens[[c for c in ZONE_DENSITOMETRY if c in dens]]

@@ -168,7 +168,8 @@ class Workspace:
 
         if "atlas" not in self._made:
             self._made["atlas"] = build_default_atlas(self.cohort(), self.preprocess_dir,
-                                                      self.section("preprocess"))
+                                                      self.section("preprocess"),
+                                                      n_jobs=self.jobs)
         return self._made["atlas"]
 
     def patch_store(self):
@@ -309,7 +310,9 @@ class Workspace:
 
     def densitometry(self):
         """Lung densitometry (LAA-950, Perc15, MLD, volume; whole lung and six zones) of the
-        subjects in the patch store, from the scans; cached in ``evaluate_dir``, resumable."""
+        subjects in the patch store, as preprocessing measured them on the scans (kept in
+        the store's records; a store from an older version: read from the scans, cached in
+        ``evaluate_dir``, resumable)."""
         from drasclr_toolkit.evaluate import cohort_densitometry
 
         if "densitometry" not in self._made:
@@ -317,8 +320,7 @@ class Workspace:
             store = self.patch_store()
             # Keyed on the cohort (its scans) and the store (which subjects, redone or not).
             cache = self.evaluate_dir / f"densitometry-{product_key(self._cohort_key(), store.fingerprint())}.csv"
-            self._made["densitometry"] = cohort_densitometry(
-                self.cohort(), list(store.subject_ids), cache=cache)
+            self._made["densitometry"] = cohort_densitometry(self.cohort(), store, cache=cache)
         return self._made["densitometry"]
 
     def _cohort_key(self) -> Any:

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import SimpleITK as sitk
+from call_counts import CallCounter
 
 from drasclr_toolkit.data.ct import preserve_locale
 from drasclr_toolkit.probe import ProbeQCRules, assess_scans, probe_dataset
@@ -86,18 +87,38 @@ def mixed_folder(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def probed(mixed_folder):
+def probe_run(mixed_folder):
+    """The probe's result and its scan reads (load_ct per subject, segment_lungs calls)."""
     import torch
 
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        result = probe_dataset(mixed_folder["scans"], mixed_folder["root"] / "out",
-                               labels=mixed_folder["labels"], config="tiny", rules=TINY_RULES,
-                               n_permutations=2)
+        with pytest.MonkeyPatch.context() as patch:
+            calls = CallCounter(patch)
+            result = probe_dataset(mixed_folder["scans"], mixed_folder["root"] / "out",
+                                   labels=mixed_folder["labels"], config="tiny",
+                                   rules=TINY_RULES, n_permutations=2)
     finally:
         torch.set_num_threads(before)
-    return result
+    return result, calls
+
+
+@pytest.fixture(scope="module")
+def probed(probe_run):
+    return probe_run[0]
+
+
+def test_each_scan_is_read_and_segmented_once(probe_run):
+    """Checks, atlas, patches, QC and the report's overlays all from one read of each scan
+    (a broken one too) and one segmentation of each scan that loads."""
+    result, calls = probe_run
+    assert calls.loads == {sid: 1 for sid in result.qc["subject_id"]}
+    loaded = (result.scan_checks["status"] != "error").sum()
+    assert loaded >= 3 and calls.segmentations == loaded
+    record = result.store.subject_record("syn000")
+    assert record["densitometry"]["volume_ml"] > 0 and record["scan"]["status"] == "ok"
+    assert not list((result.out_dir / "preprocess" / "scan_products").glob("*.mha"))
 
 
 def test_every_scan_gets_the_right_status_and_reason(probed, mixed_folder):

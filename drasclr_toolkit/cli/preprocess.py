@@ -87,7 +87,7 @@ def _atlas_and_store(args: argparse.Namespace, cfg, manifest):
         atlas = Atlas.load(args.atlas)
     else:
         atlas = build_default_atlas(manifest, args.out, cfg, reference=args.reference,
-                                    progress=not args.no_progress)
+                                    progress=not args.no_progress, n_jobs=args.jobs)
     if args.atlas_only:
         if args.atlas or args.official_atlas:
             atlas.save(Path(args.out) / "atlas")

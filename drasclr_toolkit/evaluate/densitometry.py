@@ -18,12 +18,13 @@ segment_lungs` and the synthetic cohort write them); a binary mask is split at t
 the sagittal plane with the fewest lung voxels in the middle 40 % of the lungs' left–right
 extent (the gap between the lungs).
 
-Where the numbers come from for a cohort: preprocessing keeps only the 32³ patches (HU
-clipped to [-1024, 240], overlapping, covering part of the lung, with no voxel lung mask),
-so densitometry from the patch store would not be lung densitometry. :func:`cohort_densitometry`
-therefore reads each scan (``load_ct``) and its lung mask (the manifest's ``lung_mask``
-when given, else :func:`~drasclr_toolkit.preprocess.segment_lungs`, the same segmentation
-preprocessing uses) at the scan's own resolution.
+Where the numbers come from for a cohort: the 32³ patches (HU clipped to [-1024, 240],
+overlapping, covering part of the lung) are not lung densitometry, so preprocessing measures
+each scan when it reads it (:func:`~drasclr_toolkit.preprocess.densitometry.densitometry`
+on the scan and its lung mask at the scan's own resolution: the manifest's ``lung_mask``
+when given, else :func:`~drasclr_toolkit.preprocess.segment_lungs`) and keeps the numbers
+in the subject's store record. :func:`cohort_densitometry` reads them there; only a subject
+whose record lacks them (a store written by an older version) has its scan read again.
 
 Example:
     >>> import numpy as np
@@ -48,7 +49,8 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from drasclr_toolkit.data.ct import image_array
+from drasclr_toolkit.preprocess.densitometry import (HIST_EDGES, SCALARS, ZONES,  # noqa: F401
+                                                     densitometry, lung_zones)
 
 log = logging.getLogger(__name__)
 
@@ -56,145 +58,27 @@ __all__ = ["HIST_EDGES", "PATCH_METRICS", "ZONES", "cohort_densitometry", "densi
            "densitometry_of_values",
            "densitometry_sets", "lung_zones", "patch_densitometry"]
 
-ZONES = ("right_upper", "right_middle", "right_lower", "left_upper", "left_middle",
-         "left_lower")
-HIST_EDGES = np.array([-np.inf, *range(-1000, -475, 25), np.inf])
-SCALARS = ("laa950_pct", "perc15_hu", "mld_hu", "volume_ml")
 
-
-def _hist_names() -> list[str]:
-    names = []
-    for lo, hi in zip(HIST_EDGES[:-1], HIST_EDGES[1:]):
-        if not np.isfinite(lo):
-            names.append(f"hist_lt{int(hi)}")
-        elif not np.isfinite(hi):
-            names.append(f"hist_ge{int(lo)}")
-        else:
-            names.append(f"hist_{int(lo)}_{int(hi)}")
-    return names
-
-
-def _geometry(ct: Any, spacing, origin, direction):
-    """(array (z,y,x), spacing xyz, origin xyz, direction 3×3) from any accepted input."""
-    import SimpleITK as sitk
-
-    if isinstance(ct, sitk.Image):
-        return (sitk.GetArrayFromImage(ct), ct.GetSpacing(), ct.GetOrigin(),
-                np.reshape(ct.GetDirection(), (3, 3)))
-    if hasattr(ct, "array") and hasattr(ct, "spacing"):  # CTImage
-        return ct.array, ct.spacing, ct.origin, np.reshape(ct.direction, (3, 3))
-    array = np.asarray(ct)
-    if spacing is None:
-        raise ValueError("densitometry of a plain array needs spacing=(sx, sy, sz) in mm "
-                         "(or pass a CTImage / SimpleITK image, which carry it)")
-    return (array, spacing, (0.0, 0.0, 0.0) if origin is None else origin,
-            np.eye(3) if direction is None else np.reshape(direction, (3, 3)))
-
-
-def lung_zones(mask: np.ndarray, spacing: Sequence[float], origin: Sequence[float] = (0, 0, 0),
-               direction: Any = None) -> np.ndarray:
-    """Zone of every voxel: 0 outside the lungs, 1–6 the :data:`ZONES` in order.
-
-    See the module docstring for the orientation rules (LPS, diagonal direction).
-
-    Example:
-        >>> m = np.zeros((9, 4, 10), np.uint8); m[:, :, :4] = 1; m[:, :, 6:] = 1
-        >>> z = lung_zones(m, (1, 1, 1))
-        >>> [ZONES[z[k, 0, x] - 1] for k, x in ((8, 0), (0, 9))]
-        ['right_upper', 'left_lower']
-    """
-    D = np.eye(3) if direction is None else np.reshape(np.asarray(direction, float), (3, 3))
-    if not np.allclose(D, np.diag(np.diag(D)), atol=1e-6):
-        raise ValueError("lung_zones needs an axis-aligned image (diagonal direction matrix); "
-                         "load the scan with drasclr_toolkit.data.load_ct, which reorients "
-                         "to LPS")
-    mask = np.asarray(mask)
-    lung = mask > 0
-    if not lung.any():
-        raise ValueError("the lung mask is empty: no zones to measure")
-    nz, _, nx = mask.shape
-    s_of_slice = origin[2] + D[2, 2] * spacing[2] * np.arange(nz)  # superior coordinate (mm)
-    x_of_col = origin[0] + D[0, 0] * spacing[0] * np.arange(nx)  # towards patient left (mm)
-    slices = np.flatnonzero(lung.any(axis=(1, 2)))
-    s_lo, s_hi = s_of_slice[slices].min(), s_of_slice[slices].max()
-    third = (s_of_slice - s_lo) / max(s_hi - s_lo, 1e-9)
-    level = np.where(third > 2 / 3, 0, np.where(third > 1 / 3, 1, 2))  # 0 upper … 2 lower
-    labels = set(np.unique(mask[lung]).tolist())
-    if labels == {1, 2}:
-        is_left = mask == 2
-    else:
-        columns = lung.sum(axis=(0, 1)).astype(np.float64)  # lung voxels per x column
-        cols = np.flatnonzero(columns)
-        lo, hi = x_of_col[cols].min(), x_of_col[cols].max()
-        central = np.flatnonzero((x_of_col >= lo + 0.3 * (hi - lo)) &
-                                 (x_of_col <= hi - 0.3 * (hi - lo)))
-        mid = x_of_col[central[np.argmin(columns[central])]] if len(central) else (lo + hi) / 2
-        is_left = np.broadcast_to(x_of_col > mid, mask.shape)
-    zone = (np.where(is_left, 3, 0) + level[:, None, None] + 1).astype(np.uint8)
-    zone[~lung] = 0
-    return zone
-
-
-def _region_stats(values: np.ndarray, voxel_ml: float) -> dict[str, float]:
-    if len(values) == 0:
-        return {k: float("nan") for k in SCALARS[:-1]} | {"volume_ml": 0.0}
-    v = values.astype(np.float64)
-    return {"laa950_pct": 100.0 * float((v < -950).mean()),
-            "perc15_hu": float(np.percentile(v, 15)), "mld_hu": float(v.mean()),
-            "volume_ml": float(len(v) * voxel_ml)}
-
-
-def densitometry(ct: Any, lung_mask: Any = None, spacing: Sequence[float] | None = None, *,
-                 origin: Sequence[float] | None = None, direction: Any = None,
-                 zones: bool = True, histogram: bool = True) -> pd.Series:
-    """Lung densitometry of one scan (see the module docstring for definitions).
-
-    Args:
-        ct: ``CTImage``, SimpleITK image or (z, y, x) HU array (then ``spacing`` (x, y, z)
-            mm is needed; ``origin``/``direction`` default to LPS identity).
-        lung_mask: same grid as ``ct`` (array or image; non-zero = lung, 1/2 = right/left).
-            None: segmented with :func:`~drasclr_toolkit.preprocess.segment_lungs`.
-        zones: add the six zones' ``<zone>_<metric>`` values.
-        histogram: add the whole-lung HU histogram.
-
-    Returns:
-        A Series: ``laa950_pct, perc15_hu, mld_hu, volume_ml``, ``hist_*``, ``<zone>_*``.
-    """
-    import SimpleITK as sitk
-
-    if lung_mask is None:
-        from drasclr_toolkit.preprocess.lungmask import segment_lungs
-        from drasclr_toolkit.preprocess.resample import as_sitk, to_lps
-
-        image = ct if isinstance(ct, sitk.Image) else (
-            as_sitk(ct) if hasattr(ct, "to_sitk") else None)
-        if image is None:
-            raise ValueError("densitometry without lung_mask needs a CTImage or SimpleITK "
-                             "image (to segment the lungs); pass lung_mask for a plain array")
-        image = to_lps(image)
-        lung_mask, _ = segment_lungs(image)
-        ct = image
-    array, spacing, origin, D = _geometry(ct, spacing, origin, direction)
-    mask = image_array(lung_mask)
-    if mask.shape != array.shape:
-        raise ValueError(f"lung mask shape {mask.shape} differs from the CT's {array.shape}; "
-                         "resample the mask onto the CT grid (preprocess.resample_like)")
-    voxel_ml = float(np.prod(spacing)) / 1000.0
-    lung = mask > 0
-    if not lung.any():
-        raise ValueError("the lung mask is empty: no densitometry possible")
-    values = array[lung]
-    out: dict[str, float] = dict(_region_stats(values, voxel_ml))
-    if histogram:
-        counts, _ = np.histogram(values.astype(np.float64), bins=HIST_EDGES)
-        out.update(zip(_hist_names(), (counts / counts.sum()).tolist()))
-    if zones:
-        zone = lung_zones(mask, spacing, origin, D)
-        zone_of_lung = zone[lung]
-        for k, name in enumerate(ZONES, start=1):
-            stats = _region_stats(values[zone_of_lung == k], voxel_ml)
-            out.update({f"{name}_{m}": v for m, v in stats.items()})
-    return pd.Series(out, dtype=np.float64)
+def _stored_densitometry(store: Any, sid: str, mask_source: str, zones: bool,
+                         histogram: bool) -> pd.Series | None:
+    """The subject's densitometry from its store record, or None when the record has none
+    (older store, subject not done) or it was measured with another mask than asked."""
+    if store is None or sid not in set(store.subject_ids):
+        return None
+    record = store.subject_record(sid)
+    values = record.get("densitometry")
+    if not isinstance(values, dict) or not values:
+        return None
+    made_with = record.get("densitometry_mask")
+    if (mask_source == "manifest" and made_with != "manifest") or (
+            mask_source == "segment" and made_with != "segmented"):
+        return None
+    out = pd.Series(values, dtype=np.float64)
+    if not zones:
+        out = out[[k for k in out.index if not k.startswith(ZONES)]]
+    if not histogram:
+        out = out[[k for k in out.index if not k.startswith("hist_")]]
+    return out
 
 
 def _subject_densitometry(manifest: Any, sid: str, mask_source: str, zones: bool,
@@ -220,13 +104,17 @@ def _subject_densitometry(manifest: Any, sid: str, mask_source: str, zones: bool
 def cohort_densitometry(manifest: Any, subjects: Any = None, *, mask_source: str = "auto",
                         zones: bool = True, histogram: bool = True,
                         cache: str | os.PathLike | None = None,
-                        progress: bool = False) -> pd.DataFrame:
-    """Densitometry of every subject of a manifest, from the scans (not the patches).
+                        store: Any = None, progress: bool = False) -> pd.DataFrame:
+    """Densitometry of every subject of a manifest: what preprocessing measured on the
+    scans (kept in the patch store's records), else from the scans (not the patches).
 
     Args:
         manifest: a ``Manifest`` or the path of a manifest CSV.
         subjects: subject ids to measure, or a ``PatchStore`` / ``Embeddings`` (their
-            subject ids); default all of the manifest.
+            subject ids); default all of the manifest. A ``PatchStore`` is also ``store``.
+        store: a ``PatchStore`` (or its folder) whose subject records hold the
+            densitometry preprocessing measured; subjects whose record lacks it (a store
+            written by an older version) are measured from their scans.
         mask_source: ``"auto"`` (the manifest's ``lung_mask`` when given, else segment),
             ``"manifest"`` (must be given) or ``"segment"`` (always segment).
         cache: a CSV file: subjects already in it are not measured again, and it is
@@ -251,6 +139,12 @@ def cohort_densitometry(manifest: Any, subjects: Any = None, *, mask_source: str
         from drasclr_toolkit.data import Manifest
 
         manifest = Manifest.load(manifest)
+    if store is None and hasattr(subjects, "subject_record"):
+        store = subjects
+    elif isinstance(store, (str, os.PathLike)):
+        from drasclr_toolkit.preprocess.store import PatchStore
+
+        store = PatchStore(store)
     if subjects is None:
         ids = list(manifest.subject_ids)
     elif hasattr(subjects, "subject_ids"):
@@ -265,8 +159,14 @@ def cohort_densitometry(manifest: Any, subjects: Any = None, *, mask_source: str
         done = pd.read_csv(cache, dtype={"subject_id": str}).set_index("subject_id")
     rows = {sid: done.loc[sid] for sid in ids if sid in done.index}
     failures: dict[str, str] = {}
+    from_scans: list[str] = []
+    for sid in [s for s in ids if s not in rows]:
+        stored = _stored_densitometry(store, sid, mask_source, zones, histogram)
+        if stored is not None:
+            rows[sid] = stored
     for sid in tqdm([s for s in ids if s not in rows], desc="densitometry",
                     disable=not progress):
+        from_scans.append(sid)
         try:
             rows[sid] = _subject_densitometry(manifest, sid, mask_source, zones, histogram)
         except Exception as exc:  # one bad scan never stops the cohort
@@ -276,6 +176,10 @@ def cohort_densitometry(manifest: Any, subjects: Any = None, *, mask_source: str
         if cache is not None:
             table = pd.DataFrame(rows).T.rename_axis("subject_id")
             atomic_write_text(cache, table.to_csv(), make_parents=True)
+    if store is not None and from_scans:
+        log.info("densitometry: %d subject(s) measured from their scans, their store records "
+                 "hold none (a store written by an older version, or another mask_source): "
+                 "%s", len(from_scans), from_scans[:5])
     if failures:
         warnings.warn(f"densitometry failed for {len(failures)} subjects (see "
                       f".attrs['failures']): {list(failures)[:5]}", stacklevel=2)

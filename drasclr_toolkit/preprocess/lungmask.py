@@ -44,7 +44,8 @@ from ..config import Config
 from ..errors import DrasclrError
 from .resample import as_sitk, resample_like, to_lps
 
-__all__ = ["LungSegConfig", "LungSegmentationError", "lungmask_available", "segment_lungs"]
+__all__ = ["LungSegConfig", "LungSegmentationError", "labels_to_grid", "lungmask_available",
+           "segment_lungs"]
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +229,7 @@ def _segment_classical(image: sitk.Image, cfg: LungSegConfig) -> tuple[sitk.Imag
         region[p & (region == 0)] = label
     work_mask = sitk.GetImageFromArray(out)
     work_mask.CopyInformation(work)
-    mask = _labels_to_grid(work_mask, image)
+    mask = labels_to_grid(work_mask, image)
     res = sitk.GetArrayViewFromImage(mask)
     info = {
         "backend": "classical",
@@ -349,11 +350,13 @@ def _fill_holes_slices(mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def _labels_to_grid(work_mask: sitk.Image, image: sitk.Image) -> sitk.Image:
-    """Bring the label mask back to the image grid with smooth (linear, per label) edges."""
+def labels_to_grid(work_mask: sitk.Image, image: sitk.Image) -> sitk.Image:
+    """Bring a label mask (0, 1 right, 2 left) onto ``image``'s grid with smooth (linear,
+    per label) edges: how :func:`segment_lungs` returns its working-grid labels, and how
+    preprocessing brings a mask segmented at the scan's resolution onto its own grid."""
     if work_mask.GetSize() == image.GetSize() and np.allclose(
         work_mask.GetSpacing(), image.GetSpacing()
-    ):
+    ) and np.allclose(work_mask.GetOrigin(), image.GetOrigin()):
         return work_mask
     best = None
     out = None

@@ -39,7 +39,7 @@ from ..config import Config
 from ..data.problems import ManifestError, ManifestProblem
 from ..errors import as_drasclr_error
 from ..io_utils import (die_with_parent, refuse_foreign_folder, remove_stale_temp_files,
-                        safe_subject_id)
+                        safe_subject_id, subject_file)
 from ..locks import folder_lock
 from .atlas import Atlas
 from .lungmask import LungSegConfig, segment_lungs
@@ -55,12 +55,15 @@ from .qc_rules import QCThresholds, absolute_flags
 from .registration import RegistrationConfig, register_affine, transform_to_dict
 from ..constants import HU_MAX, HU_MIN
 from .resample import _INTERPOLATORS, as_sitk, resample_isotropic, resample_like, to_lps
+from .scans import (CHECK_COLUMNS, SCAN_PRODUCTS, SCAN_PRODUCTS_MARKER, ScanCache,
+                    ScanProducts, read_scan)
 from .store import PatchStore, _atomic_write_text
 
 __all__ = [
     "PreprocessConfig",
     "SubjectResult",
     "build_default_atlas",
+    "prepare_scans",
     "preprocess_subject",
     "run_preprocessing",
     "scan_changed",
@@ -145,10 +148,16 @@ def preprocess_subject(
     config: PreprocessConfig | Mapping[str, Any] | None = None,
     lung_mask: Any | None = None,
     keep_images: bool = True,
+    *,
+    segmentation: Mapping[str, Any] | None = None,
 ) -> SubjectResult:
     """Whole chain for one scan (see module docstring); ``ct`` is a CTImage or sitk image.
 
-    ``lung_mask`` (optional, any grid) skips segmentation. The atlas grid spacing must equal
+    ``lung_mask`` (optional, any grid) skips segmentation; ``segmentation`` is then the
+    info of the segmentation that made it (:func:`segment_lungs`' second value: its lung
+    volumes and flags go into the QC), else it counts as a given mask. ``ct`` may already
+    be on the ``config.spacing`` grid (as :func:`~drasclr_toolkit.preprocess.scans.read_scan`
+    leaves it): then it is used as it is. The atlas grid spacing must equal
     ``config.spacing`` so that a patch covers the same millimetres in atlas and subject.
 
     Example:
@@ -178,9 +187,12 @@ def preprocess_subject(
         mask, seg_info = segment_lungs(image, cfg.segmentation)
     else:
         mask = sitk.Cast(resample_like(to_lps(as_sitk(lung_mask)), image, "nearest", 0), sitk.sitkUInt8)
-        seg_info = {"backend": "given", "flags": []}
-        arr = sitk.GetArrayViewFromImage(mask)
-        seg_info["lung_volume_ml"] = float((arr > 0).sum() * cfg.spacing**3 / 1000)
+        if segmentation is not None:
+            seg_info = dict(segmentation)
+        else:
+            seg_info = {"backend": "given", "flags": []}
+            arr = sitk.GetArrayViewFromImage(mask)
+            seg_info["lung_volume_ml"] = float((arr > 0).sum() * cfg.spacing**3 / 1000)
     timings["segment_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -243,7 +255,7 @@ def preprocess_subject(
 
 # ---------------------------------------------------------------------------- atlas helper
 # Files whose presence marks a folder as a store of ours (resumed, not refused).
-STORE_MARKERS = ("store.json", "atlas/atlas.json")
+STORE_MARKERS = ("store.json", "atlas/atlas.json", SCAN_PRODUCTS_MARKER)
 
 
 def build_default_atlas(
@@ -252,11 +264,15 @@ def build_default_atlas(
     config: PreprocessConfig | Mapping[str, Any] | None = None,
     reference: str | None = None,
     progress: bool = False,
+    n_jobs: int = 1,
 ) -> Atlas:
     """Atlas from the cohort subject with the median lung volume, cached in out_dir/atlas.
 
-    Every subject is resampled to ``spacing`` and segmented (the lung volumes are kept in
-    ``atlas.info["lung_volumes_ml"]``); ``reference`` names the subject to use instead.
+    Every subject's scan is read and segmented once (:func:`prepare_scans`; the lung
+    volumes are kept in ``atlas.info["lung_volumes_ml"]``), and what was made waits in
+    ``out_dir/scan_products`` for :func:`run_preprocessing`, which reads no scan again;
+    ``reference`` names the subject to use instead (then only it is read). ``n_jobs``
+    worker processes read the scans.
 
     Example:
         >>> atlas = build_default_atlas(manifest, "work/preprocess")   # doctest: +SKIP
@@ -265,14 +281,12 @@ def build_default_atlas(
     """
     refuse_foreign_folder(out_dir, STORE_MARKERS, "drasclr preprocess")
     with folder_lock(out_dir, "preprocess (atlas)"):
-        return _build_default_atlas(manifest, out_dir, config, reference, progress)
+        return _build_default_atlas(manifest, out_dir, config, reference, progress, n_jobs)
 
 
 def _build_default_atlas(manifest: Any, out_dir: str | os.PathLike,
                          config: PreprocessConfig | Mapping[str, Any] | None,
-                         reference: str | None, progress: bool) -> Atlas:
-    from tqdm.auto import tqdm
-
+                         reference: str | None, progress: bool, n_jobs: int = 1) -> Atlas:
     cfg = _resolve(config)
     cache = Path(out_dir) / "atlas"
     if (cache / "atlas.json").exists():
@@ -286,29 +300,125 @@ def _build_default_atlas(manifest: Any, out_dir: str | os.PathLike,
             f"{atlas.spacing:g} mm; remove it or use another out_dir to build a different one"
         )
     manifest = _as_manifest(manifest)
-    load_ct = _load_ct_fn()
+    scans = ScanCache(out_dir)
     volumes: dict[str, float] = {}
     if reference is None:
-        for sid in tqdm(list(manifest.subject_ids), desc="lung volumes", disable=not progress):
-            try:
-                img = resample_isotropic(load_ct(manifest.image_path(sid), subject_id=sid), cfg.spacing, "linear")
-                _, info = segment_lungs(img, cfg.segmentation)
-                volumes[sid] = info["lung_volume_ml"]
-            except Exception as exc:  # a bad scan is not a reference; go on
-                log.warning("atlas: subject %s skipped (%s)", sid, exc)
+        # Every scan read and segmented once; the products wait in out_dir/scan_products
+        # for run_preprocessing, which then reads no scan again.
+        products_of = _prepare(manifest, out_dir, cfg, progress, n_jobs)
+        for sid, products in products_of.items():
+            if products.error is not None:
+                log.warning("atlas: subject %s skipped (%s)", sid, products.error)
+            elif np.isfinite(products.lung_volume_ml):
+                volumes[sid] = products.lung_volume_ml
         if not volumes:
-            raise RuntimeError("no subject of the manifest could be segmented; cannot build an atlas")
+            reasons = "; ".join(f"{sid}: {p.error}" for sid, p in list(products_of.items())[:3])
+            raise RuntimeError("no subject of the manifest could be segmented; cannot build an "
+                               f"atlas (first reasons: {reasons})")
         vols = np.array(list(volumes.values()))
         # The subject closest to the median (ties: manifest order) is the reference.
         reference = list(volumes)[int(np.argmin(np.abs(vols - np.median(vols))))]
-    ct = load_ct(manifest.image_path(reference), subject_id=reference)
-    atlas = Atlas.from_reference(
-        ct, None, cfg.patch_size, cfg.step, cfg.min_lung_fraction, cfg.spacing, cfg.interpolator
-    )
-    atlas.info["reference_subject"] = reference
+    image_path = manifest.image_path(reference)
+    mask_path = _lung_mask_path(manifest, reference)
+    products = scans.load(reference, image_path, cfg, mask_path)
+    if products is None or products.image is None:
+        products = read_scan(image_path, reference, cfg, mask_path)
+        scans.save(products)
+    if products.error is not None:
+        raise RuntimeError(f"atlas reference subject {reference!r}, file {image_path}: "
+                           f"{products.error}; choose another reference subject")
+    info = {"reference_subject": reference, "reference_source": str(image_path),
+            "spacing": float(cfg.spacing), "segmentation": products.segmentation}
+    atlas = Atlas.from_mask(products.mask, cfg.patch_size, cfg.step, cfg.min_lung_fraction,
+                            products.image, info)
     atlas.info["lung_volumes_ml"] = volumes
     atlas.save(cache)
     return atlas
+
+
+def prepare_scans(
+    manifest: Any,
+    out_dir: str | os.PathLike,
+    config: PreprocessConfig | Mapping[str, Any] | None = None,
+    progress: bool = False,
+    overwrite: bool = False,
+    n_jobs: int = 1,
+) -> "pd.DataFrame":
+    """Read, check and segment every scan once, into ``out_dir/scan_products``; return the
+    load-check table (the columns of :func:`~drasclr_toolkit.data.check_scans`).
+
+    The atlas (:func:`build_default_atlas`) and :func:`run_preprocessing` into the same
+    ``out_dir`` then use these products instead of reading the scans again. A scan read
+    before (its record matches the file and settings) is not read again; a bad scan is a
+    row of the table, never a stop.
+
+    Example:
+        >>> checks = prepare_scans(scan_folder("scans/"), "out/preprocess")   # doctest: +SKIP
+        >>> checks[checks.status == "error"]                                 # doctest: +SKIP
+    """
+    import pandas as pd
+
+    cfg = _resolve(config)
+    manifest = _as_manifest(manifest)
+    refuse_foreign_folder(out_dir, STORE_MARKERS, "drasclr preprocess", overwrite)
+    with folder_lock(out_dir, "preprocess (scans)"):
+        remove_stale_temp_files(Path(out_dir) / SCAN_PRODUCTS)  # a killed run's half files
+        products = _prepare(manifest, out_dir, cfg, progress, n_jobs)
+    return pd.DataFrame([p.check_row() for p in products.values()], columns=CHECK_COLUMNS)
+
+
+def _read_one(out_dir: str, sid: str, image_path: str, mask_path: str | None, cfg_dict: dict,
+              threads: int) -> dict[str, Any]:
+    """Worker: read one scan into ``out_dir/scan_products``; returns its record."""
+    if threads > 0:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+    products = read_scan(image_path, sid, PreprocessConfig.from_dict(cfg_dict), mask_path)
+    # A subject already in the store needs no image kept for its patches.
+    done = subject_file(Path(out_dir) / "subjects", sid, ".json").exists()
+    ScanCache(out_dir).save(products, images=not done)
+    return products.record()
+
+
+def _prepare(manifest: Any, out_dir: str | os.PathLike, cfg: PreprocessConfig,
+             progress: bool, n_jobs: int = 1) -> dict[str, ScanProducts]:
+    """Each subject's scan products: from its record, or read now (and recorded), in
+    ``n_jobs`` worker processes."""
+    from tqdm.auto import tqdm
+
+    scans = ScanCache(out_dir)
+    out: dict[str, ScanProducts | None] = {}
+    jobs = []
+    for sid in manifest.subject_ids:  # ids name files: refuse an unsafe one before any work
+        safe_subject_id(sid)
+    threads = cfg.threads or max(1, (os.cpu_count() or 1) // max(1, n_jobs))
+    for sid in manifest.subject_ids:
+        image_path, mask_path = manifest.image_path(sid), _lung_mask_path(manifest, sid)
+        out[sid] = scans.load(sid, image_path, cfg, mask_path, images=False)
+        if out[sid] is None:
+            jobs.append((str(out_dir), sid, str(image_path), mask_path, cfg.to_dict(), threads))
+    bar = tqdm(total=len(jobs), desc="read scans", disable=not progress, unit="scan")
+    if n_jobs <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            out[job[1]] = ScanProducts.from_record(_read_one(*job))
+            bar.update(1)
+    else:
+        ctx = mp.get_context("spawn")  # fork after SimpleITK has started threads can deadlock
+        with cf.ProcessPoolExecutor(max_workers=n_jobs, mp_context=ctx,
+                                    initializer=die_with_parent) as pool:
+            futures = {pool.submit(_read_one, *job): job[1] for job in jobs}
+            for fut in cf.as_completed(futures):
+                sid = futures[fut]
+                try:
+                    out[sid] = ScanProducts.from_record(fut.result())
+                except Exception as exc:  # noqa: BLE001 - a dead worker (out of memory?)
+                    # Not recorded: the next run (or the preprocessing worker) reads it again.
+                    out[sid] = ScanProducts(sid, {"status": "ok", "field": None, "message": ""},
+                                            error=f"reading the scan stopped: "
+                                                  f"{type(exc).__name__}: {exc}",
+                                            error_stage="load")
+                bar.update(1)
+    bar.close()
+    return out  # type: ignore[return-value]
 
 
 # ---------------------------------------------------------------------------- cohort
@@ -318,12 +428,6 @@ def _as_manifest(manifest: Any) -> Any:
 
         return Manifest.load(manifest, check_files=False)
     return manifest
-
-
-def _load_ct_fn():
-    from drasclr_toolkit.data import load_ct
-
-    return load_ct
 
 
 def _lung_mask_path(manifest: Any, sid: str) -> str | None:
@@ -416,26 +520,48 @@ def scan_changed(store: PatchStore, sid: str, image_path: str | os.PathLike,
 
 
 def _work_one(
-    store_path: str, sid: str, image_path: str, mask_path: str | None, cfg_dict: dict, threads: int
+    store_path: str, sid: str, image_path: str, mask_path: str | None, cfg_dict: dict,
+    threads: int, keep_scan_images: bool = False,
 ) -> tuple[str, str, str]:
-    """Worker: one subject into the store. Returns (sid, status, reason)."""
+    """Worker: one subject into the store. Returns (sid, status, reason).
+
+    The scan's products (image and mask on the grid, segmentation, densitometry) come from
+    ``scan_products`` when the atlas step left them there, else the scan is read now: either
+    way one load_ct and one segmentation per subject and run."""
     if threads > 0:
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
     stage = "load"
     store = PatchStore(store_path)
+    scans = ScanCache(store_path)
     try:
         cfg = PreprocessConfig.from_dict(cfg_dict)
         # taken before reading, so a file replaced meanwhile is noticed next time
         source = {**scan_fingerprint(image_path), "settings": settings_digest(cfg)}
-        load_ct = _load_ct_fn()
-        ct = load_ct(image_path, subject_id=sid)
-        lung_mask = sitk.ReadImage(mask_path) if mask_path else None
+        products = scans.load(sid, image_path, cfg, mask_path)
+        if products is None or (products.image is None and products.error is None):
+            products = read_scan(image_path, sid, cfg, mask_path)
+            scans.save(products, images=keep_scan_images)
+        if products.error is not None:
+            stage = products.error_stage or "preprocess"
+            log.warning("subject %s failed at %s: %s", sid, stage, products.error)
+            store.write_failure(sid, products.error, stage)
+            return sid, "failed", products.error
         stage = "preprocess"
-        res = preprocess_subject(ct, store.atlas, cfg, lung_mask=lung_mask, keep_images=False)
+        res = preprocess_subject(products.image, store.atlas, cfg, lung_mask=products.mask,
+                                 keep_images=False, segmentation=products.segmentation)
         res.subject_id = sid
+        # The scan's own reading times (the cached products took none here).
+        res.qc.update(products.timings)
+        res.qc["seconds"] = float(sum(v for k, v in res.qc.items()
+                                      if k.endswith("_s") and isinstance(v, float)))
         stage = "write"
         store.write_subject(sid, res.patches, res.lung_fraction, res.corners,
-                            {**res.record(), "source": source})
+                            {**res.record(), "source": source, "scan": products.check,
+                             "densitometry": products.densitometry,
+                             "densitometry_mask": products.densitometry_mask,
+                             "densitometry_error": products.densitometry_error})
+        if not keep_scan_images:
+            scans.drop_images(sid)
         return sid, "ok", ""
     except Exception as exc:
         said = as_drasclr_error(exc) if isinstance(exc, OSError) else None  # disk full, ...
@@ -456,6 +582,7 @@ def run_preprocessing(
     progress: bool = True,
     retry_failed: bool = True,
     overwrite: bool = False,
+    keep_scan_images: bool = False,
 ) -> PatchStore:
     """Preprocess a cohort into ``out_dir`` (a PatchStore); resumable and shardable.
 
@@ -466,6 +593,13 @@ def run_preprocessing(
     ``retry_failed`` they are tried again on the next run. An ``out_dir`` holding files
     that are not a store (a user's ``qc.csv``, ``config.json``, ...) is refused unless
     ``overwrite=True``.
+
+    Each scan is read and segmented once: by the atlas step (``atlas=None``, or
+    :func:`prepare_scans` before), whose products in ``out_dir/scan_products`` are used
+    here, or here. Each subject's record keeps its load check, lung volumes and
+    densitometry (whole lung and six zones, at the scan's own resolution), so later stages
+    read no scan. The scan's image on the grid is deleted once the subject's patches are
+    written, unless ``keep_scan_images`` (the probe keeps them for its overlays).
 
     Example:
         >>> store = run_preprocessing("cohort/manifest.csv", None, "work/pre", n_jobs=2)  # doctest: +SKIP
@@ -497,7 +631,7 @@ def run_preprocessing(
         # shard jobs may run on other hosts sharing the folder, so then only old files go.
         remove_stale_temp_files(out, min_age_s=0.0 if n == 1 else 3600.0)
         if atlas is None:
-            atlas = build_default_atlas(manifest, out, cfg, progress=progress)
+            atlas = build_default_atlas(manifest, out, cfg, progress=progress, n_jobs=n_jobs)
         elif not isinstance(atlas, Atlas):
             atlas = Atlas.load(atlas)
         store = PatchStore.create(out, sids, atlas, neighbors_k=cfg.neighbors_k)
@@ -530,7 +664,8 @@ def run_preprocessing(
             except Exception as exc:
                 store.write_failure(sid, f"{type(exc).__name__}: {exc}", "manifest")
                 continue
-            jobs.append((str(out), sid, image_path, _lung_mask_path(manifest, sid), cfg_dict, threads))
+            jobs.append((str(out), sid, image_path, _lung_mask_path(manifest, sid), cfg_dict,
+                         threads, keep_scan_images))
 
         bar = tqdm(total=len(jobs), desc=f"preprocess shard {i}/{n}", disable=not progress, unit="scan")
         if n_jobs <= 1:

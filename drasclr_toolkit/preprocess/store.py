@@ -10,8 +10,13 @@ Layout of a store directory::
         lung_fraction      (N, L) float32, one chunk per subject
         corners            (N, L, 3) int32 subject patch corners (x, y, z, 1 mm grid)
     subjects/<sid>.json    written last for a subject: its commit marker, with the mapped
-                           landmarks' physical centres, transform and QC
+                           landmarks' physical centres, transform, QC, the scan's load
+                           check (``scan``) and densitometry (``densitometry``: whole lung
+                           and six zones at the scan's own resolution, and the mask it used)
     failures/<sid>.json    a subject that failed, with the reason
+    scan_products/         what each scan's one read gave (``preprocess.scans``): a record
+                           per subject, and its image and mask on the grid until its patches
+                           are written
     qc.csv                 QC table (``drasclr_toolkit.preprocess.qc.qc_table``)
 
 Why this chunking: a shard is one file per subject, so ``read_subject`` reads one file

@@ -8,7 +8,7 @@ Example:
 """
 
 from .qc import ProbeQCRules, QC_COLUMNS, absolute_flags, assess_scans, load_failure_flag
-from .run import ProbeResult, load_labels, probe_dataset, resolve_atlas
+from .run import ProbeResult, check_folder, load_labels, probe_dataset, resolve_atlas
 
 __all__ = ["ProbeQCRules", "ProbeResult", "QC_COLUMNS", "absolute_flags", "assess_scans",
-           "load_failure_flag", "load_labels", "probe_dataset", "resolve_atlas"]
+           "check_folder", "load_failure_flag", "load_labels", "probe_dataset", "resolve_atlas"]

@@ -56,6 +56,7 @@ def overlay_figures(result: Any, max_flagged: int = MAX_FLAGGED_OVERLAYS) -> lis
     """Slice overlays (lung mask, landmark patches) of flagged scans and one typical scan."""
     from drasclr_toolkit.data import load_ct
     from drasclr_toolkit.preprocess import resample_isotropic, segment_lungs
+    from drasclr_toolkit.preprocess.scans import ScanCache
     from drasclr_toolkit.viz import plot_overlay
 
     qc, cfg, store = result.qc, result.config, result.store
@@ -67,15 +68,24 @@ def overlay_figures(result: Any, max_flagged: int = MAX_FLAGGED_OVERLAYS) -> lis
     if typical is not None:
         picks.append((typical, "typical (ok, median Dice)"))
     figures = []
+    scans = ScanCache(result.out_dir / "preprocess")
     for sid, why in picks:
         row = qc.set_index("subject_id").loc[sid]
         try:
-            ct = load_ct(result.manifest.image_path(sid), subject_id=sid)
-            image = resample_isotropic(ct, cfg.spacing, cfg.interpolator)
-            try:
-                mask, _ = segment_lungs(image, cfg.segmentation)
-            except Exception:  # noqa: BLE001 - the slices alone still show the problem
-                mask = None
+            path = result.manifest.image_path(sid)
+            # What preprocessing read (image and mask on its grid), else the scan again.
+            made = scans.load(sid, path, cfg, result.manifest.lung_mask_path(sid))
+            if made is not None and made.image is not None:
+                image, mask = made.image, made.mask
+            else:
+                image = resample_isotropic(load_ct(path, subject_id=sid), cfg.spacing,
+                                           cfg.interpolator)
+                try:
+                    if made is not None and made.error is not None:
+                        raise RuntimeError(made.error)   # it found no lungs before
+                    mask, _ = segment_lungs(image, cfg.segmentation)
+                except Exception:  # noqa: BLE001 - the slices alone still show the problem
+                    mask = None
             corners = (store.subject_corners(sid)
                        if store is not None and sid in store.subject_ids else None)
             title = f"{sid}: {why}" + (f" ({row['flags']})" if row["flags"] else "")

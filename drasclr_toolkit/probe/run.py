@@ -1,7 +1,8 @@
 """``probe_dataset``: a first look at a new folder of CT scans, in one call.
 
-Folder → manifest (:func:`~drasclr_toolkit.data.scan_folder`) → every scan loaded and
-checked (:func:`~drasclr_toolkit.data.check_scans`) → the scans that load preprocessed
+Folder → manifest (:func:`~drasclr_toolkit.data.scan_folder`) → every scan loaded,
+checked and segmented once (:func:`~drasclr_toolkit.preprocess.pipeline.prepare_scans`) →
+the scans that load preprocessed from those products (no scan read again)
 against an atlas (built from the data: the median-lung-volume rule; or a given one) →
 embeddings (a checkpoint, or a random-init encoder, labelled so) → probe QC table
 (:func:`~drasclr_toolkit.probe.qc.assess_scans`) → optional cross-validated evaluation
@@ -29,14 +30,17 @@ import pandas as pd
 from drasclr_toolkit.config import load_config
 from drasclr_toolkit.data import Manifest, check_scans, scan_folder
 from drasclr_toolkit.preprocess import Atlas, PatchStore, PreprocessConfig, qc_table
-from drasclr_toolkit.preprocess.pipeline import build_default_atlas, run_preprocessing
+from drasclr_toolkit.preprocess.pipeline import (build_default_atlas, prepare_scans,
+                                                  run_preprocessing)
+from drasclr_toolkit.preprocess.scans import ScanCache
 
 from .qc import ProbeQCRules, assess_scans
 
 if TYPE_CHECKING:
     from drasclr_toolkit.embed import EmbedConfig
 
-__all__ = ["OFFICIAL_ATLAS_ENV", "ProbeResult", "load_labels", "probe_dataset", "resolve_atlas"]
+__all__ = ["OFFICIAL_ATLAS_ENV", "ProbeResult", "check_folder", "load_labels", "probe_dataset",
+           "resolve_atlas"]
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +132,24 @@ def _preprocess_config(config: dict[str, dict[str, Any]], atlas: Atlas | None,
                         f"{cfg.spacing:g} mm: preprocessing used {atlas.spacing:g} mm")
         cfg = PreprocessConfig.from_dict({**cfg.to_dict(), "spacing": atlas.spacing})
     return cfg
+
+
+def check_folder(folder: str | os.PathLike, out: str | os.PathLike,
+                 config: str | os.PathLike | Mapping[str, Any] = "tiny", atlas: Any = None, *,
+                 progress: bool = False) -> tuple[Manifest, pd.DataFrame]:
+    """The probe's first step alone: find the scans of ``folder`` and read, check and
+    segment each once; returns the manifest and the load-check table (``check_scans``'
+    columns). What was read waits in ``out/preprocess``, so :func:`probe_dataset` with the
+    same ``out``, ``config`` and ``atlas`` reads no scan again.
+
+    Example:
+        >>> manifest, checks = check_folder("scans/", "probe_out")   # doctest: +SKIP
+        >>> checks[checks.status == "error"]                          # doctest: +SKIP
+    """
+    cfg = _preprocess_config(load_config(config), resolve_atlas(atlas), [])
+    manifest = scan_folder(folder)
+    work = Path(out).expanduser().absolute() / "preprocess"
+    return manifest, prepare_scans(manifest, work, cfg, progress=progress)
 
 
 def _embed(store: PatchStore, checkpoint: Any, cfg: "EmbedConfig", out: Path, progress: bool
@@ -224,7 +246,15 @@ def probe_dataset(
     cfg = _preprocess_config(config, chosen, problems)
     embed_cfg = EmbedConfig.from_dict(config["embed"])
     manifest = scan_folder(folder)
-    checks = check_scans(manifest)
+    work = out / "preprocess"
+    try:
+        # One read and segmentation per scan: the load checks now, the atlas, patches,
+        # QC and overlays later from what it made (out/preprocess/scan_products).
+        checks = prepare_scans(manifest, work, cfg, progress=progress, n_jobs=n_jobs)
+    except Exception as exc:  # noqa: BLE001 - e.g. a foreign --out: still check and report
+        log.exception("probe: the scan products could not be written")
+        problems.append(f"preprocessing stopped: {type(exc).__name__}: {exc}")
+        checks = check_scans(manifest)
     result = ProbeResult(out, None, manifest, checks, pd.DataFrame(), atlas=chosen,
                          labels=label_table, problems=problems, config=cfg)
     loaded = checks.loc[checks["status"] != "error", "subject_id"].tolist()
@@ -232,10 +262,10 @@ def probe_dataset(
     if loaded:
         try:
             good = manifest.subset(loaded)
-            result.atlas = chosen or build_default_atlas(good, out / "preprocess", cfg,
-                                                         progress=progress)
-            result.store = run_preprocessing(good, result.atlas, out / "preprocess", cfg,
-                                             n_jobs=n_jobs, progress=progress)
+            result.atlas = chosen or build_default_atlas(good, work, cfg, progress=progress,
+                                                         n_jobs=n_jobs)
+            result.store = run_preprocessing(good, result.atlas, work, cfg, n_jobs=n_jobs,
+                                             progress=progress, keep_scan_images=True)
             pre_qc = qc_table(result.store, thresholds=cfg.qc)
         except Exception as exc:  # noqa: BLE001 - the report still says what happened
             log.exception("probe: preprocessing stopped")
@@ -259,8 +289,11 @@ def probe_dataset(
         result.phenotypes, result.survival, more = _evaluate(result.embeddings, label_table,
                                                              n_permutations)
         problems += more
-    if report:
-        from .report import write_report
+    try:
+        if report:
+            from .report import write_report
 
-        result.report = write_report(result, out / "report.html")
+            result.report = write_report(result, out / "report.html")
+    finally:
+        ScanCache(work).drop_all_images()   # kept only for the overlays
     return result
