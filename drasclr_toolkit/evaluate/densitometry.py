@@ -265,8 +265,8 @@ def cohort_densitometry(manifest: Any, subjects: Any = None, *, mask_source: str
         done = pd.read_csv(cache, dtype={"subject_id": str}).set_index("subject_id")
     rows = {sid: done.loc[sid] for sid in ids if sid in done.index}
     failures: dict[str, str] = {}
-    for sid in tqdm([s for s in ids if s not in rows], desc="densitometry",
-                    disable=not progress):
+    todo = [s for s in ids if s not in rows]
+    for sid in tqdm(todo, desc="densitometry", disable=not progress or not todo):
         try:
             rows[sid] = _subject_densitometry(manifest, sid, mask_source, zones, histogram)
         except Exception as exc:  # one bad scan never stops the cohort
