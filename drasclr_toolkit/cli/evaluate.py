@@ -164,14 +164,17 @@ def _evaluate(args: argparse.Namespace, out: Path, sets: dict[str, Any], labels:
         raise ValueError(f"--targets {missing} are not columns of {args.labels}; it has "
                          f"{list(labels.columns)}")
     sections: list[tuple[str, Any]] = []
+    probed: set[tuple[str, str]] = set()  # (feature set, target) pairs the probes evaluated
     summaries = []
     if targets:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             table = evaluate_phenotypes(sets, labels, targets, n_repeats=args.n_repeats,
                                         n_permutations=args.n_permutations, seed=args.seed)
-        evaluated = ("verdict" not in table or
-                     ~table["verdict"].astype(str).str.startswith("not evaluated")).any()
+        ok = (~table["verdict"].astype(str).str.startswith("not evaluated")
+              if "verdict" in table else pd.Series(True, index=table.index))
+        probed = set(zip(table.loc[ok, "feature_set"], table.loc[ok, "target"]))
+        evaluated = bool(ok.any())
         if evaluated:
             summaries.append(_write_results(table, out / "phenotypes", "Phenotype probes",
                                             "Phenotype probes", "Phenotype table", sections))
@@ -210,7 +213,7 @@ def _evaluate(args: argparse.Namespace, out: Path, sets: dict[str, Any], labels:
         print(f"survival: {len(surv)} models -> {out / 'survival.csv'}")
     dense = _dense(args, out, sections) if args.patch_labels else {}
     if args.maps:
-        _write_maps(args, labels, targets, dense)
+        _write_maps(args, labels, targets, dense, probed)
     if not summaries and not dense:
         shared = len(set(labels.index) & set.intersection(*(set(f.index) for f in sets.values())))
         raise LabelError(
@@ -281,8 +284,10 @@ def _dense(args: argparse.Namespace, out: Path, sections: list) -> dict[str, Any
 
 
 def _write_maps(args: argparse.Namespace, labels: Any, targets: list[str],
-                dense: dict[str, Any]) -> None:
-    """Per-landmark results as NIfTI (atlas space; scan space with ``--manifest``)."""
+                dense: dict[str, Any], probed: set[tuple[str, str]]) -> None:
+    """Per-landmark results as NIfTI (atlas space; scan space with ``--manifest``). A probe
+    map is written only for the (feature set, target) pairs the phenotype probes evaluated
+    (enough subjects for their cross-validation)."""
     import numpy as np
 
     from drasclr_toolkit.cli.pretrain import open_patch_source
@@ -302,7 +307,8 @@ def _write_maps(args: argparse.Namespace, labels: Any, targets: list[str],
         block = blocks.setdefault(tuple(emb.subject_ids), {})
         for target in targets:
             column = labels[target].dropna()
-            if len(column) == 0 or infer_target_kind(column) != "continuous":
+            if ((name, target) not in probed or len(column) == 0
+                    or infer_target_kind(column) != "continuous"):
                 continue
             try:
                 scores = patch_probe_scores(emb, labels[target], seed=args.seed)
@@ -323,8 +329,8 @@ def _write_maps(args: argparse.Namespace, labels: Any, targets: list[str],
             block[f"emphysema_extent_{name}"] = (result.predicted_extent[name], extent_unit, None)
     blocks = {ids: block for ids, block in blocks.items() if block}
     if not blocks:
-        print("maps: none written (no continuous target and no --patch-labels: nothing per "
-              "landmark to map)")
+        print("maps: none written (no continuous target the probes could evaluate and no "
+              "--patch-labels: nothing per landmark to map)")
         return
     scans = {}
     if args.manifest:
