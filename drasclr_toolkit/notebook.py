@@ -4,13 +4,15 @@ from __future__ import annotations
 
 # Wide tables scroll inside their own box instead of widening the page, and long text
 # cells (QC reasons, verdicts) wrap instead of being cut with "…". Scoped to rendered
-# outputs, in JupyterLab and in the exported pages alike.
+# outputs, in JupyterLab and in the exported pages alike. Cells wrap between words only
+# (``break-word``, not ``anywhere``, which let a squeezed column split "0.970" into
+# "0.97" / "0" and "disease" into "disea" / "se" in JupyterLab).
 TABLE_STYLE = (
     "<style>"
     ".jp-RenderedHTMLCommon table.dataframe, .jp-OutputArea-output table.dataframe"
     "{display:block;max-width:100%;overflow-x:auto}"
     ".jp-RenderedHTMLCommon table.dataframe td, .jp-OutputArea-output table.dataframe td"
-    "{white-space:normal;max-width:42em;overflow-wrap:anywhere;text-align:left}"
+    "{white-space:normal;max-width:42em;overflow-wrap:break-word;text-align:left}"
     "</style>"
 )
 

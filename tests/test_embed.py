@@ -318,6 +318,8 @@ def test_cli_embed_writes_and_resumes(tmp_path, capsys):
     assert main(argv) == 0  # everything finished: resumes by reading the parts
     np.testing.assert_array_equal(Embeddings.load(out).patch, emb.patch)
     assert "embeddings:" in capsys.readouterr().out
+    assert main(argv[:-1]) == 0  # with progress on and nothing left: no empty "0/0" bar
+    assert "embed:" not in capsys.readouterr().err
 
 
 def test_pc_spearman_and_probe_find_the_encoded_target_not_the_noise():

@@ -217,7 +217,7 @@ def test_killed_run_resumes_to_the_same_outputs(tiny_cohort, cohort_atlas, tmp_p
     np.testing.assert_array_equal(resumed.lung_fraction, clean.lung_fraction)
 
 
-def test_shards_split_the_cohort(tiny_cohort, cohort_atlas, tmp_path):
+def test_shards_split_the_cohort(tiny_cohort, cohort_atlas, tmp_path, capsys):
     _, atlas_dir = cohort_atlas
     ids = tiny_cohort.subject_ids[:2]
     csv = _sub_manifest(tiny_cohort, ids, tmp_path / "m.csv")
@@ -226,6 +226,10 @@ def test_shards_split_the_cohort(tiny_cohort, cohort_atlas, tmp_path):
     assert s1.subject_ids == [ids[1]]
     s0 = run_preprocessing(csv, atlas_dir, out, TINY, shard=(0, 2), progress=False)
     assert s0.subject_ids == ids
+    capsys.readouterr()
+    again = run_preprocessing(csv, atlas_dir, out, TINY, progress=True)  # nothing left to do
+    assert again.subject_ids == ids
+    assert "preprocess shard" not in capsys.readouterr().err  # no empty "0/0" bar
 
 
 # ----------------------------------------------------------------------------- real CT

@@ -16,7 +16,22 @@ with a ``subject_id`` column (e.g. densitometry). ``--labels`` is a CSV with a
   with CIs, null bands and chance;
 * when the time and event columns exist: ``survival.csv``, ``survival.html`` and
   ``km_<feature set>.html`` (Kaplan–Meier by out-of-fold risk group);
+* with ``--patch-labels`` (per-patch emphysema truth): ``dense.csv``, the dense emphysema
+  probe (class and extent of every patch, cross-validated by subject) of each ``.npz`` set;
 * ``comparison.csv`` and ``report.html``: everything on one offline page.
+
+``--maps DIR --store STORE`` also writes the per-landmark results as NIfTI volumes to
+overlay on the CT in 3D Slicer or ITK-SNAP (``DIR/<subject>/<name>_atlas.nii.gz``; with
+``--manifest`` also ``<name>_scan.nii.gz`` on the subject's own CT grid, through the
+inverse of its atlas registration; a ``.json`` beside each names the quantity and unit):
+each ``.npz`` set's probe of every continuous target applied patch by patch
+(``probe_<target>_<set>``, out of fold) and, with ``--patch-labels``, the dense emphysema
+class and extent it predicts (``emphysema_class_<set>``, ``emphysema_extent_<set>``) next to
+the truth (``emphysema_class_truth``, ``emphysema_extent_truth``)::
+
+    drasclr evaluate --embeddings drasclr=work/embeddings/trained.npz --labels manifest.csv \\
+        --out results/ --store work/preprocess/patches --patch-labels patch_labels.csv \\
+        --maps results/maps --manifest manifest.csv
 """
 
 from __future__ import annotations
@@ -71,7 +86,7 @@ def load_feature_sets(values: list[str], pooling: str) -> dict[str, Any]:
 
 
 # What `drasclr evaluate` writes (a folder holding any of these is ours: rewritten).
-RESULT_MARKERS = ("report.html", "phenotypes.csv", "survival.csv", "comparison.csv")
+RESULT_MARKERS = ("report.html", "phenotypes.csv", "survival.csv", "comparison.csv", "dense.csv")
 
 
 def load_labels(path: Path, time_col: str | None = None, event_col: str | None = None):
@@ -116,6 +131,16 @@ def run(args: argparse.Namespace) -> int:
     from drasclr_toolkit.locks import folder_lock
 
     out = Path(args.out)
+    needs_store = {"--maps": bool(args.maps),
+                   f"--patch-labels {args.patch_labels}": bool(
+                       args.patch_labels and Path(args.patch_labels).suffix != ".csv")}
+    for option, needed in needs_store.items():
+        if needed and not args.store:
+            from drasclr_toolkit.errors import DrasclrError
+
+            raise DrasclrError("needs the patch store the embeddings came from (its atlas and "
+                               "each subject's registration)", where=option,
+                               fix="add --store <the preprocessing store folder>")
     sets = load_feature_sets(args.embeddings, args.pooling)
     labels = load_labels(Path(args.labels), args.time_col, args.event_col)
     refuse_foreign_folder(out, RESULT_MARKERS, "drasclr evaluate", args.force)
@@ -139,14 +164,17 @@ def _evaluate(args: argparse.Namespace, out: Path, sets: dict[str, Any], labels:
         raise ValueError(f"--targets {missing} are not columns of {args.labels}; it has "
                          f"{list(labels.columns)}")
     sections: list[tuple[str, Any]] = []
+    probed: set[tuple[str, str]] = set()  # (feature set, target) pairs the probes evaluated
     summaries = []
     if targets:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             table = evaluate_phenotypes(sets, labels, targets, n_repeats=args.n_repeats,
                                         n_permutations=args.n_permutations, seed=args.seed)
-        evaluated = ("verdict" not in table or
-                     ~table["verdict"].astype(str).str.startswith("not evaluated")).any()
+        ok = (~table["verdict"].astype(str).str.startswith("not evaluated")
+              if "verdict" in table else pd.Series(True, index=table.index))
+        probed = set(zip(table.loc[ok, "feature_set"], table.loc[ok, "target"]))
+        evaluated = bool(ok.any())
         if evaluated:
             summaries.append(_write_results(table, out / "phenotypes", "Phenotype probes",
                                             "Phenotype probes", "Phenotype table", sections))
@@ -183,7 +211,10 @@ def _evaluate(args: argparse.Namespace, out: Path, sets: dict[str, Any], labels:
             write_figure_html(km, out / f"km_{safe}.html")
             sections.append((f"Kaplan–Meier: {name}", km))
         print(f"survival: {len(surv)} models -> {out / 'survival.csv'}")
-    if not summaries:
+    dense = _dense(args, out, sections) if args.patch_labels else {}
+    if args.maps:
+        _write_maps(args, labels, targets, dense, probed)
+    if not summaries and not dense:
         shared = len(set(labels.index) & set.intersection(*(set(f.index) for f in sets.values())))
         raise LabelError(
             f"nothing could be evaluated: {shared} subject(s) have both features and labels, "
@@ -201,6 +232,126 @@ def _evaluate(args: argparse.Namespace, out: Path, sets: dict[str, Any], labels:
     atomic_write_text(out / "report.html", html_report("drasclr evaluate", sections))
     print(f"report: {out / 'report.html'}")
     return 0
+
+
+def _patch_sets(args: argparse.Namespace) -> dict[str, Any]:
+    """``{name: Embeddings}`` of the ``--embeddings`` given as ``.npz`` (patch level)."""
+    from drasclr_toolkit.embed import Embeddings
+
+    found = {}
+    for value in args.embeddings:
+        name, path = parse_feature_arg(value)
+        if path.suffix != ".csv":
+            found[name or path.stem] = Embeddings.load(path)
+    return found
+
+
+def _dense(args: argparse.Namespace, out: Path, sections: list) -> dict[str, Any]:
+    """The dense emphysema probe of every ``.npz`` set against ``--patch-labels``; writes
+    ``dense.csv`` and returns ``{"truth": PatchTruth, "result": DenseResult}``."""
+    import pandas as pd
+
+    from drasclr_toolkit.evaluate import (evaluate_dense, patch_truth_from_table,
+                                          synthetic_patch_truth)
+    from drasclr_toolkit.io_utils import atomic_write_text
+
+    patch_sets = _patch_sets(args)
+    if not patch_sets:
+        print("dense emphysema: skipped (no --embeddings .npz: the per-patch probe needs "
+              "patch embeddings)")
+        return {}
+    first = next(iter(patch_sets.values()))
+    source = Path(args.patch_labels)
+    if source.suffix == ".csv":
+        table = pd.read_csv(source, dtype={"subject_id": str})
+        truth = patch_truth_from_table(table, first.subject_ids, first.n_landmarks)
+    else:
+        from drasclr_toolkit.cli.pretrain import open_patch_source
+
+        truth = synthetic_patch_truth(open_patch_source(args.store), source)
+    truth = truth.align(first.subject_ids)
+    features = {name: emb.patch for name, emb in patch_sets.items()
+                if emb.subject_ids == first.subject_ids}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = evaluate_dense(features, truth, seed=args.seed,
+                                n_boot=args.n_dense_bootstrap)
+    atomic_write_text(out / "dense.csv", result.metrics.to_csv(index=False))
+    sections.append(("Dense emphysema (per patch, cross-validated by subject)", result.metrics))
+    print(f"dense emphysema: {len(features)} feature set(s), "
+          f"{int((truth.label >= 0).sum())} labelled patches -> {out / 'dense.csv'}")
+    return {"truth": truth, "result": result, "subject_ids": list(first.subject_ids)}
+
+
+def _write_maps(args: argparse.Namespace, labels: Any, targets: list[str],
+                dense: dict[str, Any], probed: set[tuple[str, str]]) -> None:
+    """Per-landmark results as NIfTI (atlas space; scan space with ``--manifest``). A probe
+    map is written only for the (feature set, target) pairs the phenotype probes evaluated
+    (enough subjects for their cross-validation)."""
+    import numpy as np
+
+    from drasclr_toolkit.cli.pretrain import open_patch_source
+    from drasclr_toolkit.data import Manifest
+    from drasclr_toolkit.embed.maps import MapError, write_cohort_maps
+    from drasclr_toolkit.evaluate import infer_target_kind, patch_probe_scores
+    from drasclr_toolkit.evaluate.probes import NotEnoughData
+
+    store = open_patch_source(args.store)
+    if not hasattr(store, "subject_record"):
+        raise MapError("maps need a patch store (its atlas and registrations); this source "
+                       "has neither", where=f"--store {args.store}",
+                       fix="pass the preprocessing store folder, or leave out --maps")
+    # one block of (N, L) arrays per subject order: {ids: {name: (values, unit, classes)}}
+    blocks: dict[tuple[str, ...], dict[str, tuple[Any, str, Any]]] = {}
+    for name, emb in _patch_sets(args).items():
+        block = blocks.setdefault(tuple(emb.subject_ids), {})
+        for target in targets:
+            column = labels[target].dropna()
+            if ((name, target) not in probed or len(column) == 0
+                    or infer_target_kind(column) != "continuous"):
+                continue
+            try:
+                scores = patch_probe_scores(emb, labels[target], seed=args.seed)
+            except NotEnoughData as why:
+                print(f"maps: no probe_{target}_{name} ({why})")
+                continue
+            block[f"probe_{target}_{name}"] = (
+                scores, f"predicted {target} from this patch alone (the label's unit)", None)
+    if dense:
+        block = blocks.setdefault(tuple(dense["subject_ids"]), {})
+        truth, result = dense["truth"], dense["result"]
+        classes = tuple(truth.classes)
+        extent_unit = "fraction of the patch's lung that is emphysema"
+        block["emphysema_class_truth"] = (truth.label, "", classes)
+        block["emphysema_extent_truth"] = (truth.extent, extent_unit, None)
+        for name in result.predicted_label:
+            block[f"emphysema_class_{name}"] = (result.predicted_label[name], "", classes)
+            block[f"emphysema_extent_{name}"] = (result.predicted_extent[name], extent_unit, None)
+    blocks = {ids: block for ids, block in blocks.items() if block}
+    if not blocks:
+        print("maps: none written (no continuous target the probes could evaluate and no "
+              "--patch-labels: nothing per landmark to map)")
+        return
+    scans = {}
+    if args.manifest:
+        manifest = Manifest.load(args.manifest)
+        known = set(manifest.subject_ids)
+        scans = {sid: manifest.image_path(sid) for ids in blocks for sid in ids if sid in known}
+    only = set(args.map_subjects) if args.map_subjects else None
+    subjects: set[str] = set()
+    names: list[str] = []
+    for ids, block in blocks.items():
+        written = write_cohort_maps(
+            store, {name: np.asarray(v[0], float) for name, v in block.items()}, args.maps,
+            list(ids), scans, units={name: v[1] for name, v in block.items()},
+            classes={name: v[2] for name, v in block.items() if v[2] is not None}, only=only)
+        subjects |= set(written)
+        names += list(block)
+    spaces = ("atlas and scan space" if scans else
+              "atlas space (add --manifest for the scan's own space)")
+    print(f"maps: {len(subjects)} subjects × {len(names)} maps ({', '.join(names)}) in "
+          f"{spaces} -> {args.maps}/<subject>/<name>_{'{atlas,scan}' if scans else 'atlas'}"
+          ".nii.gz")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -230,6 +381,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="permutations of the Kaplan-Meier risk groups' log-rank test (each "
                    "redoes the cross-validated grouping)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--store", default=None,
+                   help="patch store the .npz embeddings came from (atlas and registrations); "
+                   "needed by --maps and by --patch-labels given as a synthetic cohort folder")
+    p.add_argument("--patch-labels", default=None, metavar="CSV|COHORT_DIR",
+                   help="per-patch emphysema truth: a CSV (subject_id, landmark, label[, "
+                   "extent]) or a synthetic cohort folder (ground_truth/): runs the dense "
+                   "emphysema probe (dense.csv)")
+    p.add_argument("--n-dense-bootstrap", type=int, default=200,
+                   help="subject-bootstrap resamples of the dense probe's intervals")
+    p.add_argument("--maps", default=None, metavar="DIR",
+                   help="write per-landmark results as NIfTI into DIR (needs --store)")
+    p.add_argument("--manifest", default=None,
+                   help="manifest of the store's scans: --maps then also writes each map on "
+                   "the subject's own CT grid")
+    p.add_argument("--map-subjects", nargs="+", default=None, metavar="ID",
+                   help="write maps for these subjects only (default: all)")
     p.add_argument("--force", action="store_true",
                    help="write into an --out folder that holds files which are not results")
     p.set_defaults(func=run)

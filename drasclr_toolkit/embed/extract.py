@@ -414,7 +414,8 @@ def _location_inputs(source: PatchSource, info: dict[str, Any]) -> tuple[np.ndar
 
 def _progress_bar(total: int, progress: bool, dist_info: DistInfo) -> tqdm:
     desc = f"embed (rank {dist_info.rank})" if dist_info.enabled else "embed"
-    return tqdm(total=total, unit="patch", disable=not progress, desc=desc)
+    # nothing left to embed (a resumed run): no bar, an empty "0/0" one reads as stalled
+    return tqdm(total=total, unit="patch", disable=not progress or total == 0, desc=desc)
 
 
 def _embed_subjects(source: PatchSource, encoder: torch.nn.Module, todo: list[tuple[int, str]],

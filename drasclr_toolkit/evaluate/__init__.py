@@ -23,7 +23,7 @@ from .embedding_analysis import (compare_encoders, pc_null_band, pc_spearman, pr
                                  variance_shares)
 from .features import POOLINGS, feature_sets, landmark_zones, pool_embeddings
 from .nuisance import nuisance_sensitivity, spearman_ci
-from .probes import evaluate_phenotypes, infer_target_kind, make_probe
+from .probes import evaluate_phenotypes, infer_target_kind, make_probe, patch_probe_scores
 from .stats import (corrected_ci, holm, multiplicity_note, paired_difference,
                     predictive_verdict, small_sample_note)
 from .survival import (RiskGroups, default_horizons, evaluate_survival,
@@ -35,7 +35,7 @@ __all__ = [
     "HIST_EDGES", "POOLINGS", "RiskGroups", "ZONES", "cohort_densitometry", "corrected_ci",
     "default_horizons", "densitometry", "evaluate_phenotypes", "evaluate_survival",
     "feature_sets", "infer_target_kind", "landmark_zones", "lung_zones", "make_probe",
-    "make_survival_model", "pool_embeddings", "risk_groups", "survival_metrics",
+    "make_survival_model", "patch_probe_scores", "pool_embeddings", "risk_groups", "survival_metrics",
     "to_structured", "comparison_table", "comparison_text", "summarise", "densitometry_sets",
     "nuisance_sensitivity", "spearman_ci", "patch_densitometry", "adjust_verdicts",
     "paired_comparisons", "risk_group_text", "holm", "multiplicity_note", "paired_difference",

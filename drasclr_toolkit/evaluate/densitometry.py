@@ -164,8 +164,8 @@ def cohort_densitometry(manifest: Any, subjects: Any = None, *, mask_source: str
         stored = _stored_densitometry(store, sid, mask_source, zones, histogram)
         if stored is not None:
             rows[sid] = stored
-    for sid in tqdm([s for s in ids if s not in rows], desc="densitometry",
-                    disable=not progress):
+    todo = [s for s in ids if s not in rows]
+    for sid in tqdm(todo, desc="densitometry", disable=not progress or not todo):
         from_scans.append(sid)
         try:
             rows[sid] = _subject_densitometry(manifest, sid, mask_source, zones, histogram)

@@ -80,7 +80,8 @@ from ._common import align, as_feature_sets, drop_incomplete_features, permutati
 from .stats import ALPHA, corrected_ci, small_sample_note, stream
 
 __all__ = ["CATEGORICAL_METRICS", "CONTINUOUS_METRICS", "NotEnoughData", "common_subjects",
-           "evaluate_phenotypes", "infer_target_kind", "make_probe", "splits_fingerprint"]
+           "evaluate_phenotypes", "infer_target_kind", "make_probe", "patch_probe_scores",
+           "splits_fingerprint"]
 
 TargetKind = Literal["continuous", "categorical"]
 CONTINUOUS_METRICS = ("r2", "mae")
@@ -517,3 +518,63 @@ def _evaluate_one(frame: pd.DataFrame, y_all: pd.Series, set_name: str, target: 
     if row["caution"]:
         warnings.warn(f"target {target!r} ({set_name}): {row['caution']}", stacklevel=3)
     return row
+
+
+def patch_probe_scores(embeddings: Any, target: pd.Series, cv: int = 5, seed: int = 0
+                       ) -> np.ndarray:
+    """``(N, L)``: a continuous target's probe applied to each patch alone, out of fold.
+
+    The probe (:func:`make_probe` ``"continuous"``: standardise → RidgeCV) is fitted on the
+    mean-pooled embeddings of the training subjects (``min(cv, n)`` shuffled folds of the
+    subjects with a finite target) and applied to every patch of the held-out subjects;
+    subjects without a target get the probe fitted on all labelled ones. The pipeline is
+    linear, so a subject's mean patch score over its in-scan landmarks is its out-of-fold
+    prediction from mean pooling: the map shows where that prediction comes from, in the
+    target's own unit. NaN where a patch is missing or outside the scan.
+
+    Example:
+        >>> from drasclr_toolkit.embed import Embeddings
+        >>> rng = np.random.default_rng(0)
+        >>> ids = [f"s{i}" for i in range(20)]
+        >>> patch = rng.normal(size=(20, 4, 3))
+        >>> emb = Embeddings(patch, ids, np.zeros((4, 3)), np.zeros((4, 3)), np.ones((20, 4)))
+        >>> y = pd.Series(patch[:, :, 0].mean(1) * 10, index=ids)
+        >>> scores = patch_probe_scores(emb, y)
+        >>> scores.shape, bool(np.allclose(scores.mean(1), y, atol=0.5))
+        ((20, 4), True)
+    """
+    from sklearn.base import clone
+    from sklearn.model_selection import KFold
+
+    from .features import pool_embeddings
+
+    patch = np.asarray(embeddings.patch, np.float64)
+    ids = [str(s) for s in embeddings.subject_ids]
+    valid = np.isfinite(patch).all(axis=2)
+    in_scan = getattr(embeddings, "in_scan", None)
+    if in_scan is not None:
+        valid &= np.asarray(in_scan, bool)
+    pooled = pool_embeddings(embeddings, "mean").to_numpy(np.float64)
+    y = pd.Series(target).astype(np.float64).reindex(ids).to_numpy()
+    labelled = np.flatnonzero(np.isfinite(y) & np.isfinite(pooled).all(axis=1))
+    if len(labelled) < 3:
+        raise NotEnoughData(f"{len(labelled)} subjects with embeddings and the target "
+                            f"{target.name!r}; a per-patch probe needs at least 3")
+    probe = make_probe("continuous")
+    scores = np.full(valid.shape, np.nan)
+
+    def apply(model, rows) -> None:
+        for row in rows:
+            keep = valid[row]
+            if keep.any():
+                scores[row, keep] = model.predict(patch[row, keep])
+
+    with threadpool_limits(1):
+        folds = KFold(n_splits=min(cv, len(labelled)), shuffle=True, random_state=seed)
+        for train, test in folds.split(labelled):
+            rows = labelled[train]
+            apply(clone(probe).fit(pooled[rows], y[rows]), labelled[test])
+        rest = np.setdiff1d(np.arange(len(ids)), labelled)
+        if len(rest):
+            apply(clone(probe).fit(pooled[labelled], y[labelled]), rest)
+    return scores

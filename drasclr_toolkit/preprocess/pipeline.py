@@ -667,7 +667,9 @@ def run_preprocessing(
             jobs.append((str(out), sid, image_path, _lung_mask_path(manifest, sid), cfg_dict,
                          threads, keep_scan_images))
 
-        bar = tqdm(total=len(jobs), desc=f"preprocess shard {i}/{n}", disable=not progress, unit="scan")
+        # no bar when every scan is done already: an empty "0/0" bar reads as a stalled run
+        bar = tqdm(total=len(jobs), desc=f"preprocess shard {i}/{n}",
+                   disable=not progress or not jobs, unit="scan")
         if n_jobs <= 1:
             for job in jobs:
                 sid, status, _ = _work_one(*job)

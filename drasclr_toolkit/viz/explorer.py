@@ -114,7 +114,10 @@ class PatchExplorer(widgets.VBox):
                                    marker=dict(size=10, color="rgba(0,0,0,0)",
                                                line=dict(color="red", width=4)),
                                    name="selected", hoverinfo="skip"))
-        fig.update_layout(width=CLOUD_WIDTH, height=CLOUD_HEIGHT)
+        # the legend in the top-left corner instead of below: the scene gets the height,
+        # and its z and y axis titles room to stay apart
+        fig.update_layout(width=CLOUD_WIDTH, height=CLOUD_HEIGHT,
+                          legend=dict(orientation="v", x=0.01, y=0.99, yanchor="top"))
         self.cloud = go.FigureWidget(fig)
         # Plotly picks a 3D point on click only within a few pixels of its centre, but
         # reports hover from further away: following the hovered landmark (and clicks,

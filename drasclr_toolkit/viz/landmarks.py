@@ -204,7 +204,15 @@ def landmark_traces(landmarks: np.ndarray, values: np.ndarray | None = None, *,
 # Plotly's default eye (1.25, 1.25, 1.25) draws a lung-shaped box (taller than wide) so
 # large that the lowest tick labels and the y title fall below the figure; from this
 # distance every tick and title stays inside (checked in a browser, tests/test_pages.py).
-SCENE_CAMERA: dict[str, Any] = {"eye": {"x": 2.1, "y": 2.1, "z": 1.3}}
+# Looking more along x than y lays the y axis flatter, so its title clears the z title
+# where both axes meet (at (2.1, 2.1, 1.3) they ran into each other; seen in JupyterLab).
+SCENE_CAMERA: dict[str, Any] = {"eye": {"x": 2.4, "y": 1.9, "z": 1.2}}
+# A fixed height: without one JupyterLab draws a figure 360 px tall (the exported page 450),
+# where the z and y titles of a lung-shaped box run into each other.
+SCENE_HEIGHT = 500
+# Ticks per 3D axis: plotly's default puts one every 20 mm, which jumble where an axis
+# recedes from the camera.
+SCENE_TICKS = 6
 
 
 def landmark_labels(landmarks: np.ndarray, patch_size: int = 32, atlas: Any = None) -> list[str]:
@@ -232,10 +240,12 @@ def scene_layout(title: str | None = None, unit: str = "mm") -> dict[str, Any]:
     return dict(
         title=title,
         scene=dict(aspectmode="data", camera=SCENE_CAMERA,
-                   xaxis_title=f"x ({unit}, → left)", yaxis_title=f"y ({unit}, → posterior)",
-                   zaxis_title=f"z ({unit}, → superior)"),
+                   xaxis=dict(title=f"x ({unit}, → left)", nticks=SCENE_TICKS),
+                   yaxis=dict(title=f"y ({unit}, → posterior)", nticks=SCENE_TICKS),
+                   zaxis=dict(title=f"z ({unit}, → superior)", nticks=SCENE_TICKS)),
         margin=dict(l=10, r=10, t=40 if title else 10, b=10),
         legend=dict(orientation="h"),
+        height=SCENE_HEIGHT,
     )
 
 
