@@ -12,6 +12,7 @@ from drasclr_toolkit.embed import Embeddings
 from drasclr_toolkit.evaluate import (comparison_table, comparison_text, evaluate_phenotypes,
                                       nuisance_sensitivity, summarise)
 from drasclr_toolkit.viz.evaluation import result_figure
+from drasclr_toolkit.evaluate import pool_embeddings
 
 
 def _cohort(n: int = 30, seed: int = 0):
@@ -82,7 +83,7 @@ def test_comparison_words_follow_the_numbers():
     emb, labels = _cohort(40)
     labels = labels.set_index("subject_id")
     rng = np.random.default_rng(2)
-    sets = {"drasclr": emb.pool("mean"),
+    sets = {"drasclr": pool_embeddings(emb, "mean"),
             "random-init": pd.DataFrame(rng.normal(size=(40, 8)), index=emb.subject_ids)}
     table = evaluate_phenotypes(sets, labels, ["fev1_pp"], n_repeats=1, n_permutations=39)
     long = summarise(table)

@@ -24,6 +24,7 @@ from drasclr_toolkit.viz import (
     patch_pca,
     retrieval_gallery,
 )
+from drasclr_toolkit.evaluate import pool_embeddings
 
 P = 32
 
@@ -143,7 +144,7 @@ def test_lung_surface_of_the_official_atlas(shared_reference):
 
 def test_embedding_scatter_continuous_and_categorical_labels():
     emb = make_embeddings(n=8)
-    pooled = emb.pool("mean")
+    pooled = pool_embeddings(emb, "mean")
     labels = pd.Series(np.linspace(0, 1, 8), index=emb.subject_ids[::-1], name="severity")
     fig = embedding_scatter(pooled, labels, method="pca")
     (trace,) = fig.data
@@ -180,7 +181,7 @@ def test_embedding_scatter_umap_is_seeded_and_falls_back(monkeypatch):
     fig = embedding_scatter(emb, method="umap", seed=7, n_neighbors=30)
     assert calls[0]["random_state"] == 7 and calls[0]["n_neighbors"] == 11  # N - 1
     assert "UMAP" in fig.layout.title.text and fig.layout.xaxis.title.text == "UMAP 1"
-    np.testing.assert_allclose(fig.data[0].x, emb.pool("mean").to_numpy()[:, 0] * 10, rtol=1e-6)
+    np.testing.assert_allclose(fig.data[0].x, pool_embeddings(emb, "mean").to_numpy()[:, 0] * 10, rtol=1e-6)
 
     monkeypatch.setitem(sys.modules, "umap", None)  # import umap now raises ImportError
     with pytest.warns(UserWarning, match="umap-learn is not installed"):

@@ -62,10 +62,10 @@ from drasclr_toolkit.runtime import (
     resolve_device,
     shutdown,
 )
-from drasclr_toolkit.constants import HU_WINDOW
+from drasclr_toolkit.constants import HU_WINDOW, POOLINGS
 from drasclr_toolkit.ssl.augment import check_window, hu_to_unit
 
-from .store import POOLING_METHODS, Embeddings, atomic_save_npy
+from .store import Embeddings, atomic_save_npy
 
 __all__ = ["EmbedConfig", "extract_embeddings"]
 
@@ -81,7 +81,7 @@ class EmbedConfig(Config):
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``.
         amp: mixed precision; ``None`` = on for CUDA, off on CPU.
         seed: seed of the randomly initialised encoder (when no checkpoint is given).
-        pooling: default patient pooling (``mean``, ``max``, ``lung_weighted``).
+        pooling: default patient pooling (one of ``constants.POOLINGS``).
         encoder: architecture of the random-init encoder (keys of ``DrasCLREncoder``);
             ignored when a checkpoint is given (the checkpoint's own config is used).
         hu_window: the network's HU window for an encoder without a checkpoint (the
@@ -100,7 +100,7 @@ class EmbedConfig(Config):
     device: Device = "auto"
     amp: bool | None = None
     seed: int = 0
-    pooling: Literal[POOLING_METHODS] = "mean"
+    pooling: Literal[POOLINGS] = "mean"
     encoder: dict[str, Any] = Field(default_factory=dict)
     hu_window: list[float] | None = Field(None, min_length=2, max_length=2)
 

@@ -23,8 +23,10 @@ def as_frame(values: FeatureLike, name: str, index: pd.Index | None = None) -> p
     An ``Embeddings`` is mean-pooled; a plain array takes ``index`` (the labels' subject
     order) and must have as many rows.
     """
-    if hasattr(values, "pool") and hasattr(values, "patch"):  # an Embeddings
-        values = values.pool("mean")
+    if hasattr(values, "patch") and hasattr(values, "lung_fraction"):  # an Embeddings
+        from .features import pool_embeddings
+
+        values = pool_embeddings(values, "mean")
     if isinstance(values, pd.Series):
         values = values.to_frame()
     if isinstance(values, pd.DataFrame):
@@ -41,7 +43,7 @@ def as_frame(values: FeatureLike, name: str, index: pd.Index | None = None) -> p
             raise ValueError(
                 f"feature set {name!r} is a plain array with {len(array)} rows but the "
                 f"labels have {0 if index is None else len(index)} subjects; pass a DataFrame "
-                "indexed by subject id (e.g. Embeddings.pool()) so rows can be matched by id")
+                "indexed by subject id (e.g. pool_embeddings(emb)) so rows can be matched by id")
         frame = pd.DataFrame(array, index=pd.Index(index).astype(str),
                              columns=[f"f{j}" for j in range(array.shape[1])])
     if frame.index.has_duplicates:

@@ -19,6 +19,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from drasclr_toolkit.embed import Embeddings
+from drasclr_toolkit.evaluate.features import pool_embeddings
 
 from .landmarks import CATEGORY_COLOURS
 
@@ -66,7 +67,7 @@ def reduce_2d(X: np.ndarray, method: str = "pca", seed: int = 0,
 
 def _as_matrix(embeddings: Any, ids: Sequence[str] | None) -> tuple[np.ndarray, list[str]]:
     if isinstance(embeddings, Embeddings):
-        embeddings = embeddings.pool("mean")
+        embeddings = pool_embeddings(embeddings, "mean")
     if isinstance(embeddings, pd.DataFrame):
         X = embeddings.to_numpy(dtype=np.float64)
         ids = list(ids) if ids is not None else [str(i) for i in embeddings.index]
@@ -103,7 +104,7 @@ def embedding_scatter(embeddings: Any, labels: Any = None, *, method: str = "pca
 
     Args:
         embeddings: :class:`Embeddings` (mean-pooled), a DataFrame (N, D) indexed by
-            subject id (``Embeddings.pool``), or an array. Input with exactly 2 columns is
+            subject id (``pool_embeddings``), or an array. Input with exactly 2 columns is
             taken as already-reduced coordinates and drawn as is.
         labels: per-subject values: a Series indexed by subject id (aligned by id), or an
             array in row order. Floats get a colour bar; integers, strings and booleans are
