@@ -42,7 +42,7 @@ def pc_spearman(patient: pd.DataFrame, targets: pd.DataFrame | pd.Series,
                 n_components: int = 3) -> pd.DataFrame:
     """Spearman ρ of each principal component of the patient embeddings with each target.
 
-    ``patient`` is ``(N, D)`` indexed by subject id (``Embeddings.pool``); ``targets`` is
+    ``patient`` is ``(N, D)`` indexed by subject id (``pool_embeddings``); ``targets`` is
     indexed by subject id, one numeric column per target. PCA runs on standardised
     features. Returns columns ``component`` (``PC1`` …), ``target``, ``rho``, ``p_value``.
     A PC's sign is arbitrary, so compare ``|rho|``.
@@ -67,18 +67,18 @@ def pc_spearman(patient: pd.DataFrame, targets: pd.DataFrame | pd.Series,
 def probe_scores(patient: pd.DataFrame, targets: pd.DataFrame | pd.Series, cv: int = 5,
                  seed: int = 0, alphas: Sequence[float] = tuple(np.logspace(-2, 4, 13))
                  ) -> pd.DataFrame:
-    """Cross-validated ridge probe (standardise → RidgeCV) from patient embeddings to each
-    target: out-of-fold R² and Spearman ρ between out-of-fold predictions and the truth.
+    """Cross-validated ridge probe (:func:`~drasclr_toolkit.evaluate.make_probe` for a
+    continuous target: standardise → RidgeCV over ``alphas``) from patient embeddings to
+    each target: out-of-fold R² and Spearman ρ between out-of-fold predictions and the truth.
 
     Folds are shuffled with ``seed`` (``min(cv, N)`` folds); the ridge penalty is chosen
     inside each training fold. Returns a frame indexed by target with ``r2``,
     ``spearman`` and ``n``.
     """
-    from sklearn.linear_model import RidgeCV
     from sklearn.metrics import r2_score
     from sklearn.model_selection import KFold, cross_val_predict
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+
+    from .probes import make_probe
 
     patient, targets = _aligned(patient, targets)
     X = patient.to_numpy(np.float64)
@@ -86,7 +86,7 @@ def probe_scores(patient: pd.DataFrame, targets: pd.DataFrame | pd.Series, cv: i
     rows = {}
     for name in targets.columns:
         y = targets[name].to_numpy(np.float64)
-        model = make_pipeline(StandardScaler(), RidgeCV(alphas=list(alphas)))
+        model = make_probe("continuous", alphas=alphas, seed=seed)
         pred = cross_val_predict(model, X, y, cv=folds)
         rho = spearmanr(pred, y)[0] if np.ptp(y) > 0 and np.ptp(pred) > 0 else np.nan
         rows[name] = {"r2": float(r2_score(y, pred)), "spearman": float(rho), "n": len(y)}
