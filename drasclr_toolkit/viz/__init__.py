@@ -18,7 +18,7 @@ from .explorer import PatchExplorer, patch_explorer
 from .landmarks import (landmark_centres, landmark_cloud, landmark_trace, landmark_traces,
                         patch_kmeans, patch_pca)
 from .qc import plot_landmarks_3d, plot_overlay, plot_patches, plot_registration
-from .retrieval import middle_slice, retrieval_gallery, retrieve_similar
+from .retrieval import middle_slice, retrieval_gallery
 from .scatter import embedding_scatter, reduce_2d
 from .slices import slice_figure, slice_viewer
 from .surface import lung_surface, surface_mesh
@@ -48,7 +48,6 @@ __all__ = [
     "plot_training_curves",
     "reduce_2d",
     "retrieval_gallery",
-    "retrieve_similar",
     "slice_figure",
     "slice_viewer",
     "surface_mesh",
