@@ -30,8 +30,9 @@ from drasclr_toolkit.config import load_config
 from drasclr_toolkit.data import Manifest, check_scans, scan_folder
 from drasclr_toolkit.preprocess import Atlas, PatchStore, PreprocessConfig, qc_table
 from drasclr_toolkit.preprocess.pipeline import build_default_atlas, run_preprocessing
+from drasclr_toolkit.preprocess.qc_rules import QCThresholds
 
-from .qc import ProbeQCRules, assess_scans
+from .qc import assess_scans
 
 __all__ = ["OFFICIAL_ATLAS_ENV", "ProbeResult", "load_labels", "probe_dataset", "resolve_atlas"]
 
@@ -191,7 +192,7 @@ def probe_dataset(
     config: str | os.PathLike | Mapping[str, Any] = "tiny",
     *,
     n_jobs: int = 1,
-    rules: ProbeQCRules | None = None,
+    thresholds: QCThresholds | None = None,
     n_permutations: int = 10,
     report: bool = True,
     progress: bool = False,
@@ -208,7 +209,7 @@ def probe_dataset(
         atlas: None (built from the data), ``"official"``, an atlas folder, or an Atlas.
         config: ``tiny``, ``gpu`` or a YAML file (its preprocess and embed sections).
         n_jobs: preprocessing worker processes.
-        rules: thresholds of the absolute QC rules (default: the config's ``preprocess.qc``).
+        thresholds: limits of the absolute QC rules (default: the config's ``preprocess.qc``).
         n_permutations: permutations of the evaluation's null (small: a quick look).
         report: write ``out/report.html``.
     """
@@ -239,11 +240,7 @@ def probe_dataset(
             problems.append(f"preprocessing stopped: {type(exc).__name__}: {exc}")
     else:
         problems.append("no scan could be loaded, so nothing was preprocessed")
-    if rules is None:
-        rules = ProbeQCRules(min_dice=cfg.qc.min_dice, lung_volume_ml=cfg.qc.lung_volume_ml,
-                             min_frac_lung_patches=cfg.qc.min_frac_lung_patches,
-                             max_frac_outside_scan=cfg.qc.max_frac_missing)
-    result.qc = assess_scans(pre_qc, checks, rules)
+    result.qc = assess_scans(pre_qc, checks, cfg.qc if thresholds is None else thresholds)
     result.qc.to_csv(out / "qc.csv", index=False)
     if result.store is not None and result.store.subject_ids:
         try:
