@@ -26,7 +26,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from ..evaluate.features import POOLINGS
+from ..constants import POOLINGS
+from ..data.labels import load_labels
 
 DEFAULT_TARGETS = ("fev1_pp", "fev1_fvc", "gold", "pct_emphysema", "cle_score", "pse_score",
                    "mmrc")
@@ -74,14 +75,6 @@ def load_feature_sets(values: list[str], pooling: str) -> dict[str, Any]:
 RESULT_MARKERS = ("report.html", "phenotypes.csv", "survival.csv", "comparison.csv")
 
 
-def load_labels(path: Path, time_col: str | None = None, event_col: str | None = None):
-    """The label table indexed by subject id, checked as it is loaded (see
-    :func:`drasclr_toolkit.data.labels.check_labels`)."""
-    from drasclr_toolkit.data.labels import read_labels
-
-    return read_labels(path, time_col, event_col, what="--labels")
-
-
 def _write_results(table, stem: Path, title: str, heading: str, table_heading: str,
                    sections: list[tuple[str, Any]]):
     """Write ``stem``.csv (the table) and ``stem``.html (its figure), add both to the report's
@@ -117,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     sets = load_feature_sets(args.embeddings, args.pooling)
-    labels = load_labels(Path(args.labels), args.time_col, args.event_col)
+    labels = load_labels(Path(args.labels), args.time_col, args.event_col, what="--labels")
     refuse_foreign_folder(out, RESULT_MARKERS, "drasclr evaluate", args.force)
     with folder_lock(out, "evaluate"):
         return _evaluate(args, out, sets, labels)

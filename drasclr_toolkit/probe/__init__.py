@@ -8,7 +8,7 @@ Example:
 """
 
 from .qc import QC_COLUMNS, assess_scans, load_failure_flag
-from .run import ProbeResult, load_labels, probe_dataset, resolve_atlas
+from .run import ProbeResult, probe_dataset, resolve_atlas
 
-__all__ = ["ProbeResult", "QC_COLUMNS", "assess_scans", "load_failure_flag", "load_labels",
-           "probe_dataset", "resolve_atlas"]
+__all__ = ["ProbeResult", "QC_COLUMNS", "assess_scans", "load_failure_flag", "probe_dataset",
+           "resolve_atlas"]

@@ -28,13 +28,14 @@ import pandas as pd
 
 from drasclr_toolkit.config import load_config
 from drasclr_toolkit.data import Manifest, check_scans, scan_folder
+from drasclr_toolkit.data.labels import load_labels
 from drasclr_toolkit.preprocess import Atlas, PatchStore, PreprocessConfig, qc_table
 from drasclr_toolkit.preprocess.pipeline import build_default_atlas, run_preprocessing
 from drasclr_toolkit.preprocess.qc_rules import QCThresholds
 
 from .qc import assess_scans
 
-__all__ = ["OFFICIAL_ATLAS_ENV", "ProbeResult", "load_labels", "probe_dataset", "resolve_atlas"]
+__all__ = ["OFFICIAL_ATLAS_ENV", "ProbeResult", "probe_dataset", "resolve_atlas"]
 
 log = logging.getLogger(__name__)
 
@@ -98,23 +99,6 @@ def resolve_atlas(atlas: Any) -> Atlas | None:
         return Atlas.load(folder)
     raise FileNotFoundError(f"atlas folder {folder} holds neither {' + '.join(OFFICIAL_FILES)} "
                             "(the official atlas) nor atlas.json (Atlas.save); check the path")
-
-
-def load_labels(labels: Any) -> pd.DataFrame | None:
-    """A label table indexed by subject id (CSV path or DataFrame with ``subject_id``)."""
-    if labels is None:
-        return None
-    from drasclr_toolkit.data.labels import check_labels, read_labels
-
-    if isinstance(labels, (str, os.PathLike)):
-        return read_labels(labels, what="labels file")
-    frame = labels.copy()
-    if "subject_id" not in frame.columns and frame.index.name == "subject_id":
-        frame = frame.reset_index()
-    if "subject_id" not in frame.columns:
-        raise ValueError("the labels table needs a subject_id column (the scan names, as in "
-                         "the QC table) and one column per label; time and event for survival")
-    return check_labels(frame, "labels table").set_index("subject_id")
 
 
 def _preprocess_config(config: Any, atlas: Atlas | None, problems: list[str]
@@ -216,7 +200,7 @@ def probe_dataset(
     out = Path(out).expanduser().absolute()
     out.mkdir(parents=True, exist_ok=True)
     # The user's inputs first (labels, atlas, config): a typo fails before any work.
-    label_table = load_labels(labels)
+    label_table = load_labels(labels, what="labels")
     chosen = resolve_atlas(atlas)
     problems: list[str] = []
     cfg = _preprocess_config(config, chosen, problems)
