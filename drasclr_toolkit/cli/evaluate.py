@@ -26,6 +26,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from ..errors import InputError, MissingFileError
 from ..constants import POOLINGS
 from ..data.labels import load_labels
 
@@ -57,14 +58,14 @@ def load_feature_sets(values: list[str], pooling: str) -> dict[str, Any]:
     for value in values:
         name, path = parse_feature_arg(value)
         if not path.exists():
-            raise FileNotFoundError(f"--embeddings {value}: file {path} does not exist")
+            raise MissingFileError(f"--embeddings {value}: file {path} does not exist")
         name = name or path.stem
         if name in sets:
-            raise ValueError(f"--embeddings: the name {name!r} is given twice; use NAME=PATH")
+            raise InputError(f"--embeddings: the name {name!r} is given twice; use NAME=PATH")
         if path.suffix == ".csv":
             table = pd.read_csv(path, dtype={"subject_id": str})
             if "subject_id" not in table.columns:
-                raise ValueError(f"--embeddings {path}: a feature CSV needs a subject_id column")
+                raise InputError(f"--embeddings {path}: a feature CSV needs a subject_id column")
             sets[name] = table.set_index("subject_id").select_dtypes("number")
         else:
             sets[name] = pool_embeddings(Embeddings.load(path), pooling)
@@ -129,7 +130,7 @@ def _evaluate(args: argparse.Namespace, out: Path, sets: dict[str, Any], labels:
     targets = args.targets or [t for t in DEFAULT_TARGETS if t in labels.columns]
     missing = [t for t in targets if t not in labels.columns]
     if missing:
-        raise ValueError(f"--targets {missing} are not columns of {args.labels}; it has "
+        raise InputError(f"--targets {missing} are not columns of {args.labels}; it has "
                          f"{list(labels.columns)}")
     sections: list[tuple[str, Any]] = []
     summaries = []

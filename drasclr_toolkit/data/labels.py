@@ -21,7 +21,7 @@ from typing import Any
 
 import pandas as pd
 
-from ..errors import LabelError
+from ..errors import LabelError, MissingFileError
 
 __all__ = ["check_labels", "load_labels"]
 
@@ -46,7 +46,7 @@ def load_labels(labels: str | os.PathLike | pd.DataFrame | None,
         return check_labels(table, f"{what} table", time_col, event_col).set_index("subject_id")
     path = Path(labels).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"{what}: file {path} does not exist; check the path")
+        raise MissingFileError(f"{what}: file {path} does not exist; check the path")
     try:
         table = pd.read_csv(path, dtype={"subject_id": str}, keep_default_na=True)
     except (ValueError, UnicodeDecodeError) as exc:

@@ -31,7 +31,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from ..errors import DrasclrError
+from ..errors import DrasclrError, InputError, MissingFileError
 from ..io_utils import atomic_write_stream
 
 __all__ = ["Embeddings", "atomic_save_npy"]
@@ -78,7 +78,7 @@ class Embeddings:
         self.landmark_coords = np.asarray(self.landmark_coords, dtype=np.float32)
         self.lung_fraction = np.asarray(self.lung_fraction, dtype=np.float32)
         if self.patch.ndim != 3:
-            raise ValueError(f"Embeddings.patch must be (N, L, D); got shape {self.patch.shape}")
+            raise InputError(f"Embeddings.patch must be (N, L, D); got shape {self.patch.shape}")
         n, n_loc, _ = self.patch.shape
         checks = {
             "subject_ids": (len(self.subject_ids), n),
@@ -91,10 +91,10 @@ class Embeddings:
             checks["in_scan"] = (self.in_scan.shape, (n, n_loc))
         for name, (got, want) in checks.items():
             if got != want:
-                raise ValueError(f"Embeddings.{name} has shape/length {got}, expected {want} "
+                raise InputError(f"Embeddings.{name} has shape/length {got}, expected {want} "
                                  f"to match patch {self.patch.shape}")
         if len(set(self.subject_ids)) != n:
-            raise ValueError("Embeddings.subject_ids contains duplicates")
+            raise InputError("Embeddings.subject_ids contains duplicates")
 
     # -- shape -------------------------------------------------------------------------
     @property
@@ -165,7 +165,7 @@ class Embeddings:
         """Read a file written by :meth:`save`."""
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"embeddings file {path} does not exist; run "
+            raise MissingFileError(f"embeddings file {path} does not exist; run "
                                     "`drasclr embed` (or extract_embeddings) to create it")
         try:
             with np.load(path, allow_pickle=False) as data:

@@ -23,6 +23,8 @@ import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
+from drasclr_toolkit.errors import InputError
+
 if TYPE_CHECKING:
     from drasclr_toolkit.embed import Embeddings
 
@@ -39,7 +41,7 @@ def _aligned(patient: pd.DataFrame, targets: pd.DataFrame | pd.Series
     targets.index = targets.index.astype(str)
     common = [i for i in patient.index if i in targets.index]
     if len(common) < 3:
-        raise ValueError(f"only {len(common)} subjects are in both the embeddings and the "
+        raise InputError(f"only {len(common)} subjects are in both the embeddings and the "
                          "targets; index both by subject id")
     return patient.loc[common], targets.loc[common]
 

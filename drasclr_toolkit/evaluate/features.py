@@ -49,6 +49,7 @@ from typing import Any, Literal, Mapping
 import numpy as np
 import pandas as pd
 
+from ..errors import InputError
 from ..constants import POOLINGS
 from .densitometry import ZONES
 
@@ -117,7 +118,7 @@ def pool_embeddings(embeddings: Any, method: Pooling = "mean", *, atlas: Any = N
         [[0.0, 1.0, 2.0, 3.0]]
     """
     if method not in POOLINGS:
-        raise ValueError(f"unknown pooling {method!r}; use one of {POOLINGS}")
+        raise InputError(f"unknown pooling {method!r}; use one of {POOLINGS}")
     patch = np.asarray(embeddings.patch, dtype=np.float64)
     nan = np.isnan(patch).any(axis=2)  # (N, L)
     missing = nan

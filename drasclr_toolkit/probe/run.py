@@ -26,6 +26,7 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
+from drasclr_toolkit.errors import InputError, MissingFileError
 from drasclr_toolkit.config import load_config
 from drasclr_toolkit.data import Manifest, check_scans, scan_folder
 from drasclr_toolkit.data.labels import load_labels
@@ -89,7 +90,7 @@ def resolve_atlas(atlas: Any) -> Atlas | None:
     if str(atlas) == "official":
         folder = os.environ.get(OFFICIAL_ATLAS_ENV)
         if not folder:
-            raise ValueError(f"--atlas official: set {OFFICIAL_ATLAS_ENV} to the folder holding "
+            raise InputError(f"--atlas official: set {OFFICIAL_ATLAS_ENV} to the folder holding "
                              f"{' and '.join(OFFICIAL_FILES)}, or pass that folder instead")
         atlas = folder
     folder = Path(atlas).expanduser()
@@ -97,7 +98,7 @@ def resolve_atlas(atlas: Any) -> Atlas | None:
         return Atlas.load(folder / OFFICIAL_FILES[0], folder / OFFICIAL_FILES[1])
     if (folder / "atlas.json").is_file():
         return Atlas.load(folder)
-    raise FileNotFoundError(f"atlas folder {folder} holds neither {' + '.join(OFFICIAL_FILES)} "
+    raise MissingFileError(f"atlas folder {folder} holds neither {' + '.join(OFFICIAL_FILES)} "
                             "(the official atlas) nor atlas.json (Atlas.save); check the path")
 
 

@@ -26,6 +26,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.colors import qualitative
 
+from ..errors import InputError
 from .surface import apply_affine, image_affine, surface_mesh
 
 __all__ = ["SCENE_CAMERA", "landmark_centres", "landmark_cloud", "landmark_labels",
@@ -45,7 +46,7 @@ def landmark_centres(landmarks: np.ndarray, patch_size: int = 32,
     """
     corners = np.asarray(landmarks, dtype=np.float64)
     if corners.ndim != 2 or corners.shape[1] != 3:
-        raise ValueError(f"landmarks must be (L, 3) corners (x, y, z); got {corners.shape}")
+        raise InputError(f"landmarks must be (L, 3) corners (x, y, z); got {corners.shape}")
     return (corners + (patch_size - 1) / 2.0) * np.asarray(spacing, dtype=np.float64)
 
 
@@ -82,12 +83,12 @@ def landmark_trace(landmarks: np.ndarray, values: np.ndarray | None = None, *,
     if values is not None:
         values = np.asarray(values)
         if values.shape != (n_loc,):
-            raise ValueError(f"values must have one entry per landmark ({n_loc}); "
+            raise InputError(f"values must have one entry per landmark ({n_loc}); "
                              f"got shape {values.shape}")
     if lung_fraction is not None:
         lung_fraction = np.asarray(lung_fraction, dtype=np.float64)
         if lung_fraction.shape != (n_loc,):
-            raise ValueError(f"lung_fraction must have shape ({n_loc},); got {lung_fraction.shape}")
+            raise InputError(f"lung_fraction must have shape ({n_loc},); got {lung_fraction.shape}")
     text = []
     for i in range(n_loc):
         label = labels[i] if labels is not None else f"landmark {ids[i]}"
@@ -264,7 +265,7 @@ def landmark_cloud(landmarks: np.ndarray, values: np.ndarray | None = None, *,
             positions = apply_affine(affine, positions / np.asarray(spacing))
     positions = np.asarray(positions, dtype=np.float64)
     if positions.shape != (n_loc, 3):
-        raise ValueError(f"positions must be (L, 3) with L = {n_loc}; got {positions.shape}")
+        raise InputError(f"positions must be (L, 3) with L = {n_loc}; got {positions.shape}")
     surface = [] if mask is None else [_surface_trace(mask, spacing, affine, downsample,
                                                       surface_opacity, surface_colour)]
     if values is None and lung_fraction is not None and np.ndim(lung_fraction) == 1:
@@ -284,15 +285,15 @@ def landmark_cloud(landmarks: np.ndarray, values: np.ndarray | None = None, *,
         return fig
 
     if values.ndim != 2 or values.shape[1] != n_loc:
-        raise ValueError(f"values must be (L,) or (N, L) with L = {n_loc}; got {values.shape}")
+        raise InputError(f"values must be (L,) or (N, L) with L = {n_loc}; got {values.shape}")
     n = values.shape[0]
     names = [str(s) for s in subject_ids] if subject_ids is not None else \
         [f"subject {i}" for i in range(n)]
     if len(names) != n:
-        raise ValueError(f"{len(names)} subject_ids for {n} rows of values")
+        raise InputError(f"{len(names)} subject_ids for {n} rows of values")
     lung = None if lung_fraction is None else np.asarray(lung_fraction)
     if lung is not None and lung.shape != values.shape:
-        raise ValueError(f"lung_fraction must have the shape of values {values.shape}; "
+        raise InputError(f"lung_fraction must have the shape of values {values.shape}; "
                          f"got {lung.shape}")
     is_cat = categorical if categorical is not None else _is_categorical(values)
     lo, hi = (None, None) if is_cat else (float(np.nanmin(values)), float(np.nanmax(values)))

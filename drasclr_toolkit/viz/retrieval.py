@@ -11,6 +11,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from drasclr_toolkit.errors import InputError
 from drasclr_toolkit.constants import HU_WINDOW
 from drasclr_toolkit.embed import Embeddings, retrieve_similar
 from drasclr_toolkit.patch_source import PatchSource
@@ -24,7 +25,7 @@ PLANE_AXES = {"axial": 0, "coronal": 1, "sagittal": 2}
 def middle_slice(patch: np.ndarray, plane: str = "axial") -> np.ndarray:
     """The middle slice of a (z, y, x) patch in ``plane`` (axial, coronal or sagittal)."""
     if plane not in PLANE_AXES:
-        raise ValueError(f"plane must be one of {list(PLANE_AXES)}, got {plane!r}")
+        raise InputError(f"plane must be one of {list(PLANE_AXES)}, got {plane!r}")
     axis = PLANE_AXES[plane]
     return np.take(np.asarray(patch), patch.shape[axis] // 2, axis=axis)
 

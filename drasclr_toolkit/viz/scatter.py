@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from drasclr_toolkit.errors import InputError
 from drasclr_toolkit.embed import Embeddings
 from drasclr_toolkit.evaluate.features import pool_embeddings
 
@@ -35,7 +36,7 @@ def reduce_2d(X: np.ndarray, method: str = "pca", seed: int = 0,
     """
     X = np.asarray(X, dtype=np.float64)
     if method not in ("pca", "umap"):
-        raise ValueError(f"method must be 'pca' or 'umap', got {method!r}")
+        raise InputError(f"method must be 'pca' or 'umap', got {method!r}")
     if method == "umap":
         reason = None
         if len(X) < 4:
@@ -75,9 +76,9 @@ def _as_matrix(embeddings: Any, ids: Sequence[str] | None) -> tuple[np.ndarray, 
         X = np.asarray(embeddings, dtype=np.float64)
         ids = list(ids) if ids is not None else [str(i) for i in range(len(X))]
     if X.ndim != 2:
-        raise ValueError(f"embeddings must be (N, D); got shape {X.shape}")
+        raise InputError(f"embeddings must be (N, D); got shape {X.shape}")
     if len(ids) != len(X):
-        raise ValueError(f"{len(ids)} ids for {len(X)} embeddings")
+        raise InputError(f"{len(ids)} ids for {len(X)} embeddings")
     return X, [str(i) for i in ids]
 
 
@@ -92,7 +93,7 @@ def _align_labels(labels: Any, ids: list[str]) -> np.ndarray | None:
         return labels.loc[ids].to_numpy()
     labels = np.asarray(labels)
     if len(labels) != len(ids):
-        raise ValueError(f"{len(labels)} labels for {len(ids)} subjects")
+        raise InputError(f"{len(labels)} labels for {len(ids)} subjects")
     return labels
 
 

@@ -16,6 +16,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from drasclr_toolkit.errors import InputError
+
 __all__ = ["image_affine", "surface_mesh"]
 
 
@@ -32,7 +34,7 @@ def surface_mesh(mask: np.ndarray, spacing: Sequence[float] = (1.0, 1.0, 1.0),
 
     binary = np.asarray(mask) > 0
     if binary.ndim != 3 or not binary.any():
-        raise ValueError(f"mask must be a 3D (z, y, x) array with some voxels > 0; "
+        raise InputError(f"mask must be a 3D (z, y, x) array with some voxels > 0; "
                          f"got shape {binary.shape} with {int(binary.sum())} voxels set")
     s = max(1, int(downsample))
     coarse = block_reduce(binary.astype(np.float32), (s, s, s), np.mean) if s > 1 else \
