@@ -34,7 +34,7 @@ from typing import Annotated, Any, ClassVar, Literal, Mapping, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .errors import DrasclrError
+from .errors import DrasclrError, InputError, MissingFileError
 
 PACKAGED = ("tiny", "small", "gpu")
 STAGES = ("synthetic", "preprocess", "model", "pretrain", "embed", "evaluate")
@@ -63,6 +63,11 @@ class ConfigError(DrasclrError, ValueError):
         super().__init__(message)
         self.section, self.field, self.value, self.rule, self.fix = section, field, value, rule, fix
         self.problems = problems or [message]
+        # DrasclrError's fields, of the first problem (the message lists them all)
+        if section is not None:
+            self.where = section + (f", field {field!r}" if field else "")
+        if rule is not None:
+            self.problem = f"{value!r} {rule}"
 
 
 # A torch device as a config gives it.
@@ -346,7 +351,7 @@ def config_path(name_or_path: str | Path) -> Path:
         return Path(str(resources.files("drasclr_toolkit") / "configs" / f"{text}.yaml"))
     path = Path(text).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"configuration {text!r} is neither a packaged name ({', '.join(PACKAGED)}) "
             f"nor an existing YAML file"
         )
@@ -430,13 +435,13 @@ def load_config(name_or_path: str | Path | Mapping[str, Any], *,
         source = source or str(path)
         raw = read_yaml(path) or {}
     if not isinstance(raw, dict):
-        raise ValueError(f"configuration {source}: the top level must be a mapping of stages")
+        raise InputError(f"configuration {source}: the top level must be a mapping of stages")
     config: dict[str, dict[str, Any]] = {}
     for stage, section in raw.items():
         if section is None:
             section = {}
         if not isinstance(section, dict):
-            raise ValueError(
+            raise InputError(
                 f"configuration {source}: section {stage!r} must be a mapping, "
                 f"got {type(section).__name__}"
             )

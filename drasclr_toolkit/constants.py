@@ -13,8 +13,11 @@ Example:
 
 from __future__ import annotations
 
-__all__ = ["HU_MAX", "HU_MIN", "HU_WINDOW"]
+__all__ = ["HU_MAX", "HU_MIN", "HU_WINDOW", "POOLINGS"]
 
 HU_MIN = -1024  # air; lower clip of the network window and padding outside the scan
 HU_MAX = 240  # upper clip of the network window
 HU_WINDOW: tuple[int, int] = (HU_MIN, HU_MAX)
+
+#: patient poolings of patch embeddings (``drasclr_toolkit.evaluate.pool_embeddings``)
+POOLINGS = ("mean", "max", "lung_weighted", "zones", "zones_lung_weighted")

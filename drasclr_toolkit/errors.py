@@ -8,7 +8,9 @@ The command line prints that message without a traceback (``--debug`` shows it);
 that is not a DrasclrError is a bug and keeps its traceback.
 
 The older classes keep their standard base as well (``CTLoadError`` is still a
-``ValueError``, ``StoreError`` a ``RuntimeError``), so code that caught those still works.
+``ValueError``, ``StoreError`` a ``RuntimeError``), so code that caught those still works;
+a plain bad value is an :class:`InputError` (a ``ValueError``), a file that is not there a
+:class:`MissingFileError` (a ``FileNotFoundError``).
 
 This module imports nothing from the package, so every module can import it.
 
@@ -27,7 +29,8 @@ import os
 from typing import Any
 
 __all__ = ["EXIT_PARTIAL", "DrasclrError", "FolderBusyError", "OutputExistsError", "FileSystemError",
-           "CheckpointError", "LabelError", "os_error", "as_drasclr_error"]
+           "CheckpointError", "InputError", "LabelError", "MissingFileError", "os_error",
+           "as_drasclr_error", "error_message", "where_text"]
 
 # Exit status of a cohort command that kept what succeeded but in which some subjects
 # failed (1 is a refused input, 2 a bad command line, 130 an interrupt).
@@ -49,16 +52,36 @@ class DrasclrError(Exception):
                  fix: str | None = None) -> None:
         if where is not None or fix is not None:
             self.where, self.problem, self.fix = where, str(problem), fix
-            message = (f"{where}: " if where else "") + str(problem)
-            if fix:
-                message += f". What to do: {fix}"
-            super().__init__(message, *args)
+            super().__init__(error_message(where, str(problem), fix), *args)
         elif problem is None:
             super().__init__(*args)
         else:
             if self.problem is None:
                 self.problem = str(problem)
             super().__init__(problem, *args)
+
+
+def where_text(**parts: Any) -> str | None:
+    """``"store s, subject 'a', file f.nii, field 'spacing'"``: the parts that are not None,
+    in the order given (``subject_id`` and ``field`` quoted), or None when all are.
+
+    Example:
+        >>> where_text(subject_id="a", file="a.nii.gz", field=None)
+        "subject 'a', file a.nii.gz"
+    """
+    words = []
+    for key, value in parts.items():
+        if value is None:
+            continue
+        name = "subject" if key == "subject_id" else key
+        words.append(f"{name} {value!r}" if key in ("subject_id", "field") else f"{name} {value}")
+    return ", ".join(words) or None
+
+
+def error_message(where: str | None, problem: str, fix: str | None) -> str:
+    """The one message format of the family: ``"<where>: <problem>. What to do: <fix>"``."""
+    message = (f"{where}: " if where else "") + str(problem)
+    return message + (f". What to do: {fix}" if fix else "")
 
 
 class FolderBusyError(DrasclrError, RuntimeError):
@@ -81,6 +104,15 @@ class LabelError(DrasclrError, ValueError):
     """A label table (outcomes, events, ids) that cannot be used as loaded."""
 
 
+class InputError(DrasclrError, ValueError):
+    """A value given to the toolkit (an argument, an option, an array of the wrong shape, a
+    table without the needed column) that it cannot use; the message says which and why."""
+
+
+class MissingFileError(DrasclrError, FileNotFoundError):
+    """A file or folder the user named (or a run should have made) that does not exist."""
+
+
 _OS_WORDS = {
     _errno.ENOSPC: ("the disk is full (no space left on device)",
                     "free space on that disk or write to another folder, then run the same "
@@ -97,13 +129,23 @@ _OS_WORDS = {
                           "rename the file (or give shorter subject ids) so that each name "
                           "stays under 255 bytes"),
 }
+# A path that is not there (or not of the kind asked for), as the operating system said it
+# (errno set). Only the command line's door puts these in words (:func:`as_drasclr_error`);
+# inside the toolkit they stay FileNotFoundError & co., so code that catches those still does.
+_PATH_WORDS = {
+    _errno.ENOENT: ("no such file or folder", "check the path"),
+    _errno.ENOTDIR: ("a part of the path is a file, not a folder", "check the path"),
+    _errno.EISDIR: ("the path is a folder, not a file", "give a file"),
+    _errno.EEXIST: ("the path exists already", "give another name, or move it away"),
+}
 
 
-def os_error(exc: OSError, path: str | os.PathLike | None = None) -> FileSystemError | None:
+def os_error(exc: OSError, path: str | os.PathLike | None = None, *,
+             words_for: dict[int, tuple[str, str]] = _OS_WORDS) -> FileSystemError | None:
     """A :class:`FileSystemError` saying ``exc`` in words (disk full, read-only, ...), or
     None for an OSError we have no words for. ``path`` (else the error's own file name)
     is named in the message."""
-    words = _OS_WORDS.get(exc.errno)
+    words = words_for.get(exc.errno)
     if words is None:
         return None
     name = path if path is not None else (exc.filename or None)
@@ -114,12 +156,20 @@ def os_error(exc: OSError, path: str | os.PathLike | None = None) -> FileSystemE
 
 
 def as_drasclr_error(exc: BaseException) -> DrasclrError | None:
-    """``exc`` if it is a DrasclrError, an OSError put in words (see :func:`os_error`), else
-    None (a bug: it keeps its traceback). Used by the command line's one error path."""
+    """``exc`` if it is a DrasclrError, an OSError put in words (see :func:`os_error`; here
+    also a path the operating system did not find), else None (a bug: it keeps its
+    traceback). Used by the command line's one error path.
+
+    Example:
+        >>> print(as_drasclr_error(FileNotFoundError(2, "No such file or directory", "a.csv")))
+        file a.csv: no such file or folder (No such file or directory). What to do: check the path
+        >>> as_drasclr_error(ValueError("x")) is None
+        True
+    """
     if isinstance(exc, DrasclrError):
         return exc
     if isinstance(exc, OSError):
-        translated = os_error(exc)
+        translated = os_error(exc) or os_error(exc, words_for=_PATH_WORDS)
         if translated is not None:
             return translated
         cause = exc

@@ -50,7 +50,7 @@ import warnings
 from pathlib import Path
 from typing import IO, Any, Callable, Iterable
 
-from .errors import DrasclrError, OutputExistsError, os_error
+from .errors import DrasclrError, InputError, OutputExistsError, os_error
 
 __all__ = [
     "SUBJECT_ID_PATTERN",
@@ -358,11 +358,11 @@ def read_jsonl(path: str | os.PathLike, *, stacklevel: int = 2) -> list[dict[str
                     RuntimeWarning, stacklevel=stacklevel,
                 )
                 break
-            raise ValueError(
-                f"file {path}, line {lineno} of {len(lines)}: not valid JSON ({exc.msg}); a "
-                "damaged line in the middle is not an interrupted write. What to do: restore "
-                "the file from a backup, or delete that line (the steps it logged are lost "
-                "from the curves)"
+            raise InputError(
+                f"not valid JSON ({exc.msg}); a damaged line in the middle is not an "
+                "interrupted write", where=f"file {path}, line {lineno} of {len(lines)}",
+                fix="restore the file from a backup, or delete that line (the steps it "
+                "logged are lost from the curves)"
             ) from None
     return records
 

@@ -32,6 +32,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from drasclr_toolkit.errors import InputError
 from drasclr_toolkit.models import DrasCLREncoder
 from drasclr_toolkit.patch_source import PatchSource
 from drasclr_toolkit.ssl import LocalInfoNCE, NeighbourInfoNCE, make_key_encoder, update_momentum
@@ -220,7 +221,7 @@ def condconv_toy(encoder: DrasCLREncoder, coords: Mapping[str, Sequence[float]],
     """
     conv = encoder.features[layer].conv
     if not hasattr(conv, "routing_weights"):
-        raise ValueError(f"layer {layer} of this encoder is not a conditional convolution "
+        raise InputError(f"layer {layer} of this encoder is not a conditional convolution "
                          f"(conditioning={encoder.conditioning!r})")
     names = list(coords)
     loc = torch.as_tensor(np.asarray([coords[n] for n in names], np.float32))

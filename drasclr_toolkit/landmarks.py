@@ -16,6 +16,8 @@ from typing import Sequence
 
 import numpy as np
 
+from drasclr_toolkit.errors import InputError
+
 __all__ = ["nearest_neighbors", "normalize_landmarks"]
 
 
@@ -32,7 +34,7 @@ def normalize_landmarks(landmarks: Sequence[Sequence[float]] | np.ndarray) -> np
     """
     p = np.asarray(landmarks, dtype=np.float64)
     if p.ndim != 2 or p.shape[1] != 3 or len(p) == 0:
-        raise ValueError(f"landmarks must be an (L, 3) array of (x, y, z); got shape {p.shape}")
+        raise InputError(f"landmarks must be an (L, 3) array of (x, y, z); got shape {p.shape}")
     lo, hi = p.min(0), p.max(0)
     span = np.where(hi > lo, hi - lo, 1.0)
     out = np.where(hi > lo, (p - lo) / span * 2.0 - 1.0, 0.0)
@@ -52,7 +54,7 @@ def nearest_neighbors(landmarks: np.ndarray, k: int) -> np.ndarray:
     p = np.asarray(landmarks, dtype=np.float64)
     n = len(p)
     if not 0 <= k < n:
-        raise ValueError(f"k={k} neighbours needs at least k+1 landmarks, have {n}")
+        raise InputError(f"k={k} neighbours needs at least k+1 landmarks, have {n}")
     # Integer landmarks give exact squared distances, so ties are real ties.
     d2 = ((p[:, None, :] - p[None, :, :]) ** 2).sum(-1)
     np.fill_diagonal(d2, np.inf)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from drasclr_toolkit.errors import MissingFileError
 from drasclr_toolkit.io_utils import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -132,7 +133,7 @@ def run_notebooks(
     directory = Path(notebooks_dir) if notebooks_dir else repository_notebooks_dir()
     paths = ordered_notebooks(directory, only)
     if not paths:
-        raise FileNotFoundError(f"no numbered notebooks found in {directory}")
+        raise MissingFileError(f"no numbered notebooks found in {directory}")
     parameters = {"work_dir": str(out / "work"), "config_name": config_name,
                   **(extra_parameters or {})}
     runs = []

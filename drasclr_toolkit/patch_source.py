@@ -21,6 +21,7 @@ from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+from drasclr_toolkit.errors import InputError
 from drasclr_toolkit.constants import HU_MAX, HU_MIN
 from drasclr_toolkit.io_utils import atomic_write
 from drasclr_toolkit.landmarks import nearest_neighbors, normalize_landmarks
@@ -90,20 +91,20 @@ class ArrayPatchSource:
                  lung_fraction: np.ndarray | None = None, k_neighbors: int = 2) -> None:
         patches = np.asarray(patches)
         if patches.ndim != 5 or not (patches.shape[2] == patches.shape[3] == patches.shape[4]):
-            raise ValueError(f"ArrayPatchSource: patches must be (N, L, P, P, P), got {patches.shape}")
+            raise InputError(f"ArrayPatchSource: patches must be (N, L, P, P, P), got {patches.shape}")
         self.patches = patches.astype(np.int16, copy=False)
         n, n_loc = patches.shape[:2]
         if landmarks is None:
             landmarks = np.stack([np.arange(n_loc) * 26, np.zeros(n_loc), np.zeros(n_loc)], 1)
         self.landmarks = np.asarray(landmarks).astype(np.int64)
         if self.landmarks.shape != (n_loc, 3):
-            raise ValueError(f"ArrayPatchSource: landmarks must be ({n_loc}, 3), "
+            raise InputError(f"ArrayPatchSource: landmarks must be ({n_loc}, 3), "
                              f"got {self.landmarks.shape}")
         self.landmark_coords = normalize_landmarks(self.landmarks)
         self.subject_ids = list(subject_ids) if subject_ids is not None else [
             f"s{i:03d}" for i in range(n)]
         if len(self.subject_ids) != n:
-            raise ValueError(f"ArrayPatchSource: {len(self.subject_ids)} subject ids for {n} subjects")
+            raise InputError(f"ArrayPatchSource: {len(self.subject_ids)} subject ids for {n} subjects")
         if neighbors is None:
             neighbors = nearest_neighbors(self.landmarks, min(k_neighbors, n_loc - 1))
         self.neighbors = np.asarray(neighbors, dtype=np.int64)
@@ -151,7 +152,7 @@ class ArrayPatchSource:
                 return cls(data["patches"], data["landmarks"], [str(s) for s in data["subject_ids"]],
                            neighbors=data["neighbors"], lung_fraction=data["lung_fraction"])
         except KeyError as exc:
-            raise ValueError(f"{path}: field {exc} missing; write the file with "
+            raise InputError(f"{path}: field {exc} missing; write the file with "
                              "ArrayPatchSource.save") from None
 
     @classmethod

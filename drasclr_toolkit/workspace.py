@@ -19,6 +19,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from drasclr_toolkit.errors import InputError, MissingFileError
 from drasclr_toolkit.config import load_config
 
 #: The file naming the workspace's active pretraining run (written by ``ws.pretrain``).
@@ -138,7 +139,7 @@ class Workspace:
         import SimpleITK as sitk
 
         if not self.is_synthetic:
-            raise ValueError(
+            raise InputError(
                 "ground-truth maps exist only for the synthetic cohort; this workspace reads "
                 f"{self.manifest_path}"
             )
@@ -146,7 +147,7 @@ class Workspace:
         for name in ("lungs", "disease"):
             path = self.cohort_dir / "ground_truth" / f"{subject_id}_{name}.nii.gz"
             if not path.exists():
-                raise FileNotFoundError(
+                raise MissingFileError(
                     f"subject {subject_id}: ground-truth file {path} is missing; "
                     "regenerate the cohort with ws.cohort()"
                 )
@@ -201,7 +202,7 @@ class Workspace:
     def run_dir(self, name: str = "run", **overrides: Any) -> Path:
         """The folder of the run with these settings: ``pretrain/<name>-<key>``."""
         if not name or any(c in name for c in "/\\") or name.startswith("."):
-            raise ValueError(f"run name {name!r}: give a plain folder name such as "
+            raise InputError(f"run name {name!r}: give a plain folder name such as "
                              "'no-conditioning'")
         return self.pretrain_dir / f"{name}-{self.run_key(self.pretrain_config(**overrides))}"
 
@@ -282,7 +283,7 @@ class Workspace:
         from drasclr_toolkit.embed import Embeddings, EmbedConfig, extract_embeddings
 
         if encoder not in ("trained", "random-init"):
-            raise ValueError(f"encoder must be 'trained' or 'random-init', got {encoder!r}")
+            raise InputError(f"encoder must be 'trained' or 'random-init', got {encoder!r}")
         store = self.patch_store()
         embed_options = self.section("embed")
         if encoder == "trained" and checkpoint is None:

@@ -565,7 +565,7 @@ def torn_metrics(work: Path):
     return ok, f"{len(frame)} steps read; warning: {_short(str(caught[0].message), 120) if caught else 'none'}"
 
 
-@case("metrics.jsonl damaged in the middle", "ValueError naming file and line")
+@case("metrics.jsonl damaged in the middle", "InputError (a ValueError) naming file and line")
 def corrupt_metrics(work: Path):
     from drasclr_toolkit.train.metrics import read_metrics
 

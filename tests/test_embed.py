@@ -15,6 +15,7 @@ from drasclr_toolkit.models import DrasCLREncoder
 from drasclr_toolkit.models.checkpoint import official_landmark_coords, official_state_dict
 from drasclr_toolkit.ssl.augment import hu_to_unit
 from drasclr_toolkit.patch_source import ArrayPatchSource
+from drasclr_toolkit.evaluate import pool_embeddings
 
 TINY = dict(rep_dim=8, proj_dim=8, num_experts=2, width=0.125)
 P = 32
@@ -141,26 +142,26 @@ def _emb(n=3, n_loc=4, d=5, seed=0) -> Embeddings:
 
 def test_pooling_matches_numpy_by_hand():
     emb = _emb()
-    mean = emb.pool("mean")
+    mean = pool_embeddings(emb, "mean")
     assert isinstance(mean, pd.DataFrame) and list(mean.index) == emb.subject_ids
     assert mean.shape == (3, 5) and mean.index.name == "subject_id"
     for i in range(3):
         np.testing.assert_allclose(mean.iloc[i], sum(emb.patch[i, l] for l in range(4)) / 4,
                                    rtol=1e-5)
-        np.testing.assert_allclose(emb.pool("max").iloc[i],
+        np.testing.assert_allclose(pool_embeddings(emb, "max").iloc[i],
                                    [max(emb.patch[i, :, d]) for d in range(5)])
         w = emb.lung_fraction[i]
         by_hand = sum(w[l] * emb.patch[i, l] for l in range(4)) / w.sum()
-        np.testing.assert_allclose(emb.pool("lung_weighted").iloc[i], by_hand, rtol=1e-5)
+        np.testing.assert_allclose(pool_embeddings(emb, "lung_weighted").iloc[i], by_hand, rtol=1e-5)
     with pytest.raises(ValueError, match="unknown pooling"):
-        emb.pool("median")
+        pool_embeddings(emb, "median")
 
 
 def test_lung_weighted_falls_back_to_mean_without_lung():
     emb = _emb()
     emb.lung_fraction[1] = 0
     with pytest.warns(UserWarning, match="p1"):
-        pooled = emb.pool("lung_weighted")
+        pooled = pool_embeddings(emb, "lung_weighted")
     np.testing.assert_allclose(pooled.loc["p1"], emb.patch[1].mean(0), rtol=1e-5)
 
 
@@ -424,17 +425,16 @@ def test_pc_null_band_separates_signal_from_noise():
 
 
 def test_landmarks_outside_the_scan_are_left_out_of_pooling(tmp_path):
-    from drasclr_toolkit.evaluate import pool_embeddings
 
     patch = np.zeros((2, 3, 2), np.float32)
     patch[:, 2] = 100.0  # the air padding of a landmark outside the scan
     inside = np.array([[True, True, False], [True, True, True]])
     emb = Embeddings(patch, ["cut", "whole"], np.zeros((3, 3), int), np.zeros((3, 3)),
                      np.ones((2, 3)), in_scan=inside)
-    pooled = emb.pool("mean")
+    pooled = pool_embeddings(emb, "mean")
     assert pooled.loc["cut"].tolist() == [0.0, 0.0]          # the outside landmark left out
     assert pooled.loc["whole"].tolist() == pytest.approx([100 / 3, 100 / 3])
-    assert emb.pool("max").loc["cut"].tolist() == [0.0, 0.0]
+    assert pool_embeddings(emb, "max").loc["cut"].tolist() == [0.0, 0.0]
     assert pool_embeddings(emb, "mean").loc["cut"].tolist() == [0.0, 0.0]
     again = Embeddings.load(emb.save(tmp_path / "e.npz"))
     np.testing.assert_array_equal(again.in_scan, inside)

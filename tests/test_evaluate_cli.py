@@ -12,6 +12,7 @@ from drasclr_toolkit.embed import Embeddings
 from drasclr_toolkit.evaluate import (comparison_table, comparison_text, evaluate_phenotypes,
                                       nuisance_sensitivity, summarise)
 from drasclr_toolkit.viz.evaluation import result_figure
+from drasclr_toolkit.evaluate import pool_embeddings
 
 
 def _cohort(n: int = 30, seed: int = 0):
@@ -82,7 +83,7 @@ def test_comparison_words_follow_the_numbers():
     emb, labels = _cohort(40)
     labels = labels.set_index("subject_id")
     rng = np.random.default_rng(2)
-    sets = {"drasclr": emb.pool("mean"),
+    sets = {"drasclr": pool_embeddings(emb, "mean"),
             "random-init": pd.DataFrame(rng.normal(size=(40, 8)), index=emb.subject_ids)}
     table = evaluate_phenotypes(sets, labels, ["fev1_pp"], n_repeats=1, n_permutations=39)
     long = summarise(table)
@@ -124,3 +125,19 @@ def test_a_zero_width_interval_supports_no_claim():
     words, paired = comparison_text(long, reference="drasclr")
     assert "below chance" not in words and "no evidence for drasclr, zones" in words
     assert "not compared: no per-fold values" in paired
+
+
+def test_one_label_loader_for_files_and_tables(tmp_path):
+    from drasclr_toolkit.data.labels import load_labels
+    from drasclr_toolkit.errors import LabelError
+
+    assert load_labels(None) is None
+    frame = pd.DataFrame({"fev1_pp": [80.0, 60.0], "event": [0, 1]},
+                         index=pd.Index([1, 2], name="subject_id"))
+    table = load_labels(frame)
+    assert table.index.tolist() == ["1", "2"] and table["event"].tolist() == [0, 1]
+    frame.reset_index().to_csv(tmp_path / "l.csv", index=False)
+    pd.testing.assert_frame_equal(load_labels(tmp_path / "l.csv"), table)
+    with pytest.raises(LabelError, match=r"--labels .*l2\.csv, column 'event'"):
+        (tmp_path / "l2.csv").write_text("subject_id,event\na,2\n")
+        load_labels(tmp_path / "l2.csv", what="--labels")

@@ -236,7 +236,12 @@ def test_cli_prints_known_errors_without_traceback_and_debug_shows_it(tmp_path, 
     assert "not a patch store" in err and "Traceback" not in err and "--debug" in err
     with pytest.raises(StoreError):
         main(["--debug", "store", "verify", str(tmp_path / "nowhere")])
-    assert not is_known_error(KeyError("a bug")) and is_known_error(FileNotFoundError("x"))
+    from drasclr_toolkit.errors import InputError, MissingFileError
+
+    assert not is_known_error(KeyError("a bug")) and not is_known_error(ValueError("a bug"))
+    assert is_known_error(MissingFileError("x")) and is_known_error(InputError("y"))
+    # a path the operating system did not find is said in words, not a traceback
+    assert is_known_error(FileNotFoundError(2, "No such file or directory", "x.csv"))
 
 
 def test_cli_store_verify_prints_a_table_and_can_forget_damaged_subjects(tmp_path, capsys):

@@ -142,10 +142,14 @@ def test_affine_patch_sampling(tiny_cohort, cohort_atlas):
     frac_b = (lung > 0).reshape(len(lung), -1).mean(1)
     assert np.abs(a.lung_fraction - frac_b).mean() < 0.1
     # QC pictures build from the result (3 slices × image, mask outline, patch boxes).
-    from drasclr_toolkit.viz import plot_landmarks_3d, plot_overlay, plot_patches, plot_registration
+    from drasclr_toolkit.viz import landmark_cloud, plot_overlay, plot_patches, plot_registration
 
     assert len(plot_overlay(a.image, a.mask, a.corners, 32).data) == 9
-    assert len(plot_landmarks_3d(a.centres_mm, a.lung_fraction, a.mask).data[-1].x) == len(a.corners)
+    cloud = landmark_cloud(a.corners, lung_fraction=a.lung_fraction, mask=a.mask)
+    assert [t.type for t in cloud.data] == ["mesh3d", "scatter3d"]
+    # the integer corners through the mask's geometry land within a voxel of the exact centres
+    points = np.c_[cloud.data[1].x, cloud.data[1].y, cloud.data[1].z]
+    assert np.abs(points - a.centres_mm).max() <= max(a.mask.GetSpacing())
     assert len(plot_registration(atlas, a.mask, a.transform).data) == 4
     assert plot_patches(a.patches, n=4).layout.annotations
 

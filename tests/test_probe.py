@@ -14,11 +14,11 @@ import SimpleITK as sitk
 from call_counts import CallCounter
 
 from drasclr_toolkit.data.ct import preserve_locale
-from drasclr_toolkit.probe import ProbeQCRules, assess_scans, probe_dataset
+from drasclr_toolkit.probe import assess_scans, probe_dataset
 from drasclr_toolkit.probe.demo import truncate_file
 
 # The tiny phantoms hold about 1 L of lung: below the adult floor (2 L) on purpose.
-TINY_RULES = None  # the tiny config's preprocess.qc limits (child-sized phantoms)
+TINY_THRESHOLDS = None  # the tiny config's preprocess.qc limits (child-sized phantoms)
 
 
 @preserve_locale()  # GDCM's writer can leave the process in the "C" locale
@@ -98,7 +98,7 @@ def probe_run(mixed_folder):
             calls = CallCounter(patch)
             result = probe_dataset(mixed_folder["scans"], mixed_folder["root"] / "out",
                                    labels=mixed_folder["labels"], config="tiny",
-                                   rules=TINY_RULES, n_permutations=2)
+                                   thresholds=TINY_THRESHOLDS, n_permutations=2)
     finally:
         torch.set_num_threads(before)
     return result, calls
@@ -191,3 +191,14 @@ def test_assess_scans_flags_each_absolute_rule():
     assert t.at["c", "flags"] == "implausible_lung_volume"
     assert t.at["d", "flags"] == "little_lung; partial_coverage"
     assert t.at["e", "status"] == "failed" and "no lungs" in t.at["e", "reasons"]
+
+
+def test_cli_lung_volume_replaces_only_that_qc_limit():
+    import argparse
+
+    from drasclr_toolkit.cli.probe import _thresholds
+
+    limits = _thresholds(argparse.Namespace(lung_volume_ml=[500.0, 1500.0], config="tiny"))
+    assert limits.lung_volume_ml == (500.0, 1500.0)
+    assert limits.min_frac_lung_patches == 0.1  # the tiny config's, not the default 0.3
+    assert _thresholds(argparse.Namespace(lung_volume_ml=None, config="tiny")) is None

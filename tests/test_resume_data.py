@@ -15,6 +15,7 @@ from drasclr_toolkit.patch_source import ArrayPatchSource
 from drasclr_toolkit.preprocess.atlas import Atlas
 from drasclr_toolkit.preprocess.store import PatchStore
 from drasclr_toolkit.train.loop import pretrain
+from drasclr_toolkit.evaluate import pool_embeddings
 
 L, P = 3, 20
 ENCODER = dict(width=0.125, rep_dim=8, proj_dim=8, num_experts=2)
@@ -92,4 +93,4 @@ def test_extraction_carries_which_landmarks_were_inside_the_scan(tmp_path):
     emb = extract_embeddings(PatchStore(tmp_path / "a"), encoder_kwargs=ENCODER, progress=False)
     assert emb.in_scan.tolist() == [[True] * 3, [True, True, False], [True] * 3]
     expected = emb.patch[1, :2].mean(axis=0)
-    np.testing.assert_allclose(emb.pool("mean").loc["s1"].to_numpy(), expected, rtol=1e-5)
+    np.testing.assert_allclose(pool_embeddings(emb, "mean").loc["s1"].to_numpy(), expected, rtol=1e-5)

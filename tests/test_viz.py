@@ -14,14 +14,13 @@ import pytest
 
 from drasclr_toolkit.embed import Embeddings
 from drasclr_toolkit.patch_source import ArrayPatchSource
+from drasclr_toolkit.evaluate import patch_kmeans, patch_pca, pool_embeddings
 from drasclr_toolkit.viz import (
     embedding_scatter,
+    image_affine,
     landmark_centres,
     landmark_cloud,
-    lung_surface,
     patch_explorer,
-    patch_kmeans,
-    patch_pca,
     retrieval_gallery,
 )
 
@@ -94,12 +93,12 @@ def test_cohort_cloud_of_kmeans_clusters_has_a_dropdown_and_category_colours():
             assert trace.name == f"cluster {clusters[2, landmark]}"
 
 
-def test_lung_surface_mesh_and_landmarks():
+def test_landmark_cloud_on_the_lung_surface():
     mask = np.zeros((30, 40, 50), np.uint8)
     mask[5:25, 10:30, 10:40] = 2
     corners = np.array([[10, 10, 5], [20, 12, 6]])
-    fig = lung_surface(mask, spacing=(1.0, 1.5, 2.0), landmarks=corners, values=[0.2, 0.7],
-                       downsample=2)
+    fig = landmark_cloud(corners, np.array([0.2, 0.7]), mask=mask, spacing=(1.0, 1.5, 2.0),
+                         downsample=2)
     mesh, points = fig.data
     assert mesh.type == "mesh3d" and points.type == "scatter3d"
     x, y, z = (np.asarray(v) for v in (mesh.x, mesh.y, mesh.z))
@@ -111,24 +110,44 @@ def test_lung_surface_mesh_and_landmarks():
     np.testing.assert_allclose(np.c_[points.x, points.y, points.z],
                                landmark_centres(corners, 32, (1.0, 1.5, 2.0)))
     np.testing.assert_allclose(points.marker.color, [0.2, 0.7])
-    coarse = lung_surface(mask, (1.0, 1.5, 2.0), downsample=4).data[0]
+    coarse = landmark_cloud(corners, mask=mask, spacing=(1.0, 1.5, 2.0), downsample=4).data[0]
     assert len(coarse.i) < len(mesh.i)
     # An index→world affine moves surface and landmarks alike (here: spacing plus an origin).
     affine = np.diag([1.0, 1.5, 2.0, 1.0])
     affine[:3, 3] = (-100, 20, 300)
-    world_mesh, world_points = lung_surface(mask, (1.0, 1.5, 2.0), affine=affine,
-                                            landmarks=corners, downsample=2).data
+    world_mesh, world_points = landmark_cloud(corners, mask=mask, spacing=(1.0, 1.5, 2.0),
+                                              affine=affine, downsample=2).data
     np.testing.assert_allclose(np.asarray(world_mesh.x), x - 100, atol=1e-6)
     np.testing.assert_allclose(np.asarray(world_mesh.z), z + 300, atol=1e-6)
     np.testing.assert_allclose(np.asarray(world_points.y), np.asarray(points.y) + 20)
+    # A SimpleITK mask brings its geometry: scene in LPS mm, a flipped y axis included.
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(mask)
+    image.SetSpacing((1.0, 1.5, 2.0))
+    image.SetOrigin((-100.0, 20.0, 300.0))
+    image.SetDirection((1, 0, 0, 0, -1, 0, 0, 0, 1))
+    lps_mesh, lps_points = landmark_cloud(corners, mask=image, downsample=2).data
+    expected = (corners + 15.5) * (1.0, -1.5, 2.0) + (-100, 20, 300)
+    np.testing.assert_allclose(np.c_[lps_points.x, lps_points.y, lps_points.z], expected)
+    np.testing.assert_allclose(np.asarray(lps_mesh.y), 20 - y, atol=1e-6)
+    np.testing.assert_allclose(image_affine(image)[:3, 3], (-100, 20, 300))
+    # given positions (exact mapped centres) are drawn as they are
+    shown = landmark_cloud(corners, positions=expected + 0.25, mask=image).data[1]
+    np.testing.assert_allclose(shown.x, expected[:, 0] + 0.25)
+    # a cohort dropdown keeps the surface visible for every subject
+    cohort = landmark_cloud(corners, np.array([[0.1, 0.2], [0.3, 0.4]]), mask=mask,
+                            subject_ids=["a", "b"])
+    assert cohort.data[0].type == "mesh3d"
+    assert all(b.args[0]["visible"][0] for b in cohort.layout.updatemenus[0].buttons)
 
 
-def test_lung_surface_of_the_official_atlas(shared_reference):
+def test_landmark_cloud_on_the_official_atlas_surface(shared_reference):
     import SimpleITK as sitk
 
     mask = sitk.ReadImage(str(shared_reference / "atlas_lung_mask.nii.gz"))
     corners = np.load(shared_reference / "atlas_patch_loc.npy")
-    fig = lung_surface(mask, landmarks=corners, downsample=6)
+    fig = landmark_cloud(corners, mask=mask, spacing=mask.GetSpacing(), downsample=6)
     mesh, points = fig.data
     assert len(points.x) == 581
     # The 575 patches with > 10 % lung in this mask (reference/README.md) overlap the
@@ -143,7 +162,7 @@ def test_lung_surface_of_the_official_atlas(shared_reference):
 
 def test_embedding_scatter_continuous_and_categorical_labels():
     emb = make_embeddings(n=8)
-    pooled = emb.pool("mean")
+    pooled = pool_embeddings(emb, "mean")
     labels = pd.Series(np.linspace(0, 1, 8), index=emb.subject_ids[::-1], name="severity")
     fig = embedding_scatter(pooled, labels, method="pca")
     (trace,) = fig.data
@@ -180,7 +199,7 @@ def test_embedding_scatter_umap_is_seeded_and_falls_back(monkeypatch):
     fig = embedding_scatter(emb, method="umap", seed=7, n_neighbors=30)
     assert calls[0]["random_state"] == 7 and calls[0]["n_neighbors"] == 11  # N - 1
     assert "UMAP" in fig.layout.title.text and fig.layout.xaxis.title.text == "UMAP 1"
-    np.testing.assert_allclose(fig.data[0].x, emb.pool("mean").to_numpy()[:, 0] * 10, rtol=1e-6)
+    np.testing.assert_allclose(fig.data[0].x, pool_embeddings(emb, "mean").to_numpy()[:, 0] * 10, rtol=1e-6)
 
     monkeypatch.setitem(sys.modules, "umap", None)  # import umap now raises ImportError
     with pytest.warns(UserWarning, match="umap-learn is not installed"):
@@ -276,7 +295,7 @@ def test_3d_figure_exports_to_html_and_draws_webgl(tmp_path):
     emb = make_embeddings()
     mask = np.zeros((40, 40, 40), np.uint8)
     mask[8:32, 8:32, 8:32] = 1
-    fig = lung_surface(mask, landmarks=emb.landmarks, values=patch_pca(emb, 1, subject=0)[:, 0])
+    fig = landmark_cloud(emb.landmarks, patch_pca(emb, 1, subject=0)[:, 0], mask=mask)
     page = tmp_path / "surface.html"
     fig.write_html(page, include_plotlyjs=True, full_html=True)  # standalone: works offline
     html = page.read_text()

@@ -41,7 +41,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from ..evaluate.features import POOLINGS
+from ..errors import InputError, MissingFileError
+from ..constants import POOLINGS
+from ..data.labels import load_labels
 
 DEFAULT_TARGETS = ("fev1_pp", "fev1_fvc", "gold", "pct_emphysema", "cle_score", "pse_score",
                    "mmrc")
@@ -71,14 +73,14 @@ def load_feature_sets(values: list[str], pooling: str) -> dict[str, Any]:
     for value in values:
         name, path = parse_feature_arg(value)
         if not path.exists():
-            raise FileNotFoundError(f"--embeddings {value}: file {path} does not exist")
+            raise MissingFileError(f"--embeddings {value}: file {path} does not exist")
         name = name or path.stem
         if name in sets:
-            raise ValueError(f"--embeddings: the name {name!r} is given twice; use NAME=PATH")
+            raise InputError(f"--embeddings: the name {name!r} is given twice; use NAME=PATH")
         if path.suffix == ".csv":
             table = pd.read_csv(path, dtype={"subject_id": str})
             if "subject_id" not in table.columns:
-                raise ValueError(f"--embeddings {path}: a feature CSV needs a subject_id column")
+                raise InputError(f"--embeddings {path}: a feature CSV needs a subject_id column")
             sets[name] = table.set_index("subject_id").select_dtypes("number")
         else:
             sets[name] = pool_embeddings(Embeddings.load(path), pooling)
@@ -87,14 +89,6 @@ def load_feature_sets(values: list[str], pooling: str) -> dict[str, Any]:
 
 # What `drasclr evaluate` writes (a folder holding any of these is ours: rewritten).
 RESULT_MARKERS = ("report.html", "phenotypes.csv", "survival.csv", "comparison.csv", "dense.csv")
-
-
-def load_labels(path: Path, time_col: str | None = None, event_col: str | None = None):
-    """The label table indexed by subject id, checked as it is loaded (see
-    :func:`drasclr_toolkit.data.labels.check_labels`)."""
-    from drasclr_toolkit.data.labels import read_labels
-
-    return read_labels(path, time_col, event_col, what="--labels")
 
 
 def _write_results(table, stem: Path, title: str, heading: str, table_heading: str,
@@ -142,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
                                "each subject's registration)", where=option,
                                fix="add --store <the preprocessing store folder>")
     sets = load_feature_sets(args.embeddings, args.pooling)
-    labels = load_labels(Path(args.labels), args.time_col, args.event_col)
+    labels = load_labels(Path(args.labels), args.time_col, args.event_col, what="--labels")
     refuse_foreign_folder(out, RESULT_MARKERS, "drasclr evaluate", args.force)
     with folder_lock(out, "evaluate"):
         return _evaluate(args, out, sets, labels)
@@ -161,7 +155,7 @@ def _evaluate(args: argparse.Namespace, out: Path, sets: dict[str, Any], labels:
     targets = args.targets or [t for t in DEFAULT_TARGETS if t in labels.columns]
     missing = [t for t in targets if t not in labels.columns]
     if missing:
-        raise ValueError(f"--targets {missing} are not columns of {args.labels}; it has "
+        raise InputError(f"--targets {missing} are not columns of {args.labels}; it has "
                          f"{list(labels.columns)}")
     sections: list[tuple[str, Any]] = []
     probed: set[tuple[str, str]] = set()  # (feature set, target) pairs the probes evaluated

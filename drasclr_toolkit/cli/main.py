@@ -6,7 +6,7 @@ callable taking the parsed arguments and returning an exit code.
 
 Errors go through one door: a :class:`~drasclr_toolkit.errors.DrasclrError` (a bad scan,
 manifest, store, config value, checkpoint, a busy or foreign output folder) or an OSError
-put in words (disk full, read-only folder, name too long) prints its message (subject,
+put in words (disk full, read-only folder, name too long, no such file) prints its message (subject,
 file, field, what to do) on stderr and exits with status 1, without a traceback;
 ``--debug`` shows the traceback instead. Anything else is a bug and keeps its traceback.
 A cohort run in which some subjects failed keeps what succeeded and exits with status 3.
@@ -19,7 +19,7 @@ import importlib
 import logging
 import sys
 
-from drasclr_toolkit.errors import EXIT_PARTIAL, as_drasclr_error  # noqa: F401 (re-exported)
+from drasclr_toolkit.errors import EXIT_PARTIAL, DrasclrError, as_drasclr_error  # noqa: F401 (re-exported)
 
 # Order is the order shown in ``drasclr --help``.
 STAGE_MODULES = (
@@ -37,21 +37,12 @@ STAGE_MODULES = (
 # Exit status of a known input problem (argparse uses 2 for a bad command line).
 EXIT_INPUT_ERROR = 1
 EXIT_INTERRUPTED = 130
-# Standard errors that validation code outside the DrasclrError family still raises with a
-# full message (subject, file, field); they are shown like a DrasclrError.
-_KNOWN_BUILTIN_ERRORS = (
-    ValueError,
-    FileNotFoundError,
-    FileExistsError,
-    NotADirectoryError,
-    IsADirectoryError,
-    PermissionError,
-)
 
 
-def known_error(exc: BaseException) -> BaseException | None:
-    """The error to show the user for ``exc`` (a DrasclrError, an OSError in words such as
-    "disk full" or "read-only", or one of the validated standard errors), or None for a bug.
+def known_error(exc: BaseException) -> DrasclrError | None:
+    """The error to show the user for ``exc``: a DrasclrError, or an OSError put in words
+    (disk full, read-only, no such file: :func:`~drasclr_toolkit.errors.as_drasclr_error`);
+    None for a bug, which keeps its traceback.
 
     Example:
         >>> known_error(KeyError("x")) is None
@@ -59,22 +50,21 @@ def known_error(exc: BaseException) -> BaseException | None:
         >>> print(known_error(OSError(28, "No space left on device", "out/x.pt")))
         file out/x.pt: the disk is full (no space left on device) (No space left on device). What to do: free space on that disk or write to another folder, then run the same command again: finished work is kept
     """
-    error = as_drasclr_error(exc)
-    if error is None and isinstance(exc, _KNOWN_BUILTIN_ERRORS):
-        error = exc
-    return error
+    return as_drasclr_error(exc)
 
 
 def is_known_error(exc: BaseException) -> bool:
-    """Whether ``exc`` reports a problem with the input (message enough) rather than a bug.
+    """Whether ``exc`` reports a problem with the input or the machine (its message is
+    enough) rather than a bug.
 
     Example:
-        >>> is_known_error(ValueError("manifest.csv, row 3: ..."))
+        >>> from drasclr_toolkit.errors import InputError
+        >>> is_known_error(InputError("row 3: ...", where="manifest.csv", fix="..."))
         True
-        >>> is_known_error(KeyError("x"))
-        False
+        >>> is_known_error(ValueError("a bug")), is_known_error(KeyError("x"))
+        (False, False)
     """
-    return known_error(exc) is not None
+    return isinstance(known_error(exc), DrasclrError)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,12 +13,14 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from drasclr_toolkit.errors import MissingFileError
+
 
 def open_patch_source(path: str | Path) -> Any:
     """A ``.npz`` file written by ArrayPatchSource.save, or a PatchStore folder."""
     path = Path(path).expanduser()
     if not path.exists():
-        raise FileNotFoundError(f"patch store {path} does not exist; run `drasclr preprocess` "
+        raise MissingFileError(f"patch store {path} does not exist; run `drasclr preprocess` "
                                 "first or pass the folder it wrote")
     if path.suffix == ".npz":
         from drasclr_toolkit.patch_source import ArrayPatchSource

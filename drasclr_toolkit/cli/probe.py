@@ -19,18 +19,16 @@ import argparse
 from pathlib import Path
 
 
-def _rules(args: argparse.Namespace):
+def _thresholds(args: argparse.Namespace):
     """The config's QC limits (``preprocess.qc``), with --lung-volume-ml over them."""
     if args.lung_volume_ml is None:
         return None
     from drasclr_toolkit.config import load_config
     from drasclr_toolkit.preprocess.pipeline import PreprocessConfig
-    from drasclr_toolkit.probe import ProbeQCRules
+    from drasclr_toolkit.preprocess.qc_rules import QCThresholds
 
     qc = PreprocessConfig.from_dict(load_config(args.config).get("preprocess", {})).qc
-    return ProbeQCRules(min_dice=qc.min_dice, lung_volume_ml=tuple(args.lung_volume_ml),
-                        min_frac_lung_patches=qc.min_frac_lung_patches,
-                        max_frac_outside_scan=qc.max_frac_missing)
+    return QCThresholds.from_dict({**qc.model_dump(), "lung_volume_ml": args.lung_volume_ml})
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     result = probe_dataset(folder, out, labels=args.labels, checkpoint=args.checkpoint,
                            atlas=args.atlas, config=args.config, n_jobs=args.jobs,
                            n_permutations=args.permutations, progress=not args.no_progress,
-                           rules=_rules(args))
+                           thresholds=_thresholds(args))
     print(result.qc[["subject_id", "status", "flags"]].to_string(index=False))
     print(f"probe: {result.summary()}")
     print(f"report: {result.report}")

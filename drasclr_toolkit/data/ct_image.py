@@ -16,7 +16,7 @@ import SimpleITK as sitk
 from pydantic import ConfigDict, Field
 
 from ..config import Config
-from ..errors import DrasclrError
+from ..errors import DrasclrError, InputError, error_message, where_text
 
 __all__ = ["CTChecks", "CTImage", "CTLoadError", "CTLoadWarning", "IDENTITY_DIRECTION",
            "image_array"]
@@ -63,32 +63,18 @@ class CTLoadWarning(UserWarning):
 
 def _describe(problem_obj: Exception, problem: str, subject_id: str | None,
               file: str | os.PathLike | None, field: str | None, fix: str | None) -> None:
-    """Set the attributes a CT problem carries and its one-line message (error and
-    warning alike)."""
+    """Set the fields a CT problem carries (DrasclrError's ``where``, ``problem``, ``fix``,
+    and ``subject_id``, ``file``, ``field``) and its one-line message (error and warning
+    alike). Subject and file are always named, as ``<unnamed>`` / ``<none>`` when unknown."""
     problem_obj.subject_id = subject_id
     problem_obj.file = None if file is None else str(file)
     problem_obj.field = field
     problem_obj.problem = problem
     problem_obj.fix = fix
-    Exception.__init__(problem_obj, _format_message(problem, subject_id, problem_obj.file,
-                                                    field, fix))
-
-
-def _format_message(
-    problem: str,
-    subject_id: str | None,
-    file: str | None,
-    field: str | None,
-    fix: str | None,
-) -> str:
-    where = [f"subject {subject_id!r}" if subject_id is not None else "subject <unnamed>"]
-    where.append(f"file {file}" if file is not None else "file <none>")
-    if field is not None:
-        where.append(f"field {field!r}")
-    msg = ", ".join(where) + f": {problem}"
-    if fix:
-        msg += f". What to do: {fix}"
-    return msg
+    problem_obj.where = where_text(subject=repr(subject_id) if subject_id is not None
+                                   else "<unnamed>",
+                                   file=problem_obj.file or "<none>", field=field)
+    Exception.__init__(problem_obj, error_message(problem_obj.where, problem, fix))
 
 
 class CTChecks(Config):
@@ -143,7 +129,7 @@ class CTImage:
     def __post_init__(self) -> None:
         arr = np.asarray(self.array)
         if arr.ndim != 3:
-            raise ValueError(f"CTImage.array must be 3D (z, y, x); got shape {arr.shape}")
+            raise InputError(f"CTImage.array must be 3D (z, y, x); got shape {arr.shape}")
         if arr.dtype != np.int16:
             arr = _to_int16(arr, subject_id=self.subject_id, file=self.source)
         self.array = arr
@@ -151,7 +137,7 @@ class CTImage:
         self.origin = tuple(float(v) for v in self.origin)  # type: ignore[assignment]
         self.direction = tuple(float(v) for v in self.direction)
         if len(self.spacing) != 3 or len(self.origin) != 3 or len(self.direction) != 9:
-            raise ValueError(
+            raise InputError(
                 "CTImage needs 3 spacing values, 3 origin values and 9 direction values; got "
                 f"{len(self.spacing)}, {len(self.origin)}, {len(self.direction)}"
             )
@@ -186,7 +172,7 @@ class CTImage:
     ) -> CTImage:
         """Wrap a 3D scalar SimpleITK image; pixels are rounded to int16 (not reoriented)."""
         if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
-            raise ValueError(
+            raise InputError(
                 "CTImage.from_sitk needs a 3D scalar image; got dimension "
                 f"{image.GetDimension()} with {image.GetNumberOfComponentsPerPixel()} "
                 "component(s) per pixel"

@@ -1,7 +1,7 @@
 """Label tables (outcomes per subject) checked as they are loaded.
 
 A label table is a CSV (or DataFrame) with a ``subject_id`` column and one column per
-label; ``time`` and ``event`` columns carry survival. :func:`read_labels` refuses what
+label; ``time`` and ``event`` columns carry survival. :func:`load_labels` refuses what
 would otherwise surface later as a raw pandas or scikit-learn error: duplicate or missing
 ids, follow-up times that are not positive numbers, events that are not coded 0/1.
 
@@ -21,17 +21,32 @@ from typing import Any
 
 import pandas as pd
 
-from ..errors import LabelError
+from ..errors import LabelError, MissingFileError
 
-__all__ = ["check_labels", "read_labels"]
+__all__ = ["check_labels", "load_labels"]
 
 
-def read_labels(path: str | os.PathLike, time_col: str | None = "time",
-                event_col: str | None = "event", what: str = "labels") -> pd.DataFrame:
-    """Read and check a label CSV; returns it indexed by ``subject_id`` (ids as strings)."""
-    path = Path(path).expanduser()
+def load_labels(labels: str | os.PathLike | pd.DataFrame | None,
+                time_col: str | None = "time", event_col: str | None = "event",
+                what: str = "labels") -> pd.DataFrame | None:
+    """The label table, checked (:func:`check_labels`) and indexed by ``subject_id`` (ids as
+    strings): from a CSV path, or a DataFrame with a ``subject_id`` column (or index).
+    ``None`` gives ``None``; ``what`` names the source in messages (e.g. ``"--labels"``).
+
+    Example:
+        >>> load_labels(pd.DataFrame({"subject_id": [1, 2], "event": [0, 1]})).index.tolist()
+        ['1', '2']
+    """
+    if labels is None:
+        return None
+    if isinstance(labels, pd.DataFrame):
+        table = labels
+        if "subject_id" not in table.columns and table.index.name == "subject_id":
+            table = table.reset_index()
+        return check_labels(table, f"{what} table", time_col, event_col).set_index("subject_id")
+    path = Path(labels).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"{what}: file {path} does not exist; check the path")
+        raise MissingFileError(f"{what}: file {path} does not exist; check the path")
     try:
         table = pd.read_csv(path, dtype={"subject_id": str}, keep_default_na=True)
     except (ValueError, UnicodeDecodeError) as exc:

@@ -47,8 +47,11 @@ class ManifestError(DrasclrError, ValueError):
     def __init__(self, problems: Sequence[ManifestProblem], path: str | os.PathLike | None = None):
         self.problems = list(problems)
         self.path = None if path is None else str(path)
-        head = f"manifest {self.path}" if self.path else "manifest"
         n = len(self.problems)
-        lines = [f"{head}: {n} problem{'s' if n != 1 else ''} found; fix them all and load again:"]
+        # DrasclrError's fields; the message lists every problem under them
+        self.where = f"manifest {self.path}" if self.path else "manifest"
+        self.problem = f"{n} problem{'s' if n != 1 else ''} found"
+        self.fix = "fix them all and load again"
+        lines = [f"{self.where}: {self.problem}; {self.fix}:"]
         lines += [f"  - {p}" for p in self.problems]
         super().__init__("\n".join(lines))

@@ -26,7 +26,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from ..errors import DrasclrError
+from ..errors import DrasclrError, InputError
 
 __all__ = ["SAMPLES", "SampleDataUnavailable", "default_cache_dir", "real_chest_ct"]
 
@@ -95,7 +95,7 @@ def real_chest_ct(
         (61, 512, 512)
     """
     if name not in SAMPLES:
-        raise ValueError(f"unknown sample {name!r}; choose one of {sorted(SAMPLES)}")
+        raise InputError(f"unknown sample {name!r}; choose one of {sorted(SAMPLES)}")
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     target = cache / Path(SAMPLES[name]).name
     if target.is_file() and target.stat().st_size > 0:

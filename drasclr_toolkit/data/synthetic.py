@@ -64,7 +64,7 @@ from scipy.spatial import ConvexHull
 
 from drasclr_toolkit.config import Config
 from drasclr_toolkit.data import _phantom as ph
-from drasclr_toolkit.errors import OutputExistsError
+from drasclr_toolkit.errors import InputError, MissingFileError, OutputExistsError
 from drasclr_toolkit.io_utils import atomic_write, atomic_write_text, die_with_parent
 
 log = logging.getLogger(__name__)
@@ -150,17 +150,17 @@ def _affine_from(obj: str | os.PathLike | Mapping[str, Any] | GroundTruthAffine
         try:
             data = json.loads(Path(obj).read_text())
         except FileNotFoundError:
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"ground-truth transform {where} does not exist; generate the cohort with "
                 "make_synthetic_cohort first") from None
     try:
         A = np.asarray(data["A"], dtype=np.float64)
         t = np.asarray(data["t"], dtype=np.float64)
     except KeyError as exc:
-        raise ValueError(f"ground-truth transform {where}: field {exc.args[0]!r} is missing "
+        raise InputError(f"ground-truth transform {where}: field {exc.args[0]!r} is missing "
                          "(expected 'A' (3×3) and 't' (3))") from None
     if A.shape != (3, 3) or t.shape != (3,):
-        raise ValueError(f"ground-truth transform {where}: 'A' must be 3×3 and 't' of length "
+        raise InputError(f"ground-truth transform {where}: 'A' must be 3×3 and 't' of length "
                          f"3, got {A.shape} and {t.shape}")
     return GroundTruthAffine(A, t)
 
@@ -725,7 +725,7 @@ def _load_record(path: Path, cfg: SyntheticConfig) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     if record.get("config") != json.loads(json.dumps(cfg.fingerprint())):
-        raise ValueError(
+        raise InputError(
             f"subject {record.get('subject_id')}: {path} was generated with other options "
             f"({record.get('config')}) than now ({cfg.fingerprint()}); use a new out_dir "
             "or delete the old cohort"
@@ -779,9 +779,10 @@ def check_out_folder(out: str | Path, config: Any, force: bool = False) -> None:
             differ = ", ".join(f"{k}: {had.get(k)!r} there, {wanted.get(k)!r} now"
                                for k in sorted(set(had) | set(wanted)) if had.get(k) != wanted.get(k))
             raise OutputExistsError(
-                f"file {card_path}, field 'options': --out {out} holds a synthetic cohort made "
-                f"with other options ({differ}). What to do: use a new --out folder, the same "
-                "options, or --force (overwrite=True in Python) to overwrite it")
+                f"--out {out} holds a synthetic cohort made with other options ({differ})",
+                where=f"file {card_path}, field 'options'",
+                fix="use a new --out folder, the same options, or --force (overwrite=True in "
+                "Python) to overwrite it")
     foreign = [name for name in entries if name not in _COHORT_TOP]
     for sub in ("images", "ground_truth"):
         if (out / sub).is_dir():
@@ -794,8 +795,9 @@ def check_out_folder(out: str | Path, config: Any, force: bool = False) -> None:
         raise OutputExistsError(
             f"--out {out} already holds files that are not a synthetic cohort ({shown}); "
             "`drasclr synthetic` writes manifest.csv, dataset_card.yaml, ground_truth.csv and "
-            "images/ there and would overwrite yours. What to do: choose a new or empty "
-            "folder, or pass --force (overwrite=True in Python) to write into it anyway")
+            "images/ there and would overwrite yours",
+            fix="choose a new or empty folder, or pass --force (overwrite=True in Python) to "
+            "write into it anyway")
 
 
 def make_synthetic_cohort(n_subjects: int, out_dir: str | os.PathLike, seed: int = 0,
@@ -819,7 +821,7 @@ def make_synthetic_cohort(n_subjects: int, out_dir: str | os.PathLike, seed: int
         config = SyntheticConfig.from_dict(dict(seed=seed, spacing=spacing,
                                                 size_scale=size_scale, n_jobs=n_jobs, **options))
     if int(n_subjects) < 1:
-        raise ValueError(f"make_synthetic_cohort: n_subjects={n_subjects}; ask for at least 1")
+        raise InputError(f"make_synthetic_cohort: n_subjects={n_subjects}; ask for at least 1")
     # A folder holding the user's files is refused (overwrite=True writes anyway).
     check_out_folder(out_dir, config, force=overwrite)
     out = Path(out_dir).expanduser().resolve()

@@ -1,17 +1,17 @@
-"""Embeddings: feature extraction, the embedding store, patient pooling, retrieval.
+"""Embeddings: feature extraction, the embedding store, retrieval.
 
 Example:
     >>> from drasclr_toolkit.embed import Embeddings, extract_embeddings  # doctest: +SKIP
     >>> emb = extract_embeddings(store, checkpoint="ckpt.pt", out_path="emb.npz")  # doctest: +SKIP
-    >>> patients = emb.pool("mean")  # DataFrame (N, D) indexed by subject id  # doctest: +SKIP
+    >>> from drasclr_toolkit.evaluate import pool_embeddings  # doctest: +SKIP
+    >>> patients = pool_embeddings(emb, "mean")  # DataFrame (N, D) by subject id  # doctest: +SKIP
 """
 
 from .extract import EmbedConfig, extract_embeddings
 from .retrieval import retrieve_similar
-from .store import POOLING_METHODS, Embeddings
+from .store import Embeddings
 
 __all__ = [
-    "POOLING_METHODS",
     "EmbedConfig",
     "Embeddings",
     "extract_embeddings",

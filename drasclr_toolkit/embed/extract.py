@@ -46,7 +46,7 @@ from pydantic import Field, field_validator, model_validator
 from tqdm.auto import tqdm
 
 from drasclr_toolkit.config import Config, ConfigError, Device, ModelConfig
-from drasclr_toolkit.errors import DrasclrError, OutputExistsError
+from drasclr_toolkit.errors import DrasclrError, InputError, OutputExistsError
 from drasclr_toolkit.io_utils import atomic_write_text, remove_stale_temp_files, short_file_name
 from drasclr_toolkit.locks import folder_lock
 from drasclr_toolkit.models import DrasCLREncoder
@@ -62,10 +62,10 @@ from drasclr_toolkit.runtime import (
     resolve_device,
     shutdown,
 )
-from drasclr_toolkit.constants import HU_WINDOW
+from drasclr_toolkit.constants import HU_WINDOW, POOLINGS
 from drasclr_toolkit.ssl.augment import check_window, hu_to_unit
 
-from .store import POOLING_METHODS, Embeddings, atomic_save_npy
+from .store import Embeddings, atomic_save_npy
 
 __all__ = ["EmbedConfig", "extract_embeddings"]
 
@@ -81,7 +81,7 @@ class EmbedConfig(Config):
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``.
         amp: mixed precision; ``None`` = on for CUDA, off on CPU.
         seed: seed of the randomly initialised encoder (when no checkpoint is given).
-        pooling: default patient pooling (``mean``, ``max``, ``lung_weighted``).
+        pooling: default patient pooling (one of ``constants.POOLINGS``).
         model: architecture of the random-init encoder (:class:`ModelConfig`: the shared
             ``model:`` section, handed on by :func:`~drasclr_toolkit.config.load_config`);
             ignored when a checkpoint is given (the checkpoint's own config is used). An
@@ -102,7 +102,7 @@ class EmbedConfig(Config):
     device: Device = "auto"
     amp: bool | None = None
     seed: int = 0
-    pooling: Literal[POOLING_METHODS] = "mean"
+    pooling: Literal[POOLINGS] = "mean"
     model: ModelConfig = Field(default_factory=ModelConfig)
     hu_window: list[float] | None = Field(None, min_length=2, max_length=2)
 
@@ -231,7 +231,7 @@ def extract_embeddings(
         **{key: value for key, value in overrides.items() if value is not None})
     batch_size, amp, seed = cfg.batch_size, cfg.amp, cfg.seed
     if checkpoint is not None and encoder is not None:
-        raise ValueError("give either checkpoint or encoder, not both")
+        raise InputError("give either checkpoint or encoder, not both")
     device = resolve_device(cfg.device if device is None else device)
     encoder, info = _choose_encoder(checkpoint, encoder, seed, cfg.model)
     was_training = encoder.training  # a caller's encoder goes back to its mode afterwards
@@ -481,7 +481,7 @@ def _read_subject(source: PatchSource, index: int, sid: str, n_loc: int) -> np.n
     patches = np.asarray(source.read_subject(index))
     size = int(source.patch_size)
     if patches.shape != (n_loc, size, size, size):
-        raise ValueError(f"subject {sid}: read_subject returned shape {patches.shape}, expected "
+        raise InputError(f"subject {sid}: read_subject returned shape {patches.shape}, expected "
                          f"({n_loc}, {size}, {size}, {size}); re-run preprocessing for it")
     return patches
 
@@ -517,12 +517,12 @@ def _part_is_current(parts_dir: Path, source: PatchSource, sid: str,
         return False  # written before its digest (killed in between): redo it
     if recompute_changed:
         return False
-    raise ValueError(
-        f"subject {sid}: file {part}, field 'source checksum': this embedding was made from "
-        f"other patches than the store now holds (checksum {then} then, {now} now: the subject "
-        "was redone, or out_path is reused with another store). What to do: pass "
-        "recompute_changed=True (`drasclr embed --recompute-changed`), or choose another "
-        "out_path")
+    raise InputError(
+        f"this embedding was made from other patches than the store now holds (checksum "
+        f"{then} then, {now} now: the subject was redone, or out_path is reused with another "
+        "store)", where=f"subject {sid}: file {part}, field 'source checksum'",
+        fix="pass recompute_changed=True (`drasclr embed --recompute-changed`), or choose "
+        "another out_path")
 
 
 def _check_parts_dir(parts_dir: Path, fingerprint: dict[str, Any]) -> None:
@@ -533,7 +533,7 @@ def _check_parts_dir(parts_dir: Path, fingerprint: dict[str, Any]) -> None:
         # checkpoint file with the same weights may resume.
         decisive = ("encoder_sha1", "landmark_coords_sha1", "amp", "batchnorm")
         if any(previous.get(k) != fingerprint[k] for k in decisive):
-            raise ValueError(
+            raise InputError(
                 f"{parts_dir} holds embeddings made by another encoder or landmark set "
                 f"({previous.get('encoder_kind')}, checkpoint {previous.get('checkpoint')}); "
                 "delete that folder or choose another out_path")

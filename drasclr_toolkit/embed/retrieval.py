@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ..errors import InputError
 from .store import Embeddings
 
 __all__ = ["retrieve_similar"]
@@ -36,7 +37,7 @@ def retrieve_similar(embeddings: Embeddings, subject: int | str, landmark: int, 
     if not 0 <= int(landmark) < embeddings.n_landmarks:
         raise IndexError(f"landmark {landmark} out of range 0..{embeddings.n_landmarks - 1}")
     if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
+        raise InputError(f"k must be >= 1, got {k}")
     query_row = embeddings.subject_index(subject)
     vectors = embeddings.patch[:, int(landmark)].astype(np.float64)
     if center:

@@ -5,9 +5,9 @@ the subject ids, the atlas landmarks and their network coordinates, the lung fra
 every patch and a ``provenance`` dict (checkpoint path, its config, encoder kind, ...).
 It is saved as one ``.npz`` file (arrays plus a JSON metadata string), written atomically.
 
-Patient-level pooling (:meth:`Embeddings.pool`) returns a pandas DataFrame indexed by
-subject id with columns ``h0 … h{D-1}``: ids travel with the numbers, so joining with a
-label table is one ``.join``; ``.to_numpy()`` gives the plain ``(N, D)`` array.
+Patient-level pooling is :func:`drasclr_toolkit.evaluate.pool_embeddings`: a pandas
+DataFrame indexed by subject id with columns ``h0 … h{D-1}``, so ids travel with the
+numbers and joining with a label table is one ``.join``.
 
 Example:
     >>> import numpy as np
@@ -15,29 +15,27 @@ Example:
     ...                  landmarks=np.zeros((3, 3), int),
     ...                  landmark_coords=np.zeros((3, 3), np.float32),
     ...                  lung_fraction=np.ones((2, 3), np.float32))
-    >>> emb.pool("mean").shape
-    (2, 4)
+    >>> emb.patch.shape, emb.n_landmarks
+    ((2, 3, 4), 3)
 """
 
 from __future__ import annotations
 
 import json
-import warnings
 import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
-from ..errors import DrasclrError
+from ..errors import DrasclrError, InputError, MissingFileError
 from ..io_utils import atomic_write_stream
 
-__all__ = ["Embeddings", "POOLING_METHODS", "atomic_save_npy"]
+__all__ = ["Embeddings", "atomic_save_npy"]
 
-POOLING_METHODS = ("mean", "max", "lung_weighted")
 FORMAT_VERSION = 1
 
 
@@ -80,7 +78,7 @@ class Embeddings:
         self.landmark_coords = np.asarray(self.landmark_coords, dtype=np.float32)
         self.lung_fraction = np.asarray(self.lung_fraction, dtype=np.float32)
         if self.patch.ndim != 3:
-            raise ValueError(f"Embeddings.patch must be (N, L, D); got shape {self.patch.shape}")
+            raise InputError(f"Embeddings.patch must be (N, L, D); got shape {self.patch.shape}")
         n, n_loc, _ = self.patch.shape
         checks = {
             "subject_ids": (len(self.subject_ids), n),
@@ -93,10 +91,10 @@ class Embeddings:
             checks["in_scan"] = (self.in_scan.shape, (n, n_loc))
         for name, (got, want) in checks.items():
             if got != want:
-                raise ValueError(f"Embeddings.{name} has shape/length {got}, expected {want} "
+                raise InputError(f"Embeddings.{name} has shape/length {got}, expected {want} "
                                  f"to match patch {self.patch.shape}")
         if len(set(self.subject_ids)) != n:
-            raise ValueError("Embeddings.subject_ids contains duplicates")
+            raise InputError("Embeddings.subject_ids contains duplicates")
 
     # -- shape -------------------------------------------------------------------------
     @property
@@ -140,53 +138,6 @@ class Embeddings:
                           dict(self.provenance),
                           None if self.in_scan is None else self.in_scan[rows])
 
-    # -- pooling -----------------------------------------------------------------------
-    def pool(self, method: Literal["mean", "max", "lung_weighted"] = "mean") -> pd.DataFrame:
-        """Patient-level embeddings ``(N, D)`` as a DataFrame indexed by subject id.
-
-        ``mean``: average over landmarks (the natural DrasCLR default); ``max``: maximum
-        over landmarks; ``lung_weighted``: average weighted by each patch's lung fraction
-        (patches mostly outside the lung count less). A subject whose lung fractions are
-        all zero falls back to the plain mean, with a warning. Landmarks outside the scan
-        (``in_scan`` False: a partial scan) are left out of every method.
-
-        Example:
-            >>> emb = Embeddings(np.arange(8, dtype=np.float32).reshape(1, 2, 4), ["s"],
-            ...                  np.zeros((2, 3), int), np.zeros((2, 3)), [[1.0, 0.0]])
-            >>> emb.pool("lung_weighted").to_numpy().tolist()
-            [[0.0, 1.0, 2.0, 3.0]]
-        """
-        inside = np.ones(self.lung_fraction.shape, bool) if self.in_scan is None else self.in_scan
-        none_inside = ~inside.any(axis=1)
-        if none_inside.any():  # nothing to pool: keep every landmark rather than NaN
-            warnings.warn("pooling: subjects with no landmark inside the scan use all landmarks: "
-                          f"{[self.subject_ids[i] for i in np.flatnonzero(none_inside)]}",
-                          stacklevel=2)
-            inside = inside | none_inside[:, None]
-        if method == "mean":
-            pooled = np.einsum("nl,nld->nd", inside / inside.sum(axis=1, keepdims=True),
-                               self.patch.astype(np.float64))
-        elif method == "max":
-            pooled = np.where(inside[..., None], self.patch, -np.inf).max(axis=1)
-        elif method == "lung_weighted":
-            weights = np.clip(self.lung_fraction.astype(np.float64), 0.0, None) * inside
-            totals = weights.sum(axis=1, keepdims=True)
-            empty = totals[:, 0] <= 0
-            if empty.any():
-                warnings.warn("lung_weighted pooling: subjects with no lung in any patch use "
-                              f"the plain mean: {[self.subject_ids[i] for i in np.flatnonzero(empty)]}",
-                              stacklevel=2)
-                weights[empty] = inside[empty]
-                totals = weights.sum(axis=1, keepdims=True)
-            pooled = np.einsum("nl,nld->nd", weights / totals, self.patch.astype(np.float64))
-        else:
-            raise ValueError(f"unknown pooling method {method!r}; use one of {POOLING_METHODS}")
-        columns = [f"h{j}" for j in range(self.dim)]
-        frame = pd.DataFrame(pooled.astype(np.float32), index=pd.Index(self.subject_ids,
-                             name="subject_id"), columns=columns)
-        frame.attrs["pooling"] = method
-        return frame
-
     # -- disk --------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
         """Write one ``.npz`` (atomically); returns the path written.
@@ -214,7 +165,7 @@ class Embeddings:
         """Read a file written by :meth:`save`."""
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"embeddings file {path} does not exist; run "
+            raise MissingFileError(f"embeddings file {path} does not exist; run "
                                     "`drasclr embed` (or extract_embeddings) to create it")
         try:
             with np.load(path, allow_pickle=False) as data:

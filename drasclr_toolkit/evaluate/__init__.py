@@ -19,8 +19,8 @@ from .compare import (adjust_verdicts, comparison_table, comparison_text, paired
 from .densitometry import (HIST_EDGES, ZONES, cohort_densitometry, densitometry,
                            densitometry_sets, lung_zones, patch_densitometry)
 from .finetune import LABEL_FRACTIONS, label_efficiency
-from .embedding_analysis import (compare_encoders, pc_null_band, pc_spearman, probe_scores,
-                                 variance_shares)
+from .embedding_analysis import (compare_encoders, patch_kmeans, patch_pca, pc_null_band,
+                                 pc_spearman, probe_scores, variance_shares)
 from .features import POOLINGS, feature_sets, landmark_zones, pool_embeddings
 from .nuisance import nuisance_sensitivity, spearman_ci
 from .probes import evaluate_phenotypes, infer_target_kind, make_probe, patch_probe_scores
@@ -40,5 +40,6 @@ __all__ = [
     "nuisance_sensitivity", "spearman_ci", "patch_densitometry", "adjust_verdicts",
     "paired_comparisons", "risk_group_text", "holm", "multiplicity_note", "paired_difference",
     "predictive_verdict", "small_sample_note",
-    "compare_encoders", "pc_null_band", "pc_spearman", "probe_scores", "variance_shares",
+    "compare_encoders", "patch_kmeans", "patch_pca", "pc_null_band", "pc_spearman",
+    "probe_scores", "variance_shares",
 ]

@@ -13,6 +13,8 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
+from drasclr_toolkit.errors import InputError
+
 FeatureLike = Any  # np.ndarray | pd.DataFrame | Embeddings
 DEFAULT_SET_NAME = "features"
 
@@ -23,8 +25,10 @@ def as_frame(values: FeatureLike, name: str, index: pd.Index | None = None) -> p
     An ``Embeddings`` is mean-pooled; a plain array takes ``index`` (the labels' subject
     order) and must have as many rows.
     """
-    if hasattr(values, "pool") and hasattr(values, "patch"):  # an Embeddings
-        values = values.pool("mean")
+    if hasattr(values, "patch") and hasattr(values, "lung_fraction"):  # an Embeddings
+        from .features import pool_embeddings
+
+        values = pool_embeddings(values, "mean")
     if isinstance(values, pd.Series):
         values = values.to_frame()
     if isinstance(values, pd.DataFrame):
@@ -35,21 +39,21 @@ def as_frame(values: FeatureLike, name: str, index: pd.Index | None = None) -> p
         if array.ndim == 1:
             array = array[:, None]
         if array.ndim != 2:
-            raise ValueError(f"feature set {name!r}: expected a 2-D (subjects × features) "
+            raise InputError(f"feature set {name!r}: expected a 2-D (subjects × features) "
                              f"array, got shape {array.shape}")
         if index is None or len(index) != len(array):
-            raise ValueError(
+            raise InputError(
                 f"feature set {name!r} is a plain array with {len(array)} rows but the "
                 f"labels have {0 if index is None else len(index)} subjects; pass a DataFrame "
-                "indexed by subject id (e.g. Embeddings.pool()) so rows can be matched by id")
+                "indexed by subject id (e.g. pool_embeddings(emb)) so rows can be matched by id")
         frame = pd.DataFrame(array, index=pd.Index(index).astype(str),
                              columns=[f"f{j}" for j in range(array.shape[1])])
     if frame.index.has_duplicates:
         dup = frame.index[frame.index.duplicated()].unique().tolist()[:5]
-        raise ValueError(f"feature set {name!r} has duplicate subject ids, e.g. {dup}")
+        raise InputError(f"feature set {name!r} has duplicate subject ids, e.g. {dup}")
     non_numeric = [c for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c])]
     if non_numeric:
-        raise ValueError(f"feature set {name!r}: columns {non_numeric[:5]} are not numeric; "
+        raise InputError(f"feature set {name!r}: columns {non_numeric[:5]} are not numeric; "
                          "one-hot encode them (pandas.get_dummies) or drop them")
     return frame.astype(np.float64)
 
@@ -59,7 +63,7 @@ def as_feature_sets(features: FeatureLike | Mapping[str, FeatureLike],
     """``{name: frame}`` from one feature set or a dict of them."""
     if isinstance(features, Mapping):
         if not features:
-            raise ValueError("features is an empty dict; give at least one feature set")
+            raise InputError("features is an empty dict; give at least one feature set")
         return {str(k): as_frame(v, str(k), index) for k, v in features.items()}
     return {DEFAULT_SET_NAME: as_frame(features, DEFAULT_SET_NAME, index)}
 
@@ -74,7 +78,7 @@ def align(frame: pd.DataFrame, labels: pd.DataFrame, name: str
     missing_features = int((~labels.index.isin(frame.index)).sum())
     missing_labels = int((~frame.index.isin(labels.index)).sum())
     if len(common) == 0:
-        raise ValueError(
+        raise InputError(
             f"feature set {name!r} and the labels share no subject id (features: "
             f"{frame.index[:3].tolist()}…, labels: {labels.index[:3].tolist()}…); index both "
             "by subject id")

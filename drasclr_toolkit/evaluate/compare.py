@@ -41,6 +41,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from ..errors import InputError
 from .stats import ALPHA, holm, paired_difference, predictive_verdict
 
 __all__ = ["LONG_COLUMNS", "adjust_verdicts", "comparison_table", "comparison_text",
@@ -193,7 +194,7 @@ def summarise(table: pd.DataFrame, metric: str | None = None) -> pd.DataFrame:
     elif {"features", "task", "metric", "value"} <= set(table.columns):
         rows = _dense_rows(table, [metric] if metric else ["balanced_accuracy", "spearman"])
     else:
-        raise ValueError("summarise takes the table of evaluate_phenotypes, evaluate_survival "
+        raise InputError("summarise takes the table of evaluate_phenotypes, evaluate_survival "
                          f"or evaluate_dense(...).metrics; got columns {list(table.columns)[:8]}")
     long = pd.DataFrame(rows).reindex(columns=list(LONG_COLUMNS))
     for col in ("value", "ci_low", "ci_high", "chance", "null_p95", "p", "p_adj", "n_train",

@@ -30,6 +30,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from drasclr_toolkit.errors import InputError
+
 __all__ = ["DISEASE_CLASSES", "DenseResult", "PatchTruth", "evaluate_dense", "patch_centres",
            "patch_truth_from_table", "synthetic_patch_truth"]
 
@@ -62,10 +64,10 @@ class PatchTruth:
         self.label = np.asarray(self.label, dtype=np.int64)
         self.extent = np.asarray(self.extent, dtype=np.float64)
         if self.label.shape != self.extent.shape or self.label.ndim != 2:
-            raise ValueError(f"label {self.label.shape} and extent {self.extent.shape} must be "
+            raise InputError(f"label {self.label.shape} and extent {self.extent.shape} must be "
                              "the same (N, L) shape")
         if len(self.subject_ids) != self.label.shape[0]:
-            raise ValueError(f"{len(self.subject_ids)} subject ids for {self.label.shape[0]} rows")
+            raise InputError(f"{len(self.subject_ids)} subject ids for {self.label.shape[0]} rows")
 
     def align(self, subject_ids: Sequence[str]) -> "PatchTruth":
         """The rows of ``subject_ids`` in that order (unknown subjects get -1 / NaN)."""
@@ -179,7 +181,7 @@ def patch_truth_from_table(table: pd.DataFrame, subject_ids: Sequence[str], n_la
     """
     missing = {"subject_id", "landmark", "label"} - set(table.columns)
     if missing:
-        raise ValueError(f"per-patch label table: columns {sorted(missing)} are missing; it "
+        raise InputError(f"per-patch label table: columns {sorted(missing)} are missing; it "
                          "needs subject_id, landmark, label (and optionally extent)")
     classes = tuple(classes)
     index = {str(s): i for i, s in enumerate(subject_ids)}
@@ -191,12 +193,12 @@ def patch_truth_from_table(table: pd.DataFrame, subject_ids: Sequence[str], n_la
             continue
         landmark = int(row.landmark)
         if not 0 <= landmark < n_landmarks:
-            raise ValueError(f"per-patch label table, line {row_number}: landmark {landmark} "
+            raise InputError(f"per-patch label table, line {row_number}: landmark {landmark} "
                              f"outside 0..{n_landmarks - 1} (subject {sid})")
         value = row.label
         if isinstance(value, str):
             if value not in classes:
-                raise ValueError(f"per-patch label table, line {row_number}: label {value!r} "
+                raise InputError(f"per-patch label table, line {row_number}: label {value!r} "
                                  f"(subject {sid}) is not one of {list(classes)}")
             value = classes.index(value)
         label[index[sid], landmark] = int(value)
@@ -305,13 +307,13 @@ def evaluate_dense(features: Any, truth: PatchTruth, cv: int = 5, seed: int = 0,
     groups_all = np.repeat(np.arange(n), n_loc).reshape(n, n_loc)
     subjects_with_labels = np.unique(groups_all[known])
     if len(subjects_with_labels) < 2:
-        raise ValueError("dense evaluation needs per-patch labels for at least 2 subjects; "
+        raise InputError("dense evaluation needs per-patch labels for at least 2 subjects; "
                          f"found {len(subjects_with_labels)}")
     folds = min(cv, len(subjects_with_labels))
     splitter = GroupKFold(n_splits=folds)
     for name, feats in sets.items():
         if feats.shape[:2] != (n, n_loc):
-            raise ValueError(f"features {name!r} have shape {feats.shape}; expected "
+            raise InputError(f"features {name!r} have shape {feats.shape}; expected "
                              f"({n}, {n_loc}, D) to match the truth")
         usable = known & np.all(np.isfinite(feats), axis=2)
         X, y = feats[usable], truth.label[usable]

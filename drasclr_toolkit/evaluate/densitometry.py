@@ -49,6 +49,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from drasclr_toolkit.errors import InputError
 from drasclr_toolkit.preprocess.densitometry import (HIST_EDGES, SCALARS, ZONES,  # noqa: F401
                                                      densitometry, lung_zones)
 
@@ -91,7 +92,7 @@ def _subject_densitometry(manifest: Any, sid: str, mask_source: str, zones: bool
     image = to_lps(load_ct(manifest.image_path(sid), subject_id=sid).to_sitk())
     mask_path = manifest.lung_mask_path(sid) if mask_source in ("auto", "manifest") else None
     if mask_source == "manifest" and mask_path is None:
-        raise ValueError(f"subject {sid}: mask_source='manifest' but the manifest has no "
+        raise InputError(f"subject {sid}: mask_source='manifest' but the manifest has no "
                          "lung_mask for it; use mask_source='auto' to segment instead")
     if mask_path is not None and str(mask_path).strip():
         mask = to_lps(sitk.ReadImage(str(mask_path)))
@@ -133,7 +134,7 @@ def cohort_densitometry(manifest: Any, subjects: Any = None, *, mask_source: str
     from drasclr_toolkit.io_utils import atomic_write_text
 
     if mask_source not in ("auto", "manifest", "segment"):
-        raise ValueError(f"mask_source must be 'auto', 'manifest' or 'segment', got "
+        raise InputError(f"mask_source must be 'auto', 'manifest' or 'segment', got "
                          f"{mask_source!r}")
     if isinstance(manifest, (str, os.PathLike)):
         from drasclr_toolkit.data import Manifest

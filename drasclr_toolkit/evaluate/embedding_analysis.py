@@ -1,5 +1,7 @@
-"""What patient embeddings encode: rank correlations of their principal components with
-per-subject targets, and a cross-validated ridge probe per target.
+"""What embeddings encode: rank correlations of the principal components of patient
+embeddings with per-subject targets, a cross-validated ridge probe per target, how the
+variance of patch embeddings splits, and the per-patch principal components and k-means
+clusters that the 3D landmark views are coloured by.
 
 Both return tidy pandas frames, so comparing a trained encoder with a random-init one (or
 disease severities with a nuisance such as the scanner's noise level) is a concat and a plot.
@@ -15,13 +17,19 @@ Example:
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
-__all__ = ["compare_encoders", "pc_null_band", "pc_spearman", "probe_scores", "variance_shares"]
+from drasclr_toolkit.errors import InputError
+
+if TYPE_CHECKING:
+    from drasclr_toolkit.embed import Embeddings
+
+__all__ = ["compare_encoders", "patch_kmeans", "patch_pca", "pc_null_band", "pc_spearman",
+           "probe_scores", "variance_shares"]
 
 
 def _aligned(patient: pd.DataFrame, targets: pd.DataFrame | pd.Series
@@ -33,7 +41,7 @@ def _aligned(patient: pd.DataFrame, targets: pd.DataFrame | pd.Series
     targets.index = targets.index.astype(str)
     common = [i for i in patient.index if i in targets.index]
     if len(common) < 3:
-        raise ValueError(f"only {len(common)} subjects are in both the embeddings and the "
+        raise InputError(f"only {len(common)} subjects are in both the embeddings and the "
                          "targets; index both by subject id")
     return patient.loc[common], targets.loc[common]
 
@@ -42,7 +50,7 @@ def pc_spearman(patient: pd.DataFrame, targets: pd.DataFrame | pd.Series,
                 n_components: int = 3) -> pd.DataFrame:
     """Spearman ρ of each principal component of the patient embeddings with each target.
 
-    ``patient`` is ``(N, D)`` indexed by subject id (``Embeddings.pool``); ``targets`` is
+    ``patient`` is ``(N, D)`` indexed by subject id (``pool_embeddings``); ``targets`` is
     indexed by subject id, one numeric column per target. PCA runs on standardised
     features. Returns columns ``component`` (``PC1`` …), ``target``, ``rho``, ``p_value``.
     A PC's sign is arbitrary, so compare ``|rho|``.
@@ -67,18 +75,18 @@ def pc_spearman(patient: pd.DataFrame, targets: pd.DataFrame | pd.Series,
 def probe_scores(patient: pd.DataFrame, targets: pd.DataFrame | pd.Series, cv: int = 5,
                  seed: int = 0, alphas: Sequence[float] = tuple(np.logspace(-2, 4, 13))
                  ) -> pd.DataFrame:
-    """Cross-validated ridge probe (standardise → RidgeCV) from patient embeddings to each
-    target: out-of-fold R² and Spearman ρ between out-of-fold predictions and the truth.
+    """Cross-validated ridge probe (:func:`~drasclr_toolkit.evaluate.make_probe` for a
+    continuous target: standardise → RidgeCV over ``alphas``) from patient embeddings to
+    each target: out-of-fold R² and Spearman ρ between out-of-fold predictions and the truth.
 
     Folds are shuffled with ``seed`` (``min(cv, N)`` folds); the ridge penalty is chosen
     inside each training fold. Returns a frame indexed by target with ``r2``,
     ``spearman`` and ``n``.
     """
-    from sklearn.linear_model import RidgeCV
     from sklearn.metrics import r2_score
     from sklearn.model_selection import KFold, cross_val_predict
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+
+    from .probes import make_probe
 
     patient, targets = _aligned(patient, targets)
     X = patient.to_numpy(np.float64)
@@ -86,11 +94,54 @@ def probe_scores(patient: pd.DataFrame, targets: pd.DataFrame | pd.Series, cv: i
     rows = {}
     for name in targets.columns:
         y = targets[name].to_numpy(np.float64)
-        model = make_pipeline(StandardScaler(), RidgeCV(alphas=list(alphas)))
+        model = make_probe("continuous", alphas=alphas, seed=seed)
         pred = cross_val_predict(model, X, y, cv=folds)
         rho = spearmanr(pred, y)[0] if np.ptp(y) > 0 and np.ptp(pred) > 0 else np.nan
         rows[name] = {"r2": float(r2_score(y, pred)), "spearman": float(rho), "n": len(y)}
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("target")
+
+
+def patch_pca(embeddings: Embeddings, n_components: int = 3,
+              subject: int | str | None = None) -> np.ndarray:
+    """Principal-component scores of every patch embedding.
+
+    One PCA is fitted on all ``N·L`` patches (so colours are comparable across subjects
+    and landmarks). Returns ``(N, L, n_components)``, or ``(L, n_components)`` for one
+    ``subject``. Component signs follow scikit-learn's deterministic convention.
+
+    Example:
+        >>> from drasclr_toolkit.embed import Embeddings
+        >>> emb = Embeddings(np.random.default_rng(0).normal(size=(2, 5, 4)), ["a", "b"],
+        ...                  np.zeros((5, 3), int), np.zeros((5, 3)), np.ones((2, 5)))
+        >>> patch_pca(emb, 2).shape, patch_pca(emb, 2, subject="b").shape
+        ((2, 5, 2), (5, 2))
+    """
+    from sklearn.decomposition import PCA
+
+    n, n_loc, dim = embeddings.patch.shape
+    n_components = min(n_components, dim, n * n_loc)
+    scores = PCA(n_components=n_components).fit_transform(
+        embeddings.patch.reshape(n * n_loc, dim)).reshape(n, n_loc, n_components)
+    scores = scores.astype(np.float32)
+    return scores if subject is None else scores[embeddings.subject_index(subject)]
+
+
+def patch_kmeans(embeddings: Embeddings, k: int = 6, seed: int = 0,
+                 subject: int | str | None = None) -> np.ndarray:
+    """k-means cluster of every patch embedding, ``(N, L)`` int (or ``(L,)`` for one subject).
+
+    The vectors are L2-normalised first: contrastive training compares embeddings by
+    cosine, so direction, not length, carries the meaning. Seeded, so colours are stable.
+    """
+    from sklearn.cluster import KMeans
+
+    n, n_loc, dim = embeddings.patch.shape
+    flat = embeddings.patch.reshape(n * n_loc, dim).astype(np.float64)
+    flat = flat / np.maximum(np.linalg.norm(flat, axis=1, keepdims=True), 1e-12)
+    k = min(k, len(flat))
+    labels = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(flat)
+    labels = labels.reshape(n, n_loc).astype(np.int64)
+    return labels if subject is None else labels[embeddings.subject_index(subject)]
 
 
 def variance_shares(patch: np.ndarray, valid: np.ndarray | None = None) -> dict[str, float]:

@@ -49,11 +49,12 @@ from typing import Any, Literal, Mapping
 import numpy as np
 import pandas as pd
 
+from ..errors import InputError
+from ..constants import POOLINGS
 from .densitometry import ZONES
 
 __all__ = ["POOLINGS", "feature_sets", "landmark_zones", "pool_embeddings"]
 
-POOLINGS = ("mean", "max", "lung_weighted", "zones", "zones_lung_weighted")
 Pooling = Literal["mean", "max", "lung_weighted", "zones", "zones_lung_weighted"]
 
 
@@ -100,33 +101,53 @@ def _zone_from_grid(landmarks: np.ndarray, patch_size: int, centre) -> str:
 
 def pool_embeddings(embeddings: Any, method: Pooling = "mean", *, atlas: Any = None,
                     patch_size: int = 32) -> pd.DataFrame:
-    """Patient-level features ``(N, D)`` (``zones``: ``(N, 6·D)``) indexed by subject id.
+    """Patient-level features ``(N, D)`` (``zones``: ``(N, 6·D)``) of an ``Embeddings``,
+    indexed by subject id (columns ``h0 … h{D-1}``; ``.to_numpy()`` gives the array).
 
-    ``mean``, ``max`` and ``lung_weighted`` are :meth:`Embeddings.pool` when no patch is
-    missing; with missing (NaN) patches they skip them. ``zones`` needs landmark zones:
-    from ``atlas`` when given, else from the landmark grid (module docstring).
+    Missing landmarks (NaN patches, or ``in_scan`` False: outside a partial scan) are left
+    out of every method; a subject with no landmark inside the scan keeps all of them (with
+    a warning), and ``lung_weighted`` falls back to the plain mean, with a warning, for a
+    subject whose patches hold no lung. ``zones`` needs landmark zones: from ``atlas`` when
+    given, else from the landmark grid (module docstring).
+
+    Example:
+        >>> from drasclr_toolkit.embed import Embeddings
+        >>> emb = Embeddings(np.arange(8, dtype=np.float32).reshape(1, 2, 4), ["s"],
+        ...                  np.zeros((2, 3), int), np.zeros((2, 3)), [[1.0, 0.0]])
+        >>> pool_embeddings(emb, "lung_weighted").to_numpy().tolist()
+        [[0.0, 1.0, 2.0, 3.0]]
     """
     if method not in POOLINGS:
-        raise ValueError(f"unknown pooling {method!r}; use one of {POOLINGS}")
+        raise InputError(f"unknown pooling {method!r}; use one of {POOLINGS}")
     patch = np.asarray(embeddings.patch, dtype=np.float64)
-    missing = np.isnan(patch).any(axis=2)  # (N, L)
+    nan = np.isnan(patch).any(axis=2)  # (N, L)
+    missing = nan
     in_scan = getattr(embeddings, "in_scan", None)
     if in_scan is not None:  # landmarks outside a partial scan count as missing
-        missing = missing | ~np.asarray(in_scan, bool)
-        missing = np.where(missing.all(axis=1, keepdims=True), np.isnan(patch).any(axis=2),
-                           missing)
+        missing = nan | ~np.asarray(in_scan, bool)
+        none_inside = missing.all(axis=1) & ~nan.all(axis=1)
+        if none_inside.any():  # nothing to pool: keep every landmark rather than NaN
+            warnings.warn("pooling: subjects with no landmark inside the scan use all "
+                          f"landmarks: {_ids(embeddings, none_inside)}", stacklevel=2)
+            missing = np.where(none_inside[:, None], nan, missing)
     index = pd.Index(embeddings.subject_ids, name="subject_id")
     if not method.startswith("zones"):
-        if not missing.any() or in_scan is not None and not np.isnan(patch).any():
-            return embeddings.pool(method)  # it leaves out-of-scan landmarks out itself
-        valid = np.where(missing[..., None], np.nan, patch)
-        if method == "mean":
-            pooled = np.nanmean(valid, axis=1)
-        elif method == "max":
-            pooled = np.nanmax(valid, axis=1)
+        valid = ~missing
+        if method == "max":
+            pooled = np.where(valid[..., None], patch, -np.inf).max(axis=1)
+            pooled[~valid.any(axis=1)] = np.nan
         else:
-            pooled = _lung_weighted_mean(valid, missing,
-                                         np.asarray(embeddings.lung_fraction, float))
+            lung = np.asarray(embeddings.lung_fraction, float)
+            if method == "mean":
+                lung = np.ones_like(lung)
+            else:
+                no_lung = valid.any(axis=1) & ~(np.clip(np.nan_to_num(lung), 0, None)
+                                                * valid).any(axis=1)
+                if no_lung.any():
+                    warnings.warn("lung_weighted pooling: subjects with no lung in any patch "
+                                  f"use the plain mean: {_ids(embeddings, no_lung)}",
+                                  stacklevel=2)
+            pooled = _lung_weighted_mean(patch, missing, lung)
         columns = [f"h{j}" for j in range(patch.shape[2])]
         frame = pd.DataFrame(pooled.astype(np.float32), index=index, columns=columns)
         frame.attrs["pooling"] = method
@@ -157,6 +178,10 @@ def pool_embeddings(embeddings: Any, method: Pooling = "mean", *, atlas: Any = N
     frame = pd.concat(parts, axis=1)
     frame.attrs["pooling"] = method
     return frame
+
+
+def _ids(embeddings: Any, rows: np.ndarray) -> list[str]:
+    return [embeddings.subject_ids[i] for i in np.flatnonzero(rows)]
 
 
 def _lung_weighted_mean(block: np.ndarray, missing: np.ndarray, lung: np.ndarray) -> np.ndarray:
@@ -190,7 +215,7 @@ def feature_sets(sets: Mapping[str, Any], combine: Any = (), *, pooling: Pooling
     combine = [combine] if isinstance(combine, str) else list(combine)
     out: dict[str, pd.DataFrame] = {}
     for name, value in sets.items():
-        if hasattr(value, "patch") and hasattr(value, "pool"):
+        if hasattr(value, "patch") and hasattr(value, "lung_fraction"):  # an Embeddings
             frame = pool_embeddings(value, pooling, atlas=atlas)
         elif isinstance(value, pd.DataFrame):
             frame = value.copy()

@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from ..errors import InputError
 from .dense import PatchTruth
 
 __all__ = ["LABEL_FRACTIONS", "label_efficiency"]
@@ -166,7 +167,7 @@ def label_efficiency(store: Any, truth: PatchTruth, checkpoint: str | Path | Non
     """
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
-        raise ValueError(f"methods {unknown} are not among {list(METHODS)}")
+        raise InputError(f"methods {unknown} are not among {list(METHODS)}")
     threads_before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(int(threads))
@@ -191,7 +192,7 @@ def _label_efficiency(store: Any, truth: PatchTruth, checkpoint: str | Path | No
     truth = truth.align(ids)
     labelled = [i for i in range(len(ids)) if (truth.label[i] >= 0).any()]
     if len(labelled) < 3:
-        raise ValueError(f"label efficiency needs per-patch labels for at least 3 subjects "
+        raise InputError(f"label efficiency needs per-patch labels for at least 3 subjects "
                          f"(training and test); found {len(labelled)}")
     n_classes = len(truth.classes)
     n_loc = truth.label.shape[1]

@@ -23,6 +23,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from drasclr_toolkit.errors import InputError
+
 __all__ = ["nuisance_sensitivity", "spearman_ci"]
 
 
@@ -68,19 +70,19 @@ def nuisance_sensitivity(table: pd.DataFrame, nuisance: pd.Series, n_boot: int =
     if not isinstance(nuisance, pd.Series):
         values = np.asarray(nuisance, dtype=np.float64)
         if values.shape != (len(table),):
-            raise ValueError(f"nuisance has {values.size} values for {len(table)} subjects; "
+            raise InputError(f"nuisance has {values.size} values for {len(table)} subjects; "
                              "pass a Series indexed by subject id")
         nuisance = pd.Series(values, index=table.index)
     nuisance = nuisance.set_axis(nuisance.index.astype(str))
     index = table.index.astype(str)
     missing = index[~index.isin(nuisance.index)]
     if len(missing):
-        raise ValueError(f"nuisance: {len(missing)} subject id(s) of the table have no nuisance "
+        raise InputError(f"nuisance: {len(missing)} subject id(s) of the table have no nuisance "
                          f"value (e.g. {missing[:5].tolist()}; nuisance ids look like "
                          f"{nuisance.index[:3].tolist()}); index both by the same subject ids")
     if nuisance.index.has_duplicates:
         dup = nuisance.index[nuisance.index.duplicated()].unique().tolist()[:5]
-        raise ValueError(f"nuisance has duplicate subject ids, e.g. {dup}")
+        raise InputError(f"nuisance has duplicate subject ids, e.g. {dup}")
     table = table.set_axis(index)
     nuisance = nuisance.reindex(index)
     rows = []

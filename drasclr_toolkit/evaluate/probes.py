@@ -76,6 +76,7 @@ import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
+from ..errors import InputError
 from ._common import align, as_feature_sets, drop_incomplete_features, permutation_p_value
 from .stats import ALPHA, corrected_ci, small_sample_note, stream
 
@@ -93,7 +94,7 @@ DEFAULT_ALPHAS = np.logspace(-3, 5, 17)
 DEFAULT_CS = np.logspace(-3, 1, 5)
 
 
-class NotEnoughData(ValueError):
+class NotEnoughData(InputError):
     """A target with too few subjects or classes to cross-validate (its row says why)."""
 
 
@@ -162,7 +163,7 @@ def make_probe(kind: TargetKind, pca: int | float | None = None, *,
             Cs=np.asarray(Cs, dtype=np.float64), l1_ratios=(0.0,), cv=inner_cv,
             scoring=neg_log_loss, max_iter=2000, use_legacy_attributes=False)))
     else:
-        raise ValueError(f"target kind must be 'continuous' or 'categorical', got {kind!r}")
+        raise InputError(f"target kind must be 'continuous' or 'categorical', got {kind!r}")
     return Pipeline(steps)
 
 
@@ -360,7 +361,7 @@ def evaluate_phenotypes(
     labels.index = labels.index.astype(str)
     if labels.index.has_duplicates:
         dup = labels.index[labels.index.duplicated()].unique().tolist()[:5]
-        raise ValueError(f"labels have duplicate subject ids, e.g. {dup}; give one row per "
+        raise InputError(f"labels have duplicate subject ids, e.g. {dup}; give one row per "
                          "subject")
     if targets is None:
         targets = [c for c in labels.columns
@@ -417,7 +418,7 @@ def common_subjects(sets: dict[str, pd.DataFrame], labels: pd.DataFrame
     for frame in sets.values():
         shared = shared[shared.isin(frame.index)]
     if len(shared) == 0:
-        raise ValueError("the feature sets and the labels share no subject id (sets: "
+        raise InputError("the feature sets and the labels share no subject id (sets: "
                          + ", ".join(f"{n}: {f.index[:3].tolist()}" for n, f in sets.items())
                          + f"; labels: {labels.index[:3].tolist()}); index all by subject id")
     lacking = {name: labels.index[~labels.index.isin(frame.index)]
@@ -448,7 +449,7 @@ def _evaluate_one(frame: pd.DataFrame, y_all: pd.Series, set_name: str, target: 
         y_series, folds = _prepare_categorical(y_series, target, cv, set_name)
         n_dropped += before - len(y_series)
     elif kind != "continuous":
-        raise ValueError(f"kind of target {target!r} must be 'continuous' or 'categorical', "
+        raise InputError(f"kind of target {target!r} must be 'continuous' or 'categorical', "
                          f"got {kind!r}")
     else:
         y_series = y_series.astype(np.float64)

@@ -44,6 +44,8 @@ from typing import Sequence
 import numpy as np
 from scipy import stats as _stats
 
+from drasclr_toolkit.errors import InputError
+
 __all__ = ["ALPHA", "MIN_CLASS_SIZE_WARN", "MIN_EVENTS", "MIN_EVENTS_REFUSE", "MIN_SUBJECTS",
            "corrected_ci", "holm", "multiplicity_note", "paired_difference",
            "predictive_verdict", "small_sample_note", "stream"]
@@ -131,7 +133,7 @@ def paired_difference(a: Sequence[float], b: Sequence[float], n_train: float, n_
     """
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if a.shape != b.shape:
-        raise ValueError(f"paired_difference needs one value per fold for both sets; got "
+        raise InputError(f"paired_difference needs one value per fold for both sets; got "
                          f"{a.shape} and {b.shape} (were they scored on the same folds?)")
     d = a - b
     d = d[np.isfinite(d)]

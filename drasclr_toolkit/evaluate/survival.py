@@ -70,6 +70,7 @@ import pandas as pd
 from sklearn.base import BaseEstimator, clone
 from threadpoolctl import threadpool_limits
 
+from ..errors import InputError
 from ._common import as_feature_sets, drop_incomplete_features, permutation_p_value
 from .stats import (ALPHA, MIN_EVENTS, MIN_EVENTS_REFUSE, corrected_ci, small_sample_note,
                     stream)
@@ -238,7 +239,7 @@ def make_survival_model(name: str, pca: int | float | None = None, *, penalizer:
                                             max_features="sqrt", random_state=seed, n_jobs=1),
     }
     if name not in models:
-        raise ValueError(f"unknown survival model {name!r}; use some of {SURVIVAL_MODELS}")
+        raise InputError(f"unknown survival model {name!r}; use some of {SURVIVAL_MODELS}")
     steps: list[tuple[str, Any]] = [("standardscaler", StandardScaler())]
     if pca is not None:
         steps.append(("pca", PCA(n_components=pca, random_state=seed)))
@@ -368,7 +369,7 @@ def default_horizons(time: np.ndarray, event: np.ndarray,
     """
     t = np.asarray(time, dtype=np.float64)[np.asarray(event, bool)]
     if len(t) == 0:
-        raise ValueError("no event is observed: survival metrics need at least one event")
+        raise InputError("no event is observed: survival metrics need at least one event")
     return [float(f"{v:.3g}") for v in np.quantile(t, quantiles)]
 
 
@@ -432,7 +433,7 @@ def _as_outcome(features, time, event) -> tuple[dict[str, pd.DataFrame], pd.Seri
     else:
         event = pd.Series(np.asarray(event), index=time.index)
     if len(time) != len(event) or not time.index.equals(event.index):
-        raise ValueError("time and event must have the same subjects (same length, or Series "
+        raise InputError("time and event must have the same subjects (same length, or Series "
                          "with the same index)")
     return sets, time, event
 
@@ -485,7 +486,7 @@ def evaluate_survival(
     time_s, event_s = _clean_outcome(time_s, event_s)
     for name in models:
         if name not in SURVIVAL_MODELS:
-            raise ValueError(f"unknown survival model {name!r}; use some of {SURVIVAL_MODELS}")
+            raise InputError(f"unknown survival model {name!r}; use some of {SURVIVAL_MODELS}")
     sets = {name: drop_incomplete_features(frame, name) for name, frame in sets.items()}
     common = time_s.index
     for frame in sets.values():
@@ -498,7 +499,7 @@ def evaluate_survival(
         warnings.warn(f"survival is evaluated on the {len(common)} subjects with an outcome "
                       f"and every feature set; {left} left out ({detail})", stacklevel=2)
     if len(common) == 0:
-        raise ValueError("the feature sets and the outcome share no subject id; index the "
+        raise InputError("the feature sets and the outcome share no subject id; index the "
                          "features and time/event by subject id")
     ev = event_s.loc[common].to_numpy().astype(bool)
     n_events = int(ev.sum())
@@ -554,7 +555,7 @@ def _clean_outcome(time_s: pd.Series, event_s: pd.Series) -> tuple[pd.Series, pd
                       stacklevel=3)
         time_s, event_s = time_s[~bad], event_s[~bad]
     if (time_s <= 0).any():
-        raise ValueError(f"{int((time_s <= 0).sum())} follow-up times are <= 0 (e.g. subject "
+        raise InputError(f"{int((time_s <= 0).sum())} follow-up times are <= 0 (e.g. subject "
                          f"{time_s.index[time_s <= 0][0]!r}); survival times must be positive")
     codes = pd.unique(event_s)
     try:
@@ -562,7 +563,7 @@ def _clean_outcome(time_s: pd.Series, event_s: pd.Series) -> tuple[pd.Series, pd
     except (ValueError, TypeError):
         values = None
     if values is None or not values <= {0.0, 1.0}:
-        raise ValueError(f"event indicators must be 0/1 (or False/True); found {sorted(codes)[:5]}"
+        raise InputError(f"event indicators must be 0/1 (or False/True); found {sorted(codes)[:5]}"
                          " — recode the event column (1 = event observed, 0 = censored)")
     return time_s.astype(np.float64), event_s
 
@@ -675,10 +676,10 @@ def risk_groups(features: Any, time: Any, event: Any, *, model: str = "coxph",
     from lifelines.statistics import multivariate_logrank_test
 
     if n_groups not in GROUP_NAMES:
-        raise ValueError(f"n_groups must be 2 (median split) or 3 (tertiles), got {n_groups}")
+        raise InputError(f"n_groups must be 2 (median split) or 3 (tertiles), got {n_groups}")
     sets, time_s, event_s = _as_outcome(features, time, event)
     if len(sets) != 1:
-        raise ValueError("risk_groups takes one feature set; call it once per set")
+        raise InputError("risk_groups takes one feature set; call it once per set")
     time_s, event_s = _clean_outcome(time_s, event_s)
     frame = drop_incomplete_features(next(iter(sets.values())), "features")
     common = time_s.index[time_s.index.isin(frame.index)]
@@ -686,7 +687,7 @@ def risk_groups(features: Any, time: Any, event: Any, *, model: str = "coxph",
     ev = event_s.loc[common].to_numpy().astype(bool)
     t = time_s.loc[common].to_numpy(np.float64)
     if int(ev.sum()) < 2:
-        raise ValueError(f"risk groups need at least 2 events; the outcome has {int(ev.sum())}")
+        raise InputError(f"risk groups need at least 2 events; the outcome has {int(ev.sum())}")
     pipeline = make_survival_model(model, pca, penalizer=penalizer, n_estimators=n_estimators,
                                    seed=seed)
     qs = np.linspace(0, 1, n_groups + 1)[1:-1]

@@ -20,6 +20,8 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
+from drasclr_toolkit.errors import InputError
+
 __all__ = ["recalibrate_batchnorm", "batchnorm_layers"]
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
@@ -94,7 +96,7 @@ def recalibrate_batchnorm(encoder: nn.Module, batches: Iterable[Any], *,
             m.momentum = momentum
         encoder.eval()
     if used == 0 and layers:
-        raise ValueError("recalibrate_batchnorm: no batch of at least 2 patches was given; "
+        raise InputError("recalibrate_batchnorm: no batch of at least 2 patches was given; "
                          "the running statistics were reset and are now meaningless")
     return used
 

@@ -42,7 +42,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from drasclr_toolkit.errors import CheckpointError
+from drasclr_toolkit.errors import CheckpointError, InputError, MissingFileError
 from drasclr_toolkit.io_utils import atomic_write
 
 from .encoder import DrasCLREncoder
@@ -111,7 +111,7 @@ def official_key_map(encoder: DrasCLREncoder) -> dict[str, str]:
         'features.2.conv.routing.weight'
     """
     if encoder.conditioning != "condconv":
-        raise ValueError("official DrasCLR checkpoints hold conditional convolutions; build the "
+        raise InputError("official DrasCLR checkpoints hold conditional convolutions; build the "
                          f"encoder with conditioning='condconv' (got {encoder.conditioning!r})")
     ours = encoder.state_dict()
     mapping: dict[str, str] = {}
@@ -156,10 +156,10 @@ def official_landmark_coords(landmarks: Sequence[Sequence[float]] | np.ndarray) 
     """
     p = np.asarray(landmarks, dtype=np.float64)
     if p.ndim != 2 or p.shape[1] != 3 or len(p) == 0:
-        raise ValueError(f"landmarks must be an (L, 3) array of (x, y, z); got shape {p.shape}")
+        raise InputError(f"landmarks must be an (L, 3) array of (x, y, z); got shape {p.shape}")
     hi = p.max(0)
     if np.any(hi <= 0):
-        raise ValueError("official_landmark_coords divides by the per-axis maximum, which must "
+        raise InputError("official_landmark_coords divides by the per-axis maximum, which must "
                          f"be > 0; got maxima {hi.tolist()}")
     return (p / hi * 2.0 - 1.0).astype(np.float32)
 
@@ -204,7 +204,7 @@ def safe_torch_load(path: str | os.PathLike, map_location: Any = "cpu", *,
 
 def _read_checkpoint(path: str) -> Mapping[str, Any]:
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"official checkpoint {path!r} does not exist; pass the path of "
+        raise MissingFileError(f"official checkpoint {path!r} does not exist; pass the path of "
                                 "the released .pth.tar file")
     try:
         # mmap: a reference checkpoint carries a 1.2 GB negative queue we never read.
@@ -219,7 +219,7 @@ def _find_prefix(state: Mapping[str, Any], branch: str, path: str) -> str:
         prefix = pattern.format(branch=branch)
         if f"{prefix}conv1.weight" in state:
             return prefix
-    raise ValueError(f"{path!r}: no '{branch}' encoder found (looked for 'module.{branch}.conv1."
+    raise InputError(f"{path!r}: no '{branch}' encoder found (looked for 'module.{branch}.conv1."
                      f"weight', '{branch}.conv1.weight' and 'conv1.weight' in 'state_dict'); is "
                      "this a DrasCLR checkpoint?")
 
@@ -227,14 +227,14 @@ def _find_prefix(state: Mapping[str, Any], branch: str, path: str) -> str:
 def _infer_config(sub: Mapping[str, torch.Tensor], path: str) -> dict[str, Any]:
     w1 = sub["conv1.weight"]
     if w1.dim() != 6:
-        raise ValueError(f"{path!r}: 'conv1.weight' has shape {tuple(w1.shape)}; expected "
+        raise InputError(f"{path!r}: 'conv1.weight' has shape {tuple(w1.shape)}; expected "
                          "[experts, out, in, 3, 3, 3] of a conditional convolution")
     routing_in = sub["conv1._routing_fn.fc.weight"].shape[1]
     if routing_in != 3:
-        raise ValueError(f"{path!r}: routing layer 'conv1._routing_fn.fc.weight' reads "
+        raise InputError(f"{path!r}: routing layer 'conv1._routing_fn.fc.weight' reads "
                          f"{routing_in} coordinates; only 3 (num_coordinates=1) is supported")
     if "conv4.weight" not in sub:
-        raise ValueError(f"{path!r}: 'conv4.weight' is missing; cannot tell rep_dim")
+        raise InputError(f"{path!r}: 'conv4.weight' is missing; cannot tell rep_dim")
     rep_dim = int(sub["conv4.weight"].shape[1])
     if "fc.2.weight" in sub:
         proj_dim = int(sub["fc.2.weight"].shape[0])
@@ -275,10 +275,10 @@ def load_official_checkpoint(path: str | os.PathLike, encoder: DrasCLREncoder | 
     path = os.fspath(path)
     ckpt = _read_checkpoint(path)
     if not isinstance(ckpt, Mapping):
-        raise ValueError(f"{path!r} holds a {type(ckpt).__name__}, not a checkpoint dict")
+        raise InputError(f"{path!r} holds a {type(ckpt).__name__}, not a checkpoint dict")
     state = ckpt.get("state_dict", ckpt)
     if not isinstance(state, Mapping):
-        raise ValueError(f"{path!r}: field 'state_dict' is a {type(state).__name__}, not a dict")
+        raise InputError(f"{path!r}: field 'state_dict' is a {type(state).__name__}, not a dict")
     prefix = _find_prefix(state, branch, path)
     sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     if prefix == "":
@@ -298,13 +298,13 @@ def load_official_checkpoint(path: str | os.PathLike, encoder: DrasCLREncoder | 
             unexpected.append(off_key)
             continue
         if tuple(value.shape) != tuple(ours[our_key].shape):
-            raise ValueError(f"{path!r}: '{prefix}{off_key}' has shape {tuple(value.shape)} but the "
+            raise InputError(f"{path!r}: '{prefix}{off_key}' has shape {tuple(value.shape)} but the "
                              f"encoder's '{our_key}' has {tuple(ours[our_key].shape)}; build the "
                              f"encoder to match (checkpoint config: {config}) or pass encoder=None")
         new_state[our_key] = value
     missing = [k for k in ours if k not in new_state]
     if strict and (missing or unexpected):
-        raise ValueError(f"{path!r}: strict load failed; missing in checkpoint: {missing}; "
+        raise InputError(f"{path!r}: strict load failed; missing in checkpoint: {missing}; "
                          f"unexpected in checkpoint: {unexpected}")
     encoder.load_state_dict(new_state, strict=False)
     encoder.eval()
@@ -351,7 +351,7 @@ def read_training_checkpoint(path: str | Path) -> dict[str, Any]:
     state = safe_torch_load(path)
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
-        raise ValueError(f"checkpoint {path}: field 'format' is {found!r}, not "
+        raise InputError(f"checkpoint {path}: field 'format' is {found!r}, not "
                          f"{CHECKPOINT_FORMAT!r}; use a new out_dir or resume=False")
     return state
 
@@ -367,10 +367,10 @@ def load_encoder(checkpoint: str | Path, map_location: str = "cpu"
     """
     path = Path(checkpoint).expanduser()
     if not path.exists():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+        raise MissingFileError(f"checkpoint {path} does not exist")
     state = safe_torch_load(path, map_location)
     if not isinstance(state, dict):
-        raise ValueError(f"checkpoint {path}: expected a dict, got {type(state).__name__}")
+        raise InputError(f"checkpoint {path}: expected a dict, got {type(state).__name__}")
     if _is_official(state):
         encoder, report = load_official_checkpoint(path)
         return encoder, {"encoder_kind": "official", "checkpoint": str(path.resolve()),
@@ -382,18 +382,18 @@ def load_encoder(checkpoint: str | Path, map_location: str = "cpu"
     # encoder's weights under "encoder" and its constructor arguments under "encoder_config".
     if state.get("format") not in (FINAL_FORMAT, CHECKPOINT_FORMAT):
         # A tag from a future (or foreign) writer may lay its fields out differently.
-        raise ValueError(f"checkpoint {path}: field 'format' is {state.get('format')!r}, not "
+        raise InputError(f"checkpoint {path}: field 'format' is {state.get('format')!r}, not "
                          f"{FINAL_FORMAT!r} or {CHECKPOINT_FORMAT!r}; pass a checkpoint written "
                          "by `drasclr pretrain` (final.pt) with this version of drasclr_toolkit, "
                          "or an official DrasCLR checkpoint_patch_XXXX.pth.tar")
     weights, arch = state.get("encoder"), state.get("encoder_config")
     if not isinstance(weights, Mapping) or not isinstance(arch, Mapping):
-        raise ValueError(f"checkpoint {path}: fields 'encoder' and 'encoder_config' are missing; "
+        raise InputError(f"checkpoint {path}: fields 'encoder' and 'encoder_config' are missing; "
                          "pass a checkpoint written by `drasclr pretrain` (final.pt) or an "
                          "official DrasCLR checkpoint_patch_XXXX.pth.tar")
     unknown = sorted(set(arch) - set(ENCODER_ARGS))
     if unknown:
-        raise ValueError(f"checkpoint {path}: field 'encoder_config' has keys {unknown} that "
+        raise InputError(f"checkpoint {path}: field 'encoder_config' has keys {unknown} that "
                          "DrasCLREncoder does not take")
     encoder = DrasCLREncoder(**arch)
     try:

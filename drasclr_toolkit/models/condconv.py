@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from drasclr_toolkit.errors import InputError
+
 __all__ = ["CondConv3d", "LocationPlan", "PerSampleCondConv3d", "canonical_locations",
            "plan_locations"]
 
@@ -57,10 +59,10 @@ def canonical_locations(loc: torch.Tensor, batch_size: int, coord_dim: int = 3,
     if loc.dim() == 1:
         loc = loc.unsqueeze(0)
     if loc.dim() != 2 or loc.shape[1] != coord_dim:
-        raise ValueError(f"loc has shape {tuple(loc.shape)}; expected (B, {coord_dim}), "
+        raise InputError(f"loc has shape {tuple(loc.shape)}; expected (B, {coord_dim}), "
                          f"(1, {coord_dim}) or ({coord_dim},) normalised coordinates")
     if loc.shape[0] not in (1, batch_size):
-        raise ValueError(f"loc has {loc.shape[0]} rows but the batch has {batch_size} samples; "
+        raise InputError(f"loc has {loc.shape[0]} rows but the batch has {batch_size} samples; "
                          "pass one location per sample or one shared location")
     if detect_shared and loc.shape[0] > 1 and bool((loc == loc[:1]).all()):
         loc = loc[:1]
@@ -113,7 +115,7 @@ def plan_locations(loc: torch.Tensor | LocationPlan, batch_size: int, coord_dim:
     """
     if isinstance(loc, LocationPlan):
         if loc.batch_size != batch_size:
-            raise ValueError(f"location plan is for a batch of {loc.batch_size}, "
+            raise InputError(f"location plan is for a batch of {loc.batch_size}, "
                              f"input has {batch_size} samples")
         return loc
     loc = canonical_locations(loc, batch_size, coord_dim, detect_shared=False)
@@ -165,7 +167,7 @@ class CondConv3d(nn.Module):
                  coord_dim: int = 3, bias: bool = True) -> None:
         super().__init__()
         if num_experts < 1:
-            raise ValueError(f"num_experts must be >= 1, got {num_experts}")
+            raise InputError(f"num_experts must be >= 1, got {num_experts}")
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.kernel_size = kernel_size
@@ -229,11 +231,11 @@ class CondConv3d(nn.Module):
         weights ``(len(plan.locations), E)``.
         """
         if x.dim() != 5 or x.shape[1] != self.in_channels:
-            raise ValueError(f"CondConv3d expects input (B, {self.in_channels}, D, H, W); "
+            raise InputError(f"CondConv3d expects input (B, {self.in_channels}, D, H, W); "
                              f"got {tuple(x.shape)}")
         plan = plan_locations(loc, x.shape[0], self.coord_dim, self.max_groups)
         if routing is not None and routing.shape != (plan.locations.shape[0], self.num_experts):
-            raise ValueError(f"routing has shape {tuple(routing.shape)}; expected "
+            raise InputError(f"routing has shape {tuple(routing.shape)}; expected "
                              f"({plan.locations.shape[0]}, {self.num_experts})")
         if plan.shared:
             return F.conv3d(x, self.mixed_kernels(plan.locations, routing)[0], self.bias,
@@ -247,7 +249,7 @@ class CondConv3d(nn.Module):
         if impl == "stacked":
             return self._forward_stacked(x, plan.locations, routing)
         if impl != "grouped":
-            raise ValueError(f"per_sample_impl must be 'auto', 'grouped' or 'stacked', got {impl!r}")
+            raise InputError(f"per_sample_impl must be 'auto', 'grouped' or 'stacked', got {impl!r}")
         return self._forward_grouped(x, plan.locations, routing)
 
     def _forward_by_location(self, x: torch.Tensor, plan: LocationPlan,

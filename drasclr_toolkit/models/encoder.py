@@ -27,6 +27,7 @@ from torch import nn
 
 from drasclr_toolkit.config import CONDITIONINGS
 
+from ..errors import InputError
 from .condconv import (
     CondConv3d,
     LocationPlan,
@@ -52,7 +53,7 @@ def layer_specs(rep_dim: int = 128, width: float = 1.0,
         (13, (128, 128, 2))
     """
     if width <= 0:
-        raise ValueError(f"width must be > 0, got {width}")
+        raise InputError(f"width must be > 0, got {width}")
 
     def ch(n: int) -> int:
         return max(1, int(round(n * width)))
@@ -117,7 +118,7 @@ class DrasCLREncoder(nn.Module):
                  *, reference_loop: bool = False) -> None:
         super().__init__()
         if conditioning not in CONDITIONINGS:
-            raise ValueError(f"conditioning={conditioning!r} is not one of {CONDITIONINGS}")
+            raise InputError(f"conditioning={conditioning!r} is not one of {CONDITIONINGS}")
         self.rep_dim = rep_dim
         self.proj_dim = proj_dim
         self.num_experts = num_experts
@@ -145,7 +146,7 @@ class DrasCLREncoder(nn.Module):
 
     def _locations(self, x: torch.Tensor, loc: torch.Tensor) -> LocationPlan:
         if x.dim() != 5 or x.shape[1] != self.in_channels:
-            raise ValueError(f"DrasCLREncoder expects patches (B, {self.in_channels}, P, P, P); "
+            raise InputError(f"DrasCLREncoder expects patches (B, {self.in_channels}, P, P, P); "
                              f"got {tuple(x.shape)}")
         if not torch.is_tensor(loc):
             loc = torch.as_tensor(np.asarray(loc))
@@ -173,7 +174,7 @@ class DrasCLREncoder(nn.Module):
         for unit, routing in zip(self.features, self._routing_per_layer(loc)):
             x = unit(x, loc, routing)
         if x.shape[2:].numel() != 1:
-            raise ValueError(f"patch size {tuple(x.shape[2:])} after 5 stride-2 layers is not "
+            raise InputError(f"patch size {tuple(x.shape[2:])} after 5 stride-2 layers is not "
                              "1³; use patches of 17–32 voxels per side (32 by default)")
         return torch.flatten(x, 1)
 
@@ -188,7 +189,7 @@ class DrasCLREncoder(nn.Module):
         """
         if self.conditioning == "concat":
             if loc is None:
-                raise ValueError("conditioning='concat' needs loc to project h")
+                raise InputError("conditioning='concat' needs loc to project h")
             loc = canonical_locations(loc.to(h), h.shape[0], COORD_DIM, detect_shared=False)
             h = torch.cat([h, loc.expand(h.shape[0], -1)], dim=1)
         return self.head(h)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from drasclr_toolkit.errors import InputError
+
 __all__ = ["first_condconv", "routing_weights"]
 
 
@@ -13,7 +15,7 @@ def first_condconv(encoder: torch.nn.Module) -> torch.nn.Module:
     for module in encoder.modules():
         if hasattr(module, "routing_weights"):
             return module
-    raise ValueError("this encoder has no conditional convolution (conditioning is not 'condconv')")
+    raise InputError("this encoder has no conditional convolution (conditioning is not 'condconv')")
 
 
 @torch.no_grad()

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
+from ..errors import InputError, MissingFileError
 from ..io_utils import atomic_write, atomic_write_stream, atomic_write_text
 from ..landmarks import nearest_neighbors, normalize_landmarks
 from .patches import corners_to_centres_physical, patch_fractions
@@ -82,7 +83,7 @@ class Atlas:
     def __post_init__(self) -> None:
         self.landmarks = np.asarray(self.landmarks, np.int64).reshape(-1, 3)
         if len(self.landmarks) == 0:
-            raise ValueError(
+            raise InputError(
                 "atlas has no landmarks: the lung mask has no patch with more than "
                 f"{self.min_lung_fraction:.0%} lung; check the mask or lower min_lung_fraction"
             )
@@ -225,7 +226,7 @@ class Atlas:
         path = Path(path)
         if landmarks_npy_path is None:
             if not (path / "atlas.json").exists():
-                raise FileNotFoundError(
+                raise MissingFileError(
                     f"{path} is not an atlas directory (no atlas.json); pass a directory "
                     "written by Atlas.save, or Atlas.load(mask_path, landmarks_npy_path)"
                 )
@@ -243,13 +244,13 @@ class Atlas:
         mask = sitk.ReadImage(str(path))
         lm = np.load(landmarks_npy_path)
         if lm.ndim != 2 or lm.shape[1] != 3:
-            raise ValueError(
+            raise InputError(
                 f"file {landmarks_npy_path}: landmarks must have shape (L, 3) (x, y, z patch "
                 f"corners), got {lm.shape}"
             )
         size = np.array(mask.GetSize())
         if (lm < 0).any() or (lm + patch_size > size).any():
-            raise ValueError(
+            raise InputError(
                 f"file {landmarks_npy_path}: some landmark patches fall outside the mask "
                 f"{path} of size {tuple(size)}; are the columns (x, y, z) in this mask's grid?"
             )

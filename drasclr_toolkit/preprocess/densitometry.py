@@ -42,6 +42,7 @@ import numpy as np
 import pandas as pd
 
 from ..data.ct import image_array
+from ..errors import InputError
 
 __all__ = ["HIST_EDGES", "SCALARS", "ZONES", "densitometry", "lung_zones"]
 
@@ -74,7 +75,7 @@ def _geometry(ct: Any, spacing, origin, direction):
         return ct.array, ct.spacing, ct.origin, np.reshape(ct.direction, (3, 3))
     array = np.asarray(ct)
     if spacing is None:
-        raise ValueError("densitometry of a plain array needs spacing=(sx, sy, sz) in mm "
+        raise InputError("densitometry of a plain array needs spacing=(sx, sy, sz) in mm "
                          "(or pass a CTImage / SimpleITK image, which carry it)")
     return (array, spacing, (0.0, 0.0, 0.0) if origin is None else origin,
             np.eye(3) if direction is None else np.reshape(direction, (3, 3)))
@@ -94,13 +95,13 @@ def lung_zones(mask: np.ndarray, spacing: Sequence[float], origin: Sequence[floa
     """
     D = np.eye(3) if direction is None else np.reshape(np.asarray(direction, float), (3, 3))
     if not np.allclose(D, np.diag(np.diag(D)), atol=1e-6):
-        raise ValueError("lung_zones needs an axis-aligned image (diagonal direction matrix); "
+        raise InputError("lung_zones needs an axis-aligned image (diagonal direction matrix); "
                          "load the scan with drasclr_toolkit.data.load_ct, which reorients "
                          "to LPS")
     mask = np.asarray(mask)
     lung = mask > 0
     if not lung.any():
-        raise ValueError("the lung mask is empty: no zones to measure")
+        raise InputError("the lung mask is empty: no zones to measure")
     nz, _, nx = mask.shape
     s_of_slice = origin[2] + D[2, 2] * spacing[2] * np.arange(nz)  # superior coordinate (mm)
     x_of_col = origin[0] + D[0, 0] * spacing[0] * np.arange(nx)  # towards patient left (mm)
@@ -158,7 +159,7 @@ def densitometry(ct: Any, lung_mask: Any = None, spacing: Sequence[float] | None
         image = ct if isinstance(ct, sitk.Image) else (
             as_sitk(ct) if hasattr(ct, "to_sitk") else None)
         if image is None:
-            raise ValueError("densitometry without lung_mask needs a CTImage or SimpleITK "
+            raise InputError("densitometry without lung_mask needs a CTImage or SimpleITK "
                              "image (to segment the lungs); pass lung_mask for a plain array")
         image = to_lps(image)
         lung_mask, _ = segment_lungs(image)
@@ -166,12 +167,12 @@ def densitometry(ct: Any, lung_mask: Any = None, spacing: Sequence[float] | None
     array, spacing, origin, D = _geometry(ct, spacing, origin, direction)
     mask = image_array(lung_mask)
     if mask.shape != array.shape:
-        raise ValueError(f"lung mask shape {mask.shape} differs from the CT's {array.shape}; "
+        raise InputError(f"lung mask shape {mask.shape} differs from the CT's {array.shape}; "
                          "resample the mask onto the CT grid (preprocess.resample_like)")
     voxel_ml = float(np.prod(spacing)) / 1000.0
     lung = mask > 0
     if not lung.any():
-        raise ValueError("the lung mask is empty: no densitometry possible")
+        raise InputError("the lung mask is empty: no densitometry possible")
     values = array[lung]
     out: dict[str, float] = dict(_region_stats(values, voxel_ml))
     if histogram:

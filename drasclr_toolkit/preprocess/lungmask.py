@@ -41,7 +41,7 @@ from pydantic import ConfigDict, Field
 from scipy import ndimage as ndi
 
 from ..config import Config
-from ..errors import DrasclrError
+from ..errors import DrasclrError, InputError
 from .resample import as_sitk, resample_like, to_lps
 
 __all__ = ["LungSegConfig", "LungSegmentationError", "labels_to_grid", "lungmask_available",
@@ -123,7 +123,7 @@ def segment_lungs(
             )
         return _segment_lungmask(image, cfg)
     if backend != "classical":
-        raise ValueError(f"unknown segmentation backend {backend!r}; use classical, lungmask or auto")
+        raise InputError(f"unknown segmentation backend {backend!r}; use classical, lungmask or auto")
     return _segment_classical(image, cfg)
 
 

@@ -37,7 +37,7 @@ from pydantic import ConfigDict, Field
 
 from ..config import Config
 from ..data.problems import ManifestError, ManifestProblem
-from ..errors import as_drasclr_error
+from ..errors import InputError, as_drasclr_error
 from ..io_utils import (die_with_parent, refuse_foreign_folder, remove_stale_temp_files,
                         safe_subject_id, subject_file)
 from ..locks import folder_lock
@@ -168,13 +168,13 @@ def preprocess_subject(
     cfg = _resolve(config)
     sid = getattr(ct, "subject_id", None)
     if not np.isclose(atlas.spacing, cfg.spacing, rtol=1e-3):
-        raise ValueError(
+        raise InputError(
             f"subject {sid!r}: atlas grid is {atlas.spacing:g} mm but preprocess.spacing is "
             f"{cfg.spacing:g} mm; build the atlas at the same spacing (build_default_atlas) "
             "or change preprocess.spacing"
         )
     if atlas.patch_size != cfg.patch_size:
-        raise ValueError(
+        raise InputError(
             f"atlas patch size {atlas.patch_size} differs from preprocess.patch_size {cfg.patch_size}"
         )
     timings: dict[str, float] = {}
@@ -295,7 +295,7 @@ def _build_default_atlas(manifest: Any, out_dir: str | os.PathLike,
             atlas.spacing, cfg.spacing
         ):
             return atlas
-        raise ValueError(
+        raise InputError(
             f"{cache} holds an atlas from subject {atlas.info.get('reference_subject')!r} at "
             f"{atlas.spacing:g} mm; remove it or use another out_dir to build a different one"
         )
@@ -615,7 +615,7 @@ def run_preprocessing(
     manifest = _as_manifest(manifest)
     i, n = (int(v) for v in shard)
     if not (n >= 1 and 0 <= i < n):
-        raise ValueError(f"shard must be (i, n) with 0 <= i < n, got {shard}")
+        raise InputError(f"shard must be (i, n) with 0 <= i < n, got {shard}")
     # Ids name files (records, failure notes): a table built in Python skipped the
     # manifest reader's check, so check here, before anything is written.
     sids = [safe_subject_id(s) for s in manifest.subject_ids]

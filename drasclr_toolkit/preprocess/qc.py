@@ -6,8 +6,8 @@ share of landmarks outside the scan (partial coverage), and flags with reasons f
 :mod:`~drasclr_toolkit.preprocess.qc_rules`: absolute limits (they hold even when every
 scan is bad) and robust z-scores over the cohort (the atlas subject left out).
 
-The pictures (``plot_overlay``, ``plot_registration``, ``plot_landmarks_3d``,
-``plot_patches``) are in :mod:`drasclr_toolkit.viz.qc`.
+The pictures (``plot_overlay``, ``plot_registration``, ``plot_patches``) are in
+:mod:`drasclr_toolkit.viz.qc`, the landmarks in 3D in ``viz.landmark_cloud``.
 
 Example:
     >>> df = qc_table("work/preprocess")          # doctest: +SKIP

@@ -47,6 +47,7 @@ import numpy as np
 import SimpleITK as sitk
 from pydantic import ConfigDict, Field
 
+from ..errors import InputError
 from ..config import Config
 
 __all__ = [
@@ -236,7 +237,7 @@ def register_affine(
     if cfg.backend == "ants":
         return _register_ants(subject_mask, atlas_mask, cfg)
     if cfg.backend != "sitk":
-        raise ValueError(f"unknown registration backend {cfg.backend!r}; use 'sitk' or 'ants'")
+        raise InputError(f"unknown registration backend {cfg.backend!r}; use 'sitk' or 'ants'")
     t0 = time.perf_counter()
     fixed_soft = _soft_mask(atlas_mask, cfg.reg_spacing, cfg.mask_sigma_mm)
     moving_soft = _soft_mask(subject_mask, cfg.reg_spacing, cfg.mask_sigma_mm)
@@ -497,7 +498,7 @@ def _partial_z_scale(t: sitk.AffineTransform, rule: str) -> float:
         return float(sx)
     if rule == "xy":
         return float(np.sqrt(sx * sy))
-    raise ValueError(f"registration.partial_z_scale must be 'x', 'xy' or 'free', got {rule!r}")
+    raise InputError(f"registration.partial_z_scale must be 'x', 'xy' or 'free', got {rule!r}")
 
 
 def _with_z_scale(t: sitk.AffineTransform, s_z: float) -> sitk.AffineTransform:

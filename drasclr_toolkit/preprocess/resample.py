@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
+from ..errors import InputError
 from ..constants import HU_MAX, HU_MIN
 
 __all__ = [
@@ -96,7 +97,7 @@ def resample_isotropic(
         (4, 4, 4)
     """
     if interpolator not in _INTERPOLATORS:
-        raise ValueError(
+        raise InputError(
             f"interpolator {interpolator!r} is not one of {sorted(_INTERPOLATORS)}; "
             "set preprocess.interpolator in your config"
         )

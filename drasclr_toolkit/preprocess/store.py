@@ -57,7 +57,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import DrasclrError
+from ..errors import DrasclrError, InputError, where_text
 from ..io_utils import atomic_write_text, subject_file
 
 __all__ = ["PatchStore", "StoreError"]
@@ -80,25 +80,13 @@ class StoreError(DrasclrError, RuntimeError):
     def __init__(self, problem: str, *, store: str | os.PathLike | None = None,
                  subject_id: str | None = None, file: str | os.PathLike | None = None,
                  field: str | None = None, fix: str | None = None) -> None:
-        self.problem = problem
         self.store = None if store is None else str(store)
         self.subject_id = subject_id
         self.file = None if file is None else str(file)
         self.field = field
-        self.fix = fix
-        where = []
-        if self.store is not None:
-            where.append(f"store {self.store}")
-        if subject_id is not None:
-            where.append(f"subject {subject_id!r}")
-        if self.file is not None:
-            where.append(f"file {self.file}")
-        if field is not None:
-            where.append(f"field {field!r}")
-        msg = (", ".join(where) + ": " if where else "") + problem
-        if fix:
-            msg += f". What to do: {fix}"
-        super().__init__(msg)
+        where = where_text(store=self.store, subject_id=subject_id, file=self.file, field=field)
+        super().__init__(problem, where=where, fix=fix)
+        self.problem, self.fix = problem, fix
 
 
 def _crc(a: np.ndarray) -> int:
@@ -720,7 +708,7 @@ class PatchStore:
             raise StoreError(f"subject {subject_id!r} has no slot in store {self.path}")
         P, L = self.patch_size, self.n_landmarks
         if patches.shape != (L, P, P, P) or patches.dtype != np.int16:
-            raise ValueError(
+            raise InputError(
                 f"subject {subject_id!r}: patches must be int16 {(L, P, P, P)}, "
                 f"got {patches.dtype} {patches.shape}"
             )

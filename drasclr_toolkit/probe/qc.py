@@ -8,8 +8,10 @@ metrics. ``status`` is ``failed`` (no patches), ``flagged`` (patches, but a rule
 ``ok``. Flags are short machine names (``low_dice``), reasons are sentences with the number
 and the threshold.
 
-The absolute rules are :mod:`drasclr_toolkit.preprocess.qc_rules`' (one implementation),
-with the probe's thresholds (:class:`ProbeQCRules`), applied by :func:`absolute_flags`.
+The absolute rules and their limits are :mod:`drasclr_toolkit.preprocess.qc_rules`'
+(:func:`~drasclr_toolkit.preprocess.qc_rules.absolute_flags` with a
+:class:`~drasclr_toolkit.preprocess.qc_rules.QCThresholds`, the config's ``preprocess.qc``);
+here they only get the probe's flag names.
 
 Example:
     >>> import pandas as pd
@@ -25,32 +27,18 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import numpy as np
 import pandas as pd
 
-__all__ = ["ProbeQCRules", "QC_COLUMNS", "absolute_flags", "assess_scans", "load_failure_flag"]
+from drasclr_toolkit.preprocess.qc_rules import QCThresholds, absolute_flags
+
+__all__ = ["QC_COLUMNS", "assess_scans", "load_failure_flag", "subject_flags"]
 
 QC_COLUMNS = ["subject_id", "status", "flags", "reasons"]
 # Metrics of the preprocessing QC table carried into the probe's table (when present).
 _METRIC_COLUMNS = ["lung_volume_ml", "dice", "frac_lung_patches", "frac_in_scan", "frac_missing"]
-
-
-@dataclass(frozen=True)
-class ProbeQCRules:
-    """Thresholds of the absolute QC rules (adult chest CT).
-
-    ``lung_volume_ml`` is the plausible range of an adult's segmented lungs at inspiration;
-    the synthetic phantoms of the tiny config (``size_scale`` 0.6, about 1 L) fall below it
-    on purpose, use ``size_scale`` 1.0 (about 5 L) for adult-sized phantoms.
-    """
-
-    min_dice: float = 0.85                          # registration Dice to the atlas
-    lung_volume_ml: tuple[float, float] = (2000.0, 9000.0)
-    min_frac_lung_patches: float = 0.3              # flagged below (see QCThresholds)
-    max_frac_outside_scan: float = 0.10             # landmarks whose centre is outside the scan
 
 
 def load_failure_flag(field: Any, message: str) -> str:
@@ -88,34 +76,28 @@ _RULE_FLAGS = {"dice": "low_dice", "lung_volume": "implausible_lung_volume",
                "lung_balance": "lung_imbalance", "segmentation": "segmentation"}
 
 
-def absolute_flags(row: Mapping[str, Any], rules: ProbeQCRules = ProbeQCRules()
-                   ) -> list[tuple[str, str]]:
-    """``(flag, reason)`` pairs of one preprocessed subject (a row of ``qc_table``), from the
-    absolute rules of :func:`drasclr_toolkit.preprocess.qc_rules.absolute_flags` with the
-    probe's thresholds.
+def subject_flags(row: Mapping[str, Any], thresholds: QCThresholds | None = None
+                  ) -> list[tuple[str, str]]:
+    """``(flag, reason)`` pairs of one preprocessed subject (a row of ``qc_table``): the
+    absolute rules of :func:`~drasclr_toolkit.preprocess.qc_rules.absolute_flags` under the
+    probe's flag names.
 
     Example:
-        >>> absolute_flags({"dice": 0.9, "lung_volume_ml": 900, "frac_lung_patches": 0.5,
-        ...                 "frac_in_scan": 0.7})[0][0]
+        >>> subject_flags({"dice": 0.9, "lung_volume_ml": 900, "frac_lung_patches": 0.5,
+        ...                "frac_in_scan": 0.7})[0][0]
         'implausible_lung_volume'
     """
-    from drasclr_toolkit.preprocess.qc_rules import QCThresholds
-    from drasclr_toolkit.preprocess.qc_rules import absolute_flags as rule_flags
-
-    thresholds = QCThresholds(min_dice=rules.min_dice, lung_volume_ml=rules.lung_volume_ml,
-                              min_frac_lung_patches=rules.min_frac_lung_patches,
-                              max_frac_missing=rules.max_frac_outside_scan)
     metrics = {k: v for k, v in row.items() if np.isscalar(v) and not
                (isinstance(v, float) and np.isnan(v))}
     flags = str(row.get("segmentation_flags") or "")
     metrics["segmentation_flags"] = [f for f in flags.split(";") if f]
     return [(_RULE_FLAGS.get(rule, rule), reason)
-            for rule, reason in rule_flags(metrics, thresholds).items()]
+            for rule, reason in absolute_flags(metrics, thresholds).items()]
 
 
 def _cohort_flags(row: Mapping[str, Any]) -> list[tuple[str, str]]:
     """The preprocessing table's relative flags (robust z-scores against the cohort); its
-    absolute flags are the probe's own (:func:`absolute_flags`, the probe's thresholds)."""
+    absolute flags are judged again here (:func:`subject_flags`, the probe's limits)."""
     names = [f for f in str(row.get("qc_flags") or "").split(";") if f.endswith("_z")]
     return [(f"outlier_{name[:-2]}" if name.endswith("_z") else name,
              f"{name[:-2]} is a cohort outlier (robust z-score beyond 3.5)"
@@ -125,14 +107,15 @@ def _cohort_flags(row: Mapping[str, Any]) -> list[tuple[str, str]]:
 def assess_scans(
     preprocess_qc: pd.DataFrame | None,
     scan_checks: pd.DataFrame,
-    rules: ProbeQCRules = ProbeQCRules(),
-    subject_rules: Callable[[Mapping[str, Any], ProbeQCRules], list[tuple[str, str]]] =
-    absolute_flags,
+    thresholds: QCThresholds | None = None,
+    subject_rules: Callable[[Mapping[str, Any], QCThresholds | None], list[tuple[str, str]]]
+    = subject_flags,
 ) -> pd.DataFrame:
     """One row per scan of ``scan_checks``: ``subject_id, status, flags, reasons`` + metrics.
 
     ``scan_checks`` is :func:`~drasclr_toolkit.data.check_scans`' table (every scan found);
     ``preprocess_qc`` the preprocessing QC table of the scans that loaded (or None).
+    ``thresholds``: the absolute QC limits (default: :class:`QCThresholds`' defaults);
     ``subject_rules`` gives the ``(flag, reason)`` pairs of one preprocessed subject.
     """
     pre = {} if preprocess_qc is None or preprocess_qc.empty else {
@@ -158,7 +141,7 @@ def assess_scans(
             row.update({k: q.get(k) for k in _METRIC_COLUMNS})
             if check["status"] == "warning":
                 pairs.append(("load_warning", str(check.get("message", ""))))
-            pairs += subject_rules(q, rules)
+            pairs += subject_rules(q, thresholds)
             pairs += [p for p in _cohort_flags(q) if p[0] not in {f for f, _ in pairs}]
             status = "flagged" if pairs else "ok"
         row.update(status=status, flags="; ".join(f for f, _ in pairs),

@@ -27,19 +27,22 @@ from typing import TYPE_CHECKING, Any, Mapping
 import numpy as np
 import pandas as pd
 
+from drasclr_toolkit.errors import InputError, MissingFileError
 from drasclr_toolkit.config import load_config
 from drasclr_toolkit.data import Manifest, check_scans, scan_folder
+from drasclr_toolkit.data.labels import load_labels
 from drasclr_toolkit.preprocess import Atlas, PatchStore, PreprocessConfig, qc_table
 from drasclr_toolkit.preprocess.pipeline import (build_default_atlas, prepare_scans,
                                                   run_preprocessing)
+from drasclr_toolkit.preprocess.qc_rules import QCThresholds
 from drasclr_toolkit.preprocess.scans import ScanCache
 
-from .qc import ProbeQCRules, assess_scans
+from .qc import assess_scans
 
 if TYPE_CHECKING:
     from drasclr_toolkit.embed import EmbedConfig
 
-__all__ = ["OFFICIAL_ATLAS_ENV", "ProbeResult", "check_folder", "load_labels", "probe_dataset",
+__all__ = ["OFFICIAL_ATLAS_ENV", "ProbeResult", "check_folder", "probe_dataset",
            "resolve_atlas"]
 
 log = logging.getLogger(__name__)
@@ -94,7 +97,7 @@ def resolve_atlas(atlas: Any) -> Atlas | None:
     if str(atlas) == "official":
         folder = os.environ.get(OFFICIAL_ATLAS_ENV)
         if not folder:
-            raise ValueError(f"--atlas official: set {OFFICIAL_ATLAS_ENV} to the folder holding "
+            raise InputError(f"--atlas official: set {OFFICIAL_ATLAS_ENV} to the folder holding "
                              f"{' and '.join(OFFICIAL_FILES)}, or pass that folder instead")
         atlas = folder
     folder = Path(atlas).expanduser()
@@ -102,30 +105,13 @@ def resolve_atlas(atlas: Any) -> Atlas | None:
         return Atlas.load(folder / OFFICIAL_FILES[0], folder / OFFICIAL_FILES[1])
     if (folder / "atlas.json").is_file():
         return Atlas.load(folder)
-    raise FileNotFoundError(f"atlas folder {folder} holds neither {' + '.join(OFFICIAL_FILES)} "
+    raise MissingFileError(f"atlas folder {folder} holds neither {' + '.join(OFFICIAL_FILES)} "
                             "(the official atlas) nor atlas.json (Atlas.save); check the path")
 
 
-def load_labels(labels: Any) -> pd.DataFrame | None:
-    """A label table indexed by subject id (CSV path or DataFrame with ``subject_id``)."""
-    if labels is None:
-        return None
-    from drasclr_toolkit.data.labels import check_labels, read_labels
-
-    if isinstance(labels, (str, os.PathLike)):
-        return read_labels(labels, what="labels file")
-    frame = labels.copy()
-    if "subject_id" not in frame.columns and frame.index.name == "subject_id":
-        frame = frame.reset_index()
-    if "subject_id" not in frame.columns:
-        raise ValueError("the labels table needs a subject_id column (the scan names, as in "
-                         "the QC table) and one column per label; time and event for survival")
-    return check_labels(frame, "labels table").set_index("subject_id")
-
-
-def _preprocess_config(config: dict[str, dict[str, Any]], atlas: Atlas | None,
-                       problems: list[str]) -> PreprocessConfig:
-    cfg = PreprocessConfig.from_dict(config["preprocess"])
+def _preprocess_config(config: Any, atlas: Atlas | None, problems: list[str]
+                       ) -> PreprocessConfig:
+    cfg = PreprocessConfig.from_dict(load_config(config).get("preprocess", {}))
     if atlas is not None and not np.isclose(atlas.spacing, cfg.spacing, rtol=1e-3):
         # The patches must cover the same millimetres as the atlas's: follow the atlas.
         problems.append(f"the atlas grid is {atlas.spacing:g} mm, the config's "
@@ -213,7 +199,7 @@ def probe_dataset(
     config: str | os.PathLike | Mapping[str, Any] = "tiny",
     *,
     n_jobs: int = 1,
-    rules: ProbeQCRules | None = None,
+    thresholds: QCThresholds | None = None,
     n_permutations: int = 10,
     report: bool = True,
     progress: bool = False,
@@ -230,7 +216,7 @@ def probe_dataset(
         atlas: None (built from the data), ``"official"``, an atlas folder, or an Atlas.
         config: ``tiny``, ``gpu`` or a YAML file (its preprocess and embed sections).
         n_jobs: preprocessing worker processes.
-        rules: thresholds of the absolute QC rules (default: the config's ``preprocess.qc``).
+        thresholds: limits of the absolute QC rules (default: the config's ``preprocess.qc``).
         n_permutations: permutations of the evaluation's null (small: a quick look).
         report: write ``out/report.html``.
     """
@@ -239,7 +225,7 @@ def probe_dataset(
     out = Path(out).expanduser().absolute()
     out.mkdir(parents=True, exist_ok=True)
     # The user's inputs first (labels, atlas, config): a typo fails before any work.
-    label_table = load_labels(labels)
+    label_table = load_labels(labels, what="labels")
     chosen = resolve_atlas(atlas)
     problems: list[str] = []
     config = load_config(config)  # read once; each stage gets its section whole
@@ -272,11 +258,7 @@ def probe_dataset(
             problems.append(f"preprocessing stopped: {type(exc).__name__}: {exc}")
     else:
         problems.append("no scan could be loaded, so nothing was preprocessed")
-    if rules is None:
-        rules = ProbeQCRules(min_dice=cfg.qc.min_dice, lung_volume_ml=cfg.qc.lung_volume_ml,
-                             min_frac_lung_patches=cfg.qc.min_frac_lung_patches,
-                             max_frac_outside_scan=cfg.qc.max_frac_missing)
-    result.qc = assess_scans(pre_qc, checks, rules)
+    result.qc = assess_scans(pre_qc, checks, cfg.qc if thresholds is None else thresholds)
     result.qc.to_csv(out / "qc.csv", index=False)
     if result.store is not None and result.store.subject_ids:
         try:

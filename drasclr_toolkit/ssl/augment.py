@@ -26,6 +26,7 @@ from monai.transforms import (
     RandGaussianNoised,
 )
 
+from drasclr_toolkit.errors import InputError
 from drasclr_toolkit.constants import HU_MIN, HU_WINDOW
 
 
@@ -40,7 +41,7 @@ def check_window(window: tuple[float, float] | list[float] | None) -> tuple[floa
         return HU_WINDOW
     low, high = (v for v in window)
     if not high > low:
-        raise ValueError(f"HU window {tuple(window)}: the upper end must be above the lower "
+        raise InputError(f"HU window {tuple(window)}: the upper end must be above the lower "
                          "one, e.g. (-1024, 240)")
     return (low, high)
 

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from drasclr_toolkit.errors import InputError
+
 
 def info_nce_logits(query: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor,
                     temperature: float = 0.2, negative_mask: torch.Tensor | None = None
@@ -55,7 +57,7 @@ class LocalInfoNCE(nn.Module):
     def __init__(self, temperature: float = 0.2) -> None:
         super().__init__()
         if temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {temperature}")
+            raise InputError(f"temperature must be positive, got {temperature}")
         self.temperature = temperature
 
     def forward(self, query: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor,
@@ -91,7 +93,7 @@ class NeighbourInfoNCE(nn.Module):
                  normalize: bool = True) -> None:
         super().__init__()
         if reduction not in ("sum", "mean"):
-            raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
+            raise InputError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
         self.local = LocalInfoNCE(temperature)
         self.reduction = reduction
         self.normalize = normalize

@@ -7,6 +7,8 @@ import copy
 import torch
 from torch import nn
 
+from drasclr_toolkit.errors import InputError
+
 
 def deactivate_requires_grad(model: nn.Module) -> nn.Module:
     """Freeze all parameters of ``model`` (the key encoder learns only by momentum)."""
@@ -38,9 +40,9 @@ def update_momentum(model: nn.Module, model_ema: nn.Module, m: float = 0.999) ->
         0.1
     """
     if not 0.0 <= m <= 1.0:
-        raise ValueError(f"momentum m must be in [0, 1], got {m}")
+        raise InputError(f"momentum m must be in [0, 1], got {m}")
     params_ema = [p for p in model_ema.parameters()]
     params = [p.detach() for p in model.parameters()]
     if len(params) != len(params_ema):
-        raise ValueError("model and model_ema have different parameter lists")
+        raise InputError("model and model_ema have different parameter lists")
     torch._foreach_lerp_(params_ema, params, 1.0 - m)

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from drasclr_toolkit.errors import InputError
+
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -14,7 +16,7 @@ def queue_dtype(name: str | torch.dtype) -> torch.dtype:
     if isinstance(name, torch.dtype):
         return name
     if name not in _DTYPES:
-        raise ValueError(f"queue dtype {name!r} is not supported; use one of {sorted(_DTYPES)}")
+        raise InputError(f"queue dtype {name!r} is not supported; use one of {sorted(_DTYPES)}")
     return _DTYPES[name]
 
 
@@ -51,7 +53,7 @@ class LocationQueues(nn.Module):
                  dtype: str | torch.dtype = "float32", seed: int = 0) -> None:
         super().__init__()
         if num_locations < 1 or size < 1 or dim < 1:
-            raise ValueError(f"LocationQueues needs positive sizes, got L={num_locations}, "
+            raise InputError(f"LocationQueues needs positive sizes, got L={num_locations}, "
                              f"K={size}, D={dim}")
         gen = torch.Generator().manual_seed(int(seed))
         init = F.normalize(torch.randn(num_locations, size, dim, generator=gen), dim=-1)
@@ -93,11 +95,11 @@ class LocationQueues(nn.Module):
         if not 0 <= loc < self.num_locations:
             raise IndexError(f"location {loc} outside 0..{self.num_locations - 1}")
         if keys.ndim != 2 or keys.shape[1] != self.dim:
-            raise ValueError(f"keys must be (n, {self.dim}), got {tuple(keys.shape)}")
+            raise InputError(f"keys must be (n, {self.dim}), got {tuple(keys.shape)}")
         if ids is None:
             ids = torch.full((keys.shape[0],), -2, dtype=torch.int32)
         if ids.shape != keys.shape[:1]:
-            raise ValueError(f"ids must be ({keys.shape[0]},), got {tuple(ids.shape)}")
+            raise InputError(f"ids must be ({keys.shape[0]},), got {tuple(ids.shape)}")
         keys = keys.detach()[-self.size:].to(device=self.keys.device, dtype=self.keys.dtype)
         ids = ids.detach()[-self.size:].to(device=self.keys.device, dtype=torch.int32)
         n = keys.shape[0]

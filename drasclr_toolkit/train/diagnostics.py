@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from drasclr_toolkit.errors import InputError
 from drasclr_toolkit.patch_source import PatchSource
 from drasclr_toolkit.ssl.augment import PatchAugmenter
 from drasclr_toolkit.train.config import PretrainConfig
@@ -53,7 +54,7 @@ def identical_views_check(source: PatchSource, config: PretrainConfig | Mapping[
     n_subjects = len(source.subject_ids)
     batch = min(int(batch_size or cfg.batch_size), n_subjects)
     if batch < 2:
-        raise ValueError(f"the identical-views check needs at least 2 subjects a batch, "
+        raise InputError(f"the identical-views check needs at least 2 subjects a batch, "
                          f"the source has {n_subjects}")
     cfg = cfg.replace(augment=False, queue_size=0, prefill_queues=False, batch_negatives=True,
                       batch_size=batch, beta_warmup_steps=0, device=device, progress=False)

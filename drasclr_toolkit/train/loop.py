@@ -33,6 +33,7 @@ import yaml
 from torch import nn
 from torch.utils.data import DataLoader
 
+from drasclr_toolkit.errors import InputError
 from drasclr_toolkit.config import ConfigError
 from drasclr_toolkit.io_utils import (atomic_write_text, read_jsonl, refuse_foreign_folder,
                                      remove_stale_temp_files)
@@ -235,7 +236,7 @@ class DrasCLRTrainer:
     def _device_views(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Views made on the training device from the batch's int16 HU patches."""
         if self.device_augmenter is None:
-            raise ValueError("this batch carries raw HU patches (augment_on: device) but the "
+            raise InputError("this batch carries raw HU patches (augment_on: device) but the "
                              "trainer has no device augmenter; set augment_on: device")
         anchor = batch["anchor_hu"].to(self.device, non_blocking=True)
         neighbours = batch["neighbours_hu"].to(self.device, non_blocking=True)
@@ -301,7 +302,7 @@ class DrasCLRTrainer:
             # No queue: every negative is a key of another subject computed this step by the
             # current key encoder (no stale keys an encoder could tell apart by their age).
             if in_batch is None:
-                raise ValueError("queue_size 0 needs batches that name their subjects")
+                raise InputError("queue_size 0 needs batches that name their subjects")
             negatives, mask = all_keys, in_batch
         else:
             negatives, mask = self.queues.negatives(loc, exclude_ids=exclude)
@@ -440,11 +441,12 @@ class PretrainRun:
         if len(source.subject_ids) < 2:
             # Batches hold one location across subjects: one subject gives BatchNorm a
             # single value per channel (a raw "Expected more than 1 value" error otherwise).
-            raise ValueError(
-                f"patch source {getattr(source, 'path', type(source).__name__)}, field "
-                f"'subjects': pretraining needs at least 2 subjects, it has "
-                f"{len(source.subject_ids)}. What to do: preprocess more subjects into it "
-                "(`drasclr preprocess` resumes and adds the missing ones)")
+            raise InputError(
+                f"pretraining needs at least 2 subjects, it has {len(source.subject_ids)}",
+                where=f"patch source {getattr(source, 'path', type(source).__name__)}, field "
+                "'subjects'",
+                fix="preprocess more subjects into it (`drasclr preprocess` resumes and adds "
+                "the missing ones)")
         self.out_dir = Path(out_dir).expanduser()
         self.ckpt_dir = self.out_dir / "checkpoints"
         self.metrics_path = self.out_dir / "metrics.jsonl"
@@ -585,16 +587,16 @@ class PretrainRun:
         state = read_training_checkpoint(path)
         self._check_same_settings(path, state)
         if state["encoder_config"] != self.trainer.encoder_config():
-            raise ValueError(f"checkpoint {path}: field 'encoder_config' {state['encoder_config']} "
+            raise InputError(f"checkpoint {path}: field 'encoder_config' {state['encoder_config']} "
                              f"differs from this config's {self.trainer.encoder_config()}; use a "
                              "new out_dir or the same model options")
         before, now = state.get("store_fingerprint"), _store_fingerprint(self.source)
         if before and now and before != now and not self.allow_store_change:
-            raise ValueError(
-                f"checkpoint {path}: field 'store_fingerprint': the patch store "
-                f"{getattr(self.source, 'path', '')} changed since this run started (subjects "
-                "added, removed or redone), so resuming would train on a mix. What to do: use "
-                "a new out_dir, or resume on purpose with allow_store_change=True "
+            raise InputError(
+                f"the patch store {getattr(self.source, 'path', '')} changed since this run "
+                "started (subjects added, removed or redone), so resuming would train on a mix",
+                where=f"checkpoint {path}: field 'store_fingerprint'",
+                fix="use a new out_dir, or resume on purpose with allow_store_change=True "
                 "(`drasclr pretrain --allow-store-change`)")
         self.trainer.load_state_dict(state)
         self.epoch, self.batch_in_epoch = int(state["epoch"]), int(state["batch_in_epoch"])

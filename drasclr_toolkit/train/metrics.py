@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from drasclr_toolkit.errors import MissingFileError
+
 
 def read_metrics(path: str | Path) -> pd.DataFrame:
     """The metrics log of a run as a DataFrame, one row per logged step.
@@ -29,7 +31,7 @@ def read_metrics(path: str | Path) -> pd.DataFrame:
     if path.is_dir():
         path = path / "metrics.jsonl"
     if not path.is_file():
-        raise FileNotFoundError(f"no metrics log at {path}; has the run logged a step yet?")
+        raise MissingFileError(f"no metrics log at {path}; has the run logged a step yet?")
     records = read_jsonl(path, stacklevel=3)
     frame = pd.DataFrame.from_records(records)
     if not frame.empty:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from drasclr_toolkit.errors import InputError
 from drasclr_toolkit.patch_source import PatchSource
 from drasclr_toolkit.ssl.augment import PatchAugmenter
 
@@ -45,7 +46,7 @@ def spread_locations(landmarks: np.ndarray, n: int) -> np.ndarray:
     if n >= len(p):
         return np.arange(len(p))
     if n < 1:
-        raise ValueError(f"need at least one location, got n={n}")
+        raise InputError(f"need at least one location, got n={n}")
     chosen = [int(np.argmin(((p - p.mean(0)) ** 2).sum(1)))]
     dist = ((p - p[chosen[0]]) ** 2).sum(1)
     while len(chosen) < n:
@@ -86,14 +87,14 @@ class LocationBatchSampler(Sampler[BatchSpec]):
                  rank: int = 0, world_size: int = 1,
                  locations: Sequence[int] | None = None) -> None:
         if n_subjects < 1 or n_locations < 1:
-            raise ValueError(f"sampler needs subjects and locations, got N={n_subjects}, "
+            raise InputError(f"sampler needs subjects and locations, got N={n_subjects}, "
                              f"L={n_locations}")
         if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} outside world of size {world_size}")
+            raise InputError(f"rank {rank} outside world of size {world_size}")
         global_batch = min(batch_size, n_subjects)
         global_batch -= global_batch % world_size
         if global_batch < world_size or global_batch < 1:
-            raise ValueError(f"batch_size={batch_size} with {n_subjects} subjects cannot be split "
+            raise InputError(f"batch_size={batch_size} with {n_subjects} subjects cannot be split "
                              f"over {world_size} ranks; use at least {world_size} subjects")
         self.n_subjects = n_subjects
         self.locations = np.arange(n_locations) if locations is None else np.asarray(locations)
@@ -116,7 +117,7 @@ class LocationBatchSampler(Sampler[BatchSpec]):
     def set_epoch(self, epoch: int, start_index: int = 0) -> None:
         """Choose the epoch (reshuffles) and where in it to start (resume)."""
         if not 0 <= start_index <= self.batches_per_epoch:
-            raise ValueError(f"start_index {start_index} outside 0..{self.batches_per_epoch}")
+            raise InputError(f"start_index {start_index} outside 0..{self.batches_per_epoch}")
         self.epoch = int(epoch)
         self.start_index = int(start_index)
 
@@ -179,7 +180,7 @@ class LocationPatchDataset(Dataset):
                  augmenter: PatchAugmenter | None = None, raw: bool = False) -> None:
         available = int(np.asarray(source.neighbors).shape[1]) if np.asarray(source.neighbors).ndim == 2 else 0
         if not 0 <= k_neighbours <= available:
-            raise ValueError(f"k_neighbours={k_neighbours}, but the patch source lists only "
+            raise InputError(f"k_neighbours={k_neighbours}, but the patch source lists only "
                              f"{available} neighbours per landmark; lower 'neighbours' in the "
                              "pretrain config")
         self.source = source

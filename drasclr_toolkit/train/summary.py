@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from drasclr_toolkit.errors import InputError
+
 
 def _window(frame: pd.DataFrame, fraction: float, last: bool) -> pd.DataFrame:
     n = max(1, int(math.ceil(len(frame) * fraction)))
@@ -56,11 +58,11 @@ def learning_summary(metrics: pd.DataFrame, *, fraction: float = 0.1, loss: str 
         (3.0, 2.0, 9.6, True)
     """
     if not 0 < fraction <= 0.5:
-        raise ValueError(f"fraction must be in (0, 0.5], got {fraction}")
+        raise InputError(f"fraction must be in (0, 0.5], got {fraction}")
     if metrics is None or len(metrics) == 0:
-        raise ValueError("learning_summary: the metrics log is empty; has the run logged a step?")
+        raise InputError("learning_summary: the metrics log is empty; has the run logged a step?")
     if loss not in metrics.columns or acc not in metrics.columns:
-        raise ValueError(f"learning_summary: metrics need columns {loss!r} and {acc!r}, have "
+        raise InputError(f"learning_summary: metrics need columns {loss!r} and {acc!r}, have "
                          f"{sorted(metrics.columns)}")
     frame = metrics.sort_values("step") if "step" in metrics.columns else metrics
     first, last = _window(frame, fraction, False), _window(frame, fraction, True)

@@ -1,4 +1,4 @@
-"""Views: 3D landmark clouds and lung surface, patch explorer, embedding scatter, retrieval,
+"""Views: 3D landmark clouds (on the lung surface), patch explorer, embedding scatter, retrieval,
 preprocessing QC pictures, training curves and pictures of the contrastive task.
 
 Every view returns a plotly figure (or an ipywidgets box of FigureWidgets) that works in
@@ -15,13 +15,12 @@ Example:
 from .compare import bars_with_null
 from .contrastive import plot_positive_and_negatives, plot_routing_change, plot_routing_weights
 from .explorer import PatchExplorer, patch_explorer
-from .landmarks import (landmark_centres, landmark_cloud, landmark_trace, landmark_traces,
-                        patch_kmeans, patch_pca)
-from .qc import plot_landmarks_3d, plot_overlay, plot_patches, plot_registration
-from .retrieval import middle_slice, retrieval_gallery, retrieve_similar
+from .landmarks import landmark_centres, landmark_cloud, landmark_trace, landmark_traces
+from .qc import plot_overlay, plot_patches, plot_registration
+from .retrieval import middle_slice, retrieval_gallery
 from .scatter import embedding_scatter, reduce_2d
 from .slices import slice_figure, slice_viewer
-from .surface import lung_surface, surface_mesh
+from .surface import image_affine, surface_mesh
 from .training import LiveTrainingCurves, plot_training_curves
 
 __all__ = [
@@ -29,16 +28,13 @@ __all__ = [
     "LiveTrainingCurves",
     "PatchExplorer",
     "embedding_scatter",
+    "image_affine",
     "landmark_centres",
     "landmark_cloud",
     "landmark_trace",
     "landmark_traces",
-    "lung_surface",
     "middle_slice",
     "patch_explorer",
-    "patch_kmeans",
-    "patch_pca",
-    "plot_landmarks_3d",
     "plot_overlay",
     "plot_patches",
     "plot_positive_and_negatives",
@@ -48,7 +44,6 @@ __all__ = [
     "plot_training_curves",
     "reduce_2d",
     "retrieval_gallery",
-    "retrieve_similar",
     "slice_figure",
     "slice_viewer",
     "surface_mesh",

@@ -1,9 +1,10 @@
 """3D landmark clouds in atlas space, coloured by any per-landmark value.
 
-The colourings are computed by small helpers: :func:`patch_pca` (a principal component of
-the patch embeddings), :func:`patch_kmeans` (a cluster of the patch embeddings); a probe's
-per-patch prediction or the synthetic cohort's ground truth are plain ``(L,)`` or
-``(N, L)`` arrays and go in the same way.
+The colourings are computed elsewhere: :func:`~drasclr_toolkit.evaluate.patch_pca` (a
+principal component of the patch embeddings), :func:`~drasclr_toolkit.evaluate.patch_kmeans`
+(a cluster of the patch embeddings); a probe's per-patch prediction or the synthetic
+cohort's ground truth are plain ``(L,)`` or ``(N, L)`` arrays and go in the same way.
+With ``mask`` the lung surface is drawn under the points.
 
 Points sit at the patch centres, ``(corner + (P - 1) / 2) · spacing``, in the atlas voxel
 frame (x grows to the patient's left, y posterior, z superior): millimetres from the atlas
@@ -25,11 +26,11 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.colors import qualitative
 
-from drasclr_toolkit.embed import Embeddings
+from ..errors import InputError
+from .surface import apply_affine, image_affine, surface_mesh
 
 __all__ = ["SCENE_CAMERA", "landmark_centres", "landmark_cloud", "landmark_labels",
            "landmark_trace", "landmark_traces",
-           "patch_kmeans", "patch_pca",
            "CATEGORY_COLOURS"]
 
 CATEGORY_COLOURS: tuple[str, ...] = tuple(qualitative.Plotly) + tuple(qualitative.Dark24)
@@ -45,50 +46,8 @@ def landmark_centres(landmarks: np.ndarray, patch_size: int = 32,
     """
     corners = np.asarray(landmarks, dtype=np.float64)
     if corners.ndim != 2 or corners.shape[1] != 3:
-        raise ValueError(f"landmarks must be (L, 3) corners (x, y, z); got {corners.shape}")
+        raise InputError(f"landmarks must be (L, 3) corners (x, y, z); got {corners.shape}")
     return (corners + (patch_size - 1) / 2.0) * np.asarray(spacing, dtype=np.float64)
-
-
-def patch_pca(embeddings: Embeddings, n_components: int = 3,
-              subject: int | str | None = None) -> np.ndarray:
-    """Principal-component scores of every patch embedding.
-
-    One PCA is fitted on all ``N·L`` patches (so colours are comparable across subjects
-    and landmarks). Returns ``(N, L, n_components)``, or ``(L, n_components)`` for one
-    ``subject``. Component signs follow scikit-learn's deterministic convention.
-
-    Example:
-        >>> emb = Embeddings(np.random.default_rng(0).normal(size=(2, 5, 4)), ["a", "b"],
-        ...                  np.zeros((5, 3), int), np.zeros((5, 3)), np.ones((2, 5)))
-        >>> patch_pca(emb, 2).shape, patch_pca(emb, 2, subject="b").shape
-        ((2, 5, 2), (5, 2))
-    """
-    from sklearn.decomposition import PCA
-
-    n, n_loc, dim = embeddings.patch.shape
-    n_components = min(n_components, dim, n * n_loc)
-    scores = PCA(n_components=n_components).fit_transform(
-        embeddings.patch.reshape(n * n_loc, dim)).reshape(n, n_loc, n_components)
-    scores = scores.astype(np.float32)
-    return scores if subject is None else scores[embeddings.subject_index(subject)]
-
-
-def patch_kmeans(embeddings: Embeddings, k: int = 6, seed: int = 0,
-                 subject: int | str | None = None) -> np.ndarray:
-    """k-means cluster of every patch embedding, ``(N, L)`` int (or ``(L,)`` for one subject).
-
-    The vectors are L2-normalised first: contrastive training compares embeddings by
-    cosine, so direction, not length, carries the meaning. Seeded, so colours are stable.
-    """
-    from sklearn.cluster import KMeans
-
-    n, n_loc, dim = embeddings.patch.shape
-    flat = embeddings.patch.reshape(n * n_loc, dim).astype(np.float64)
-    flat = flat / np.maximum(np.linalg.norm(flat, axis=1, keepdims=True), 1e-12)
-    k = min(k, len(flat))
-    labels = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(flat)
-    labels = labels.reshape(n, n_loc).astype(np.int64)
-    return labels if subject is None else labels[embeddings.subject_index(subject)]
 
 
 def _is_categorical(values: np.ndarray) -> bool:
@@ -124,12 +83,12 @@ def landmark_trace(landmarks: np.ndarray, values: np.ndarray | None = None, *,
     if values is not None:
         values = np.asarray(values)
         if values.shape != (n_loc,):
-            raise ValueError(f"values must have one entry per landmark ({n_loc}); "
+            raise InputError(f"values must have one entry per landmark ({n_loc}); "
                              f"got shape {values.shape}")
     if lung_fraction is not None:
         lung_fraction = np.asarray(lung_fraction, dtype=np.float64)
         if lung_fraction.shape != (n_loc,):
-            raise ValueError(f"lung_fraction must have shape ({n_loc},); got {lung_fraction.shape}")
+            raise InputError(f"lung_fraction must have shape ({n_loc},); got {lung_fraction.shape}")
     text = []
     for i in range(n_loc):
         label = labels[i] if labels is not None else f"landmark {ids[i]}"
@@ -249,18 +208,18 @@ def scene_layout(title: str | None = None, unit: str = "mm") -> dict[str, Any]:
     )
 
 
-def _unit(spacing: Sequence[float] | None) -> str:
-    return "voxel" if spacing is None else "mm"
-
-
 def landmark_cloud(landmarks: np.ndarray, values: np.ndarray | None = None, *,
                    lung_fraction: np.ndarray | None = None,
                    subject_ids: Sequence[str] | None = None, value_name: str = "value",
                    categorical: bool | None = None, patch_size: int = 32,
                    spacing: Sequence[float] | None = None, marker_size: float = 4.0,
                    colorscale: str = "Viridis", title: str | None = None,
-                   labels: Sequence[str] | None = None) -> go.Figure:
-    """3D cloud of the atlas landmarks coloured by a per-landmark value.
+                   labels: Sequence[str] | None = None, mask: Any = None,
+                   affine: np.ndarray | None = None, positions: np.ndarray | None = None,
+                   downsample: int = 2, surface_opacity: float = 0.2,
+                   surface_colour: str = "#e6a0a0") -> go.Figure:
+    """3D cloud of landmarks coloured by a per-landmark value, optionally on the lung
+    surface: the one 3D landmark view (atlas, a mapped subject, a cohort).
 
     Args:
         landmarks: (L, 3) atlas patch corners (x, y, z), e.g. ``embeddings.landmarks``.
@@ -276,6 +235,18 @@ def landmark_cloud(landmarks: np.ndarray, values: np.ndarray | None = None, *,
         spacing: atlas voxel size (x, y, z) in mm (e.g. ``atlas.mask.GetSpacing()``): the
             axes are then in mm. Without it the axes are atlas voxel indices, and say so.
         labels: a name per landmark for the hover (e.g. :func:`landmark_labels`).
+        mask: a lung mask to draw under the points as a surface (marching cubes, blocks of
+            ``downsample``³ voxels, ``surface_opacity``): a (z, y, x) array in the frame of
+            ``spacing``/``affine``, or a SimpleITK image, whose spacing is used when
+            ``spacing`` is not given and whose physical geometry (LPS mm) when neither
+            ``spacing`` nor ``affine`` is given (e.g. a preprocessed subject's mask with
+            its patch corners).
+        affine: 4×4 matrix from voxel index (x, y, z, 1) to world coordinates (e.g.
+            :func:`~drasclr_toolkit.viz.surface.image_affine`), applied to the surface
+            and the landmarks alike.
+        positions: ``(L, 3)`` where to draw the points in the scene's frame instead of
+            the patch centres of ``landmarks`` (e.g. a subject's exact mapped centres
+            ``centres_mm``, which the integer corners round).
 
     Returns a ``plotly.graph_objects.Figure``; ``fig.write_html(path)`` saves it.
 
@@ -283,11 +254,30 @@ def landmark_cloud(landmarks: np.ndarray, values: np.ndarray | None = None, *,
         >>> fig = landmark_cloud(np.zeros((4, 3)), np.ones((2, 4)), subject_ids=["a", "b"])
         >>> len(fig.data), [t.visible for t in fig.data]
         (2, [True, False])
+        >>> mask = np.zeros((40, 40, 40), np.uint8); mask[8:32, 8:32, 8:32] = 1
+        >>> [t.type for t in landmark_cloud(np.array([[8, 8, 8]]), [1.0], mask=mask).data]
+        ['mesh3d', 'scatter3d']
     """
     corners = np.asarray(landmarks)
     n_loc = len(corners)
-    unit = _unit(spacing)
+    if hasattr(mask, "GetSpacing"):  # a SimpleITK image brings its geometry
+        import SimpleITK as sitk
+
+        if spacing is None and affine is None:
+            affine = image_affine(mask)
+        spacing = mask.GetSpacing() if spacing is None else spacing
+        mask = sitk.GetArrayViewFromImage(mask)
+    unit = "voxel" if spacing is None and affine is None and positions is None else "mm"
     spacing = (1.0, 1.0, 1.0) if spacing is None else tuple(float(v) for v in spacing)
+    if positions is None:
+        positions = landmark_centres(corners, patch_size, spacing)
+        if affine is not None:
+            positions = apply_affine(affine, positions / np.asarray(spacing))
+    positions = np.asarray(positions, dtype=np.float64)
+    if positions.shape != (n_loc, 3):
+        raise InputError(f"positions must be (L, 3) with L = {n_loc}; got {positions.shape}")
+    surface = [] if mask is None else [_surface_trace(mask, spacing, affine, downsample,
+                                                      surface_opacity, surface_colour)]
     if values is None and lung_fraction is not None and np.ndim(lung_fraction) == 1:
         values, value_name = np.asarray(lung_fraction), "lung fraction"
     values = None if values is None else np.asarray(values)
@@ -298,26 +288,27 @@ def landmark_cloud(landmarks: np.ndarray, values: np.ndarray | None = None, *,
         traces = landmark_traces(corners, values, lung_fraction=lung, value_name=value_name,
                                  categorical=categorical, patch_size=patch_size,
                                  spacing=spacing, marker_size=marker_size,
-                                 colorscale=colorscale, unit=unit, labels=labels)
-        fig = go.Figure(traces)
+                                 colorscale=colorscale, unit=unit, labels=labels,
+                                 positions=positions)
+        fig = go.Figure(surface + traces)
         fig.update_layout(**scene_layout(title, unit))
         return fig
 
     if values.ndim != 2 or values.shape[1] != n_loc:
-        raise ValueError(f"values must be (L,) or (N, L) with L = {n_loc}; got {values.shape}")
+        raise InputError(f"values must be (L,) or (N, L) with L = {n_loc}; got {values.shape}")
     n = values.shape[0]
     names = [str(s) for s in subject_ids] if subject_ids is not None else \
         [f"subject {i}" for i in range(n)]
     if len(names) != n:
-        raise ValueError(f"{len(names)} subject_ids for {n} rows of values")
+        raise InputError(f"{len(names)} subject_ids for {n} rows of values")
     lung = None if lung_fraction is None else np.asarray(lung_fraction)
     if lung is not None and lung.shape != values.shape:
-        raise ValueError(f"lung_fraction must have the shape of values {values.shape}; "
+        raise InputError(f"lung_fraction must have the shape of values {values.shape}; "
                          f"got {lung.shape}")
     is_cat = categorical if categorical is not None else _is_categorical(values)
     lo, hi = (None, None) if is_cat else (float(np.nanmin(values)), float(np.nanmax(values)))
-    fig = go.Figure()
-    owner: list[int] = []  # the subject each trace belongs to
+    fig = go.Figure(surface)
+    owner: list[int] = [-1] * len(surface)  # the subject each trace belongs to (-1: all)
     for i in range(n):
         extra = {"categories": sorted(set(values.ravel().tolist()), key=str)} if is_cat else \
             {"cmin": lo, "cmax": hi}
@@ -326,16 +317,27 @@ def landmark_cloud(landmarks: np.ndarray, values: np.ndarray | None = None, *,
                                  value_name=value_name, categorical=is_cat,
                                  patch_size=patch_size, spacing=spacing,
                                  marker_size=marker_size, colorscale=colorscale,
-                                 name=names[i], unit=unit, labels=labels, **extra)
+                                 name=names[i], unit=unit, labels=labels,
+                                 positions=positions, **extra)
         for trace in traces:
             trace.visible = i == 0
             fig.add_trace(trace)
             owner.append(i)
     buttons = [dict(label=names[i], method="update",
-                    args=[{"visible": [o == i for o in owner]},
+                    args=[{"visible": [o in (i, -1) for o in owner]},
                           {"title.text": f"{title or value_name}: {names[i]}"}])
                for i in range(n)]
     fig.update_layout(**scene_layout(f"{title or value_name}: {names[0]}", unit))
     fig.update_layout(updatemenus=[dict(buttons=buttons, direction="down", x=0.0, y=1.0,
                                         xanchor="left", yanchor="top", showactive=True)])
     return fig
+
+
+def _surface_trace(mask: np.ndarray, spacing: Sequence[float], affine: np.ndarray | None,
+                   downsample: int, opacity: float, colour: str) -> go.Mesh3d:
+    verts, faces = surface_mesh(mask, spacing, downsample)
+    if affine is not None:
+        verts = apply_affine(affine, verts / np.asarray(spacing))
+    return go.Mesh3d(x=verts[:, 0], y=verts[:, 1], z=verts[:, 2], i=faces[:, 0],
+                     j=faces[:, 1], k=faces[:, 2], color=colour, opacity=opacity,
+                     name="lung surface", hoverinfo="skip", showlegend=True, flatshading=False)

@@ -1,8 +1,9 @@
 """Pictures for preprocessing quality control (plotly).
 
 ``plot_overlay`` (slices with lung mask and landmark boxes), ``plot_registration`` (atlas
-mask vs. subject mask before and after the affine), ``plot_landmarks_3d`` (landmark centres
-in the subject with a lung surface), ``plot_patches`` (middle slices of some patches). The
+mask vs. subject mask before and after the affine), ``plot_patches`` (middle slices of
+some patches). The landmarks in 3D on the subject's lung surface are
+:func:`~drasclr_toolkit.viz.landmarks.landmark_cloud` (``mask=result.mask``). The
 per-subject QC table itself is :func:`drasclr_toolkit.preprocess.qc_table`.
 """
 
@@ -16,9 +17,7 @@ import SimpleITK as sitk
 from drasclr_toolkit.constants import HU_MAX, HU_MIN
 from drasclr_toolkit.data.ct import image_array
 
-from .landmarks import SCENE_CAMERA
-
-__all__ = ["plot_landmarks_3d", "plot_overlay", "plot_patches", "plot_registration"]
+__all__ = ["plot_overlay", "plot_patches", "plot_registration"]
 
 
 # A contour drawn with coloring="lines" takes its colour from the colorscale, not line.color.
@@ -145,42 +144,6 @@ def plot_registration(atlas: Any, subject_mask: sitk.Image, transform: sitk.Tran
         fig.update_xaxes(title_text=_AXIS_TITLES[0], title_standoff=2, row=1, col=col)
     fig.update_layout(title=title or "subject lungs (red) on the atlas lungs (grey), coronal",
                       height=420, width=800, margin=dict(l=60, r=10, t=50, b=50))
-    return fig
-
-
-def plot_landmarks_3d(centres_mm: np.ndarray, values: np.ndarray | None = None,
-                      mask: sitk.Image | None = None, title: str = "", max_surface_points: int = 4000):
-    """Landmark centres (LPS mm) coloured by ``values`` (e.g. lung fraction), with a
-    sparse cloud of the lung surface when ``mask`` is given."""
-    import plotly.graph_objects as go
-    from scipy import ndimage as ndi
-
-    traces = []
-    if mask is not None:
-        m = sitk.GetArrayFromImage(mask) > 0
-        surf = m & ~ndi.binary_erosion(m)
-        zyx = np.argwhere(surf)
-        if len(zyx) > max_surface_points:
-            zyx = zyx[np.linspace(0, len(zyx) - 1, max_surface_points).astype(int)]
-        pts = np.array([mask.TransformIndexToPhysicalPoint([int(v) for v in p[::-1]]) for p in zyx]) \
-            if len(zyx) else np.zeros((0, 3))
-        traces.append(go.Scatter3d(x=pts[:, 0], y=pts[:, 1], z=pts[:, 2], mode="markers",
-                                   marker=dict(size=1.5, color="lightgrey", opacity=0.3), name="lung surface"))
-    c = np.asarray(centres_mm)
-    traces.append(go.Scatter3d(
-        x=c[:, 0], y=c[:, 1], z=c[:, 2], mode="markers", name="landmarks",
-        marker=dict(size=4, color=values if values is not None else "royalblue", colorscale="Viridis",
-                    showscale=values is not None, colorbar=dict(title="lung frac.")),
-        text=[f"landmark {i}" for i in range(len(c))],
-    ))
-    fig = go.Figure(traces)
-    fig.update_layout(title=title, height=500,
-                      scene=dict(aspectmode="data", camera=SCENE_CAMERA,
-                                 xaxis_title="x (mm, → left)",
-                                 yaxis_title="y (mm, → posterior)",
-                                 zaxis_title="z (mm, → superior)"),
-                      margin=dict(l=10, r=10, t=40, b=10),
-                      legend=dict(orientation="h", y=-0.02))  # clear of the colour bar
     return fig
 
 

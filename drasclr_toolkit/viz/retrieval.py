@@ -11,11 +11,12 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from drasclr_toolkit.errors import InputError
 from drasclr_toolkit.constants import HU_WINDOW
 from drasclr_toolkit.embed import Embeddings, retrieve_similar
 from drasclr_toolkit.patch_source import PatchSource
 
-__all__ = ["retrieval_gallery", "retrieve_similar", "middle_slice"]
+__all__ = ["middle_slice", "retrieval_gallery"]
 
 # Axis of a (z, y, x) patch held fixed, per plane name.
 PLANE_AXES = {"axial": 0, "coronal": 1, "sagittal": 2}
@@ -24,7 +25,7 @@ PLANE_AXES = {"axial": 0, "coronal": 1, "sagittal": 2}
 def middle_slice(patch: np.ndarray, plane: str = "axial") -> np.ndarray:
     """The middle slice of a (z, y, x) patch in ``plane`` (axial, coronal or sagittal)."""
     if plane not in PLANE_AXES:
-        raise ValueError(f"plane must be one of {list(PLANE_AXES)}, got {plane!r}")
+        raise InputError(f"plane must be one of {list(PLANE_AXES)}, got {plane!r}")
     axis = PLANE_AXES[plane]
     return np.take(np.asarray(patch), patch.shape[axis] // 2, axis=axis)
 
@@ -43,7 +44,7 @@ def retrieval_gallery(embeddings: Embeddings, source: PatchSource, subject: int 
                       title: str | None = None, labels=None) -> go.Figure:
     """Gallery (1 × k+1 heatmaps): the query patch's middle slice, then its ``k`` nearest
     neighbours by cosine similarity among the other subjects' patches at the same landmark,
-    with subject id and similarity in each title. ``center``: see :func:`retrieve_similar`.
+    with subject id and similarity in each title. ``center``: see :func:`drasclr_toolkit.embed.retrieve_similar`.
     ``labels``: a DataFrame indexed by subject id; its values (e.g. disease severity and
     scanner noise) are written under each patch, so a reader can judge the neighbours.
 

@@ -18,7 +18,9 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from drasclr_toolkit.errors import InputError
 from drasclr_toolkit.embed import Embeddings
+from drasclr_toolkit.evaluate.features import pool_embeddings
 
 from .landmarks import CATEGORY_COLOURS
 
@@ -34,7 +36,7 @@ def reduce_2d(X: np.ndarray, method: str = "pca", seed: int = 0,
     """
     X = np.asarray(X, dtype=np.float64)
     if method not in ("pca", "umap"):
-        raise ValueError(f"method must be 'pca' or 'umap', got {method!r}")
+        raise InputError(f"method must be 'pca' or 'umap', got {method!r}")
     if method == "umap":
         reason = None
         if len(X) < 4:
@@ -66,7 +68,7 @@ def reduce_2d(X: np.ndarray, method: str = "pca", seed: int = 0,
 
 def _as_matrix(embeddings: Any, ids: Sequence[str] | None) -> tuple[np.ndarray, list[str]]:
     if isinstance(embeddings, Embeddings):
-        embeddings = embeddings.pool("mean")
+        embeddings = pool_embeddings(embeddings, "mean")
     if isinstance(embeddings, pd.DataFrame):
         X = embeddings.to_numpy(dtype=np.float64)
         ids = list(ids) if ids is not None else [str(i) for i in embeddings.index]
@@ -74,9 +76,9 @@ def _as_matrix(embeddings: Any, ids: Sequence[str] | None) -> tuple[np.ndarray, 
         X = np.asarray(embeddings, dtype=np.float64)
         ids = list(ids) if ids is not None else [str(i) for i in range(len(X))]
     if X.ndim != 2:
-        raise ValueError(f"embeddings must be (N, D); got shape {X.shape}")
+        raise InputError(f"embeddings must be (N, D); got shape {X.shape}")
     if len(ids) != len(X):
-        raise ValueError(f"{len(ids)} ids for {len(X)} embeddings")
+        raise InputError(f"{len(ids)} ids for {len(X)} embeddings")
     return X, [str(i) for i in ids]
 
 
@@ -91,7 +93,7 @@ def _align_labels(labels: Any, ids: list[str]) -> np.ndarray | None:
         return labels.loc[ids].to_numpy()
     labels = np.asarray(labels)
     if len(labels) != len(ids):
-        raise ValueError(f"{len(labels)} labels for {len(ids)} subjects")
+        raise InputError(f"{len(labels)} labels for {len(ids)} subjects")
     return labels
 
 
@@ -103,7 +105,7 @@ def embedding_scatter(embeddings: Any, labels: Any = None, *, method: str = "pca
 
     Args:
         embeddings: :class:`Embeddings` (mean-pooled), a DataFrame (N, D) indexed by
-            subject id (``Embeddings.pool``), or an array. Input with exactly 2 columns is
+            subject id (``pool_embeddings``), or an array. Input with exactly 2 columns is
             taken as already-reduced coordinates and drawn as is.
         labels: per-subject values: a Series indexed by subject id (aligned by id), or an
             array in row order. Floats get a colour bar; integers, strings and booleans are

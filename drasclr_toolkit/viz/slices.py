@@ -21,6 +21,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from ..errors import InputError
 from .export import attach_static_fallback
 
 # (level, width) in HU; the usual radiology presets for chest CT.
@@ -78,7 +79,7 @@ def _cut(volume: np.ndarray, plane: _Plane, index: int) -> np.ndarray:
 def _window(name_or_pair: str | tuple[float, float]) -> tuple[float, float]:
     if isinstance(name_or_pair, str):
         if name_or_pair not in WINDOW_PRESETS:
-            raise ValueError(
+            raise InputError(
                 f"unknown window preset {name_or_pair!r}; choose one of "
                 f"{sorted(WINDOW_PRESETS)} or pass (level, width) in HU"
             )
@@ -137,9 +138,9 @@ def slice_figure(
     """
     volume = np.asarray(volume)
     if volume.ndim != 3:
-        raise ValueError(f"slice_figure expects a 3-D (z, y, x) volume, got shape {volume.shape}")
+        raise InputError(f"slice_figure expects a 3-D (z, y, x) volume, got shape {volume.shape}")
     if overlay is not None and np.shape(overlay) != volume.shape:
-        raise ValueError(
+        raise InputError(
             f"overlay shape {np.shape(overlay)} differs from the volume shape {volume.shape}; "
             "pass a label map on the same voxel grid"
         )

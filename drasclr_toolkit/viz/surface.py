@@ -1,11 +1,13 @@
-"""The atlas lung surface (marching cubes) with the landmarks on it.
+"""A lung mask's surface (marching cubes) and the voxel-index → world geometry of an
+image: the pieces :func:`~drasclr_toolkit.viz.landmarks.landmark_cloud` draws the lung
+under the landmarks with.
 
 Example:
     >>> import numpy as np
     >>> mask = np.zeros((40, 40, 40), np.uint8); mask[8:32, 8:32, 8:32] = 1
-    >>> fig = lung_surface(mask, spacing=(1, 1, 1), downsample=2)
-    >>> fig.data[0].type
-    'mesh3d'
+    >>> verts, faces = surface_mesh(mask, spacing=(1, 1, 1), downsample=2)
+    >>> verts.shape[1], faces.shape[1]
+    (3, 3)
 """
 
 from __future__ import annotations
@@ -13,11 +15,10 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import numpy as np
-import plotly.graph_objects as go
 
-from .landmarks import landmark_centres, landmark_traces, scene_layout
+from drasclr_toolkit.errors import InputError
 
-__all__ = ["lung_surface", "surface_mesh"]
+__all__ = ["image_affine", "surface_mesh"]
 
 
 def surface_mesh(mask: np.ndarray, spacing: Sequence[float] = (1.0, 1.0, 1.0),
@@ -33,7 +34,7 @@ def surface_mesh(mask: np.ndarray, spacing: Sequence[float] = (1.0, 1.0, 1.0),
 
     binary = np.asarray(mask) > 0
     if binary.ndim != 3 or not binary.any():
-        raise ValueError(f"mask must be a 3D (z, y, x) array with some voxels > 0; "
+        raise InputError(f"mask must be a 3D (z, y, x) array with some voxels > 0; "
                          f"got shape {binary.shape} with {int(binary.sum())} voxels set")
     s = max(1, int(downsample))
     coarse = block_reduce(binary.astype(np.float32), (s, s, s), np.mean) if s > 1 else \
@@ -48,58 +49,24 @@ def surface_mesh(mask: np.ndarray, spacing: Sequence[float] = (1.0, 1.0, 1.0),
     return verts[:, ::-1].copy(), faces
 
 
-def _apply_affine(affine: np.ndarray, points_index: np.ndarray) -> np.ndarray:
-    homog = np.c_[points_index, np.ones(len(points_index))]
-    return (homog @ np.asarray(affine, dtype=np.float64).T)[:, :3]
-
-
-def lung_surface(mask: Any, spacing: Sequence[float] | None = None, affine: np.ndarray | None = None,
-                 landmarks: np.ndarray | None = None, values: np.ndarray | None = None, *,
-                 lung_fraction: np.ndarray | None = None, value_name: str = "value",
-                 categorical: bool | None = None, patch_size: int = 32, downsample: int = 2,
-                 opacity: float = 0.2, colour: str = "#e6a0a0", marker_size: float = 4.0,
-                 colorscale: str = "Viridis", title: str | None = None) -> go.Figure:
-    """3D lung surface as a Mesh3d, with the landmarks on it coloured by a per-landmark value.
-
-    Args:
-        mask: the atlas lung mask, a (z, y, x) array (any value > 0 is lung) or a
-            SimpleITK image (its spacing is used when ``spacing`` is not given).
-        spacing: voxel size (x, y, z) in mm; the scene is voxel index · spacing.
-        affine: optional 4×4 matrix from voxel index (x, y, z, 1) to world coordinates
-            (e.g. LPS mm); applied to the surface and the landmarks alike.
-        landmarks: (L, 3) atlas patch corners; drawn at the patch centres.
-        values: (L,) per-landmark colouring (a PC, a cluster, a prediction, ground truth).
-        downsample: block size for marching cubes (1 = full resolution).
+def image_affine(image: Any) -> np.ndarray:
+    """4×4 matrix from voxel index (x, y, z, 1) to the physical (LPS mm) point of a
+    SimpleITK image: ``origin + direction · diag(spacing) · index``.
 
     Example:
-        >>> mask = np.zeros((40, 40, 40), np.uint8); mask[8:32, 8:32, 8:32] = 1
-        >>> fig = lung_surface(mask, (1, 1, 1), landmarks=np.array([[8, 8, 8]]), values=[1.0])
-        >>> [t.type for t in fig.data]
-        ['mesh3d', 'scatter3d']
+        >>> import SimpleITK as sitk
+        >>> image = sitk.Image(4, 4, 4, sitk.sitkUInt8); image.SetSpacing((2, 2, 2))
+        >>> image.SetOrigin((-10, 0, 5))
+        >>> apply_affine(image_affine(image), np.array([[1.0, 0, 0]])).tolist()
+        [[-8.0, 0.0, 5.0]]
     """
-    if hasattr(mask, "GetSpacing"):  # SimpleITK image
-        import SimpleITK as sitk
+    affine = np.eye(4)
+    affine[:3, :3] = np.reshape(image.GetDirection(), (3, 3)) @ np.diag(image.GetSpacing())
+    affine[:3, 3] = image.GetOrigin()
+    return affine
 
-        spacing = spacing if spacing is not None else mask.GetSpacing()
-        mask = sitk.GetArrayViewFromImage(mask)
-    unit = "voxel" if spacing is None and affine is None else "mm"
-    spacing = tuple(float(v) for v in (spacing if spacing is not None else (1.0, 1.0, 1.0)))
-    verts, faces = surface_mesh(mask, spacing, downsample)
-    if affine is not None:
-        verts = _apply_affine(affine, verts / np.asarray(spacing))
-    fig = go.Figure(go.Mesh3d(x=verts[:, 0], y=verts[:, 1], z=verts[:, 2],
-                              i=faces[:, 0], j=faces[:, 1], k=faces[:, 2],
-                              color=colour, opacity=opacity, name="lung surface",
-                              hoverinfo="skip", showlegend=True, flatshading=False))
-    if landmarks is not None:
-        corners = np.asarray(landmarks)
-        positions = landmark_centres(corners, patch_size, spacing)
-        if affine is not None:
-            positions = _apply_affine(affine, positions / np.asarray(spacing))
-        fig.add_traces(landmark_traces(corners, None if values is None else np.asarray(values),
-                                       lung_fraction=lung_fraction, value_name=value_name,
-                                       categorical=categorical, patch_size=patch_size,
-                                       positions=positions, marker_size=marker_size,
-                                       colorscale=colorscale, unit=unit))
-    fig.update_layout(**scene_layout(title, unit))
-    return fig
+
+def apply_affine(affine: np.ndarray, points_index: np.ndarray) -> np.ndarray:
+    """``(n, 3)`` points (x, y, z) through a 4×4 ``affine``."""
+    homog = np.c_[points_index, np.ones(len(points_index))]
+    return (homog @ np.asarray(affine, dtype=np.float64).T)[:, :3]
