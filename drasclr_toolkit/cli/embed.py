@@ -14,7 +14,8 @@ Re-running the same command resumes: finished subjects (in ``<out>.parts/``) are
 ``--maps DIR`` also writes each subject's first embedding principal components as NIfTI
 volumes (``DIR/<subject>/embedding_pc1_atlas.nii.gz``; with ``--manifest`` also
 ``embedding_pc1_scan.nii.gz`` on the subject's own CT grid) to overlay in 3D Slicer or
-ITK-SNAP::
+ITK-SNAP, each with a mask ``embedding_pc1_covered_{atlas,scan}.nii.gz`` (1 where the map
+has a value: those tools show the map's empty NaN voxels as a score of 0)::
 
     drasclr embed --store STORE --checkpoint final.pt --out emb.npz --maps maps/ \
         --manifest manifest.csv

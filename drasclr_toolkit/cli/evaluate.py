@@ -23,7 +23,9 @@ with a ``subject_id`` column (e.g. densitometry). ``--labels`` is a CSV with a
 ``--maps DIR --store STORE`` also writes the per-landmark results as NIfTI volumes to
 overlay on the CT in 3D Slicer or ITK-SNAP (``DIR/<subject>/<name>_atlas.nii.gz``; with
 ``--manifest`` also ``<name>_scan.nii.gz`` on the subject's own CT grid, through the
-inverse of its atlas registration; a ``.json`` beside each names the quantity and unit):
+inverse of its atlas registration; a ``.json`` beside each names the quantity and unit;
+a continuous map also gets ``<name>_covered_{atlas,scan}.nii.gz``, 1 where it has a value,
+since Slicer and ITK-SNAP show its empty NaN voxels as 0):
 each ``.npz`` set's probe of every continuous target applied patch by patch
 (``probe_<target>_<set>``, out of fold) and, with ``--patch-labels``, the dense emphysema
 class and extent it predicts (``emphysema_class_<set>``, ``emphysema_extent_<set>``) next to

@@ -17,6 +17,13 @@ Empty is NaN for continuous maps (float32) and 0 for class maps (uint8, class ``
 as ``k + 1``); a JSON file beside each map names the quantity, unit, labels and the
 convention. :func:`write_subject_maps` writes both spaces for one subject of a patch store.
 
+The NaN is in the file (nibabel reads it), but ITK's NIfTI reader before ITK 6 (SimpleITK
+2.5, 3D Slicer, ITK-SNAP) replaces every NaN voxel with 0 on reading, whatever the header
+says, so there an empty voxel looks like a true 0 extent or a mid-range PC score. Each
+continuous map therefore comes with a uint8 coverage mask ``<name>_covered_<space>.nii.gz``
+(1 where the map holds a value, 0 empty): overlay or threshold by it in those tools, and
+read maps in Python with :func:`read_map`, which puts the NaN back from the mask.
+
 Example:
     >>> import numpy as np, SimpleITK as sitk
     >>> grid = sitk.Image(8, 8, 8, sitk.sitkUInt8) + 1           # an all-lung 8³ atlas grid
@@ -40,8 +47,8 @@ import SimpleITK as sitk
 from ..errors import DrasclrError
 from ..io_utils import atomic_write, atomic_write_text, subject_file
 
-__all__ = ["LandmarkMap", "MapError", "atlas_space_map", "embedding_pc_maps", "scan_space_map",
-           "write_cohort_maps", "write_subject_maps"]
+__all__ = ["LandmarkMap", "MapError", "atlas_space_map", "coverage_path", "embedding_pc_maps",
+           "read_map", "scan_space_map", "write_cohort_maps", "write_subject_maps"]
 
 
 class MapError(DrasclrError, ValueError):
@@ -133,13 +140,57 @@ def scan_space_map(atlas_map: sitk.Image, atlas_to_subject: sitk.Transform,
                          atlas_map.GetPixelID())
 
 
+def coverage_path(map_path: str | os.PathLike) -> Path:
+    """The coverage mask beside the continuous map ``<name>_<space>.nii.gz``:
+    ``<name>_covered_<space>.nii.gz`` (uint8, 1 where the map holds a value).
+
+    Example:
+        >>> coverage_path("maps/syn003/emphysema_extent_scan.nii.gz").name
+        'emphysema_extent_covered_scan.nii.gz'
+    """
+    path = Path(map_path)
+    stem = path.name[:-len(".nii.gz")] if path.name.endswith(".nii.gz") else path.stem
+    name, _, space = stem.rpartition("_")
+    if not name or space not in ("atlas", "scan"):
+        raise MapError("not a map file name (<name>_atlas.nii.gz or <name>_scan.nii.gz)",
+                       where=f"file {path}", fix="pass a path write_subject_maps returned")
+    return path.with_name(f"{name}_covered_{space}.nii.gz")
+
+
+def read_map(path: str | os.PathLike) -> sitk.Image:
+    """Read a map :func:`write_subject_maps` wrote, empty voxels as written: a continuous map
+    gets NaN back wherever its coverage mask is 0 (SimpleITK 2.5 reads the file's NaN as 0,
+    see the module docstring); a class map (uint8, 0 empty) is returned as read."""
+    path = Path(path)
+    image = sitk.ReadImage(str(path))
+    if image.GetPixelID() == sitk.sitkUInt8:
+        return image
+    mask_path = coverage_path(path)
+    if not mask_path.is_file():
+        raise MapError("continuous map without its coverage mask: its empty voxels cannot "
+                       "be told from a true 0", where=f"file {path} (looked for {mask_path.name})",
+                       fix="write the maps again with write_subject_maps, or keep the "
+                           "_covered_ file beside the map")
+    covered = sitk.GetArrayFromImage(sitk.ReadImage(str(mask_path))) > 0
+    array = sitk.GetArrayFromImage(image)
+    if covered.shape != array.shape:
+        raise MapError(f"coverage mask of shape {covered.shape} for a map of shape {array.shape}",
+                       where=f"file {path}, mask {mask_path.name}",
+                       fix="write the maps again with write_subject_maps")
+    array[~covered] = np.nan
+    out = sitk.GetImageFromArray(array)
+    out.CopyInformation(image)
+    return out
+
+
 def _record_field(record: Mapping[str, Any], key: str) -> Any:
     value = record.get(key)
     return json.loads(value) if isinstance(value, str) else value
 
 
 def _sidecar(item: LandmarkMap, space: str, subject_id: str, image: sitk.Image,
-             source: str, patch_size: int, lung_only: bool) -> dict[str, Any]:
+             source: str, patch_size: int, lung_only: bool,
+             covered_name: str | None = None) -> dict[str, Any]:
     meta: dict[str, Any] = {
         "quantity": item.name, "unit": item.unit, "description": item.description,
         "subject_id": subject_id, "space": space, "source": source,
@@ -153,6 +204,10 @@ def _sidecar(item: LandmarkMap, space: str, subject_id: str, image: sitk.Image,
         meta["labels"] = {str(k + 1): str(name) for k, name in enumerate(item.classes)}
     else:
         meta["empty"] = "NaN"
+        meta["covered"] = covered_name
+        meta["empty_note"] = ("readers built on ITK before ITK 6 (SimpleITK 2.5, 3D Slicer, "
+                              "ITK-SNAP) show NaN voxels as 0; the covered mask (uint8, 1 where "
+                              "the map holds a value) tells empty from a true 0")
     return meta
 
 
@@ -160,10 +215,14 @@ def write_subject_maps(store: Any, subject: int | str, maps: Sequence[LandmarkMa
                        out_dir: str | os.PathLike, scan: Any = None, *,
                        lung_only: bool = True) -> dict[str, dict[str, Path]]:
     """Write each map of one subject as NIfTI in atlas space and, when ``scan`` is given,
-    in the scan's own space; returns ``{name: {"atlas": path, "scan": path}}``.
+    in the scan's own space; returns ``{name: {"atlas": path, "scan": path}}``, plus
+    ``"atlas_covered"`` / ``"scan_covered"`` for a continuous map.
 
     Files: ``<out_dir>/<subject>/<name>_atlas.nii.gz`` and ``<name>_scan.nii.gz``, each with
-    a ``.json`` beside it. ``scan`` is the subject's CT as read by :func:`load_ct` (or its
+    a ``.json`` beside it; a continuous map (float32, NaN empty) also gets a uint8 coverage
+    mask ``<name>_covered_atlas.nii.gz`` / ``<name>_covered_scan.nii.gz``, 1 exactly where the
+    map holds a value, because ITK-based viewers (3D Slicer, ITK-SNAP) and SimpleITK 2.5 read
+    the NaN as 0 (read maps back with :func:`read_map`). ``scan`` is the subject's CT as read by :func:`load_ct` (or its
     path); without it only the atlas-space maps are written. Landmarks whose patch centre
     lay outside the scan (the store's ``in_scan``) are left empty.
 
@@ -204,13 +263,24 @@ def write_subject_maps(store: Any, subject: int | str, maps: Sequence[LandmarkMa
         written[item.name] = {}
         for space, image in images.items():
             path = folder / f"{item.name}_{space}.nii.gz"
+            covered = None
+            if item.classes is None:  # NaN empty: a mask ITK readers cannot lose (uint8)
+                covered = coverage_path(path)
+                finite = np.isfinite(sitk.GetArrayViewFromImage(image)).astype(np.uint8)
+                mask = sitk.GetImageFromArray(finite)
+                mask.CopyInformation(image)
+                atomic_write(covered, lambda tmp, im=mask: sitk.WriteImage(im, str(tmp), True),
+                             suffix=".tmp.nii.gz", make_parents=True)
             atomic_write(path, lambda tmp, im=image: sitk.WriteImage(im, str(tmp), True),
                          suffix=".tmp.nii.gz", make_parents=True)
             meta = _sidecar(item, "atlas" if space == "atlas" else "scan", sid, image,
-                            str(getattr(store, "path", "")), int(atlas.patch_size), lung_only)
+                            str(getattr(store, "path", "")), int(atlas.patch_size), lung_only,
+                            None if covered is None else covered.name)
             atomic_write_text(path.with_name(path.name[:-len(".nii.gz")] + ".json"),
                               json.dumps(meta, indent=1))
             written[item.name][space] = path
+            if covered is not None:
+                written[item.name][f"{space}_covered"] = covered
     return written
 
 
