@@ -142,7 +142,7 @@ def compare(full, cut, cut_image, bands=((0, 20), (20, 40), (40, 80), (80, 1000)
 
 def run_real(atlas, cfg, meshes, kw) -> dict:
     from drasclr_toolkit.data import load_ct
-    from drasclr_toolkit.data.sample_data import real_chest_ct
+    from drasclr_toolkit.datasets.sample_data import real_chest_ct
     from drasclr_toolkit.preprocess import register_affine, segment_lungs
     from drasclr_toolkit.preprocess.registration import mask_dice
     from drasclr_toolkit.preprocess.resample import resample_isotropic
@@ -198,7 +198,7 @@ def run_phantoms(cfg, meshes, kw) -> dict:
 
 def _phantom_errors(tmp: Path, cfg, meshes, kw) -> dict:
     from drasclr_toolkit.data import load_ct
-    from drasclr_toolkit.data.synthetic import make_synthetic_cohort, map_points
+    from drasclr_toolkit.datasets.synthetic import make_synthetic_cohort, map_points
     from drasclr_toolkit.preprocess import Atlas, register_affine, segment_lungs
     from drasclr_toolkit.preprocess.resample import resample_isotropic
 

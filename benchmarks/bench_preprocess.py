@@ -45,7 +45,7 @@ WORK = HERE / "_work"
 
 def full_size_scan() -> sitk.Image:
     """lung2 resampled to 1 mm slices (cached in benchmarks/_work)."""
-    from drasclr_toolkit.data.sample_data import real_chest_ct
+    from drasclr_toolkit.datasets.sample_data import real_chest_ct
 
     WORK.mkdir(parents=True, exist_ok=True)
     out = WORK / "lung2_1mm_slices.nii.gz"

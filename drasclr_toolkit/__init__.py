@@ -31,7 +31,8 @@ _FRONT_DOOR = {
     # data
     "load_ct": "drasclr_toolkit.data.ct",
     "Manifest": "drasclr_toolkit.data.manifest",
-    "make_synthetic_cohort": "drasclr_toolkit.data.synthetic",
+    # data sets (not core: the synthetic cohort with ground truth)
+    "make_synthetic_cohort": "drasclr_toolkit.datasets.synthetic",
     # preprocessing
     "run_preprocessing": "drasclr_toolkit.preprocess.pipeline",
     "PatchStore": "drasclr_toolkit.preprocess.store",

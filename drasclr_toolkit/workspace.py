@@ -111,7 +111,8 @@ class Workspace:
     # -- products ----------------------------------------------------------------------
     def cohort(self):
         """The manifest: the user's, or the synthetic cohort (generated when missing)."""
-        from drasclr_toolkit.data import Manifest, make_synthetic_cohort
+        from drasclr_toolkit.data import Manifest
+        from drasclr_toolkit.datasets import make_synthetic_cohort
 
         if "cohort" not in self._made:
             if self.manifest_path is not None:

@@ -36,7 +36,7 @@ def shared_reference() -> Path:
 @pytest.fixture(scope="session")
 def tiny_cohort(tmp_path_factory):
     """Six small synthetic subjects at 2 mm, made once per test session."""
-    from drasclr_toolkit.data.synthetic import make_synthetic_cohort
+    from drasclr_toolkit.datasets.synthetic import make_synthetic_cohort
 
     out = tmp_path_factory.mktemp("tiny_cohort")
     return make_synthetic_cohort(6, out, seed=7, spacing=2.0, size_scale=0.6)

@@ -130,7 +130,7 @@ def _said(rc, err: str, expect_rc, *words: str) -> tuple[bool, str]:
 
 def _cohort(work: Path):
     """Two small synthetic subjects and an atlas from the first (made once per run)."""
-    from drasclr_toolkit.data.synthetic import make_synthetic_cohort
+    from drasclr_toolkit.datasets.synthetic import make_synthetic_cohort
     from drasclr_toolkit.preprocess.pipeline import build_default_atlas
 
     if work in _COHORTS:
@@ -1076,7 +1076,7 @@ def preprocess_over_user(work: Path):
 @case("Python: make_synthetic_cohort(1, folder) where the user's manifest.csv lies",
       "OutputExistsError naming the folder and overwrite=True; the manifest unchanged")
 def synthetic_python_overwrite(work: Path):
-    from drasclr_toolkit.data.synthetic import make_synthetic_cohort
+    from drasclr_toolkit.datasets.synthetic import make_synthetic_cohort
     from drasclr_toolkit.errors import OutputExistsError
 
     folder, before = _user_folder(work, "user_manifest", {"manifest.csv": "subject_id,image\n"})

@@ -13,7 +13,7 @@ from drasclr_toolkit.config import (PACKAGED, Config, ConfigError, ModelConfig, 
                                     set_options)
 from drasclr_toolkit.data.card import ColumnRule
 from drasclr_toolkit.data.ct import CTChecks
-from drasclr_toolkit.data.synthetic import SyntheticConfig
+from drasclr_toolkit.datasets.synthetic import SyntheticConfig
 from drasclr_toolkit.embed.extract import EmbedConfig
 from drasclr_toolkit.evaluate.budget import EvaluateConfig
 from drasclr_toolkit.preprocess.lungmask import LungSegConfig

@@ -97,7 +97,7 @@ def _slice_regions(binary: np.ndarray, mid: float, sx: float, sy: float):
 def real_1mm():
     """lung1 and lung2 at 1 mm (linear: the test is about geometry, not texture), segmented."""
     from drasclr_toolkit.data import load_ct
-    from drasclr_toolkit.data.sample_data import SampleDataUnavailable, real_chest_ct
+    from drasclr_toolkit.datasets.sample_data import SampleDataUnavailable, real_chest_ct
 
     out = {}
     for name in ("lung1", "lung2"):

@@ -262,8 +262,8 @@ def test_cli_store_verify_prints_a_table_and_can_forget_damaged_subjects(tmp_pat
 def test_synthetic_refuses_a_folder_with_other_files_unless_forced(tmp_path):
     import yaml
 
-    from drasclr_toolkit.data.synthetic import check_out_folder
-    from drasclr_toolkit.data.synthetic import SyntheticConfig
+    from drasclr_toolkit.datasets.synthetic import check_out_folder
+    from drasclr_toolkit.datasets.synthetic import SyntheticConfig
 
     config = SyntheticConfig()
     check_out_folder(tmp_path / "new", config)  # missing folder

@@ -19,11 +19,17 @@ LAYERS = [
     {"embed"},
     {"evaluate"},
     {"viz"},
-    {"probe", "workspace", "lab", "notebook", "notebook_runner"},
+    {"datasets"},
+    {"probe", "workspace", "lab", "notebooks"},
     {"cli"},
     {"__init__"},
 ]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
+
+#: the library core: the stages up to viz. What is not core (the synthetic cohort and sample
+#: scans in datasets/, the notebook set-up and runner in notebooks/) sits above it.
+CORE = set().union(*LAYERS[:LAYERS.index({"viz"}) + 1])
+NOT_CORE = {"datasets", "notebooks"}
 
 
 def imports_of(path: Path) -> list[tuple[int, str]]:
@@ -55,6 +61,23 @@ def test_no_module_imports_from_a_layer_above_it():
             if RANK.get(target, -1) > RANK[top]:
                 upward.append(f"{path.relative_to(PACKAGE.parent)}:{line} imports {name}")
     assert not upward, "upward imports:\n" + "\n".join(upward)
+
+
+def test_the_core_imports_neither_datasets_nor_notebook_tooling():
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.relative_to(PACKAGE).parts[0].removesuffix(".py") not in CORE:
+            continue
+        found += [f"{path.relative_to(PACKAGE.parent)}:{line} imports {name}"
+                  for line, name in imports_of(path) if name.split(".")[1] in NOT_CORE]
+        # relative imports too (``from ..datasets import ...``)
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.level and node.module:
+                if node.module.split(".")[0] in NOT_CORE:
+                    found.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} imports "
+                                 f"{'.' * node.level}{node.module}")
+    assert CORE >= {"data", "preprocess", "evaluate", "viz"} and not CORE & NOT_CORE
+    assert not found, "the core imports what is not core:\n" + "\n".join(found)
 
 
 def test_the_check_sees_an_upward_import(tmp_path):

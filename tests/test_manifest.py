@@ -243,7 +243,7 @@ def test_copdgene_template_has_the_clinical_columns():
 
 
 def test_synthetic_template_matches_the_generator(tmp_path):
-    synthetic = pytest.importorskip("drasclr_toolkit.data.synthetic")
+    synthetic = pytest.importorskip("drasclr_toolkit.datasets.synthetic")
     out = tmp_path / "syn"
     synthetic.make_synthetic_cohort(1, out, seed=3, spacing=3.0, size_scale=0.4, n_jobs=1)
     template = TEMPLATES / "synthetic_demo"

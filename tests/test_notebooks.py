@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from drasclr_toolkit.notebook_runner import ordered_notebooks, repository_notebooks_dir, run_notebook
+from drasclr_toolkit.notebooks.runner import ordered_notebooks, repository_notebooks_dir, run_notebook
 
 from browser import Browser, chromium_path, figure_problems
 

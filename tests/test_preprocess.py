@@ -105,7 +105,7 @@ def test_crop_pads_outside_with_air_and_config_rejects_unknown_keys():
 # ----------------------------------------------------------------------------- synthetic
 def test_landmarks_within_3mm_of_ground_truth(tiny_cohort, cohort_atlas):
     from drasclr_toolkit.data import load_ct
-    from drasclr_toolkit.data.synthetic import map_points
+    from drasclr_toolkit.datasets.synthetic import map_points
 
     atlas, _ = cohort_atlas
     ref = atlas.info["reference_subject"]
@@ -240,7 +240,7 @@ def test_shards_split_the_cohort(tiny_cohort, cohort_atlas, tmp_path, capsys):
 @pytest.fixture(scope="module")
 def real_scans():
     from drasclr_toolkit.data import load_ct
-    from drasclr_toolkit.data.sample_data import SampleDataUnavailable, real_chest_ct
+    from drasclr_toolkit.datasets.sample_data import SampleDataUnavailable, real_chest_ct
 
     try:
         paths = {n: real_chest_ct(n) for n in ("lung1", "lung2")}

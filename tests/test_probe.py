@@ -55,7 +55,7 @@ def mr_like(reference: sitk.Image) -> sitk.Image:
 
 @pytest.fixture(scope="module")
 def mixed_folder(tmp_path_factory):
-    from drasclr_toolkit.data.synthetic import make_synthetic_cohort
+    from drasclr_toolkit.datasets.synthetic import make_synthetic_cohort
 
     root = tmp_path_factory.mktemp("probe")
     cohort = make_synthetic_cohort(3, root / "cohort", seed=5, spacing=3.0, size_scale=0.6,
@@ -73,7 +73,7 @@ def mixed_folder(tmp_path_factory):
     sitk.WriteImage(raw, str(scans / "raw_no_rescale.nrrd"))
     real = []
     try:
-        from drasclr_toolkit.data.sample_data import SampleDataUnavailable, real_chest_ct
+        from drasclr_toolkit.datasets.sample_data import SampleDataUnavailable, real_chest_ct
 
         for name in ("lung1", "lung2"):
             shutil.copyfile(real_chest_ct(name), scans / f"{name}.nrrd")

@@ -9,7 +9,7 @@ import pytest
 
 from drasclr_toolkit.data import CTLoadWarning, load_ct
 from drasclr_toolkit.data.ct import IDENTITY_DIRECTION
-from drasclr_toolkit.data.sample_data import SampleDataUnavailable, real_chest_ct
+from drasclr_toolkit.datasets.sample_data import SampleDataUnavailable, real_chest_ct
 
 pytestmark = pytest.mark.slow
 
@@ -77,7 +77,7 @@ def test_unreachable_registry_raises_sample_data_unavailable(tmp_path, monkeypat
 
 
 def test_cache_env_var(tmp_path, monkeypatch):
-    from drasclr_toolkit.data.sample_data import default_cache_dir
+    from drasclr_toolkit.datasets.sample_data import default_cache_dir
 
     monkeypatch.setenv("DRASCLR_CACHE", str(tmp_path))
     assert default_cache_dir() == tmp_path / "sample_data"

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from drasclr_toolkit.notebook_runner import repository_notebooks_dir, run_notebook
+from drasclr_toolkit.notebooks.runner import repository_notebooks_dir, run_notebook
 
 pytestmark = [pytest.mark.slow, pytest.mark.notebook]
 
@@ -34,8 +34,9 @@ EXPECTED_LINES = {
 @pytest.fixture(scope="module")
 def real_workspace(tmp_path_factory):
     """A manifest of 2 real + 8 synthetic scans, and a tiny workspace with its products made."""
-    from drasclr_toolkit.data import Manifest, make_synthetic_cohort
-    from drasclr_toolkit.data.sample_data import SampleDataUnavailable, real_chest_ct
+    from drasclr_toolkit.data import Manifest
+    from drasclr_toolkit.datasets import make_synthetic_cohort
+    from drasclr_toolkit.datasets.sample_data import SampleDataUnavailable, real_chest_ct
     from drasclr_toolkit.workspace import Workspace
 
     try:

@@ -13,7 +13,7 @@ import SimpleITK as sitk
 from scipy import ndimage as ndi
 from scipy.stats import spearmanr
 
-from drasclr_toolkit.data.synthetic import (
+from drasclr_toolkit.datasets.synthetic import (
     SyntheticConfig,
     gold_stage,
     load_ground_truth_affine,

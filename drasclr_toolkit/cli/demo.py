@@ -23,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from drasclr_toolkit.notebook_runner import run_notebooks
+    from drasclr_toolkit.notebooks.runner import run_notebooks
 
     runs = run_notebooks(args.out, config_name=args.config, notebooks_dir=args.notebooks,
                          only=args.only, stop_on_error=not args.keep_going)

@@ -41,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from drasclr_toolkit.data.synthetic import SyntheticConfig, make_synthetic_cohort
+    from drasclr_toolkit.datasets.synthetic import SyntheticConfig, make_synthetic_cohort
 
     section: dict = {}
     if args.config:

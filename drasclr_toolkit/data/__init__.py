@@ -1,5 +1,6 @@
-"""Data stage: load CT scans (:func:`load_ct`), cohort manifests (:class:`Manifest`,
-:func:`scan_folder`) and the synthetic phantom cohort (:func:`make_synthetic_cohort`).
+"""Data stage: load CT scans (:func:`load_ct`) and cohort manifests (:class:`Manifest`,
+:func:`scan_folder`). The synthetic cohort and the sample scans are not core: they live in
+:mod:`drasclr_toolkit.datasets`.
 
 Example:
     >>> from drasclr_toolkit.data import Manifest, load_ct
@@ -8,9 +9,6 @@ Example:
 """
 
 from __future__ import annotations
-
-import importlib.util
-from typing import Any
 
 from .ct import CTChecks, CTImage, CTLoadError, CTLoadWarning, list_dicom_series, load_ct
 from .card import ColumnRule, load_card
@@ -38,16 +36,3 @@ __all__ = [
     "validate_table",
 ]
 
-# Listed for ``import *`` only when the module exists, so a star import never fails.
-if importlib.util.find_spec(f"{__name__}.synthetic") is not None:
-    __all__.append("make_synthetic_cohort")
-
-
-def __getattr__(name: str) -> Any:
-    # The synthetic cohort is imported on first use, so this package imports even where
-    # the synthetic module (and its heavier dependencies) is absent or broken.
-    if name == "make_synthetic_cohort":
-        from .synthetic import make_synthetic_cohort
-
-        return make_synthetic_cohort
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -46,8 +46,8 @@ def make_demo_folder(out: str | os.PathLike, n_synthetic: int = 4,
     ``n_synthetic`` synthetic scans (adult-sized at ``size_scale`` 1.0) and, with ``broken``,
     a NIfTI cut in half. ``out/labels.csv`` holds the synthetic scans' clinical labels.
     """
-    from drasclr_toolkit.data.sample_data import SampleDataUnavailable, real_chest_ct
-    from drasclr_toolkit.data.synthetic import make_synthetic_cohort
+    from drasclr_toolkit.datasets.sample_data import SampleDataUnavailable, real_chest_ct
+    from drasclr_toolkit.datasets.synthetic import make_synthetic_cohort
 
     out = Path(out).expanduser().absolute()
     folder = out / "scans"

@@ -1,4 +1,4 @@
-"""Geometry of the synthetic chest phantom (helpers of :mod:`drasclr_toolkit.data.synthetic`).
+"""Geometry of the synthetic chest phantom (helpers of :mod:`drasclr_toolkit.datasets.synthetic`).
 
 Everything here is evaluated in *template* physical space: millimetres, LPS (x toward the
 patient's Left, y toward Posterior, z toward Superior), origin near the carina. The adult

@@ -10,7 +10,7 @@ Cache folder: ``cache_dir`` if given, else ``$DRASCLR_CACHE/sample_data`` when t
 environment variable ``DRASCLR_CACHE`` is set, else ``~/.cache/drasclr_toolkit/sample_data``.
 
 Example:
-    >>> from drasclr_toolkit.data.sample_data import real_chest_ct
+    >>> from drasclr_toolkit.datasets.sample_data import real_chest_ct
     >>> path = real_chest_ct("lung1")            # doctest: +SKIP
     >>> path.name                                # doctest: +SKIP
     'lung1_image.nrrd'

@@ -30,7 +30,7 @@ KERNEL_NAME = "drasclr_toolkit"
 
 def repository_notebooks_dir() -> Path:
     """The ``notebooks/`` folder beside the package (a clone or an editable install)."""
-    return Path(__file__).resolve().parent.parent / "notebooks"
+    return Path(__file__).resolve().parents[2] / "notebooks"
 
 
 def ordered_notebooks(directory: Path, only: Iterable[str] | None = None) -> list[Path]:

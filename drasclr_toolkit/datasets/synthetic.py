@@ -63,7 +63,7 @@ from scipy import ndimage as ndi
 from scipy.spatial import ConvexHull
 
 from drasclr_toolkit.config import Config
-from drasclr_toolkit.data import _phantom as ph
+from drasclr_toolkit.datasets import _phantom as ph
 from drasclr_toolkit.errors import InputError, MissingFileError, OutputExistsError
 from drasclr_toolkit.io_utils import atomic_write, atomic_write_text, die_with_parent
 
@@ -904,7 +904,7 @@ def _dataset_card(cfg: SyntheticConfig, n: int, failures: Mapping[str, str]) -> 
             "severities with noise; a hidden small-airway severity affects spirometry only."
         ),
         "source": "synthetic",
-        "generator": f"drasclr_toolkit.data.synthetic v{GENERATOR_VERSION}",
+        "generator": f"drasclr_toolkit.datasets.synthetic v{GENERATOR_VERSION}",
         "n_subjects": n,
         "options": cfg.fingerprint(),
         "spacing_mm": [cfg.spacing] * 3,

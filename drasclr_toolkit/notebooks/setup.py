@@ -1,4 +1,5 @@
-"""Notebook conveniences that every notebook calls once in its first cell."""
+"""Notebook conveniences that every notebook calls once in its first cell
+(``from drasclr_toolkit.notebooks import setup_notebook``)."""
 
 from __future__ import annotations
 
