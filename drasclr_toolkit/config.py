@@ -34,7 +34,7 @@ from typing import Annotated, Any, ClassVar, Literal, Mapping, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .errors import DrasclrError, InputError, MissingFileError
+from drasclr_toolkit.errors import DrasclrError, InputError, MissingFileError
 
 PACKAGED = ("tiny", "small", "gpu")
 STAGES = ("synthetic", "preprocess", "model", "pretrain", "embed", "evaluate")

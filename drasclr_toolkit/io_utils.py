@@ -50,7 +50,7 @@ import warnings
 from pathlib import Path
 from typing import IO, Any, Callable, Iterable
 
-from .errors import DrasclrError, InputError, OutputExistsError, os_error
+from drasclr_toolkit.errors import DrasclrError, InputError, OutputExistsError, os_error
 
 __all__ = [
     "SUBJECT_ID_PATTERN",

@@ -31,7 +31,7 @@ import warnings
 from pathlib import Path
 from typing import Iterator
 
-from .errors import FolderBusyError, os_error
+from drasclr_toolkit.errors import FolderBusyError, os_error
 
 try:
     import fcntl

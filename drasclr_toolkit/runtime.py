@@ -25,7 +25,7 @@ from typing import ContextManager
 import torch
 import torch.distributed as dist
 
-from .config import ConfigError
+from drasclr_toolkit.config import ConfigError
 
 __all__ = [
     "DistInfo", "all_gather_objects", "all_reduce_mean", "amp_dtype", "autocast",

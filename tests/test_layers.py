@@ -84,3 +84,38 @@ def test_the_check_sees_an_upward_import(tmp_path):
     bad = tmp_path / "m.py"
     bad.write_text("def f():\n    from drasclr_toolkit.viz.evaluation import km_figure\n")
     assert imports_of(bad) == [(2, "drasclr_toolkit.viz.evaluation")]
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def test_imports_inside_the_package_are_absolute():
+    relative = [f"{p.relative_to(PACKAGE.parent)}:{node.lineno}"
+                for p in sorted(PACKAGE.rglob("*.py"))
+                for node in ast.walk(ast.parse(p.read_text(encoding="utf-8")))
+                if isinstance(node, ast.ImportFrom) and node.level > 0]
+    assert not relative, f"relative imports (write drasclr_toolkit.…): {relative}"
+
+
+def test_no_private_name_is_imported_from_another_module():
+    """A leading underscore means "this module only": a private module may be used inside its
+    own package (datasets/_phantom.py by datasets/synthetic.py), a private name nowhere else."""
+    found = []
+    for p in sorted(PACKAGE.rglob("*.py")):
+        here = _module_name(p)
+        for node in ast.walk(ast.parse(p.read_text(encoding="utf-8"))):
+            if not (isinstance(node, ast.ImportFrom) and node.module
+                    and node.module.startswith("drasclr_toolkit")):
+                continue
+            for alias in node.names:
+                private = alias.name.startswith("_") and not alias.name.startswith("__")
+                if not private or node.module == here:
+                    continue
+                submodule = f"{node.module}.{alias.name}"
+                if (PACKAGE.parent / (submodule.replace(".", "/") + ".py")).is_file() and \
+                        here.rsplit(".", 1)[0] == node.module:
+                    continue          # a private module of the importer's own package
+                found.append(f"{here}:{node.lineno} imports {node.module}.{alias.name}")
+    assert not found, found

@@ -43,9 +43,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError, MissingFileError
-from ..constants import POOLINGS
-from ..data.labels import load_labels
+from drasclr_toolkit.errors import InputError, MissingFileError
+from drasclr_toolkit.constants import POOLINGS
+from drasclr_toolkit.data.labels import load_labels
 
 DEFAULT_TARGETS = ("fev1_pp", "fev1_fvc", "gold", "pct_emphysema", "cle_score", "pse_score",
                    "mmrc")

@@ -10,13 +10,13 @@ Example:
 
 from __future__ import annotations
 
-from .ct import CTChecks, CTImage, CTLoadError, CTLoadWarning, list_dicom_series, load_ct
-from .card import ColumnRule, load_card
-from .discovery import scan_folder
-from .manifest import Manifest
-from .problems import ManifestError, ManifestProblem
-from .scan_checks import check_scans, probe_headers
-from .validation import validate_table
+from drasclr_toolkit.data.ct import CTChecks, CTImage, CTLoadError, CTLoadWarning, list_dicom_series, load_ct
+from drasclr_toolkit.data.card import ColumnRule, load_card
+from drasclr_toolkit.data.discovery import scan_folder
+from drasclr_toolkit.data.manifest import Manifest
+from drasclr_toolkit.data.problems import ManifestError, ManifestProblem
+from drasclr_toolkit.data.scan_checks import check_scans, probe_headers
+from drasclr_toolkit.data.validation import validate_table
 
 __all__ = [
     "CTChecks",

@@ -15,8 +15,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import ConfigDict
 
-from ..config import Config
-from .problems import ManifestError, ManifestProblem
+from drasclr_toolkit.config import Config
+from drasclr_toolkit.data.problems import ManifestError, ManifestProblem
 
 __all__ = ["CARD_FILENAME", "ColumnRule", "PATH_COLUMNS", "STANDARD_COLUMNS", "card_rules",
            "load_card"]

@@ -33,14 +33,14 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from .ct_image import (IDENTITY_DIRECTION, CTChecks, CTImage, CTLoadError, CTLoadWarning,
-                       _first_line, _to_int16, image_array)
-from .dicom import (_NOT_CT_MODALITIES, DicomSeriesInfo, _dicom_numbers_of, _is_dicom_file,
-                    _read_dicom_series, list_dicom_series, preserve_locale)
-from .hounsfield import check_hounsfield_units
-from .image_files import (_TRUNCATED_FIX, _short_read, check_declared_size,
+from drasclr_toolkit.data.ct_image import (IDENTITY_DIRECTION, CTChecks, CTImage, CTLoadError, CTLoadWarning,
+                       first_line, to_int16, image_array)
+from drasclr_toolkit.data.dicom import (NOT_CT_MODALITIES, DicomSeriesInfo, dicom_numbers_of, is_dicom_file,
+                    read_dicom_series, list_dicom_series, preserve_locale)
+from drasclr_toolkit.data.hounsfield import check_hounsfield_units
+from drasclr_toolkit.data.image_files import (TRUNCATED_FIX, short_read, check_declared_size,
                           check_metaimage_file, check_nifti_file, require_regular_file)
-from .orientation import reorient_to_lps
+from drasclr_toolkit.data.orientation import reorient_to_lps
 
 __all__ = [
     "CTImage",
@@ -70,10 +70,10 @@ def _read_image(
             fix="check the path (manifest paths are relative to the manifest's folder)",
         )
     if path.is_dir():
-        return _read_dicom_series(path, series_id, subject_id, None)
+        return read_dicom_series(path, series_id, subject_id, None)
     require_regular_file(path, subject_id)
-    if _is_dicom_file(path):
-        return _read_dicom_series(path.parent, series_id, subject_id, path)
+    if is_dicom_file(path):
+        return read_dicom_series(path.parent, series_id, subject_id, path)
     check_declared_size(path, subject_id)
     if path.name.lower().endswith((".nii", ".nii.gz")):
         check_nifti_file(path, subject_id)
@@ -84,7 +84,7 @@ def _read_image(
         reader.SetFileName(str(path))
         image = reader.Execute()
     except RuntimeError as exc:
-        short = _short_read(str(exc))
+        short = short_read(str(exc))
         if short is not None:
             expected, got = short
             raise CTLoadError(
@@ -93,10 +93,10 @@ def _read_image(
                 subject_id=subject_id,
                 file=path,
                 field="file size",
-                fix=_TRUNCATED_FIX,
+                fix=TRUNCATED_FIX,
             ) from None
         raise CTLoadError(
-            f"SimpleITK could not read it ({_first_line(exc)})",
+            f"SimpleITK could not read it ({first_line(exc)})",
             subject_id=subject_id,
             file=path,
             field="file",
@@ -174,7 +174,7 @@ def load_ct(
     image, modality = _read_image(p, series_id, subject_id)
     image = _check_shape(image, subject_id, p)
 
-    if modality is not None and modality in _NOT_CT_MODALITIES:
+    if modality is not None and modality in NOT_CT_MODALITIES:
         raise CTLoadError(
             f"DICOM Modality is {modality!r}, not 'CT'",
             subject_id=subject_id,
@@ -251,7 +251,7 @@ def load_ct(
     if checks.check_hu:
         check_hounsfield_units(array, checks, subject_id, p)
     return CTImage(
-        array=_to_int16(array, subject_id=subject_id, file=p),
+        array=to_int16(array, subject_id=subject_id, file=p),
         spacing=image.GetSpacing(),
         origin=image.GetOrigin(),
         direction=image.GetDirection(),
@@ -279,7 +279,7 @@ def read_ct_header(path: str | os.PathLike, subject_id: str | None = None) -> di
     require_regular_file(p, subject_id)
     reader = sitk.ImageFileReader()
     try:
-        if p.is_dir() or _is_dicom_file(p):
+        if p.is_dir() or is_dicom_file(p):
             folder = p if p.is_dir() else p.parent
             series = list_dicom_series(folder)
             if not series:
@@ -291,7 +291,7 @@ def read_ct_header(path: str | os.PathLike, subject_id: str | None = None) -> di
             cols, rows = reader.GetSize()[:2]
             spacing = list(reader.GetSpacing()[:2]) + [float("nan")]
             if len(files) > 1:
-                pos = [_dicom_numbers_of(f, "0020|0032") for f in files[:2]]
+                pos = [dicom_numbers_of(f, "0020|0032") for f in files[:2]]
                 if pos[0] and pos[1]:
                     spacing[2] = float(np.linalg.norm(np.subtract(pos[1], pos[0])))
             modality = (reader.GetMetaData("0008|0060").strip()
@@ -303,7 +303,7 @@ def read_ct_header(path: str | os.PathLike, subject_id: str | None = None) -> di
         reader.SetFileName(str(p))
         reader.ReadImageInformation()
     except RuntimeError as exc:
-        raise CTLoadError(f"SimpleITK could not read the header ({_first_line(exc)})",
+        raise CTLoadError(f"SimpleITK could not read the header ({first_line(exc)})",
                           subject_id=subject_id, file=p, field="file",
                           fix="check that the file is complete and in a supported format") from None
     size = reader.GetSize()

@@ -15,8 +15,8 @@ import numpy as np
 import SimpleITK as sitk
 from pydantic import ConfigDict, Field
 
-from ..config import Config
-from ..errors import DrasclrError, InputError, error_message, where_text
+from drasclr_toolkit.config import Config
+from drasclr_toolkit.errors import DrasclrError, InputError, error_message, where_text
 
 __all__ = ["CTChecks", "CTImage", "CTLoadError", "CTLoadWarning", "IDENTITY_DIRECTION",
            "image_array"]
@@ -131,7 +131,7 @@ class CTImage:
         if arr.ndim != 3:
             raise InputError(f"CTImage.array must be 3D (z, y, x); got shape {arr.shape}")
         if arr.dtype != np.int16:
-            arr = _to_int16(arr, subject_id=self.subject_id, file=self.source)
+            arr = to_int16(arr, subject_id=self.subject_id, file=self.source)
         self.array = arr
         self.spacing = tuple(float(v) for v in self.spacing)  # type: ignore[assignment]
         self.origin = tuple(float(v) for v in self.origin)  # type: ignore[assignment]
@@ -178,7 +178,7 @@ class CTImage:
                 "component(s) per pixel"
             )
         return cls(
-            array=_to_int16(sitk.GetArrayFromImage(image), subject_id=subject_id, file=source),
+            array=to_int16(sitk.GetArrayFromImage(image), subject_id=subject_id, file=source),
             spacing=image.GetSpacing(),
             origin=image.GetOrigin(),
             direction=image.GetDirection(),
@@ -197,7 +197,7 @@ class CTImage:
         )
 
 
-def _to_int16(arr: np.ndarray, *, subject_id: str | None, file: Any) -> np.ndarray:
+def to_int16(arr: np.ndarray, *, subject_id: str | None, file: Any) -> np.ndarray:
     """Round and cast to int16, refusing values that do not fit."""
     arr = np.asarray(arr)
     if arr.dtype == np.int16:
@@ -240,7 +240,7 @@ def image_array(image: Any) -> np.ndarray:
     return np.asarray(image)
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     # ITK messages start with the source location; the useful part is near the end.
     useful = [t.strip() for t in text if t.strip()]

@@ -19,13 +19,13 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .ct_image import CTLoadError, CTLoadWarning, _first_line
-from .image_files import IMAGE_SUFFIXES
+from drasclr_toolkit.data.ct_image import CTLoadError, CTLoadWarning, first_line
+from drasclr_toolkit.data.image_files import IMAGE_SUFFIXES
 
 __all__ = ["DicomSeriesInfo", "list_dicom_series", "preserve_locale"]
 
 # DICOM modalities that are certainly not CT (others, e.g. 'OT', only warn).
-_NOT_CT_MODALITIES = frozenset(
+NOT_CT_MODALITIES = frozenset(
     {"MR", "PT", "NM", "US", "CR", "DX", "MG", "XA", "RF", "IO", "PX", "SEG", "RTSTRUCT",
      "RTDOSE", "RTPLAN", "SR", "ECG", "OCT", "OP", "SM", "XC", "ES"}
 )
@@ -43,7 +43,7 @@ class DicomSeriesInfo:
     files: tuple[str, ...] = field(repr=False, default=())
 
 
-def _is_dicom_file(path: Path) -> bool:
+def is_dicom_file(path: Path) -> bool:
     if path.suffix.lower() in (".dcm", ".dicom", ".ima"):
         return True
     try:
@@ -54,7 +54,7 @@ def _is_dicom_file(path: Path) -> bool:
     return len(head) == 132 and head[128:132] == b"DICM"
 
 
-def _has_dicom_files(folder: Path) -> bool:
+def has_dicom_files(folder: Path) -> bool:
     """Whether a folder directly holds DICOM files (a few files are enough to tell)."""
     try:
         names = sorted(e.name for e in os.scandir(folder) if e.is_file() and
@@ -62,7 +62,7 @@ def _has_dicom_files(folder: Path) -> bool:
     except OSError:
         return False
     names = [n for n in names if not n.lower().endswith(IMAGE_SUFFIXES)][:5]
-    return any(_is_dicom_file(folder / n) for n in names)
+    return any(is_dicom_file(folder / n) for n in names)
 
 
 @contextmanager
@@ -98,7 +98,7 @@ def list_dicom_series(folder: str | os.PathLike, recursive: bool = True) -> list
         dirs = [Path(root) for root, _, _ in os.walk(folder)]
         dirs.sort()
     for d in dirs:
-        if not _has_dicom_files(d):  # GDCM would print a warning for every non-DICOM folder
+        if not has_dicom_files(d):  # GDCM would print a warning for every non-DICOM folder
             continue
         try:
             ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(d))
@@ -154,7 +154,7 @@ def _pick_series(
 
 
 @preserve_locale()
-def _read_dicom_series(
+def read_dicom_series(
     path: Path, series_id: str | int | None, subject_id: str | None, file_hint: Path | None
 ) -> tuple[sitk.Image, str | None]:
     """Read one series; returns the image and the Modality (a non-identifying field)."""
@@ -194,7 +194,7 @@ def _read_dicom_series(
         image = reader.Execute()
     except RuntimeError as exc:
         raise CTLoadError(
-            f"SimpleITK could not read the DICOM series ({_first_line(exc)})",
+            f"SimpleITK could not read the DICOM series ({first_line(exc)})",
             subject_id=subject_id,
             file=path,
             field="file",
@@ -293,7 +293,7 @@ def _check_slice_positions(
             stacklevel=4,
         )
 
-def _dicom_numbers_of(file: str, key: str) -> list[float] | None:
+def dicom_numbers_of(file: str, key: str) -> list[float] | None:
     reader = sitk.ImageFileReader()
     reader.SetFileName(file)
     try:

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from .dicom import _has_dicom_files
-from .image_files import IMAGE_SUFFIXES, _strip_image_suffix
-from .manifest import Manifest
-from .problems import ManifestError, ManifestProblem
+from drasclr_toolkit.data.dicom import has_dicom_files
+from drasclr_toolkit.data.image_files import IMAGE_SUFFIXES, strip_image_suffix
+from drasclr_toolkit.data.manifest import Manifest
+from drasclr_toolkit.data.problems import ManifestError, ManifestProblem
 
 __all__ = ["DEFAULT_EXCLUDE", "scan_folder"]
 
@@ -70,10 +70,10 @@ def scan_folder(
         for f in image_files:
             rel = f"{rel_dir}/{f}" if rel_dir != "." else f
             if wanted(rel, f):
-                found.append((here / f, _strip_image_suffix(f)))
+                found.append((here / f, strip_image_suffix(f)))
             else:
                 skipped += 1
-        if len(image_files) < len(filenames) and _has_dicom_files(here):
+        if len(image_files) < len(filenames) and has_dicom_files(here):
             name = here.name if here != root else root.name
             if wanted(rel_dir, name):
                 found.append((here, name))
@@ -101,7 +101,7 @@ def _unique_ids(found: list[tuple[Path, str]], root: Path) -> list[str]:
             # Qualify with the parent folders (e.g. patient/study names) to tell them apart.
             rel = p.relative_to(root) if p != root else Path(p.name)
             parts = list(rel.parts)
-            parts[-1] = _strip_image_suffix(parts[-1])
+            parts[-1] = strip_image_suffix(parts[-1])
             ids[i] = _safe_id("_".join(parts))
     seen: dict[str, int] = {}
     out = []

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .ct_image import CTChecks, CTLoadError
-from .dicom import _dicom_numbers_of, _is_dicom_file
-from .image_files import nifti_header
+from drasclr_toolkit.data.ct_image import CTChecks, CTLoadError
+from drasclr_toolkit.data.dicom import dicom_numbers_of, is_dicom_file
+from drasclr_toolkit.data.image_files import nifti_header
 
 __all__ = ["check_hounsfield_units", "hu_calibration"]
 
@@ -122,12 +122,12 @@ def hu_calibration(array: np.ndarray) -> tuple[float, float | None]:
 def _scaling_fields(path: Path) -> tuple[str, str, str]:
     """(slope field, intercept field, their values in the header) for the message."""
     name = path.name.lower()
-    if path.is_dir() or _is_dicom_file(path):
+    if path.is_dir() or is_dicom_file(path):
         files = [path] if path.is_file() else sorted(f for f in path.rglob("*") if f.is_file())
         values = ""
         for f in files[:50]:
-            slope = _dicom_numbers_of(str(f), "0028|1053")
-            inter = _dicom_numbers_of(str(f), "0028|1052")
+            slope = dicom_numbers_of(str(f), "0028|1053")
+            inter = dicom_numbers_of(str(f), "0028|1052")
             if slope is not None or inter is not None:
                 values = f" (the header says RescaleSlope {slope and slope[0]}, " \
                          f"RescaleIntercept {inter and inter[0]})"

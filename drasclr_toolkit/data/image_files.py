@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from .ct_image import CTLoadError
+from drasclr_toolkit.data.ct_image import CTLoadError
 
 __all__ = ["IMAGE_SUFFIXES", "check_declared_size", "check_metaimage_file", "check_nifti_file",
            "is_image_file", "nifti_header", "require_regular_file"]
@@ -30,7 +30,7 @@ __all__ = ["IMAGE_SUFFIXES", "check_declared_size", "check_metaimage_file", "che
 IMAGE_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 
-def _strip_image_suffix(name: str) -> str:
+def strip_image_suffix(name: str) -> str:
     low = name.lower()
     for suffix in IMAGE_SUFFIXES:
         if low.endswith(suffix):
@@ -103,7 +103,7 @@ def check_declared_size(path: Path, subject_id: str | None,
             "load it on a machine with more memory")
 
 
-_TRUNCATED_FIX = ("copy or download the file again and compare its size or checksum with the "
+TRUNCATED_FIX = ("copy or download the file again and compare its size or checksum with the "
                   "source, or re-export it from the original scan")
 # SimpleITK's NRRD and MetaImage readers say how much data they expected and got.
 _SHORT_READ = (
@@ -113,7 +113,7 @@ _SHORT_READ = (
 _STREAM_BLOCK = 8 << 20
 
 
-def _short_read(message: str) -> tuple[int, int] | None:
+def short_read(message: str) -> tuple[int, int] | None:
     for pattern in _SHORT_READ:
         m = pattern.search(message)
         if m:
@@ -162,14 +162,14 @@ def _nifti_header(head: bytes, subject_id: str | None, path: Path
     if header is None:
         raise CTLoadError(
             "the NIfTI header is missing or damaged (its first field is not 348 or 540)",
-            subject_id=subject_id, file=path, field="NIfTI header", fix=_TRUNCATED_FIX,
+            subject_id=subject_id, file=path, field="NIfTI header", fix=TRUNCATED_FIX,
         )
     dims = [int(d) for d in header["dim"]]
     ndim, bitpix = dims[0], int(header["bitpix"])
     if not 1 <= ndim <= 7 or bitpix <= 0:
         raise CTLoadError(
             f"the NIfTI header is damaged (dim[0] = {ndim}, bitpix = {bitpix})",
-            subject_id=subject_id, file=path, field="NIfTI header", fix=_TRUNCATED_FIX,
+            subject_id=subject_id, file=path, field="NIfTI header", fix=TRUNCATED_FIX,
         )
     # .hdr/.img pair (magic ni1/ni2): the voxels are in another file, whose absence
     # SimpleITK reports itself.
@@ -268,12 +268,12 @@ def check_nifti_file(path: str | os.PathLike, subject_id: str | None = None) -> 
             + (f"{total:,} of the {needed:,} decompressed bytes the header needs ({total / needed:.0%})"
                if needed else f"{total:,} decompressed bytes")
             + "; the missing voxels would silently read as 0 HU",
-            subject_id=subject_id, file=path, field="file size", fix=_TRUNCATED_FIX,
+            subject_id=subject_id, file=path, field="file size", fix=TRUNCATED_FIX,
         ) from None
     except (zlib.error, OSError) as exc:
         raise CTLoadError(
             f"the compressed data is damaged ({exc})",
-            subject_id=subject_id, file=path, field="file", fix=_TRUNCATED_FIX,
+            subject_id=subject_id, file=path, field="file", fix=TRUNCATED_FIX,
         ) from None
     if data_bytes == 0 and dtype is None:  # a file shorter than 540 bytes (or empty)
         data_start, data_bytes, _ = _nifti_header(header, subject_id, path)
@@ -284,7 +284,7 @@ def check_nifti_file(path: str | os.PathLike, subject_id: str | None = None) -> 
             f"data from offset {data_start}) but the {'decompressed ' if gz else ''}file has "
             f"{total:,} ({total / max(needed, 1):.0%}); the missing voxels would silently read "
             "as 0 HU",
-            subject_id=subject_id, file=path, field="file size", fix=_TRUNCATED_FIX,
+            subject_id=subject_id, file=path, field="file size", fix=TRUNCATED_FIX,
         )
     if n_bad:
         raise CTLoadError(
@@ -350,5 +350,5 @@ def check_metaimage_file(path: str | os.PathLike, subject_id: str | None = None)
             f"the file is truncated: the header needs {needed:,} bytes of "
             f"{'compressed ' if compressed else ''}image data but {data_file.name} holds "
             f"{max(available, 0):,} ({max(available, 0) / max(needed, 1):.0%})",
-            subject_id=subject_id, file=path, field="file size", fix=_TRUNCATED_FIX,
+            subject_id=subject_id, file=path, field="file size", fix=TRUNCATED_FIX,
         )

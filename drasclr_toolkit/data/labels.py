@@ -21,7 +21,7 @@ from typing import Any
 
 import pandas as pd
 
-from ..errors import LabelError, MissingFileError
+from drasclr_toolkit.errors import LabelError, MissingFileError
 
 __all__ = ["check_labels", "load_labels"]
 

@@ -34,10 +34,10 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from ..io_utils import atomic_write_text
-from .card import CARD_FILENAME, PATH_COLUMNS, ColumnRule, card_rules, load_card
-from .problems import ManifestError, ManifestProblem
-from .validation import raw_text, read_csv_text, validate_frame
+from drasclr_toolkit.io_utils import atomic_write_text
+from drasclr_toolkit.data.card import CARD_FILENAME, PATH_COLUMNS, ColumnRule, card_rules, load_card
+from drasclr_toolkit.data.problems import ManifestError, ManifestProblem
+from drasclr_toolkit.data.validation import raw_text, read_csv_text, validate_frame
 
 __all__ = ["Manifest"]
 

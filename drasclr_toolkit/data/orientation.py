@@ -7,7 +7,7 @@ import math
 import numpy as np
 import SimpleITK as sitk
 
-from .ct_image import IDENTITY_DIRECTION
+from drasclr_toolkit.data.ct_image import IDENTITY_DIRECTION
 
 __all__ = ["reorient_to_lps"]
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import DrasclrError
+from drasclr_toolkit.errors import DrasclrError
 
 __all__ = ["ManifestError", "ManifestProblem"]
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from .manifest import Manifest
+from drasclr_toolkit.data.manifest import Manifest
 
 __all__ = ["check_scans", "probe_headers"]
 
@@ -27,7 +27,7 @@ def check_scans(manifest: Manifest, checks: Any = None) -> pd.DataFrame:
     """
     import warnings
 
-    from .ct import CTLoadError, CTLoadWarning, load_ct
+    from drasclr_toolkit.data.ct import CTLoadError, CTLoadWarning, load_ct
 
     rows = []
     for sid in manifest.subject_ids:
@@ -60,7 +60,7 @@ def probe_headers(manifest: Manifest) -> pd.DataFrame:
     Example:
         >>> probe_headers(scan_folder("scans/"))            # doctest: +SKIP
     """
-    from .ct import CTLoadError, read_ct_header
+    from drasclr_toolkit.data.ct import CTLoadError, read_ct_header
 
     rows = []
     for sid in manifest.subject_ids:

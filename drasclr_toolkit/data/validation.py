@@ -18,10 +18,10 @@ import pandas as pd
 
 from drasclr_toolkit.io_utils import SUBJECT_ID_PATTERN
 
-from .card import PATH_COLUMNS, ColumnRule, card_rules
-from .dicom import _is_dicom_file
-from .image_files import is_image_file
-from .problems import ManifestError, ManifestProblem
+from drasclr_toolkit.data.card import PATH_COLUMNS, ColumnRule, card_rules
+from drasclr_toolkit.data.dicom import is_dicom_file
+from drasclr_toolkit.data.image_files import is_image_file
+from drasclr_toolkit.data.problems import ManifestError, ManifestProblem
 
 __all__ = ["read_csv_text", "raw_text", "validate_frame", "validate_table"]
 
@@ -82,7 +82,7 @@ def _parse_cells(
                 bad(i, text, f"file not found (looked for {p}); fix the path (relative paths are "
                              "relative to the manifest's folder) or remove the row")
             elif (check_files and rule.role in ("image", "mask") and p.is_file()
-                  and not is_image_file(p) and not _is_dicom_file(p)):
+                  and not is_image_file(p) and not is_dicom_file(p)):
                 bad(i, text, "is not a supported scan file; give a NIfTI (.nii, .nii.gz), NRRD, "
                              "MHA/MHD file or a DICOM series folder (convert other formats)")
             out.append(str(p))

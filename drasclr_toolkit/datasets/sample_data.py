@@ -26,7 +26,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from ..errors import DrasclrError, InputError
+from drasclr_toolkit.errors import DrasclrError, InputError
 
 __all__ = ["SAMPLES", "SampleDataUnavailable", "default_cache_dir", "real_chest_ct"]
 

@@ -7,9 +7,9 @@ Example:
     >>> patients = pool_embeddings(emb, "mean")  # DataFrame (N, D) by subject id  # doctest: +SKIP
 """
 
-from .extract import EmbedConfig, extract_embeddings
-from .retrieval import retrieve_similar
-from .store import Embeddings
+from drasclr_toolkit.embed.extract import EmbedConfig, extract_embeddings
+from drasclr_toolkit.embed.retrieval import retrieve_similar
+from drasclr_toolkit.embed.store import Embeddings
 
 __all__ = [
     "EmbedConfig",

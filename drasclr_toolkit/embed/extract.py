@@ -65,7 +65,7 @@ from drasclr_toolkit.runtime import (
 from drasclr_toolkit.constants import HU_WINDOW, POOLINGS
 from drasclr_toolkit.ssl.augment import check_window, hu_to_unit
 
-from .store import Embeddings, atomic_save_npy
+from drasclr_toolkit.embed.store import Embeddings, atomic_save_npy
 
 __all__ = ["EmbedConfig", "extract_embeddings"]
 

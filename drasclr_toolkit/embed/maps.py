@@ -44,8 +44,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import DrasclrError
-from ..io_utils import atomic_write, atomic_write_text, subject_file
+from drasclr_toolkit.errors import DrasclrError
+from drasclr_toolkit.io_utils import atomic_write, atomic_write_text, subject_file
 
 __all__ = ["LandmarkMap", "MapError", "atlas_space_map", "coverage_path", "embedding_pc_maps",
            "read_map", "scan_space_map", "write_cohort_maps", "write_subject_maps"]
@@ -131,7 +131,7 @@ def scan_space_map(atlas_map: sitk.Image, atlas_to_subject: sitk.Transform,
     outside the atlas map). ``scan`` is the subject's CT (a SimpleITK image, a CTImage, or
     only its geometry: an image of any pixel type with the scan's size, spacing, origin and
     direction)."""
-    from ..preprocess.resample import as_sitk
+    from drasclr_toolkit.preprocess.resample import as_sitk
 
     reference = as_sitk(scan)
     empty = 0.0 if atlas_map.GetPixelID() == sitk.sitkUInt8 else float("nan")
@@ -231,8 +231,8 @@ def write_subject_maps(store: Any, subject: int | str, maps: Sequence[LandmarkMa
         ...     [LandmarkMap("emphysema_extent", extent[3], unit="fraction of lung")],
         ...     "out/maps", scan="cohort/images/syn003.nii.gz")
     """
-    from ..data.ct import load_ct
-    from ..preprocess.registration import transform_from_dict
+    from drasclr_toolkit.data.ct import load_ct
+    from drasclr_toolkit.preprocess.registration import transform_from_dict
 
     sid = subject if isinstance(subject, str) else list(store.subject_ids)[int(subject)]
     if sid not in list(store.subject_ids):

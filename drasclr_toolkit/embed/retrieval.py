@@ -15,8 +15,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..errors import InputError
-from .store import Embeddings
+from drasclr_toolkit.errors import InputError
+from drasclr_toolkit.embed.store import Embeddings
 
 __all__ = ["retrieve_similar"]
 

@@ -31,8 +31,8 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from ..errors import DrasclrError, InputError, MissingFileError
-from ..io_utils import atomic_write_stream
+from drasclr_toolkit.errors import DrasclrError, InputError, MissingFileError
+from drasclr_toolkit.io_utils import atomic_write_stream
 
 __all__ = ["Embeddings", "atomic_save_npy"]
 

@@ -26,7 +26,7 @@ def as_frame(values: FeatureLike, name: str, index: pd.Index | None = None) -> p
     order) and must have as many rows.
     """
     if hasattr(values, "patch") and hasattr(values, "lung_fraction"):  # an Embeddings
-        from .features import pool_embeddings
+        from drasclr_toolkit.evaluate.features import pool_embeddings
 
         values = pool_embeddings(values, "mean")
     if isinstance(values, pd.Series):

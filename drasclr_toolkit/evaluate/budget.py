@@ -21,7 +21,7 @@ from pydantic import Field
 
 from drasclr_toolkit.config import Config
 
-from .survival import SURVIVAL_MODELS
+from drasclr_toolkit.evaluate.survival import SURVIVAL_MODELS
 
 __all__ = ["EvaluateConfig"]
 

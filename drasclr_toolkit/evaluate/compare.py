@@ -41,8 +41,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from ..errors import InputError
-from .stats import ALPHA, holm, paired_difference, predictive_verdict
+from drasclr_toolkit.errors import InputError
+from drasclr_toolkit.evaluate.stats import ALPHA, holm, paired_difference, predictive_verdict
 
 __all__ = ["LONG_COLUMNS", "adjust_verdicts", "comparison_table", "comparison_text",
            "paired_comparisons", "risk_group_text", "summarise"]

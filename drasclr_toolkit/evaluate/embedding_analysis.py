@@ -86,7 +86,7 @@ def probe_scores(patient: pd.DataFrame, targets: pd.DataFrame | pd.Series, cv: i
     from sklearn.metrics import r2_score
     from sklearn.model_selection import KFold, cross_val_predict
 
-    from .probes import make_probe
+    from drasclr_toolkit.evaluate.probes import make_probe
 
     patient, targets = _aligned(patient, targets)
     X = patient.to_numpy(np.float64)

@@ -49,9 +49,9 @@ from typing import Any, Literal, Mapping
 import numpy as np
 import pandas as pd
 
-from ..errors import InputError
-from ..constants import POOLINGS
-from .densitometry import ZONES
+from drasclr_toolkit.errors import InputError
+from drasclr_toolkit.constants import POOLINGS
+from drasclr_toolkit.evaluate.densitometry import ZONES
 
 __all__ = ["POOLINGS", "feature_sets", "landmark_zones", "pool_embeddings"]
 
@@ -66,7 +66,7 @@ def landmark_zones(landmarks: np.ndarray, patch_size: int = 32, atlas: Any = Non
     if atlas is not None:
         import SimpleITK as sitk
 
-        from .densitometry import lung_zones
+        from drasclr_toolkit.evaluate.densitometry import lung_zones
 
         mask = atlas.mask
         arr = sitk.GetArrayFromImage(mask)

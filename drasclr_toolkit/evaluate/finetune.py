@@ -26,8 +26,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ..errors import InputError
-from .dense import PatchTruth
+from drasclr_toolkit.errors import InputError
+from drasclr_toolkit.evaluate.dense import PatchTruth
 
 __all__ = ["LABEL_FRACTIONS", "label_efficiency"]
 

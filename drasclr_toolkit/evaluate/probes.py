@@ -76,9 +76,9 @@ import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
-from ..errors import InputError
-from ._common import align, as_feature_sets, drop_incomplete_features, permutation_p_value
-from .stats import ALPHA, corrected_ci, small_sample_note, stream
+from drasclr_toolkit.errors import InputError
+from drasclr_toolkit.evaluate._common import align, as_feature_sets, drop_incomplete_features, permutation_p_value
+from drasclr_toolkit.evaluate.stats import ALPHA, corrected_ci, small_sample_note, stream
 
 __all__ = ["CATEGORICAL_METRICS", "CONTINUOUS_METRICS", "NotEnoughData", "common_subjects",
            "evaluate_phenotypes", "infer_target_kind", "make_probe", "patch_probe_scores",
@@ -352,7 +352,7 @@ def evaluate_phenotypes(
         kind are NaN. A target with too few subjects or classes to cross-validate gets a row
         whose ``verdict`` starts with "not evaluated:" and says why (and a warning).
     """
-    from .compare import adjust_verdicts
+    from drasclr_toolkit.evaluate.compare import adjust_verdicts
 
     if not isinstance(labels, pd.DataFrame):
         raise TypeError("labels must be a pandas DataFrame indexed by subject id "
@@ -547,7 +547,7 @@ def patch_probe_scores(embeddings: Any, target: pd.Series, cv: int = 5, seed: in
     from sklearn.base import clone
     from sklearn.model_selection import KFold
 
-    from .features import pool_embeddings
+    from drasclr_toolkit.evaluate.features import pool_embeddings
 
     patch = np.asarray(embeddings.patch, np.float64)
     ids = [str(s) for s in embeddings.subject_ids]

@@ -70,9 +70,9 @@ import pandas as pd
 from sklearn.base import BaseEstimator, clone
 from threadpoolctl import threadpool_limits
 
-from ..errors import InputError
-from ._common import as_feature_sets, drop_incomplete_features, permutation_p_value
-from .stats import (ALPHA, MIN_EVENTS, MIN_EVENTS_REFUSE, corrected_ci, small_sample_note,
+from drasclr_toolkit.errors import InputError
+from drasclr_toolkit.evaluate._common import as_feature_sets, drop_incomplete_features, permutation_p_value
+from drasclr_toolkit.evaluate.stats import (ALPHA, MIN_EVENTS, MIN_EVENTS_REFUSE, corrected_ci, small_sample_note,
                     stream)
 
 __all__ = ["CoxnetCV", "LifelinesCoxPH", "RiskGroups", "default_horizons",
@@ -479,8 +479,8 @@ def evaluate_survival(
         ``m_null_mean, m_null_p95`` (``ibs_null_p05``), ``m_p``; then ``ci_method``,
         ``verdict``.
     """
-    from .compare import adjust_verdicts
-    from .probes import splits_fingerprint
+    from drasclr_toolkit.evaluate.compare import adjust_verdicts
+    from drasclr_toolkit.evaluate.probes import splits_fingerprint
 
     sets, time_s, event_s = _as_outcome(features, time, event)
     time_s, event_s = _clean_outcome(time_s, event_s)

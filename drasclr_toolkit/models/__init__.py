@@ -9,16 +9,16 @@ Example:
     ((2, 16), (2, 8))
 """
 
-from .condconv import (
+from drasclr_toolkit.models.condconv import (
     CondConv3d,
     LocationPlan,
     PerSampleCondConv3d,
     canonical_locations,
     plan_locations,
 )
-from .encoder import CONDITIONINGS, DrasCLREncoder, layer_specs
-from .routing import first_condconv, routing_weights
-from .checkpoint import (
+from drasclr_toolkit.models.encoder import CONDITIONINGS, DrasCLREncoder, layer_specs
+from drasclr_toolkit.models.routing import first_condconv, routing_weights
+from drasclr_toolkit.models.checkpoint import (
     CHECKPOINT_FORMAT,
     FINAL_FORMAT,
     OfficialLoadReport,

@@ -45,7 +45,7 @@ import torch
 from drasclr_toolkit.errors import CheckpointError, InputError, MissingFileError
 from drasclr_toolkit.io_utils import atomic_write
 
-from .encoder import DrasCLREncoder
+from drasclr_toolkit.models.encoder import DrasCLREncoder
 
 __all__ = [
     "CHECKPOINT_FORMAT",

@@ -27,8 +27,8 @@ from torch import nn
 
 from drasclr_toolkit.config import CONDITIONINGS
 
-from ..errors import InputError
-from .condconv import (
+from drasclr_toolkit.errors import InputError
+from drasclr_toolkit.models.condconv import (
     CondConv3d,
     LocationPlan,
     PerSampleCondConv3d,

@@ -13,7 +13,7 @@ Example:
 
 from __future__ import annotations
 
-from .runner import (
+from drasclr_toolkit.notebooks.runner import (
     NotebookRun,
     ensure_kernel,
     export_html,
@@ -22,7 +22,7 @@ from .runner import (
     run_notebook,
     run_notebooks,
 )
-from .setup import setup_notebook
+from drasclr_toolkit.notebooks.setup import setup_notebook
 
 __all__ = [
     "NotebookRun",

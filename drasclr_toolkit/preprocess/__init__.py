@@ -7,18 +7,18 @@ Main entry points::
         resample_isotropic, run_preprocessing, segment_lungs)
 """
 
-from .atlas import Atlas, landmark_grid
-from .lungmask import LungSegConfig, LungSegmentationError, lungmask_available, segment_lungs
-from .patches import crop_patches, map_landmarks, patch_fractions, sample_patches_affine
-from .pipeline import (
+from drasclr_toolkit.preprocess.atlas import Atlas, landmark_grid
+from drasclr_toolkit.preprocess.lungmask import LungSegConfig, LungSegmentationError, lungmask_available, segment_lungs
+from drasclr_toolkit.preprocess.patches import crop_patches, map_landmarks, patch_fractions, sample_patches_affine
+from drasclr_toolkit.preprocess.pipeline import (
     PreprocessConfig,
     SubjectResult,
     build_default_atlas,
     preprocess_subject,
     run_preprocessing,
 )
-from .qc import qc_table, robust_z
-from .registration import (
+from drasclr_toolkit.preprocess.qc import qc_table, robust_z
+from drasclr_toolkit.preprocess.registration import (
     RegistrationConfig,
     RegistrationResult,
     ants_available,
@@ -27,8 +27,8 @@ from .registration import (
     transform_from_dict,
     transform_to_dict,
 )
-from .resample import clip_hu, resample_isotropic
-from .store import PatchStore, StoreError
+from drasclr_toolkit.preprocess.resample import clip_hu, resample_isotropic
+from drasclr_toolkit.preprocess.store import PatchStore, StoreError
 
 __all__ = [
     "Atlas", "LungSegConfig", "LungSegmentationError", "PatchStore",

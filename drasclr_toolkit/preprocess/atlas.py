@@ -32,10 +32,10 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import InputError, MissingFileError
-from ..io_utils import atomic_write, atomic_write_stream, atomic_write_text
-from ..landmarks import nearest_neighbors, normalize_landmarks
-from .patches import corners_to_centres_physical, patch_fractions
+from drasclr_toolkit.errors import InputError, MissingFileError
+from drasclr_toolkit.io_utils import atomic_write, atomic_write_stream, atomic_write_text
+from drasclr_toolkit.landmarks import nearest_neighbors, normalize_landmarks
+from drasclr_toolkit.preprocess.patches import corners_to_centres_physical, patch_fractions
 
 __all__ = ["Atlas", "landmark_grid"]
 
@@ -123,8 +123,8 @@ class Atlas:
         Example:
             >>> atlas = Atlas.from_reference(ct)          # doctest: +SKIP
         """
-        from .lungmask import segment_lungs
-        from .resample import as_sitk, resample_isotropic, resample_like, to_lps
+        from drasclr_toolkit.preprocess.lungmask import segment_lungs
+        from drasclr_toolkit.preprocess.resample import as_sitk, resample_isotropic, resample_like, to_lps
 
         image = resample_isotropic(ct, spacing, interpolator)
         if lung_mask is None:

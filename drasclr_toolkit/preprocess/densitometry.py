@@ -41,8 +41,8 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from ..data.ct import image_array
-from ..errors import InputError
+from drasclr_toolkit.data.ct import image_array
+from drasclr_toolkit.errors import InputError
 
 __all__ = ["HIST_EDGES", "SCALARS", "ZONES", "densitometry", "lung_zones"]
 
@@ -153,8 +153,8 @@ def densitometry(ct: Any, lung_mask: Any = None, spacing: Sequence[float] | None
     import SimpleITK as sitk
 
     if lung_mask is None:
-        from .lungmask import segment_lungs
-        from .resample import as_sitk, to_lps
+        from drasclr_toolkit.preprocess.lungmask import segment_lungs
+        from drasclr_toolkit.preprocess.resample import as_sitk, to_lps
 
         image = ct if isinstance(ct, sitk.Image) else (
             as_sitk(ct) if hasattr(ct, "to_sitk") else None)

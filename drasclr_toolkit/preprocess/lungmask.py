@@ -40,9 +40,9 @@ import SimpleITK as sitk
 from pydantic import ConfigDict, Field
 from scipy import ndimage as ndi
 
-from ..config import Config
-from ..errors import DrasclrError, InputError
-from .resample import as_sitk, resample_like, to_lps
+from drasclr_toolkit.config import Config
+from drasclr_toolkit.errors import DrasclrError, InputError
+from drasclr_toolkit.preprocess.resample import as_sitk, resample_like, to_lps
 
 __all__ = ["LungSegConfig", "LungSegmentationError", "labels_to_grid", "lungmask_available",
            "segment_lungs"]

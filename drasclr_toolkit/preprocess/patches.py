@@ -35,7 +35,7 @@ from typing import Any, Literal
 import numpy as np
 import SimpleITK as sitk
 
-from ..constants import HU_MAX, HU_MIN
+from drasclr_toolkit.constants import HU_MAX, HU_MIN
 
 __all__ = [
     "PatchSampling",

@@ -35,15 +35,15 @@ import numpy as np
 import SimpleITK as sitk
 from pydantic import ConfigDict, Field
 
-from ..config import Config
-from ..data.problems import ManifestError, ManifestProblem
-from ..errors import InputError, as_drasclr_error
-from ..io_utils import (die_with_parent, refuse_foreign_folder, remove_stale_temp_files,
+from drasclr_toolkit.config import Config
+from drasclr_toolkit.data.problems import ManifestError, ManifestProblem
+from drasclr_toolkit.errors import InputError, as_drasclr_error
+from drasclr_toolkit.io_utils import (atomic_write_text, die_with_parent, refuse_foreign_folder, remove_stale_temp_files,
                         safe_subject_id, subject_file)
-from ..locks import folder_lock
-from .atlas import Atlas
-from .lungmask import LungSegConfig, segment_lungs
-from .patches import (
+from drasclr_toolkit.locks import folder_lock
+from drasclr_toolkit.preprocess.atlas import Atlas
+from drasclr_toolkit.preprocess.lungmask import LungSegConfig, segment_lungs
+from drasclr_toolkit.preprocess.patches import (
     crop_patches,
     landmarks_missing,
     map_landmarks,
@@ -51,13 +51,13 @@ from .patches import (
     patch_inside_fraction,
     sample_patches_affine,
 )
-from .qc_rules import QCThresholds, absolute_flags
-from .registration import RegistrationConfig, register_affine, transform_to_dict
-from ..constants import HU_MAX, HU_MIN
-from .resample import _INTERPOLATORS, as_sitk, resample_isotropic, resample_like, to_lps
-from .scans import (CHECK_COLUMNS, SCAN_PRODUCTS, SCAN_PRODUCTS_MARKER, ScanCache,
+from drasclr_toolkit.preprocess.qc_rules import QCThresholds, absolute_flags
+from drasclr_toolkit.preprocess.registration import RegistrationConfig, register_affine, transform_to_dict
+from drasclr_toolkit.constants import HU_MAX, HU_MIN
+from drasclr_toolkit.preprocess.resample import INTERPOLATORS, as_sitk, resample_isotropic, resample_like, to_lps
+from drasclr_toolkit.preprocess.scans import (CHECK_COLUMNS, SCAN_PRODUCTS, SCAN_PRODUCTS_MARKER, ScanCache,
                     ScanProducts, read_scan)
-from .store import PatchStore, _atomic_write_text
+from drasclr_toolkit.preprocess.store import PatchStore
 
 __all__ = [
     "PreprocessConfig",
@@ -89,7 +89,7 @@ class PreprocessConfig(Config):
     key_advice = "Fix the spelling in the preprocess: section of your config."
 
     spacing: float = Field(1.0, gt=0)  # isotropic voxel size (mm) of the patches' grid
-    interpolator: Literal[tuple(_INTERPOLATORS)] = "bspline"  # "bspline" (reference) or "linear" (faster)
+    interpolator: Literal[tuple(INTERPOLATORS)] = "bspline"  # "bspline" (reference) or "linear" (faster)
     hu_min: int = HU_MIN
     hu_max: int = HU_MAX
     patch_size: int = Field(32, ge=1)
@@ -608,7 +608,7 @@ def run_preprocessing(
     """
     from tqdm.auto import tqdm
 
-    from .qc import qc_table
+    from drasclr_toolkit.preprocess.qc import qc_table
 
     cfg = _resolve(config)
     out = Path(out_dir)
@@ -635,7 +635,8 @@ def run_preprocessing(
         elif not isinstance(atlas, Atlas):
             atlas = Atlas.load(atlas)
         store = PatchStore.create(out, sids, atlas, neighbors_k=cfg.neighbors_k)
-        _atomic_write_text(out / "config.json", json.dumps(cfg.to_dict(), indent=1, default=str))
+        atomic_write_text(out / "config.json", json.dumps(cfg.to_dict(), indent=1, default=str),
+                          make_parents=True)
 
         todo = []
         settings = settings_digest(cfg)

@@ -22,8 +22,8 @@ from typing import Any
 
 import pandas as pd
 
-from ..io_utils import atomic_write
-from .qc_rules import robust_z
+from drasclr_toolkit.io_utils import atomic_write
+from drasclr_toolkit.preprocess.qc_rules import robust_z
 
 __all__ = ["qc_table", "robust_z"]
 
@@ -42,8 +42,8 @@ def qc_table(
     and robust z-scores against the cohort with the atlas' own subject left out of the
     statistics. ``qc_reasons`` says why in words; failed subjects keep their reason.
     """
-    from .qc_rules import cohort_flags
-    from .store import PatchStore
+    from drasclr_toolkit.preprocess.qc_rules import cohort_flags
+    from drasclr_toolkit.preprocess.store import PatchStore
 
     if not isinstance(store, PatchStore):
         store = PatchStore(store)

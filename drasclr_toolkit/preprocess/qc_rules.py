@@ -31,7 +31,7 @@ from scipy.stats import median_abs_deviation
 
 from pydantic import ConfigDict, Field
 
-from ..config import Config
+from drasclr_toolkit.config import Config
 
 __all__ = ["QCThresholds", "RELATIVE_RULES", "absolute_flags", "cohort_flags", "robust_z"]
 

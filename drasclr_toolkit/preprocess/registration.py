@@ -47,8 +47,8 @@ import numpy as np
 import SimpleITK as sitk
 from pydantic import ConfigDict, Field
 
-from ..errors import InputError
-from ..config import Config
+from drasclr_toolkit.errors import InputError
+from drasclr_toolkit.config import Config
 
 __all__ = [
     "RegistrationConfig",

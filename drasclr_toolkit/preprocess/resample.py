@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import InputError
-from ..constants import HU_MAX, HU_MIN
+from drasclr_toolkit.errors import InputError
+from drasclr_toolkit.constants import HU_MAX, HU_MIN
 
 __all__ = [
     "as_sitk",
@@ -33,7 +33,7 @@ __all__ = [
 ]
 
 
-_INTERPOLATORS = {
+INTERPOLATORS = {
     "bspline": sitk.sitkBSpline,
     "linear": sitk.sitkLinear,
     "nearest": sitk.sitkNearestNeighbor,
@@ -96,9 +96,9 @@ def resample_isotropic(
         >>> resample_isotropic(img, 2.0, "linear").GetSize()
         (4, 4, 4)
     """
-    if interpolator not in _INTERPOLATORS:
+    if interpolator not in INTERPOLATORS:
         raise InputError(
-            f"interpolator {interpolator!r} is not one of {sorted(_INTERPOLATORS)}; "
+            f"interpolator {interpolator!r} is not one of {sorted(INTERPOLATORS)}; "
             "set preprocess.interpolator in your config"
         )
     image = to_lps(as_sitk(ct))
@@ -113,7 +113,7 @@ def resample_isotropic(
     resampler.SetSize([int(s) for s in out_size])
     resampler.SetOutputOrigin(image.GetOrigin())
     resampler.SetOutputDirection(image.GetDirection())
-    resampler.SetInterpolator(_INTERPOLATORS[interpolator])
+    resampler.SetInterpolator(INTERPOLATORS[interpolator])
     resampler.SetDefaultPixelValue(float(default_value))
     resampler.SetOutputPixelType(sitk.sitkFloat32)
     out = resampler.Execute(sitk.Cast(image, sitk.sitkFloat32))
@@ -139,7 +139,7 @@ def resample_like(
         image,
         reference,
         transform if transform is not None else sitk.Transform(),
-        _INTERPOLATORS[interpolator],
+        INTERPOLATORS[interpolator],
         float(default_value),
         image.GetPixelID(),
     )

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from ..io_utils import atomic_write, atomic_write_text, subject_file
+from drasclr_toolkit.io_utils import atomic_write, atomic_write_text, subject_file
 
 __all__ = ["SCAN_PRODUCTS", "ScanCache", "ScanProducts", "read_scan", "scan_settings_digest"]
 
@@ -140,11 +140,11 @@ def read_scan(image_path: str | os.PathLike, subject_id: str, config: Any,
     """
     from drasclr_toolkit.data import ct as ct_module
 
-    from . import lungmask
-    from .densitometry import densitometry
-    from .resample import resample_isotropic, resample_like, to_lps
+    from drasclr_toolkit.preprocess import lungmask
+    from drasclr_toolkit.preprocess.densitometry import densitometry
+    from drasclr_toolkit.preprocess.resample import resample_isotropic, resample_like, to_lps
 
-    from .pipeline import scan_fingerprint
+    from drasclr_toolkit.preprocess.pipeline import scan_fingerprint
 
     products = ScanProducts(subject_id, {"status": "ok", "field": None, "message": "",
                                          "shape": None, "spacing": None})
@@ -256,7 +256,7 @@ class ScanCache:
              ) -> ScanProducts | None:
         """The products of ``sid`` when its record matches the scan file and settings now
         (None otherwise); with ``images`` also the image and mask when still kept."""
-        from .pipeline import scan_fingerprint
+        from drasclr_toolkit.preprocess.pipeline import scan_fingerprint
 
         record = self.record(sid)
         if record is None or record.get("format_version") != SCAN_FORMAT_VERSION:

@@ -57,8 +57,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import DrasclrError, InputError, where_text
-from ..io_utils import atomic_write_text, subject_file
+from drasclr_toolkit.errors import DrasclrError, InputError, where_text
+from drasclr_toolkit.io_utils import atomic_write_text, subject_file
 
 __all__ = ["PatchStore", "StoreError"]
 
@@ -351,7 +351,7 @@ class PatchStore:
     @property
     def atlas(self):
         if self._atlas is None:
-            from .atlas import Atlas
+            from drasclr_toolkit.preprocess.atlas import Atlas
 
             self._atlas = Atlas.load(self.path / "atlas")
         return self._atlas
@@ -385,7 +385,7 @@ class PatchStore:
     def landmark_coords(self) -> np.ndarray:
         """(L, 3) float32: (p - min) / (max - min) * 2 - 1 per axis (cached)."""
         if self._coords is None:
-            from ..landmarks import normalize_landmarks
+            from drasclr_toolkit.landmarks import normalize_landmarks
 
             self._coords = normalize_landmarks(self.landmarks)
         return self._coords
@@ -394,7 +394,7 @@ class PatchStore:
     def neighbors(self) -> np.ndarray:
         """(L, k) nearest landmarks, ties by distance then index (cached; k from store.json)."""
         if self._neighbors is None:
-            from ..landmarks import nearest_neighbors
+            from drasclr_toolkit.landmarks import nearest_neighbors
 
             self._neighbors = nearest_neighbors(self.landmarks, int(self.meta.get("neighbors_k", 2)))
         return self._neighbors

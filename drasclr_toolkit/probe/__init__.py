@@ -7,8 +7,8 @@ Example:
     '7 scans, 4 ok, 1 flagged, 2 failed'
 """
 
-from .qc import QC_COLUMNS, assess_scans, load_failure_flag
-from .run import ProbeResult, check_folder, probe_dataset, resolve_atlas
+from drasclr_toolkit.probe.qc import QC_COLUMNS, assess_scans, load_failure_flag
+from drasclr_toolkit.probe.run import ProbeResult, check_folder, probe_dataset, resolve_atlas
 
 __all__ = ["ProbeResult", "QC_COLUMNS", "assess_scans", "check_folder", "load_failure_flag",
            "probe_dataset", "resolve_atlas"]

@@ -37,7 +37,7 @@ from drasclr_toolkit.preprocess.pipeline import (build_default_atlas, prepare_sc
 from drasclr_toolkit.preprocess.qc_rules import QCThresholds
 from drasclr_toolkit.preprocess.scans import ScanCache
 
-from .qc import assess_scans
+from drasclr_toolkit.probe.qc import assess_scans
 
 if TYPE_CHECKING:
     from drasclr_toolkit.embed import EmbedConfig
@@ -273,7 +273,7 @@ def probe_dataset(
         problems += more
     try:
         if report:
-            from .report import write_report
+            from drasclr_toolkit.probe.report import write_report
 
             result.report = write_report(result, out / "report.html")
     finally:

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 
 from drasclr_toolkit.constants import HU_MIN
 
-from .augment import PatchAugmenter, check_window, hu_to_unit
+from drasclr_toolkit.ssl.augment import PatchAugmenter, check_window, hu_to_unit
 
 __all__ = ["DeviceAugmenter"]
 

@@ -8,16 +8,16 @@ from torch import nn
 
 from drasclr_toolkit.errors import InputError
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+QUEUE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def queue_dtype(name: str | torch.dtype) -> torch.dtype:
     """Resolve a storage dtype name ("float32", "bfloat16", "float16")."""
     if isinstance(name, torch.dtype):
         return name
-    if name not in _DTYPES:
-        raise InputError(f"queue dtype {name!r} is not supported; use one of {sorted(_DTYPES)}")
-    return _DTYPES[name]
+    if name not in QUEUE_DTYPES:
+        raise InputError(f"queue dtype {name!r} is not supported; use one of {sorted(QUEUE_DTYPES)}")
+    return QUEUE_DTYPES[name]
 
 
 class LocationQueues(nn.Module):

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from drasclr_toolkit.config import Device, ModelConfig
-from drasclr_toolkit.ssl.queue import _DTYPES
+from drasclr_toolkit.ssl.queue import QUEUE_DTYPES
 
 
 class PretrainConfig(ModelConfig):
@@ -47,7 +47,7 @@ class PretrainConfig(ModelConfig):
     # 0: no queue; the negatives are this step's keys of the other subjects at the same
     # location, all fresh (needs batch_negatives; best with batch_size = number of subjects).
     queue_size: int = Field(4096, ge=0)
-    queue_dtype: Literal[tuple(_DTYPES)] = "float32"  # float32 | bfloat16 | float16
+    queue_dtype: Literal[tuple(QUEUE_DTYPES)] = "float32"  # float32 | bfloat16 | float16
     mask_unfilled_negatives: bool = True  # False: the reference's random-noise negatives
     prefill_queues: bool = False          # fill every queue with initial-encoder keys before step 1
     exclude_same_subject: bool = True     # a query's own subject's queued keys are not negatives

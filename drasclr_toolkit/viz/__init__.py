@@ -12,16 +12,16 @@ Example:
     'scatter3d'
 """
 
-from .compare import bars_with_null
-from .contrastive import plot_positive_and_negatives, plot_routing_change, plot_routing_weights
-from .explorer import PatchExplorer, patch_explorer
-from .landmarks import landmark_centres, landmark_cloud, landmark_trace, landmark_traces
-from .qc import plot_overlay, plot_patches, plot_registration
-from .retrieval import middle_slice, retrieval_gallery
-from .scatter import embedding_scatter, reduce_2d
-from .slices import slice_figure, slice_viewer
-from .surface import image_affine, surface_mesh
-from .training import LiveTrainingCurves, plot_training_curves
+from drasclr_toolkit.viz.compare import bars_with_null
+from drasclr_toolkit.viz.contrastive import plot_positive_and_negatives, plot_routing_change, plot_routing_weights
+from drasclr_toolkit.viz.explorer import PatchExplorer, patch_explorer
+from drasclr_toolkit.viz.landmarks import landmark_centres, landmark_cloud, landmark_trace, landmark_traces
+from drasclr_toolkit.viz.qc import plot_overlay, plot_patches, plot_registration
+from drasclr_toolkit.viz.retrieval import middle_slice, retrieval_gallery
+from drasclr_toolkit.viz.scatter import embedding_scatter, reduce_2d
+from drasclr_toolkit.viz.slices import slice_figure, slice_viewer
+from drasclr_toolkit.viz.surface import image_affine, surface_mesh
+from drasclr_toolkit.viz.training import LiveTrainingCurves, plot_training_curves
 
 __all__ = [
     "bars_with_null",

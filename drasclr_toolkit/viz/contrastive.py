@@ -14,7 +14,7 @@ __all__ = ["plot_positive_and_negatives", "plot_routing_change", "plot_routing_w
 
 
 def _scene(title: str, spacing) -> dict:
-    from .landmarks import scene_layout
+    from drasclr_toolkit.viz.landmarks import scene_layout
 
     layout = scene_layout(title, "voxel" if spacing is None else "mm")
     layout.update(height=480)
@@ -22,7 +22,7 @@ def _scene(title: str, spacing) -> dict:
 
 
 def _centres(landmarks: np.ndarray, patch_size: int, spacing) -> np.ndarray:
-    from .landmarks import landmark_centres
+    from drasclr_toolkit.viz.landmarks import landmark_centres
 
     return landmark_centres(np.asarray(landmarks), patch_size,
                             (1.0, 1.0, 1.0) if spacing is None else spacing)
@@ -126,7 +126,7 @@ def plot_positive_and_negatives(source: PatchSource, loc: int, subject: int, n_n
     ids = source.subject_ids
     titles = [f"view 1 (query)<br>{ids[subject]}", f"view 2 (positive)<br>{ids[subject]}"] + \
              [f"negative<br>{ids[s]}" for s in others]
-    from .slices import WINDOW_PRESETS
+    from drasclr_toolkit.viz.slices import WINDOW_PRESETS
 
     level, width = WINDOW_PRESETS["emphysema"]
     n = len(images)

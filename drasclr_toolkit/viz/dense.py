@@ -19,8 +19,8 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .landmarks import landmark_centres, scene_layout
-from .slices import DISEASE_LABELS, WINDOW_PRESETS
+from drasclr_toolkit.viz.landmarks import landmark_centres, scene_layout
+from drasclr_toolkit.viz.slices import DISEASE_LABELS, WINDOW_PRESETS
 
 __all__ = ["CLASS_COLOURS", "dense_map_figure", "dense_slice_figure", "label_efficiency_figure"]
 

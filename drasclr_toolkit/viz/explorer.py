@@ -26,8 +26,8 @@ from plotly.subplots import make_subplots
 from drasclr_toolkit.constants import HU_WINDOW
 from drasclr_toolkit.patch_source import PatchSource
 
-from .export import figure_html
-from .landmarks import landmark_centres, landmark_cloud, landmark_labels
+from drasclr_toolkit.viz.export import figure_html
+from drasclr_toolkit.viz.landmarks import landmark_centres, landmark_cloud, landmark_labels
 
 __all__ = ["PatchExplorer", "patch_explorer"]
 

@@ -26,8 +26,8 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.colors import qualitative
 
-from ..errors import InputError
-from .surface import apply_affine, image_affine, surface_mesh
+from drasclr_toolkit.errors import InputError
+from drasclr_toolkit.viz.surface import apply_affine, image_affine, surface_mesh
 
 __all__ = ["SCENE_CAMERA", "landmark_centres", "landmark_cloud", "landmark_labels",
            "landmark_trace", "landmark_traces",

@@ -156,7 +156,7 @@ def plot_patches(patches: np.ndarray, indices: Sequence[int] | None = None, n: i
     idx = list(indices) if indices is not None else list(np.linspace(0, len(patches) - 1, min(n, len(patches))).astype(int))
     P = patches.shape[-1]
     sl = np.stack([patches[i, P // 2] for i in idx])
-    from .slices import WINDOW_PRESETS
+    from drasclr_toolkit.viz.slices import WINDOW_PRESETS
 
     level, width = WINDOW_PRESETS[window]
     fig = px.imshow(sl, facet_col=0, facet_col_wrap=len(idx), color_continuous_scale="gray",

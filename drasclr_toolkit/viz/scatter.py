@@ -22,7 +22,7 @@ from drasclr_toolkit.errors import InputError
 from drasclr_toolkit.embed import Embeddings
 from drasclr_toolkit.evaluate.features import pool_embeddings
 
-from .landmarks import CATEGORY_COLOURS
+from drasclr_toolkit.viz.landmarks import CATEGORY_COLOURS
 
 __all__ = ["embedding_scatter", "reduce_2d"]
 

@@ -21,8 +21,8 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from ..errors import InputError
-from .export import attach_static_fallback
+from drasclr_toolkit.errors import InputError
+from drasclr_toolkit.viz.export import attach_static_fallback
 
 # (level, width) in HU; the usual radiology presets for chest CT.
 WINDOW_PRESETS: dict[str, tuple[float, float]] = {

@@ -101,7 +101,7 @@ class LiveTrainingCurves:
                  static_every: int = 25) -> None:
         import plotly.graph_objects as go
 
-        from .export import attach_static_fallback
+        from drasclr_toolkit.viz.export import attach_static_fallback
 
         self.every = max(1, every)
         self.static_every = max(1, static_every)
