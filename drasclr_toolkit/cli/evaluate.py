@@ -148,8 +148,8 @@ def _evaluate(args: argparse.Namespace, out: Path, sets: dict[str, Any], labels:
     import pandas as pd
 
     from drasclr_toolkit.errors import LabelError
-    from drasclr_toolkit.evaluate import (comparison_table, evaluate_phenotypes,
-                                          evaluate_survival, risk_groups)
+    from drasclr_toolkit.evaluate import (comparison_table, evaluate_phenotypes, evaluate_survival,
+                                          risk_groups)
     from drasclr_toolkit.io_utils import atomic_write_text
     from drasclr_toolkit.viz.evaluation import km_figure
     from drasclr_toolkit.viz.export import html_report, write_figure_html

@@ -10,7 +10,8 @@ Example:
 
 from __future__ import annotations
 
-from drasclr_toolkit.data.ct import CTChecks, CTImage, CTLoadError, CTLoadWarning, list_dicom_series, load_ct
+from drasclr_toolkit.data.ct import (CTChecks, CTImage, CTLoadError, CTLoadWarning,
+                                     list_dicom_series, load_ct)
 from drasclr_toolkit.data.card import ColumnRule, load_card
 from drasclr_toolkit.data.discovery import scan_folder
 from drasclr_toolkit.data.manifest import Manifest

@@ -33,13 +33,15 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from drasclr_toolkit.data.ct_image import (IDENTITY_DIRECTION, CTChecks, CTImage, CTLoadError, CTLoadWarning,
-                       first_line, to_int16, image_array)
-from drasclr_toolkit.data.dicom import (NOT_CT_MODALITIES, DicomSeriesInfo, dicom_numbers_of, is_dicom_file,
-                    read_dicom_series, list_dicom_series, preserve_locale)
+from drasclr_toolkit.data.ct_image import (IDENTITY_DIRECTION, CTChecks, CTImage, CTLoadError,
+                                           CTLoadWarning, first_line, to_int16, image_array)
+from drasclr_toolkit.data.dicom import (NOT_CT_MODALITIES, DicomSeriesInfo, dicom_numbers_of,
+                                        is_dicom_file, read_dicom_series, list_dicom_series,
+                                        preserve_locale)
 from drasclr_toolkit.data.hounsfield import check_hounsfield_units
 from drasclr_toolkit.data.image_files import (TRUNCATED_FIX, short_read, check_declared_size,
-                          check_metaimage_file, check_nifti_file, require_regular_file)
+                                              check_metaimage_file, check_nifti_file,
+                                              require_regular_file)
 from drasclr_toolkit.data.orientation import reorient_to_lps
 
 __all__ = [

@@ -35,7 +35,8 @@ import pandas as pd
 import yaml
 
 from drasclr_toolkit.io_utils import atomic_write_text
-from drasclr_toolkit.data.card import CARD_FILENAME, PATH_COLUMNS, ColumnRule, card_rules, load_card
+from drasclr_toolkit.data.card import (CARD_FILENAME, PATH_COLUMNS, ColumnRule, card_rules,
+                                       load_card)
 from drasclr_toolkit.data.problems import ManifestError, ManifestProblem
 from drasclr_toolkit.data.validation import raw_text, read_csv_text, validate_frame
 

@@ -52,16 +52,8 @@ from drasclr_toolkit.locks import folder_lock
 from drasclr_toolkit.models import DrasCLREncoder
 from drasclr_toolkit.models.checkpoint import load_encoder, official_landmark_coords
 from drasclr_toolkit.patch_source import PatchSource
-from drasclr_toolkit.runtime import (
-    DistInfo,
-    all_gather_objects,
-    amp_dtype,
-    autocast,
-    barrier,
-    init_distributed,
-    resolve_device,
-    shutdown,
-)
+from drasclr_toolkit.runtime import (DistInfo, all_gather_objects, amp_dtype, autocast, barrier,
+                                     init_distributed, resolve_device, shutdown)
 from drasclr_toolkit.constants import HU_WINDOW, POOLINGS
 from drasclr_toolkit.ssl.augment import check_window, hu_to_unit
 

@@ -77,7 +77,8 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from drasclr_toolkit.errors import InputError
-from drasclr_toolkit.evaluate._common import align, as_feature_sets, drop_incomplete_features, permutation_p_value
+from drasclr_toolkit.evaluate._common import (align, as_feature_sets, drop_incomplete_features,
+                                              permutation_p_value)
 from drasclr_toolkit.evaluate.stats import ALPHA, corrected_ci, small_sample_note, stream
 
 __all__ = ["CATEGORICAL_METRICS", "CONTINUOUS_METRICS", "NotEnoughData", "common_subjects",

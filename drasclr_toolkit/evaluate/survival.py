@@ -71,9 +71,10 @@ from sklearn.base import BaseEstimator, clone
 from threadpoolctl import threadpool_limits
 
 from drasclr_toolkit.errors import InputError
-from drasclr_toolkit.evaluate._common import as_feature_sets, drop_incomplete_features, permutation_p_value
-from drasclr_toolkit.evaluate.stats import (ALPHA, MIN_EVENTS, MIN_EVENTS_REFUSE, corrected_ci, small_sample_note,
-                    stream)
+from drasclr_toolkit.evaluate._common import (as_feature_sets, drop_incomplete_features,
+                                              permutation_p_value)
+from drasclr_toolkit.evaluate.stats import (ALPHA, MIN_EVENTS, MIN_EVENTS_REFUSE, corrected_ci,
+                                            small_sample_note, stream)
 
 __all__ = ["CoxnetCV", "LifelinesCoxPH", "RiskGroups", "default_horizons",
            "evaluate_survival",

@@ -9,26 +9,14 @@ Example:
     ((2, 16), (2, 8))
 """
 
-from drasclr_toolkit.models.condconv import (
-    CondConv3d,
-    LocationPlan,
-    PerSampleCondConv3d,
-    canonical_locations,
-    plan_locations,
-)
+from drasclr_toolkit.models.condconv import (CondConv3d, LocationPlan, PerSampleCondConv3d,
+                                             canonical_locations, plan_locations)
 from drasclr_toolkit.models.encoder import CONDITIONINGS, DrasCLREncoder, layer_specs
 from drasclr_toolkit.models.routing import first_condconv, routing_weights
-from drasclr_toolkit.models.checkpoint import (
-    CHECKPOINT_FORMAT,
-    FINAL_FORMAT,
-    OfficialLoadReport,
-    atomic_torch_save,
-    load_encoder,
-    load_official_checkpoint,
-    official_key_map,
-    official_landmark_coords,
-    official_state_dict,
-)
+from drasclr_toolkit.models.checkpoint import (CHECKPOINT_FORMAT, FINAL_FORMAT, OfficialLoadReport,
+                                               atomic_torch_save, load_encoder,
+                                               load_official_checkpoint, official_key_map,
+                                               official_landmark_coords, official_state_dict)
 
 __all__ = [
     "CHECKPOINT_FORMAT",

@@ -28,13 +28,8 @@ from torch import nn
 from drasclr_toolkit.config import CONDITIONINGS
 
 from drasclr_toolkit.errors import InputError
-from drasclr_toolkit.models.condconv import (
-    CondConv3d,
-    LocationPlan,
-    PerSampleCondConv3d,
-    canonical_locations,
-    plan_locations,
-)
+from drasclr_toolkit.models.condconv import (CondConv3d, LocationPlan, PerSampleCondConv3d,
+                                             canonical_locations, plan_locations)
 
 __all__ = ["DrasCLREncoder", "CONDITIONINGS", "layer_specs"]
 

@@ -13,15 +13,9 @@ Example:
 
 from __future__ import annotations
 
-from drasclr_toolkit.notebooks.runner import (
-    NotebookRun,
-    ensure_kernel,
-    export_html,
-    ordered_notebooks,
-    repository_notebooks_dir,
-    run_notebook,
-    run_notebooks,
-)
+from drasclr_toolkit.notebooks.runner import (NotebookRun, ensure_kernel, export_html,
+                                              ordered_notebooks, repository_notebooks_dir,
+                                              run_notebook, run_notebooks)
 from drasclr_toolkit.notebooks.setup import setup_notebook
 
 __all__ = [

@@ -8,25 +8,17 @@ Main entry points::
 """
 
 from drasclr_toolkit.preprocess.atlas import Atlas, landmark_grid
-from drasclr_toolkit.preprocess.lungmask import LungSegConfig, LungSegmentationError, lungmask_available, segment_lungs
-from drasclr_toolkit.preprocess.patches import crop_patches, map_landmarks, patch_fractions, sample_patches_affine
-from drasclr_toolkit.preprocess.pipeline import (
-    PreprocessConfig,
-    SubjectResult,
-    build_default_atlas,
-    preprocess_subject,
-    run_preprocessing,
-)
+from drasclr_toolkit.preprocess.lungmask import (LungSegConfig, LungSegmentationError,
+                                                 lungmask_available, segment_lungs)
+from drasclr_toolkit.preprocess.patches import (crop_patches, map_landmarks, patch_fractions,
+                                                sample_patches_affine)
+from drasclr_toolkit.preprocess.pipeline import (PreprocessConfig, SubjectResult,
+                                                 build_default_atlas, preprocess_subject,
+                                                 run_preprocessing)
 from drasclr_toolkit.preprocess.qc import qc_table, robust_z
-from drasclr_toolkit.preprocess.registration import (
-    RegistrationConfig,
-    RegistrationResult,
-    ants_available,
-    mask_dice,
-    register_affine,
-    transform_from_dict,
-    transform_to_dict,
-)
+from drasclr_toolkit.preprocess.registration import (RegistrationConfig, RegistrationResult,
+                                                     ants_available, mask_dice, register_affine,
+                                                     transform_from_dict, transform_to_dict)
 from drasclr_toolkit.preprocess.resample import clip_hu, resample_isotropic
 from drasclr_toolkit.preprocess.store import PatchStore, StoreError
 

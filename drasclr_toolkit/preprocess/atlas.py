@@ -124,7 +124,8 @@ class Atlas:
             >>> atlas = Atlas.from_reference(ct)          # doctest: +SKIP
         """
         from drasclr_toolkit.preprocess.lungmask import segment_lungs
-        from drasclr_toolkit.preprocess.resample import as_sitk, resample_isotropic, resample_like, to_lps
+        from drasclr_toolkit.preprocess.resample import (as_sitk, resample_isotropic,
+                                                         resample_like, to_lps)
 
         image = resample_isotropic(ct, spacing, interpolator)
         if lung_mask is None:

@@ -38,25 +38,22 @@ from pydantic import ConfigDict, Field
 from drasclr_toolkit.config import Config
 from drasclr_toolkit.data.problems import ManifestError, ManifestProblem
 from drasclr_toolkit.errors import InputError, as_drasclr_error
-from drasclr_toolkit.io_utils import (atomic_write_text, die_with_parent, refuse_foreign_folder, remove_stale_temp_files,
-                        safe_subject_id, subject_file)
+from drasclr_toolkit.io_utils import (atomic_write_text, die_with_parent, refuse_foreign_folder,
+                                      remove_stale_temp_files, safe_subject_id, subject_file)
 from drasclr_toolkit.locks import folder_lock
 from drasclr_toolkit.preprocess.atlas import Atlas
 from drasclr_toolkit.preprocess.lungmask import LungSegConfig, segment_lungs
-from drasclr_toolkit.preprocess.patches import (
-    crop_patches,
-    landmarks_missing,
-    map_landmarks,
-    patch_fractions,
-    patch_inside_fraction,
-    sample_patches_affine,
-)
+from drasclr_toolkit.preprocess.patches import (crop_patches, landmarks_missing, map_landmarks,
+                                                patch_fractions, patch_inside_fraction,
+                                                sample_patches_affine)
 from drasclr_toolkit.preprocess.qc_rules import QCThresholds, absolute_flags
-from drasclr_toolkit.preprocess.registration import RegistrationConfig, register_affine, transform_to_dict
+from drasclr_toolkit.preprocess.registration import (RegistrationConfig, register_affine,
+                                                     transform_to_dict)
 from drasclr_toolkit.constants import HU_MAX, HU_MIN
-from drasclr_toolkit.preprocess.resample import INTERPOLATORS, as_sitk, resample_isotropic, resample_like, to_lps
-from drasclr_toolkit.preprocess.scans import (CHECK_COLUMNS, SCAN_PRODUCTS, SCAN_PRODUCTS_MARKER, ScanCache,
-                    ScanProducts, read_scan)
+from drasclr_toolkit.preprocess.resample import (INTERPOLATORS, as_sitk, resample_isotropic,
+                                                 resample_like, to_lps)
+from drasclr_toolkit.preprocess.scans import (CHECK_COLUMNS, SCAN_PRODUCTS, SCAN_PRODUCTS_MARKER,
+                                              ScanCache, ScanProducts, read_scan)
 from drasclr_toolkit.preprocess.store import PatchStore
 
 __all__ = [

@@ -33,7 +33,7 @@ from drasclr_toolkit.data import Manifest, check_scans, scan_folder
 from drasclr_toolkit.data.labels import load_labels
 from drasclr_toolkit.preprocess import Atlas, PatchStore, PreprocessConfig, qc_table
 from drasclr_toolkit.preprocess.pipeline import (build_default_atlas, prepare_scans,
-                                                  run_preprocessing)
+                                                 run_preprocessing)
 from drasclr_toolkit.preprocess.qc_rules import QCThresholds
 from drasclr_toolkit.preprocess.scans import ScanCache
 

@@ -8,14 +8,10 @@
 """
 
 from drasclr_toolkit.ssl.augment import PatchAugmenter, hu_to_unit
-from drasclr_toolkit.ssl.losses import (
-    LocalInfoNCE,
-    NeighbourInfoNCE,
-    contrast_accuracy,
-    info_nce_logits,
-    neighbour_weight,
-)
-from drasclr_toolkit.ssl.momentum import deactivate_requires_grad, make_key_encoder, update_momentum
+from drasclr_toolkit.ssl.losses import (LocalInfoNCE, NeighbourInfoNCE, contrast_accuracy,
+                                        info_nce_logits, neighbour_weight)
+from drasclr_toolkit.ssl.momentum import (deactivate_requires_grad, make_key_encoder,
+                                          update_momentum)
 from drasclr_toolkit.ssl.queue import LocationQueues
 
 __all__ = [

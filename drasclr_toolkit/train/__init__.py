@@ -11,12 +11,7 @@ Example:
 """
 
 from drasclr_toolkit.train.config import PretrainConfig
-from drasclr_toolkit.train.loop import (
-    DrasCLRTrainer,
-    PretrainRun,
-    config_summary,
-    pretrain,
-)
+from drasclr_toolkit.train.loop import DrasCLRTrainer, PretrainRun, config_summary, pretrain
 from drasclr_toolkit.train.metrics import read_metrics
 from drasclr_toolkit.train.sampler import BatchSpec, LocationBatchSampler, LocationPatchDataset
 

@@ -36,44 +36,21 @@ from torch.utils.data import DataLoader
 from drasclr_toolkit.errors import InputError
 from drasclr_toolkit.config import ConfigError
 from drasclr_toolkit.io_utils import (atomic_write_text, read_jsonl, refuse_foreign_folder,
-                                     remove_stale_temp_files)
+                                      remove_stale_temp_files)
 from drasclr_toolkit.locks import folder_lock
 from drasclr_toolkit.models import DrasCLREncoder
-from drasclr_toolkit.models.checkpoint import (
-    CHECKPOINT_FORMAT,
-    atomic_torch_save,
-    read_training_checkpoint,
-    save_encoder_checkpoint,
-)
+from drasclr_toolkit.models.checkpoint import (CHECKPOINT_FORMAT, atomic_torch_save,
+                                               read_training_checkpoint, save_encoder_checkpoint)
 from drasclr_toolkit.patch_source import PatchSource, cached_source
-from drasclr_toolkit.runtime import (
-    DistInfo,
-    all_reduce_mean,
-    amp_dtype,
-    autocast,
-    barrier,
-    concat_all_gather,
-    init_distributed,
-    resolve_device,
-    shutdown,
-)
-from drasclr_toolkit.ssl import (
-    LocalInfoNCE,
-    LocationQueues,
-    NeighbourInfoNCE,
-    PatchAugmenter,
-    contrast_accuracy,
-    make_key_encoder,
-    neighbour_weight,
-    update_momentum,
-)
+from drasclr_toolkit.runtime import (DistInfo, all_reduce_mean, amp_dtype, autocast, barrier,
+                                     concat_all_gather, init_distributed, resolve_device, shutdown)
+from drasclr_toolkit.ssl import (LocalInfoNCE, LocationQueues, NeighbourInfoNCE, PatchAugmenter,
+                                 contrast_accuracy, make_key_encoder, neighbour_weight,
+                                 update_momentum)
 from drasclr_toolkit.ssl.device_augment import DeviceAugmenter
 from drasclr_toolkit.train.config import PretrainConfig
-from drasclr_toolkit.train.sampler import (
-    LocationBatchSampler,
-    LocationPatchDataset,
-    spread_locations,
-)
+from drasclr_toolkit.train.sampler import (LocationBatchSampler, LocationPatchDataset,
+                                           spread_locations)
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,11 @@ Example:
 """
 
 from drasclr_toolkit.viz.compare import bars_with_null
-from drasclr_toolkit.viz.contrastive import plot_positive_and_negatives, plot_routing_change, plot_routing_weights
+from drasclr_toolkit.viz.contrastive import (plot_positive_and_negatives, plot_routing_change,
+                                             plot_routing_weights)
 from drasclr_toolkit.viz.explorer import PatchExplorer, patch_explorer
-from drasclr_toolkit.viz.landmarks import landmark_centres, landmark_cloud, landmark_trace, landmark_traces
+from drasclr_toolkit.viz.landmarks import (landmark_centres, landmark_cloud, landmark_trace,
+                                           landmark_traces)
 from drasclr_toolkit.viz.qc import plot_overlay, plot_patches, plot_registration
 from drasclr_toolkit.viz.retrieval import middle_slice, retrieval_gallery
 from drasclr_toolkit.viz.scatter import embedding_scatter, reduce_2d
