@@ -1,22 +1,9 @@
 """Quantitative CT densitometry of the lungs: the classical baseline for any learned feature.
 
-Per region: ``laa950_pct`` (% of lung voxels below -950 HU), ``perc15_hu`` (15th
-percentile of lung HU), ``mld_hu`` (mean lung density) and ``volume_ml``; for the whole lung
-also a HU histogram on fixed 25-HU bins from -1000 to -500 HU plus the two open ends
-(``hist_lt-1000``, ``hist_-1000_-975``, …, ``hist_ge-500``; fractions summing to 1).
-
-Regions: ``whole`` and six zones: upper / middle / lower thirds of the lungs' extent along
-the superior–inferior axis × right / left lung. Orientation: arrays are numpy (z, y, x) of an
-image in LPS physical space (SimpleITK convention: +x towards the patient's Left, +y
-Posterior, +z Superior); the physical position of a slice is ``origin + direction ·
-(spacing · index)``, so with the identity direction that :func:`~drasclr_toolkit.data.load_ct`
-gives, a higher z index is more superior and a higher x index is further left. A
-non-identity diagonal direction (e.g. the official atlas's diag(1, -1, 1)) is honoured; an
-oblique one is refused (reorient with ``load_ct`` first). Right/left come from the mask's
-labels when it carries them (1 right, 2 left, as :func:`~drasclr_toolkit.preprocess.
-segment_lungs` and the synthetic cohort write them); a binary mask is split at the midline,
-the sagittal plane with the fewest lung voxels in the middle 40 % of the lungs' left–right
-extent (the gap between the lungs).
+What is measured (``laa950_pct``, ``perc15_hu``, ``mld_hu``, ``volume_ml`` per region, the
+whole-lung HU histogram), the six zones and the orientation rules are defined, with an
+example, in :mod:`drasclr_toolkit.preprocess.densitometry`; this module re-exports
+:func:`densitometry` and :func:`lung_zones` and builds cohort tables.
 
 Where the numbers come from for a cohort: the 32³ patches (HU clipped to [-1024, 240],
 overlapping, covering part of the lung) are not lung densitometry, so preprocessing measures
@@ -25,17 +12,6 @@ on the scan and its lung mask at the scan's own resolution: the manifest's ``lun
 when given, else :func:`~drasclr_toolkit.preprocess.segment_lungs`) and keeps the numbers
 in the subject's store record. :func:`cohort_densitometry` reads them there; only a subject
 whose record lacks them (a store written by an older version) has its scan read again.
-
-Example:
-    >>> import numpy as np
-    >>> ct = np.full((30, 20, 40), -860, np.int16)
-    >>> ct[20:, :, :] = -980                          # emphysema in the upper third (high z)
-    >>> mask = np.zeros(ct.shape, np.uint8)
-    >>> mask[:, :, :18], mask[:, :, 22:] = 1, 2       # right lung at low x, left at high x
-    >>> d = densitometry(ct, mask, spacing=(1.0, 1.0, 1.0))
-    >>> [round(float(d[k]), 1) for k in ("laa950_pct", "right_upper_laa950_pct",
-    ...                                  "right_lower_laa950_pct")]
-    [33.3, 100.0, 0.0]
 """
 
 from __future__ import annotations

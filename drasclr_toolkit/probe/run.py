@@ -109,9 +109,11 @@ def resolve_atlas(atlas: Any) -> Atlas | None:
                             "(the official atlas) nor atlas.json (Atlas.save); check the path")
 
 
-def _preprocess_config(config: Any, atlas: Atlas | None, problems: list[str]
-                       ) -> PreprocessConfig:
-    cfg = PreprocessConfig.from_dict(load_config(config).get("preprocess", {}))
+def _preprocess_config(config: dict[str, dict[str, Any]], atlas: Atlas | None,
+                       problems: list[str]) -> PreprocessConfig:
+    """The preprocess section of a loaded configuration (``load_config``), on the atlas's
+    grid when an atlas is given."""
+    cfg = PreprocessConfig.from_dict(config.get("preprocess", {}))
     if atlas is not None and not np.isclose(atlas.spacing, cfg.spacing, rtol=1e-3):
         # The patches must cover the same millimetres as the atlas's: follow the atlas.
         problems.append(f"the atlas grid is {atlas.spacing:g} mm, the config's "
