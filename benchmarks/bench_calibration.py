@@ -52,7 +52,7 @@ def _import(code: str | None):
     return ev
 
 
-def _commit(code) -> str:
+def git_commit(code) -> str:
     """The short git commit of the measured checkout ('?' outside git)."""
     import subprocess
     try:
@@ -591,7 +591,7 @@ def main(argv=None) -> int:
         print(json.dumps(result), flush=True)
         machine = dict(platform=platform.platform(), processor=platform.processor(),
                        cpus=os.cpu_count(), python=platform.python_version(),
-                       load_average=os.getloadavg(), commit=_commit(args.code or HERE.parent),
+                       load_average=os.getloadavg(), commit=git_commit(args.code or HERE.parent),
                        date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
         if not args.smoke or args.out:
             out.parent.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,6 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -88,16 +87,12 @@ def main(argv=None) -> int:
         rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "text"}), flush=True)
 
-    try:
-        commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                                capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "?"
     import torch
+    from bench_calibration import git_commit
 
     machine = dict(platform=platform.platform(), cpus=os.cpu_count(),
                    torch_threads=torch.get_num_threads(), python=platform.python_version(),
-                   commit=commit, date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+                   commit=git_commit(REPO), date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
     out = Path(args.out)
     atomic_write_text(out, json.dumps({"target_s": TARGET_S, "machine": machine,
                                        "rows": rows}, indent=1), make_parents=True)
