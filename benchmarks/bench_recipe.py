@@ -52,6 +52,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_small_config import DISEASE, NUISANCE, ZONE_DENSITOMETRY  # noqa: E402
 # The pooling the selection rule scores (benchmarks/selection_rule.md); others are reported.
 RULE_POOLING = "zones_lung_weighted"
+# A probe design rather than a pooling: the zones_lung_weighted features with one ridge per
+# lung zone, stacked inside the training folds (evaluate_phenotypes(probe="zone_stack")).
+ZONE_STACK = "zone_stack"
+# The rule's limits (benchmarks/selection_rule.md, "The rule")
+MIN_SEEDS, NUISANCE_MARGIN, BUDGET_S = 3, 0.05, 15 * 60
 
 # Each variant: config overrides as SECTION.KEY -> value (the baseline is the config itself).
 VARIANTS: dict[str, dict[str, object]] = {
@@ -85,6 +90,89 @@ def apply_overrides(config: dict, overrides: dict[str, object]) -> dict:
     return set_options(config, overrides)
 
 
+def apply_rule(tidy: pd.DataFrame, timings: dict[tuple[str, int], float] | None = None,
+               default: str = "baseline") -> tuple[pd.DataFrame, str | None]:
+    """The selection rule of ``benchmarks/selection_rule.md`` on the study's tidy table.
+
+    Per variant (scored rows: ``RULE_POOLING``, its seeds): ``score`` = mean over seeds of
+    the mean R² over the disease targets; ``nuisance`` the same over the nuisance targets,
+    beside its random-init encoder's (``nuisance_random_init``); ``learning_all`` the
+    learning verdict on every seed; ``pretrain_max_s`` the slowest seed's pretraining
+    (``timings``: (variant, seed) → seconds). Eligible: at least ``MIN_SEEDS`` seeds,
+    nuisance not above random-init by more than ``NUISANCE_MARGIN``, learning on every
+    seed, within ``BUDGET_S``. ``diff`` / ``se_diff``: score minus the current default's,
+    paired by seed, and the standard error of that difference. The chosen default is the
+    eligible variant with the highest score, unless its lead over the current default is
+    not above ``se_diff`` (then the default stays). Returns (table, chosen variant or None).
+
+    Example:
+        >>> rows = [dict(variant=v, seed=s, pooling=RULE_POOLING, target=t,
+        ...              r2=(r2 + 0.01 * s) if t in DISEASE else 0.0, learning=True,
+        ...              random_init="random-init")
+        ...         for v, r2 in (("baseline", 0.5), ("better", 0.7), ("random-init", 0.0))
+        ...         for s in range(3) for t in DISEASE + NUISANCE]
+        >>> table, chosen = apply_rule(pd.DataFrame(rows))
+        >>> chosen, bool(table.loc["better", "eligible"]), round(float(table.loc["better", "diff"]), 2)
+        ('better', True, 0.2)
+    """
+    timings = timings or {}
+    rule = tidy[tidy["pooling"] == RULE_POOLING]
+    per_seed = rule.assign(group=np.where(rule["target"].isin(DISEASE), "disease",
+                                          np.where(rule["target"].isin(NUISANCE), "nuisance",
+                                                   "other")))
+    per_seed = (per_seed[per_seed["group"] != "other"]
+                .pivot_table(index=["variant", "seed"], columns="group", values="r2",
+                             aggfunc="mean"))
+    rows = {}
+    for variant in dict.fromkeys(rule["variant"]):
+        if variant.startswith(("random-init", "densitometry")):
+            continue
+        own = rule[rule["variant"] == variant]
+        seeds = sorted(int(x) for x in own["seed"].dropna().unique())
+        scores = per_seed.loc[variant]
+        rand_name = own["random_init"].dropna().iloc[0] if own["random_init"].notna().any() else None
+        rand = (per_seed.loc[rand_name] if rand_name in per_seed.index.get_level_values(0)
+                else None)
+        rand_nuisance = (float(rand.loc[rand.index.isin(seeds), "nuisance"].mean())
+                         if rand is not None else np.nan)
+        learning = own.drop_duplicates("seed")["learning"]
+        times = [timings.get((variant, s), np.nan) for s in seeds]
+        row = dict(n_seeds=len(seeds), score=float(scores["disease"].mean()),
+                   score_sd=float(scores["disease"].std(ddof=1)) if len(seeds) > 1 else np.nan,
+                   nuisance=float(scores["nuisance"].mean()),
+                   nuisance_random_init=rand_nuisance,
+                   learning_all=bool(learning.astype(object).eq(True).all()),
+                   pretrain_max_s=float(np.nanmax(times)) if np.isfinite(times).any() else np.nan)
+        reasons = []
+        if len(seeds) < MIN_SEEDS:
+            reasons.append(f"{len(seeds)} seed(s) < {MIN_SEEDS}")
+        if not row["nuisance"] <= rand_nuisance + NUISANCE_MARGIN:
+            reasons.append("nuisance above random-init + 0.05")
+        if not row["learning_all"]:
+            reasons.append("not learning on every seed")
+        if row["pretrain_max_s"] > BUDGET_S:
+            reasons.append("over the 15-min budget")
+        row["eligible"], row["why_not"] = bool(not reasons), "; ".join(reasons)
+        if default in per_seed.index.get_level_values(0) and variant != default:
+            both = scores["disease"].to_frame("v").join(
+                per_seed.loc[default, "disease"].rename("d"), how="inner")
+            d = both["v"] - both["d"]
+            row["diff"] = float(d.mean())
+            row["se_diff"] = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else np.nan
+        else:
+            row["diff"], row["se_diff"] = (0.0, 0.0) if variant == default else (np.nan, np.nan)
+        rows[variant] = row
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    eligible = table[table["eligible"]] if len(table) else table
+    if eligible.empty:
+        return table, None
+    best = str(eligible["score"].idxmax())
+    if (best != default and default in eligible.index
+            and not table.loc[best, "diff"] > table.loc[best, "se_diff"]):
+        best = default
+    return table, best
+
+
 def data_key(config: dict) -> str:
     """Which cohort and store a config needs (its synthetic + preprocess sections)."""
     text = json.dumps({k: config.get(k) for k in ("synthetic", "preprocess")}, sort_keys=True)
@@ -115,7 +203,12 @@ def run_one(root: Path, config: dict, variant: str, seed: int, max_steps: int | 
         pre["max_steps"] = max_steps
     final = run_dir / "pretrain" / "final.pt"
     if not final.exists():
+        t0, load0 = time.perf_counter(), os.getloadavg()[0]
         final = pretrain(store, pre, run_dir / "pretrain")
+        atomic_write_text(run_dir / "timing.json", json.dumps(
+            {"pretrain_s": round(time.perf_counter() - t0, 1),
+             "load_start": round(load0, 2), "load_end": round(os.getloadavg()[0], 2),
+             "machine": f"{platform.machine()}, {os.cpu_count()} cores"}))
     embed_cfg = EmbedConfig.from_dict(dict(config.get("embed", {}), seed=seed))
     out = {}
     for kind, checkpoint in (("trained", final), ("random-init", None)):
@@ -136,9 +229,13 @@ def main(argv: list[str] | None = None) -> int:
                                          "no-intensity-aug,lung-window,queue-recipe")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--max-steps", type=int, default=None, help="shorter runs (say so)")
-    p.add_argument("--poolings", default="mean,zones,zones_lung_weighted")
+    p.add_argument("--poolings", default=f"mean,{RULE_POOLING},{ZONE_STACK}",
+                   help=f"poolings to report ({ZONE_STACK}: {RULE_POOLING} features, per-zone "
+                        "probes stacked inside the training folds)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--permutations", type=int, default=50)
+    p.add_argument("--runs-only", action="store_true",
+                   help="pretrain and embed only (for parallel workers); no evaluation")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "recipe_study"))
     args = p.parse_args(argv)
 
@@ -160,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     features: dict[str, dict[str, pd.DataFrame]] = {}   # data key -> feature set -> frame
     meta: dict[str, dict] = {}                          # feature set -> row info
     spaces: dict[str, object] = {}
+    probes: dict[str, str] = {}                         # feature set -> probe design
+    timings: dict[tuple[str, int], float] = {}
     for variant in variants:
         config = apply_overrides(base_config, VARIANTS[variant])
         key = data_key(config)
@@ -167,14 +266,20 @@ def main(argv: list[str] | None = None) -> int:
             trained, random_init, learning, ws = run_one(root, config, variant, seed,
                                                          args.max_steps)
             spaces[key] = ws
+            timing = root / "runs" / variant / f"seed{seed}" / "timing.json"
+            if timing.exists():
+                timings[(variant, seed)] = json.loads(timing.read_text())["pretrain_s"]
             sets = features.setdefault(key, {})
             # one random-init per seed and network window (a lung-window variant has its own)
             window = config.get("embed", {}).get("hu_window")
             rand = "random-init" + (f" {list(window)}" if window else "")
             for pooling in poolings:
                 name = f"{variant}|{seed}|{pooling}"
-                sets[name] = pool_embeddings(trained, pooling)
-                sets[f"{rand}|{seed}|{pooling}"] = pool_embeddings(random_init, pooling)
+                method = RULE_POOLING if pooling == ZONE_STACK else pooling
+                if pooling == ZONE_STACK:
+                    probes[name] = probes[f"{rand}|{seed}|{pooling}"] = "zone_stack"
+                sets[name] = pool_embeddings(trained, method)
+                sets[f"{rand}|{seed}|{pooling}"] = pool_embeddings(random_init, method)
                 meta[name] = dict(variant=variant, seed=seed, pooling=pooling,
                                   learning=learning.get("learning"),
                                   acc_ratio=learning.get("ratio"), random_init=rand,
@@ -185,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{variant} seed {seed}: learning {learning.get('learning')} "
                   f"({time.perf_counter() - started:.0f} s)", flush=True)
 
+    if args.runs_only:
+        return 0
     # 2. one paired evaluation per data set: every feature set on the same folds
     rows, pairs = [], []
     for key, sets in features.items():
@@ -200,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         table = evaluate_phenotypes(sets, ws.ground_truth(), list(DISEASE + NUISANCE), cv=5,
                                     n_repeats=args.repeats, n_permutations=args.permutations,
                                     kinds={t: "continuous" for t in DISEASE + NUISANCE},
-                                    paired=True)
+                                    paired=True, probe=probes)
         long = summarise(table)
         for _, r in long.iterrows():
             rows.append({**meta[r["feature_set"]], "feature_set": r["feature_set"],
@@ -241,15 +348,52 @@ def main(argv: list[str] | None = None) -> int:
           f"{machine}, {time.perf_counter() - started:.0f} s)", "",
           f"Variants {', '.join(variants)}; seeds {seeds}. Rule: `benchmarks/selection_rule.md`. "
           f"Mean R² over seeds, {RULE_POOLING} pooling:", ""]
-    scored = tidy[tidy["pooling"].isin([RULE_POOLING, "zones"])
-                  & ((tidy["pooling"] == RULE_POOLING) | (tidy["variant"] == "densitometry"))]
-    summary = scored.pivot_table(index="variant", columns="target", values="r2", aggfunc="mean")
-    md += ["```", summary.round(3).to_string(), "```", "",
+    md += report_lines(tidy)
+    rule_table, chosen = apply_rule(tidy, timings)
+    atomic_write_text(out.parent / f"{out.name}_rule.csv", rule_table.to_csv())
+    md += ["The rule (`benchmarks/selection_rule.md`) applied:", "", "```",
+           rule_table.round(3).to_string(), "```", "", f"Chosen default: **{chosen}**.", "",
            f"Full table (every row with its command): `{out.with_suffix('.csv').name}`."]
     atomic_write_text(out.with_suffix(".md"), "\n".join(md) + "\n")
     plot(tidy, out.with_suffix(".png"))
     print("\n".join(md))
     return 0
+
+
+def report_lines(tidy: pd.DataFrame) -> list[str]:
+    """Markdown blocks: mean R² over seeds per variant and target (the rule's pooling, then
+    every other pooling / probe design), and the paired differences to the baseline variant
+    of the same seed (mean over seeds, with how many seeds' Holm-adjusted p ≤ 0.05)."""
+    lines: list[str] = []
+    dens = tidy[tidy["variant"] == "densitometry"]
+    poolings = [RULE_POOLING] + [p for p in dict.fromkeys(tidy["pooling"])
+                                 if p != RULE_POOLING and (tidy["pooling"] == p).any()
+                                 and not (tidy.loc[tidy["pooling"] == p, "variant"]
+                                          == "densitometry").all()]
+    for pooling in poolings:
+        part = pd.concat([tidy[(tidy["pooling"] == pooling) & (tidy["variant"] != "densitometry")],
+                          dens])
+        if part.empty:
+            continue
+        table = part.pivot_table(index="variant", columns="target", values="r2", aggfunc="mean")
+        seeds = part.groupby("variant")["seed"].nunique()
+        table.insert(0, "seeds", seeds.reindex(table.index).fillna(0).astype(int))
+        lines += [f"Mean R² over seeds, `{pooling}`"
+                  + (" (the rule's)" if pooling == RULE_POOLING else "") + ":", "", "```",
+                  table.round(3).to_string(), "```", ""]
+        if "diff_vs_baseline" in part:
+            vs = part.dropna(subset=["diff_vs_baseline"])
+            if len(vs):
+                agg = vs.groupby(["variant", "target"]).agg(
+                    diff=("diff_vs_baseline", "mean"), seeds=("seed", "nunique"),
+                    significant=("diff_p_adj_vs_baseline", lambda p: int((p <= 0.05).sum())))
+                cell = agg.apply(lambda r: f"{r['diff']:+.3f} ({int(r['significant'])}/"
+                                           f"{int(r['seeds'])})",
+                                 axis=1).unstack("target")
+                lines += [f"Paired R² difference to `baseline` of the same seed, `{pooling}` "
+                          "(mean over seeds; in brackets: seeds with Holm-adjusted p ≤ 0.05):",
+                          "", "```", cell.to_string(), "```", ""]
+    return lines
 
 
 def plot(tidy: pd.DataFrame, path: Path) -> None:

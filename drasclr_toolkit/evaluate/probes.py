@@ -81,10 +81,11 @@ from drasclr_toolkit.evaluate._common import (align, as_feature_sets, drop_incom
                                               permutation_p_value)
 from drasclr_toolkit.evaluate.stats import ALPHA, corrected_ci, small_sample_note, stream
 
-__all__ = ["CATEGORICAL_METRICS", "CONTINUOUS_METRICS", "NotEnoughData", "common_subjects",
-           "evaluate_phenotypes", "infer_target_kind", "make_probe", "patch_probe_scores",
-           "splits_fingerprint"]
+__all__ = ["CATEGORICAL_METRICS", "CONTINUOUS_METRICS", "NotEnoughData", "ProbeDesign",
+           "column_groups", "common_subjects", "evaluate_phenotypes", "infer_target_kind",
+           "make_probe", "patch_probe_scores", "splits_fingerprint"]
 
+ProbeDesign = Literal["linear", "zone_stack"]
 TargetKind = Literal["continuous", "categorical"]
 CONTINUOUS_METRICS = ("r2", "mae")
 CATEGORICAL_METRICS = ("accuracy", "macro_f1", "auc")
@@ -136,17 +137,31 @@ def neg_log_loss(estimator, X, y) -> float:
 def make_probe(kind: TargetKind, pca: int | float | None = None, *,
                preprocessing: Sequence[tuple[str, Any]] = (), inner_cv: int = 3,
                alphas: Sequence[float] = DEFAULT_ALPHAS, Cs: Sequence[float] = DEFAULT_CS,
-               seed: int = 0):
+               seed: int = 0, groups: Mapping[str, Sequence[int]] | None = None):
     """The probe pipeline for a target kind (unfitted).
 
     ``StandardScaler → preprocessing steps → [PCA(pca)] → RidgeCV`` for continuous targets,
     ``… → LogisticRegressionCV`` (L2, inner stratified ``inner_cv``-fold CV on C, log-loss)
     for categorical ones. ``preprocessing`` adds (name, transformer) steps after scaling.
 
+    ``groups`` (name → column indices, e.g. the six lung zones of a ``zones`` pooling) makes
+    a stacked probe that chooses among the groups inside the training data: one such
+    pipeline per group on its own columns, their out-of-fold predictions (inner
+    ``inner_cv``-fold, within the training set) combined by a non-negative linear
+    regression (continuous) or a logistic regression on the groups' class probabilities
+    (categorical) — sklearn's ``StackingRegressor`` / ``StackingClassifier``. A group that
+    carries nothing gets a weight near zero, so six zones × D features need not be fitted
+    at once by 30 subjects.
+
     Example:
         >>> make_probe("continuous", pca=10).steps[-1][0]
         'ridgecv'
+        >>> type(make_probe("continuous", groups={"upper": [0, 1], "lower": [2, 3]})).__name__
+        'StackingRegressor'
     """
+    if groups is not None:
+        return _stacked_probe(kind, pca, groups, preprocessing=preprocessing,
+                              inner_cv=inner_cv, alphas=alphas, Cs=Cs, seed=seed)
     from sklearn.base import clone
     from sklearn.decomposition import PCA
     from sklearn.linear_model import LogisticRegressionCV, RidgeCV
@@ -166,6 +181,49 @@ def make_probe(kind: TargetKind, pca: int | float | None = None, *,
     else:
         raise InputError(f"target kind must be 'continuous' or 'categorical', got {kind!r}")
     return Pipeline(steps)
+
+
+def _stacked_probe(kind: TargetKind, pca, groups: Mapping[str, Sequence[int]], *,
+                   preprocessing, inner_cv: int, alphas, Cs, seed: int):
+    """One :func:`make_probe` pipeline per column group, stacked (see ``make_probe``)."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.ensemble import StackingClassifier, StackingRegressor
+    from sklearn.linear_model import LinearRegression, LogisticRegression
+    from sklearn.model_selection import KFold, StratifiedKFold
+    from sklearn.pipeline import Pipeline
+
+    if len(groups) < 2 or any(len(cols) == 0 for cols in groups.values()):
+        raise InputError(f"a stacked probe needs at least two non-empty column groups, got "
+                         f"{ {k: len(v) for k, v in groups.items()} }")
+    estimators = []
+    for name, cols in groups.items():
+        inner = make_probe(kind, pca, preprocessing=preprocessing, inner_cv=inner_cv,
+                           alphas=alphas, Cs=Cs, seed=seed)
+        pick = ColumnTransformer([("columns", "passthrough", list(cols))], remainder="drop")
+        estimators.append((str(name), Pipeline([("select", pick)] + inner.steps)))
+    if kind == "continuous":
+        return StackingRegressor(estimators, final_estimator=LinearRegression(positive=True),
+                                 cv=KFold(inner_cv, shuffle=True, random_state=seed))
+    return StackingClassifier(estimators, final_estimator=LogisticRegression(max_iter=2000),
+                              cv=StratifiedKFold(inner_cv, shuffle=True, random_state=seed),
+                              stack_method="predict_proba")
+
+
+def column_groups(columns: Sequence[str], prefixes: Sequence[str]) -> dict[str, list[int]]:
+    """Column indices by name prefix (``<prefix>_…``), in the order of ``prefixes``; prefixes
+    with no column are left out.
+
+    Example:
+        >>> column_groups(["right_upper_h0", "right_upper_h1", "left_upper_h0"],
+        ...               ["right_upper", "left_upper", "right_lower"])
+        {'right_upper': [0, 1], 'left_upper': [2]}
+    """
+    out = {}
+    for prefix in prefixes:
+        cols = [i for i, c in enumerate(columns) if str(c).startswith(f"{prefix}_")]
+        if cols:
+            out[prefix] = cols
+    return out
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -317,6 +375,7 @@ def evaluate_phenotypes(
     preprocessing: Sequence[tuple[str, Any]] = (),
     max_levels: int = 10,
     paired: bool = True,
+    probe: ProbeDesign | Mapping[str, ProbeDesign] = "linear",
 ) -> pd.DataFrame:
     """Cross-validated probes of clinical targets from feature sets (see module docstring).
 
@@ -342,13 +401,17 @@ def evaluate_phenotypes(
             sets can be compared fold by fold; ``False`` lets each set keep all its subjects
             (then :func:`~drasclr_toolkit.evaluate.compare.comparison_text` refuses to
             compare sets whose subjects differ).
+        probe: ``"linear"`` (default: one ridge / logistic probe on all the columns) or
+            ``"zone_stack"`` (one probe per lung zone, stacked inside the training folds:
+            :func:`make_probe` with ``groups``; the set's columns must be a ``zones``
+            pooling's ``<zone>_h<j>``), or a dict feature-set name → design (others linear).
 
     Returns:
         One row per (feature set, target): ``feature_set, target, kind, n, n_dropped,
         n_features, cv, n_repeats, primary_metric``, then for each metric ``m`` of the kind
         ``m, m_ci_low, m_ci_high, m_chance, m_null_mean, m_null_p95 (mae: mae_null_p05),
         m_p``, then ``ci_method``, ``fold_values`` (the primary metric per fold, for paired
-        comparisons), ``splits_id``, ``n_train``, ``n_test``, ``caution`` (small-sample
+        comparisons), ``splits_id``, ``n_train``, ``n_test``, ``probe``, ``caution`` (small-sample
         notes), ``p_adj``, ``n_tests``, ``evidence`` and ``verdict``. Metrics of the other
         kind are NaN. A target with too few subjects or classes to cross-validate gets a row
         whose ``verdict`` starts with "not evaluated:" and says why (and a warning).
@@ -384,16 +447,20 @@ def evaluate_phenotypes(
     all_labels = labels
     if paired:
         sets, labels = common_subjects(sets, labels)
+    designs = ({name: probe.get(name, "linear") for name in sets}
+               if isinstance(probe, Mapping) else dict.fromkeys(sets, probe))
     rows = []
     for set_name, frame in sets.items():
         frame, set_labels = align(frame, labels, set_name)
+        groups = _probe_groups(designs[set_name], frame, set_name)
         for target in targets:
             kind = kinds.get(target) or infer_target_kind(set_labels[target], max_levels)
             try:
                 row = _evaluate_one(
                     frame, set_labels[target], set_name, target, kind, cv=cv,
                     n_repeats=n_repeats, seed=seed, n_permutations=n_permutations, pca=pca,
-                    inner_cv=inner_cv, preprocessing=preprocessing)
+                    inner_cv=inner_cv, preprocessing=preprocessing, groups=groups)
+                row["probe"] = designs[set_name]
                 # labelled subjects left out because a feature set lacks them
                 valued = all_labels[target].notna()
                 row["n_dropped"] += int((valued & ~all_labels.index.isin(set_labels.index)).sum())
@@ -436,9 +503,27 @@ def common_subjects(sets: dict[str, pd.DataFrame], labels: pd.DataFrame
             labels.loc[shared])
 
 
+def _probe_groups(design: str, frame: pd.DataFrame, set_name: str
+                  ) -> dict[str, list[int]] | None:
+    """The column groups a probe design needs (None for the linear probe)."""
+    from drasclr_toolkit.preprocess.densitometry import ZONES
+
+    if design == "linear":
+        return None
+    if design != "zone_stack":
+        raise InputError(f"feature set {set_name!r}: unknown probe {design!r}; use 'linear' or "
+                         "'zone_stack'")
+    groups = column_groups(list(frame.columns), ZONES)
+    if len(groups) < 2:
+        raise InputError(f"feature set {set_name!r}: probe 'zone_stack' needs zone-pooled "
+                         "columns named <zone>_h<j> (pool_embeddings(..., 'zones') or "
+                         f"'zones_lung_weighted'); its columns start {list(frame.columns[:3])}")
+    return groups
+
+
 def _evaluate_one(frame: pd.DataFrame, y_all: pd.Series, set_name: str, target: str,
                   kind: TargetKind, *, cv: int, n_repeats: int, seed: int, n_permutations: int,
-                  pca, inner_cv: int, preprocessing) -> dict[str, Any]:
+                  pca, inner_cv: int, preprocessing, groups=None) -> dict[str, Any]:
     y_series = y_all.dropna()
     n_dropped = int(len(y_all) - len(y_series))
     if n_dropped:
@@ -469,7 +554,8 @@ def _evaluate_one(frame: pd.DataFrame, y_all: pd.Series, set_name: str, target: 
     n_train_min = min(len(train) for train, _ in all_splits)
     model = make_probe(kind, _pca_size(pca, n_train_min, X.shape[1]),
                        preprocessing=preprocessing,
-                       inner_cv=_inner_cv(kind, y, repeats, inner_cv), seed=seed)
+                       inner_cv=_inner_cv(kind, y, repeats, inner_cv), seed=seed,
+                       groups=groups)
     metric_names = CONTINUOUS_METRICS if kind == "continuous" else CATEGORICAL_METRICS
     rng = stream(seed, "phenotype permutations", target)
 
