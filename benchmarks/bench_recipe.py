@@ -355,6 +355,19 @@ def main(argv: list[str] | None = None) -> int:
            rule_table.round(3).to_string(), "```", "", f"Chosen default: **{chosen}**.", "",
            f"Full table (every row with its command): `{out.with_suffix('.csv').name}`."]
     atomic_write_text(out.with_suffix(".md"), "\n".join(md) + "\n")
+    from bench_calibration import git_commit
+
+    # provenance for the notebooks (drasclr_toolkit.lab.recorded_study reads it)
+    atomic_write_text(out.with_suffix(".json"), json.dumps({
+        "config": args.config, "variants": variants, "seeds": seeds,
+        "max_steps": args.max_steps, "poolings": poolings, "repeats": args.repeats,
+        "permutations": args.permutations, "rule_pooling": RULE_POOLING, "chosen": chosen,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine,
+        "commit": git_commit(REPO), "elapsed_s": round(time.perf_counter() - started),
+        "pretrain_s": {f"{v}|{s}": t for (v, s), t in sorted(timings.items())},
+        "command": "python benchmarks/bench_recipe.py " + " ".join(
+            shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
+        "disease": list(DISEASE), "nuisance": list(NUISANCE)}, indent=1))
     plot(tidy, out.with_suffix(".png"))
     print("\n".join(md))
     return 0

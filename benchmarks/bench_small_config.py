@@ -34,13 +34,11 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from drasclr_toolkit.evaluate.densitometry import ZONE_DENSITOMETRY  # noqa: E402
 from drasclr_toolkit.io_utils import atomic_write_text  # noqa: E402
 
 DISEASE = ("centrilobular_severity", "paraseptal_severity", "panlobular_severity")
 NUISANCE = ("noise_hu", "blur_mm", "hu_offset")
-ZONE_DENSITOMETRY = [f"{zone}_{stat}" for zone in ("right_upper", "left_upper", "right_lower",
-                                                   "left_lower")
-                     for stat in ("mld_hu", "perc15_hu", "laa950_pct")]
 
 
 def with_overrides(config: str, overrides: list[str]) -> tuple[dict | str, str]:

@@ -37,14 +37,15 @@ from drasclr_toolkit.models import DrasCLREncoder
 from drasclr_toolkit.patch_source import PatchSource
 from drasclr_toolkit.ssl import LocalInfoNCE, NeighbourInfoNCE, make_key_encoder, update_momentum
 from drasclr_toolkit.ssl.augment import PatchAugmenter
-from drasclr_toolkit.evaluate.densitometry import densitometry_of_values
+from drasclr_toolkit.evaluate.densitometry import ZONE_DENSITOMETRY, densitometry_of_values
 from drasclr_toolkit.train.config import PretrainConfig
 
 __all__ = ["ContrastiveStep", "Experiment", "compare_to_baseline", "condconv_toy",
            "fresh_contrast_accuracy", "momentum_demo", "open_contrastive_step",
            "run_augmenter", "settings_table", "softmax_at_temperatures", "lung_hu",
            "densitometry_of_values", "harrell_c_by_hand", "momentum_by_hand", "exercise",
-           "recorded_exercise_times"]
+           "live_ablation", "recorded_exercise_times", "recorded_study",
+           "seed_paired_interval", "study_sentences"]
 
 
 def run_augmenter(config: PretrainConfig | Mapping[str, Any], patch_size: int) -> PatchAugmenter:
@@ -518,3 +519,202 @@ def recorded_exercise_times(path: str | Path | None = None) -> pd.DataFrame | No
                               f"commit {machine.get('commit', '?')}")
     return table
 
+
+
+# -- the recipe study: recorded, and one ablation live ---------------------------------------
+EMPHYSEMA_SEVERITIES = ("centrilobular_severity", "paraseptal_severity", "panlobular_severity")
+
+
+def recorded_study(path: str | Path | None = None) -> dict[str, Any] | None:
+    """The recipe study as ``benchmarks/bench_recipe.py`` last recorded it, or None where
+    its files are absent (an installed package without the repository).
+
+    Returns ``provenance`` (machine, date, commit, config, seeds, the command, pretraining
+    seconds per run), ``tidy`` (every variant × seed × pooling × target row with its R²,
+    interval, paired differences and its own command), ``rule`` (the selection rule applied:
+    score, eligibility and why not, difference to the default and its standard error),
+    ``chosen`` and ``summary`` (per variant and pooling: seeds, mean ± sd over seeds of the
+    disease R² and of the nuisance R²).
+    """
+    base = Path(path) if path is not None else (
+        Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "recipe_study")
+    files = {k: base.parent / f"{base.name}{suffix}" for k, suffix in
+             (("json", ".json"), ("csv", ".csv"), ("rule", "_rule.csv"))}
+    if not all(f.is_file() for f in files.values()):
+        return None
+    import json
+
+    provenance = json.loads(files["json"].read_text())
+    tidy = pd.read_csv(files["csv"])
+    rule = pd.read_csv(files["rule"], index_col=0)
+    disease, nuisance = provenance["disease"], provenance["nuisance"]
+    rows = []
+    for (variant, pooling), part in tidy.groupby(["variant", "pooling"], sort=False):
+        per_seed = part.pivot_table(index="seed", columns="target", values="r2") \
+            if part["seed"].notna().any() else part.pivot_table(columns="target", values="r2")
+        d = per_seed[[t for t in disease if t in per_seed]].mean(axis=1)
+        n = per_seed[[t for t in nuisance if t in per_seed]].mean(axis=1)
+        rows.append({"variant": variant, "pooling": pooling, "seeds": len(per_seed),
+                     **{t: per_seed[t].mean() for t in disease if t in per_seed},
+                     "disease mean": d.mean(), "disease sd": d.std(ddof=1),
+                     "nuisance mean": n.mean()})
+    return {"provenance": provenance, "tidy": tidy, "rule": rule,
+            "chosen": provenance.get("chosen"), "summary": pd.DataFrame(rows)}
+
+
+def live_ablation(workspace: Any, name: str, *, targets: Sequence[str] | None = None,
+                  pooling: str = "zones_lung_weighted", **overrides: Any) -> dict[str, Any]:
+    """One ablation of the recipe study, live: a side run with ``overrides``
+    (``ws.experiment``; reused when it exists), then probes of the disease targets from the
+    baseline run, the ablation, the random-init encoder and zone densitometry, all on the
+    same subjects and folds (``pooling`` for the embeddings), and paired comparisons of the
+    ablation against the baseline, and of the baseline against random-init and
+    densitometry. Targets: the synthetic cohort's true severities by default (a real
+    cohort: pass label columns): those of the three emphysema patterns, as in the study.
+    Returns ``long`` (the probes), ``paired``, ``text`` and the ``experiment``.
+    """
+    import warnings
+
+    from drasclr_toolkit.evaluate import (evaluate_phenotypes, paired_comparisons,
+                                          pool_embeddings, summarise)
+
+    truth = workspace.ground_truth()
+    labels = truth if truth is not None else workspace.labels()
+    if targets is None:
+        if truth is None:
+            raise InputError("live_ablation: this cohort has no ground truth; pass "
+                             f"targets= from its label columns {list(workspace.labels().columns)}")
+        targets = [c for c in EMPHYSEMA_SEVERITIES if c in labels.columns]
+    missing = [t for t in targets if t not in labels]
+    if missing:
+        raise InputError(f"live_ablation: targets {missing} are not in the labels "
+                         f"{list(labels.columns)}")
+    experiment = workspace.experiment(name, **overrides)
+    baseline = _baseline(workspace)
+    dens = workspace.densitometry()
+    zone_cols = [c for c in ZONE_DENSITOMETRY if c in dens]
+    sets = {"baseline": pool_embeddings(baseline.embeddings(), pooling),
+            name: pool_embeddings(experiment.embeddings(), pooling),
+            "random-init": pool_embeddings(workspace.embeddings("random-init"), pooling),
+            "zone densitometry": dens[zone_cols]}
+    budget = workspace.evaluation_budget()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        table = evaluate_phenotypes(sets, labels, list(targets),
+                                    kinds={t: "continuous" for t in targets},
+                                    n_repeats=budget["n_repeats"],
+                                    n_permutations=budget["n_permutations"])
+    long = summarise(table)
+    paired = pd.concat([
+        paired_comparisons(long, reference=name, baselines=["baseline"]),
+        paired_comparisons(long, reference="baseline",
+                           baselines=["random-init", "zone densitometry"])], ignore_index=True)
+    text = []
+    for _, r in paired.iterrows():
+        if np.isfinite(r["diff"]):
+            text.append(f"{r['task']}: {r['reference']} − {r['baseline']} = {r['diff']:+.3f} R² "
+                        f"(95 % CI {r['ci_low']:+.3f} to {r['ci_high']:+.3f}, p={r['p']:.2g}): "
+                        f"{r['verdict']}")
+        else:
+            text.append(f"{r['task']}: {r['reference']} vs {r['baseline']} not compared "
+                        f"({r['reason']})")
+    return {"long": long, "paired": paired, "text": text, "experiment": experiment}
+
+
+# What each study variant changes, in words (benchmarks/bench_recipe.py's VARIANTS).
+STUDY_VARIANTS = {
+    "no-conditioning": ("anatomy conditioning (CondConv kernels mixed by location, "
+                        "vs one plain CNN: the MoCo baseline)", True),
+    "no-neighbour-loss": ("the neighbour loss (β = 1 vs 0)", True),
+    "no-intensity-aug": ("intensity augmentation (contrast and noise on vs off)", True),
+    "concat": ("location concatenated into the head instead of CondConv", False),
+    "lung-window": ("a lung window [-1024, -500] HU instead of [-1024, 240]", False),
+    "queue-recipe": ("the earlier recipe (per-landmark queues, key momentum 0.999, "
+                     "±12-voxel shifts)", False),
+    "1mm": ("1 mm instead of 2 mm voxels", False),
+    "96-subjects": ("96 instead of 32 subjects at equal steps", False),
+}
+
+
+def seed_paired_interval(diffs: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
+    """Mean and ``level`` t-interval of per-seed paired differences (n − 1 degrees of
+    freedom); NaN bounds with fewer than two seeds. Its type-I error is measured in
+    ``tests/test_recipe_study.py`` by simulation.
+
+    Example:
+        >>> mean, low, high = seed_paired_interval([0.1, 0.2, 0.3])
+        >>> round(mean, 2), round(low, 2), round(high, 2)
+        (0.2, -0.05, 0.45)
+    """
+    from scipy import stats
+
+    d = np.asarray([x for x in diffs if np.isfinite(x)], dtype=np.float64)
+    if len(d) == 0:
+        return np.nan, np.nan, np.nan
+    mean = float(d.mean())
+    if len(d) < 2:
+        return mean, np.nan, np.nan
+    half = float(stats.t.ppf(0.5 + level / 2, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d)))
+    return mean, mean - half, mean + half
+
+
+def study_sentences(study: Mapping[str, Any]) -> list[str]:
+    """What each part of the method buys on the study's data, in words generated from the
+    recorded numbers (:func:`recorded_study`): per variant, the baseline's disease R² minus
+    the variant's, paired by seed, with its t-interval over seeds (an interval that holds
+    zero is "no evidence either way"), how many seeds' fold-paired tests found it
+    (Holm-adjusted p ≤ 0.05), and the baseline against random-init and zone densitometry."""
+    tidy, prov = study["tidy"], study["provenance"]
+    pooling, disease = prov["rule_pooling"], list(prov["disease"])
+    rows = tidy[(tidy["pooling"] == pooling) & tidy["target"].isin(disease)]
+    per_seed = rows.groupby(["variant", "seed"])["r2"].mean()
+    if "baseline" not in per_seed.index.get_level_values(0):
+        return ["the recorded study has no baseline variant"]
+    base = per_seed.loc["baseline"]
+    out = []
+
+    def verdict(low, high, better, worse):
+        if not np.isfinite(low):
+            return "one seed: no test"
+        if low > 0:
+            return better
+        if high < 0:
+            return worse
+        return "no evidence either way (the interval holds 0)"
+
+    for variant in dict.fromkeys(rows["variant"]):
+        if variant in ("baseline", "densitometry") or variant.startswith("random-init"):
+            continue
+        own = per_seed.loc[variant]
+        seeds = own.index.intersection(base.index)
+        what, ablation = STUDY_VARIANTS.get(variant, (variant, False))
+        # for an ablation ("no-X"), what X buys is baseline − variant; else variant − baseline
+        d = (base[seeds] - own[seeds]) if ablation else (own[seeds] - base[seeds])
+        mean, low, high = seed_paired_interval(d.to_numpy())
+        part = tidy[(tidy["pooling"] == pooling) & (tidy["variant"] == variant)
+                    & tidy["target"].isin(disease)]
+        hits = (int((part.groupby("seed")["diff_p_adj_vs_baseline"].min() <= 0.05).sum())
+                if "diff_p_adj_vs_baseline" in part else 0)
+        sign = "what it buys" if ablation else "the change"
+        out.append(f"{what}: {sign} = {mean:+.3f} disease R² (mean of the three patterns, "
+                   f"{len(seeds)} seed(s), 95 % CI {low:+.3f} to {high:+.3f}) — "
+                   f"{verdict(low, high, 'helps' if ablation else 'better than the baseline', 'hurts' if ablation else 'worse than the baseline')}; "
+                   f"fold-paired tests found a difference on {hits} of {len(seeds)} seed(s)")
+    for ref in ("random-init", "densitometry"):
+        if ref == "densitometry":
+            ref_rows = tidy[(tidy["variant"] == "densitometry") & tidy["target"].isin(disease)]
+            ref_value = float(ref_rows["r2"].mean())
+            d = base - ref_value
+            label = "zone densitometry"
+        else:
+            ref_seed = per_seed.loc["random-init"] if "random-init" in per_seed.index.get_level_values(0) else None
+            if ref_seed is None:
+                continue
+            seeds = ref_seed.index.intersection(base.index)
+            d = base[seeds] - ref_seed[seeds]
+            label = "the random-init encoder"
+        mean, low, high = seed_paired_interval(d.to_numpy())
+        out.append(f"baseline − {label} = {mean:+.3f} disease R² (95 % CI {low:+.3f} to "
+                   f"{high:+.3f} over seeds) — "
+                   f"{verdict(low, high, 'the baseline is better', f'{label} is better')}")
+    return out

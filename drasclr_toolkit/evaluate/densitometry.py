@@ -31,9 +31,15 @@ from drasclr_toolkit.preprocess.densitometry import (HIST_EDGES, SCALARS, ZONES,
 
 log = logging.getLogger(__name__)
 
-__all__ = ["HIST_EDGES", "PATCH_METRICS", "ZONES", "cohort_densitometry", "densitometry",
-           "densitometry_of_values",
-           "densitometry_sets", "lung_zones", "patch_densitometry"]
+__all__ = ["HIST_EDGES", "PATCH_METRICS", "ZONES", "ZONE_DENSITOMETRY", "cohort_densitometry",
+           "densitometry", "densitometry_of_values", "densitometry_sets", "lung_zones",
+           "patch_densitometry"]
+
+# Zone densitometry, the reference a learned representation is measured against in the
+# recipe study: MLD, Perc15 and LAA-950 of the upper and lower zones of each lung.
+ZONE_DENSITOMETRY = [f"{zone}_{stat}" for zone in ("right_upper", "left_upper", "right_lower",
+                                                   "left_lower")
+                     for stat in ("mld_hu", "perc15_hu", "laa950_pct")]
 
 
 def _stored_densitometry(store: Any, sid: str, mask_source: str, zones: bool,

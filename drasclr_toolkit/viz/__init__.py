@@ -12,7 +12,7 @@ Example:
     'scatter3d'
 """
 
-from drasclr_toolkit.viz.compare import bars_with_null
+from drasclr_toolkit.viz.compare import bars_with_null, study_figure
 from drasclr_toolkit.viz.contrastive import (plot_positive_and_negatives, plot_routing_change,
                                              plot_routing_weights)
 from drasclr_toolkit.viz.explorer import PatchExplorer, patch_explorer
@@ -48,5 +48,6 @@ __all__ = [
     "retrieval_gallery",
     "slice_figure",
     "slice_viewer",
+    "study_figure",
     "surface_mesh",
 ]

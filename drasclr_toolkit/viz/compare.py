@@ -14,7 +14,7 @@ from __future__ import annotations
 import pandas as pd
 import plotly.graph_objects as go
 
-__all__ = ["bars_with_null"]
+__all__ = ["bars_with_null", "study_figure"]
 
 PALETTE = ("#d62728", "#7f7f7f", "#1f77b4", "#2ca02c", "#9467bd")
 
@@ -52,4 +52,58 @@ def bars_with_null(table: pd.DataFrame, value: str, null: str, *, group: str = "
         yaxis=dict(title=value_label or value, range=list(y_range) if y_range else None),
         xaxis2=dict(overlaying="x", range=[-0.5, len(targets) - 0.5], visible=False),
         legend=dict(orientation="h", y=-0.25))
+    return fig
+
+
+def study_figure(tidy: pd.DataFrame, targets: list[str], *, pooling: str,
+                 title: str | None = None) -> go.Figure:
+    """The recipe study at a glance: one panel per target, one dot per (variant, seed)
+    out-of-fold R² with the variant's mean as a dash, the random-init encoder's mean (grey
+    dotted) and zone densitometry (red dashed) as reference lines, zero (chance) in black.
+    ``tidy`` is ``benchmarks/results/recipe_study.csv`` (columns ``variant, seed, pooling,
+    target, r2``)."""
+    from plotly.subplots import make_subplots
+
+    rows = tidy[tidy["pooling"] == pooling]
+    variants = [v for v in dict.fromkeys(rows["variant"]) if not v.startswith("random-init")
+                and v != "densitometry"]
+    fig = make_subplots(rows=1, cols=len(targets), shared_yaxes=True,
+                        subplot_titles=[t.replace("_", " ") for t in targets])
+    for col, target in enumerate(targets, start=1):
+        part = rows[rows["target"] == target]
+        for i, variant in enumerate(variants):
+            values = part.loc[part["variant"] == variant, "r2"].astype(float)
+            seeds = part.loc[part["variant"] == variant, "seed"]
+            fig.add_trace(go.Scatter(
+                x=[variant] * len(values), y=values, mode="markers",
+                marker=dict(color=PALETTE[2], size=7, opacity=0.7), showlegend=False,
+                hovertemplate=[f"{variant}, seed {s}: R² %{{y:.3f}}<extra></extra>"
+                               for s in seeds]), row=1, col=col)
+            if len(values):
+                fig.add_trace(go.Scatter(
+                    x=[variant], y=[values.mean()], mode="markers", showlegend=False,
+                    marker=dict(symbol="line-ew-open", size=26, color="black",
+                                line=dict(width=2)),
+                    hovertemplate=f"{variant}: mean %{{y:.3f}} over {len(values)} seeds"
+                                  "<extra></extra>"), row=1, col=col)
+        references = (
+            ("random-init (mean)", rows.loc[rows["variant"].str.startswith("random-init")
+                                            & (rows["target"] == target), "r2"].mean(),
+             dict(color="grey", dash="dot")),
+            ("zone densitometry", tidy.loc[(tidy["variant"] == "densitometry")
+                                           & (tidy["target"] == target), "r2"].mean(),
+             dict(color=PALETTE[0], dash="dash")))
+        for name, value, line in references:
+            if pd.notna(value):
+                fig.add_trace(go.Scatter(x=[variants[0], variants[-1]], y=[value, value],
+                                         mode="lines", line=line, name=name,
+                                         legendgroup=name, showlegend=col == 1,
+                                         hovertemplate=f"{name}: %{{y:.3f}}<extra></extra>"),
+                              row=1, col=col)
+        fig.add_hline(y=0, line=dict(color="black", width=1), row=1, col=col)
+    fig.update_yaxes(title_text=f"out-of-fold R² ({pooling} features)", row=1, col=1)
+    fig.update_layout(title=title, height=420, width=max(600, 300 * len(targets)),
+                      legend=dict(orientation="h", y=-0.35), margin=dict(b=150),
+                      plot_bgcolor="white")
+    fig.update_xaxes(tickangle=45)
     return fig
