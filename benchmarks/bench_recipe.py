@@ -71,7 +71,8 @@ VARIANTS: dict[str, dict[str, object]] = {
                      "pretrain.augment_translate": 12},
     "1mm": {"synthetic.spacing": 1.0, "preprocess.spacing": 1.0,
             "preprocess.segmentation.work_spacing": 1.0, "pretrain.augment_translate": 2},
-    "96-subjects": {"synthetic.n_subjects": 96},
+    # equal steps: 3× the subjects would otherwise mean 3× the steps an epoch
+    "96-subjects": {"synthetic.n_subjects": 96, "pretrain.max_steps": 1152},
 }
 
 
@@ -234,14 +235,16 @@ def main(argv: list[str] | None = None) -> int:
                         "probes stacked inside the training folds)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--permutations", type=int, default=50)
+    p.add_argument("--jobs", type=int, default=1,
+                   help="processes for the probes (the feature sets split between them)")
     p.add_argument("--runs-only", action="store_true",
                    help="pretrain and embed only (for parallel workers); no evaluation")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "recipe_study"))
     args = p.parse_args(argv)
 
     from drasclr_toolkit.config import load_config
-    from drasclr_toolkit.evaluate import (cohort_densitometry, evaluate_phenotypes,
-                                          paired_comparisons, pool_embeddings, summarise)
+    from drasclr_toolkit.evaluate import (cohort_densitometry, paired_comparisons,
+                                          pool_embeddings, summarise)
 
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = sorted(set(variants) - set(VARIANTS))
@@ -304,10 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         meta["densitometry|-|zones"] = dict(variant="densitometry", seed=None, pooling="zones",
                                             learning=None, acc_ratio=None, random_init=None,
                                             command="")
-        table = evaluate_phenotypes(sets, ws.ground_truth(), list(DISEASE + NUISANCE), cv=5,
-                                    n_repeats=args.repeats, n_permutations=args.permutations,
-                                    kinds={t: "continuous" for t in DISEASE + NUISANCE},
-                                    paired=True, probe=probes)
+        table = evaluate_in_parallel(sets, ws.ground_truth(), probes, args)
         long = summarise(table)
         for _, r in long.iterrows():
             rows.append({**meta[r["feature_set"]], "feature_set": r["feature_set"],
@@ -371,6 +371,34 @@ def main(argv: list[str] | None = None) -> int:
     plot(tidy, out.with_suffix(".png"))
     print("\n".join(md))
     return 0
+
+
+def evaluate_in_parallel(sets: dict[str, pd.DataFrame], truth: pd.DataFrame,
+                         probes: dict[str, str], args: argparse.Namespace) -> pd.DataFrame:
+    """``evaluate_phenotypes`` over the feature sets, split round-robin into ``args.jobs``
+    processes. The folds depend only on the seed, the target and the subjects, so every
+    part uses the same splits (the table's ``splits_id`` says so) and the parts stay paired;
+    ``adjust_verdicts`` then corrects over the whole table."""
+    from joblib import Parallel, delayed
+
+    from drasclr_toolkit.evaluate import adjust_verdicts, evaluate_phenotypes
+
+    targets = list(DISEASE + NUISANCE)
+    names = list(sets)
+    jobs = max(1, min(int(args.jobs), len(names)))
+    parts = [names[i::jobs] for i in range(jobs)]
+    tables = Parallel(n_jobs=jobs)(
+        delayed(evaluate_phenotypes)({n: sets[n] for n in part}, truth, targets, cv=5,
+                                     n_repeats=args.repeats, n_permutations=args.permutations,
+                                     kinds=dict.fromkeys(targets, "continuous"), paired=True,
+                                     probe={n: probes[n] for n in part if n in probes})
+        for part in parts)
+    table = pd.concat(tables, ignore_index=True)
+    for target, part in table.groupby("target"):
+        if part["splits_id"].nunique() > 1:
+            raise SystemExit(f"{target}: the parallel parts were scored on different folds "
+                             f"({part['splits_id'].unique().tolist()}); rerun with --jobs 1")
+    return adjust_verdicts(table, n_permutations=args.permutations)
 
 
 def report_lines(tidy: pd.DataFrame) -> list[str]:
