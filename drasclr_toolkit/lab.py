@@ -658,6 +658,12 @@ def seed_paired_interval(diffs: Sequence[float], level: float = 0.95) -> tuple[f
     return mean, mean - half, mean + half
 
 
+def _seeds_interval(n: int, low: float, high: float) -> str:
+    if not np.isfinite(low):
+        return f"{n} seed: no interval"
+    return f"{n} seeds, 95 % CI {low:+.3f} to {high:+.3f}"
+
+
 def study_sentences(study: Mapping[str, Any]) -> list[str]:
     """What each part of the method buys on the study's data, in words generated from the
     recorded numbers (:func:`recorded_study`): per variant, the baseline's disease R² minus
@@ -697,7 +703,7 @@ def study_sentences(study: Mapping[str, Any]) -> list[str]:
                 if "diff_p_adj_vs_baseline" in part else 0)
         sign = "what it buys" if ablation else "the change"
         out.append(f"{what}: {sign} = {mean:+.3f} disease R² (mean of the three patterns, "
-                   f"{len(seeds)} seed(s), 95 % CI {low:+.3f} to {high:+.3f}) — "
+                   f"{_seeds_interval(len(seeds), low, high)}) — "
                    f"{verdict(low, high, 'helps' if ablation else 'better than the baseline', 'hurts' if ablation else 'worse than the baseline')}; "
                    f"fold-paired tests found a difference on {hits} of {len(seeds)} seed(s)")
     for ref in ("random-init", "densitometry"):
@@ -714,7 +720,7 @@ def study_sentences(study: Mapping[str, Any]) -> list[str]:
             d = base[seeds] - ref_seed[seeds]
             label = "the random-init encoder"
         mean, low, high = seed_paired_interval(d.to_numpy())
-        out.append(f"baseline − {label} = {mean:+.3f} disease R² (95 % CI {low:+.3f} to "
-                   f"{high:+.3f} over seeds) — "
+        out.append(f"baseline − {label} = {mean:+.3f} disease R² "
+                   f"({_seeds_interval(len(d), low, high)}) — "
                    f"{verdict(low, high, 'the baseline is better', f'{label} is better')}")
     return out

@@ -74,14 +74,17 @@ def study_figure(tidy: pd.DataFrame, targets: list[str], *, pooling: str,
         for i, variant in enumerate(variants):
             values = part.loc[part["variant"] == variant, "r2"].astype(float)
             seeds = part.loc[part["variant"] == variant, "seed"]
+            first = col == 1 and i == 0
             fig.add_trace(go.Scatter(
-                x=[variant] * len(values), y=values, mode="markers",
-                marker=dict(color=PALETTE[2], size=7, opacity=0.7), showlegend=False,
-                hovertemplate=[f"{variant}, seed {s}: R² %{{y:.3f}}<extra></extra>"
+                x=[variant] * len(values), y=values.clip(lower=-1.0), mode="markers",
+                marker=dict(color=PALETTE[2], size=7, opacity=0.7), name="one seed",
+                showlegend=first, customdata=values,
+                hovertemplate=[f"{variant}, seed {s}: R² %{{customdata:.3f}}<extra></extra>"
                                for s in seeds]), row=1, col=col)
             if len(values):
                 fig.add_trace(go.Scatter(
-                    x=[variant], y=[values.mean()], mode="markers", showlegend=False,
+                    x=[variant], y=[max(values.mean(), -1.0)], mode="markers",
+                    name="mean over seeds", showlegend=first,
                     marker=dict(symbol="line-ew-open", size=26, color="black",
                                 line=dict(width=2)),
                     hovertemplate=f"{variant}: mean %{{y:.3f}} over {len(values)} seeds"
@@ -101,9 +104,11 @@ def study_figure(tidy: pd.DataFrame, targets: list[str], *, pooling: str,
                                          hovertemplate=f"{name}: %{{y:.3f}}<extra></extra>"),
                               row=1, col=col)
         fig.add_hline(y=0, line=dict(color="black", width=1), row=1, col=col)
-    fig.update_yaxes(title_text=f"out-of-fold R² ({pooling} features)", row=1, col=1)
-    fig.update_layout(title=title, height=420, width=max(600, 300 * len(targets)),
-                      legend=dict(orientation="h", y=-0.35), margin=dict(b=150),
+    fig.update_yaxes(range=[-1.05, 1.05], gridcolor="#eeeeee")
+    fig.update_yaxes(title_text=f"out-of-fold R² ({pooling})<br>below -1 drawn at -1",
+                     row=1, col=1)
+    fig.update_layout(title=title, height=480, width=max(700, 320 * len(targets)),
+                      legend=dict(orientation="h", y=-0.45), margin=dict(b=170),
                       plot_bgcolor="white")
     fig.update_xaxes(tickangle=45)
     return fig
