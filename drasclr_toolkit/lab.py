@@ -631,6 +631,7 @@ STUDY_VARIANTS = {
     "lung-window": ("a lung window [-1024, -500] HU instead of [-1024, 240]", False),
     "queue-recipe": ("the earlier recipe (per-landmark queues, key momentum 0.999, "
                      "±12-voxel shifts)", False),
+    "short-schedule": ("a third of the schedule (4 epochs, 384 steps, instead of 12)", False),
     "1mm": ("1 mm instead of 2 mm voxels", False),
     "96-subjects": ("96 instead of 32 subjects at equal steps", False),
 }
