@@ -240,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--permutations", type=int, default=50)
     p.add_argument("--jobs", type=int, default=1,
                    help="processes for the probes (the feature sets split between them)")
+    p.add_argument("--finished-only", action="store_true",
+                   help="evaluate the finished (variant, seed) runs only; train nothing")
     p.add_argument("--runs-only", action="store_true",
                    help="pretrain and embed only (for parallel workers); no evaluation")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "recipe_study"))
@@ -269,6 +271,11 @@ def main(argv: list[str] | None = None) -> int:
         config = apply_overrides(base_config, VARIANTS[variant])
         key = data_key(config)
         for seed in seeds:
+            run_dir = root / "runs" / variant / f"seed{seed}"
+            if args.finished_only and not all((run_dir / f).exists() for f in (
+                    "pretrain/final.pt", "trained.npz", "random-init.npz")):
+                print(f"{variant} seed {seed}: not run (--finished-only), left out", flush=True)
+                continue
             trained, random_init, learning, ws = run_one(root, config, variant, seed,
                                                          args.max_steps)
             spaces[key] = ws
