@@ -358,8 +358,14 @@ def main(argv: list[str] | None = None) -> int:
           f"{machine}, {time.perf_counter() - started:.0f} s)", "",
           f"Variants {', '.join(variants)}; seeds {seeds}. Rule: `benchmarks/selection_rule.md`.",
           ""]
-    md += report_lines(tidy)
     rule_table, chosen = apply_rule(tidy, timings)
+    md += [f"The study table (`{RULE_POOLING}`, the rule's pooling; R² mean ± sd over seeds):",
+           ""] + study_table(tidy, rule_table) + [""]
+    if (tidy["pooling"] == ZONE_STACK).any():
+        md += [f"The same with the `{ZONE_STACK}` probe (per-zone ridges stacked inside the "
+               "training folds; reported, not used by the rule; densitometry keeps its linear probe):", ""]
+        md += study_table(tidy, rule_table.iloc[0:0], ZONE_STACK) + [""]
+    md += report_lines(tidy)
     atomic_write_text(out.parent / f"{out.name}_rule.csv", rule_table.to_csv())
     md += ["The rule (`benchmarks/selection_rule.md`) applied:", "", "```",
            rule_table.round(3).to_string(), "```", "", f"Chosen default: **{chosen}**.", "",
@@ -409,6 +415,62 @@ def evaluate_in_parallel(sets: dict[str, pd.DataFrame], truth: pd.DataFrame,
             raise SystemExit(f"{target}: the parallel parts were scored on different folds "
                              f"({part['splits_id'].unique().tolist()}); rerun with --jobs 1")
     return adjust_verdicts(table, n_permutations=args.permutations)
+
+
+def study_table(tidy: pd.DataFrame, rule: pd.DataFrame, pooling: str = RULE_POOLING) -> list[str]:
+    """One markdown row per variant: seeds, mean ± sd over seeds of each disease R², the
+    disease mean, the nuisance mean, the paired difference to the baseline over seeds with
+    its 95 % t-interval (``drasclr_toolkit.lab.seed_paired_interval``), the seeds whose
+    fold-paired test (Holm) found a difference on any disease target, and the rule's verdict.
+    References (random-init, zone densitometry) as rows of their own."""
+    from drasclr_toolkit.lab import seed_paired_interval
+
+    part = tidy[(tidy["pooling"] == pooling) | (tidy["variant"] == "densitometry")]
+    disease = [t for t in DISEASE if t in set(part["target"])]
+    per_seed = part.pivot_table(index=["variant", "seed"], columns="target", values="r2",
+                                aggfunc="mean")
+    dens = part[part["variant"] == "densitometry"].groupby("target")["r2"].mean()
+    score = per_seed[disease].mean(axis=1)
+    nuisance = per_seed[[t for t in NUISANCE if t in per_seed]].mean(axis=1)
+    base = score.loc["baseline"] if "baseline" in score.index.get_level_values(0) else None
+    head = ("| variant | seeds | " + " | ".join(t.split("_")[0] for t in disease)
+            + " | disease mean | nuisance | − baseline (95 % CI over seeds) | "
+              "fold-paired p_adj ≤ 0.05 | rule |")
+    lines = [head, "|" + " --- |" * (head.count("|") - 1)]
+
+    def ms(values):
+        v = values.dropna()
+        return f"{v.mean():.2f}" + (f" ± {v.std(ddof=1):.2f}" if len(v) > 1 else "")
+
+    for variant in dict.fromkeys(per_seed.index.get_level_values(0)):
+        if variant == "densitometry":
+            continue
+        rows = per_seed.loc[variant]
+        cells = [variant, str(len(rows))] + [ms(rows[t]) for t in disease]
+        cells += [ms(score.loc[variant]), ms(nuisance.loc[variant])]
+        if base is not None and variant != "baseline" and not variant.startswith("random"):
+            d = (score.loc[variant] - base).dropna()
+            mean, low, high = seed_paired_interval(d.to_numpy())
+            cells.append(f"{mean:+.3f}" + (f" ({low:+.3f} to {high:+.3f})"
+                                            if np.isfinite(low) else " (1 seed)"))
+            own = tidy[(tidy["pooling"] == pooling) & (tidy["variant"] == variant)
+                       & tidy["target"].isin(disease)]
+            hits = (own.groupby("seed")["diff_p_adj_vs_baseline"].min() <= 0.05).sum() \
+                if "diff_p_adj_vs_baseline" in own else 0
+            cells.append(f"{int(hits)}/{len(d)}")
+        else:
+            cells += ["", ""]
+        if variant in rule.index:
+            r = rule.loc[variant]
+            cells.append("eligible" if r["eligible"] else f"out: {r['why_not']}")
+        else:
+            cells.append("reference" if variant.startswith("random-init") else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    if len(dens):
+        lines.append("| zone densitometry | – | " + " | ".join(
+            f"{dens.get(t, np.nan):.2f}" for t in disease) + f" | {dens[disease].mean():.2f} | "
+            f"{dens[[t for t in NUISANCE if t in dens]].mean():.2f} | | | reference |")
+    return lines
 
 
 def report_lines(tidy: pd.DataFrame) -> list[str]:
