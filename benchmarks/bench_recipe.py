@@ -72,8 +72,10 @@ VARIANTS: dict[str, dict[str, object]] = {
     # a third of the schedule (384 steps): on the outside cohort a 400-step run carried more
     # centrilobular signal than the 1,152-step one (issue 18)
     "short-schedule": {"pretrain.epochs": 4},
-    "1mm": {"synthetic.spacing": 1.0, "preprocess.spacing": 1.0,
-            "preprocess.segmentation.work_spacing": 1.0, "pretrain.augment_translate": 2},
+    # as benchmarks/configs/small_1mm.yaml: grid step 24 (156 landmarks; a patch spans 32 mm),
+    # ±2-voxel shifts (±2 mm, as small)
+    "1mm": {"synthetic.spacing": 1.0, "preprocess.spacing": 1.0, "preprocess.step": 24,
+            "pretrain.augment_translate": 2},
     # equal steps: 3× the subjects would otherwise mean 3× the steps an epoch
     "96-subjects": {"synthetic.n_subjects": 96, "pretrain.max_steps": 1152},
 }
