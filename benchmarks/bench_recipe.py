@@ -269,9 +269,13 @@ def main(argv: list[str] | None = None) -> int:
     spaces: dict[str, object] = {}
     probes: dict[str, str] = {}                         # feature set -> probe design
     timings: dict[tuple[str, int], float] = {}
+    base_key = data_key(base_config)
+    cohort_label: dict[str, str] = {}                   # data key -> "" or " (<variant> cohort)"
     for variant in variants:
         config = apply_overrides(base_config, VARIANTS[variant])
         key = data_key(config)
+        # a data variant's references (random-init, densitometry) are of its own cohort
+        cohort_label.setdefault(key, "" if key == base_key else f" ({variant} cohort)")
         for seed in seeds:
             run_dir = root / "runs" / variant / f"seed{seed}"
             if args.finished_only and not all((run_dir / f).exists() for f in (
@@ -287,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
             sets = features.setdefault(key, {})
             # one random-init per seed and network window (a lung-window variant has its own)
             window = config.get("embed", {}).get("hu_window")
-            rand = "random-init" + (f" {list(window)}" if window else "")
+            rand = "random-init" + (f" {list(window)}" if window else "") + cohort_label[key]
             for pooling in poolings:
                 name = f"{variant}|{seed}|{pooling}"
                 method = RULE_POOLING if pooling == ZONE_STACK else pooling
@@ -315,10 +319,10 @@ def main(argv: list[str] | None = None) -> int:
         dens = cohort_densitometry(ws.cohort(), store,  # the store records' numbers
                                    cache=ws.evaluate_dir / "densitometry.csv")
         sets = dict(sets)
-        sets["densitometry|-|zones"] = dens[[c for c in ZONE_DENSITOMETRY if c in dens]]
-        meta["densitometry|-|zones"] = dict(variant="densitometry", seed=None, pooling="zones",
-                                            learning=None, acc_ratio=None, random_init=None,
-                                            command="")
+        dens_name = f"densitometry{cohort_label[key]}|-|zones"
+        sets[dens_name] = dens[[c for c in ZONE_DENSITOMETRY if c in dens]]
+        meta[dens_name] = dict(variant=dens_name.split("|")[0], seed=None, pooling="zones",
+                               learning=None, acc_ratio=None, random_init=None, command="")
         table = evaluate_in_parallel(sets, ws.ground_truth(), probes, args)
         long = summarise(table)
         for _, r in long.iterrows():
@@ -330,13 +334,15 @@ def main(argv: list[str] | None = None) -> int:
             if name not in sets or info["variant"].startswith(("random-init", "densitometry")):
                 continue
             seed, pooling = info["seed"], info["pooling"]
-            refs = [f"{info['random_init']}|{seed}|{pooling}", "densitometry|-|zones"]
+            refs = [f"{info['random_init']}|{seed}|{pooling}", dens_name]
             if info["variant"] != "baseline" and f"baseline|{seed}|{pooling}" in sets:
                 refs.append(f"baseline|{seed}|{pooling}")
             cmp = paired_comparisons(long, reference=name, baselines=refs)
             for _, c in cmp.iterrows():
                 pairs.append({"feature_set": name, "target": c["task"],
-                              "against": c["baseline"].split("|")[0].split(" [")[0],
+                              "against": next(r for r in ("random-init", "densitometry",
+                                                          "baseline")
+                                              if c["baseline"].startswith(r)),
                               "diff": c["diff"],
                               "diff_p_adj": c["p_adj"]})
 
@@ -431,7 +437,7 @@ def study_table(tidy: pd.DataFrame, rule: pd.DataFrame, pooling: str = RULE_POOL
     disease = [t for t in DISEASE if t in set(part["target"])]
     per_seed = part.pivot_table(index=["variant", "seed"], columns="target", values="r2",
                                 aggfunc="mean")
-    dens = part[part["variant"] == "densitometry"].groupby("target")["r2"].mean()
+    dens_rows = part[part["variant"].str.startswith("densitometry")]
     score = per_seed[disease].mean(axis=1)
     nuisance = per_seed[[t for t in NUISANCE if t in per_seed]].mean(axis=1)
     base = score.loc["baseline"] if "baseline" in score.index.get_level_values(0) else None
@@ -445,12 +451,16 @@ def study_table(tidy: pd.DataFrame, rule: pd.DataFrame, pooling: str = RULE_POOL
         return f"{v.mean():.2f}" + (f" ± {v.std(ddof=1):.2f}" if len(v) > 1 else "")
 
     for variant in dict.fromkeys(per_seed.index.get_level_values(0)):
-        if variant == "densitometry":
+        if variant.startswith("densitometry"):
             continue
         rows = per_seed.loc[variant]
         cells = [variant, str(len(rows))] + [ms(rows[t]) for t in disease]
         cells += [ms(score.loc[variant]), ms(nuisance.loc[variant])]
-        if base is not None and variant != "baseline" and not variant.startswith("random"):
+        own_cohort = part.loc[part["variant"] == variant, "random_init"].dropna()
+        other_cohort = bool(len(own_cohort)) and own_cohort.iloc[0].endswith(" cohort)")
+        if other_cohort:     # a data variant: its own cohort, not paired with the baseline
+            cells += ["another cohort: see its references", ""]
+        elif base is not None and variant != "baseline" and not variant.startswith("random"):
             d = (score.loc[variant] - base).dropna()
             mean, low, high = seed_paired_interval(d.to_numpy())
             cells.append(f"{mean:+.3f}" + (f" ({low:+.3f} to {high:+.3f})"
@@ -468,8 +478,9 @@ def study_table(tidy: pd.DataFrame, rule: pd.DataFrame, pooling: str = RULE_POOL
         else:
             cells.append("reference" if variant.startswith("random-init") else "")
         lines.append("| " + " | ".join(cells) + " |")
-    if len(dens):
-        lines.append("| zone densitometry | – | " + " | ".join(
+    for name, rows in dens_rows.groupby("variant", sort=False):
+        dens = rows.groupby("target")["r2"].mean()
+        lines.append(f"| zone {name} | – | " + " | ".join(
             f"{dens.get(t, np.nan):.2f}" for t in disease) + f" | {dens[disease].mean():.2f} | "
             f"{dens[[t for t in NUISANCE if t in dens]].mean():.2f} | | | reference |")
     return lines

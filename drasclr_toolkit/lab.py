@@ -693,8 +693,20 @@ def study_sentences(study: Mapping[str, Any]) -> list[str]:
         if variant in ("baseline", "densitometry") or variant.startswith("random-init"):
             continue
         own = per_seed.loc[variant]
-        seeds = own.index.intersection(base.index)
         what, ablation = STUDY_VARIANTS.get(variant, (variant, False))
+        rand_name = rows.loc[rows["variant"] == variant, "random_init"].dropna()
+        if len(rand_name) and str(rand_name.iloc[0]).endswith(" cohort)"):
+            # a data variant (another cohort): against its own cohort's references only
+            cohort = str(rand_name.iloc[0])[len("random-init"):]
+            rand = rows.loc[rows["variant"] == str(rand_name.iloc[0]), "r2"].mean()
+            dens = tidy.loc[(tidy["variant"] == f"densitometry{cohort}")
+                            & tidy["target"].isin(disease), "r2"].mean()
+            out.append(f"{what}: disease R² {own.mean():+.3f} ({len(own)} seed(s)) on its own "
+                       f"cohort, where random-init gives {rand:+.3f} and zone "
+                       f"densitometry {dens:+.3f}; not paired with the baseline (another "
+                       "cohort)")
+            continue
+        seeds = own.index.intersection(base.index)
         # for an ablation ("no-X"), what X buys is baseline − variant; else variant − baseline
         d = (base[seeds] - own[seeds]) if ablation else (own[seeds] - base[seeds])
         mean, low, high = seed_paired_interval(d.to_numpy())

@@ -65,8 +65,8 @@ def study_figure(tidy: pd.DataFrame, targets: list[str], *, pooling: str,
     from plotly.subplots import make_subplots
 
     rows = tidy[tidy["pooling"] == pooling]
-    variants = [v for v in dict.fromkeys(rows["variant"]) if not v.startswith("random-init")
-                and v != "densitometry"]
+    variants = [v for v in dict.fromkeys(rows["variant"])
+                if not v.startswith(("random-init", "densitometry"))]
     fig = make_subplots(rows=1, cols=len(targets), shared_yaxes=True,
                         subplot_titles=[t.replace("_", " ") for t in targets])
     for col, target in enumerate(targets, start=1):
@@ -90,7 +90,7 @@ def study_figure(tidy: pd.DataFrame, targets: list[str], *, pooling: str,
                     hovertemplate=f"{variant}: mean %{{y:.3f}} over {len(values)} seeds"
                                   "<extra></extra>"), row=1, col=col)
         references = (
-            ("random-init (mean)", rows.loc[rows["variant"].str.startswith("random-init")
+            ("random-init (mean)", rows.loc[(rows["variant"] == "random-init")
                                             & (rows["target"] == target), "r2"].mean(),
              dict(color="grey", dash="dot")),
             ("zone densitometry", tidy.loc[(tidy["variant"] == "densitometry")
