@@ -433,7 +433,7 @@ def study_table(tidy: pd.DataFrame, rule: pd.DataFrame, pooling: str = RULE_POOL
     References (random-init, zone densitometry) as rows of their own."""
     from drasclr_toolkit.lab import seed_paired_interval
 
-    part = tidy[(tidy["pooling"] == pooling) | (tidy["variant"] == "densitometry")]
+    part = tidy[(tidy["pooling"] == pooling) | tidy["variant"].str.startswith("densitometry")]
     disease = [t for t in DISEASE if t in set(part["target"])]
     per_seed = part.pivot_table(index=["variant", "seed"], columns="target", values="r2",
                                 aggfunc="mean")
@@ -458,7 +458,9 @@ def study_table(tidy: pd.DataFrame, rule: pd.DataFrame, pooling: str = RULE_POOL
         cells += [ms(score.loc[variant]), ms(nuisance.loc[variant])]
         own_cohort = part.loc[part["variant"] == variant, "random_init"].dropna()
         other_cohort = bool(len(own_cohort)) and own_cohort.iloc[0].endswith(" cohort)")
-        if other_cohort:     # a data variant: its own cohort, not paired with the baseline
+        if variant.startswith("random-init"):
+            cells += ["", ""]
+        elif other_cohort:   # a data variant: its own cohort, not paired with the baseline
             cells += ["another cohort: see its references", ""]
         elif base is not None and variant != "baseline" and not variant.startswith("random"):
             d = (score.loc[variant] - base).dropna()
