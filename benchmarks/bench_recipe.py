@@ -242,6 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--permutations", type=int, default=50)
     p.add_argument("--jobs", type=int, default=1,
                    help="processes for the probes (the feature sets split between them)")
+    p.add_argument("--from-csv", action="store_true",
+                   help="redo the report (markdown, rule, figure) from <out>.csv and "
+                        "<out>.json; run and evaluate nothing")
     p.add_argument("--finished-only", action="store_true",
                    help="evaluate the finished (variant, seed) runs only; train nothing")
     p.add_argument("--runs-only", action="store_true",
@@ -253,6 +256,12 @@ def main(argv: list[str] | None = None) -> int:
     from drasclr_toolkit.evaluate import (cohort_densitometry, paired_comparisons,
                                           pool_embeddings, summarise)
 
+    if args.from_csv:
+        out = Path(args.out)
+        tidy = pd.read_csv(out.with_suffix(".csv"))
+        tidy["seed"] = tidy["seed"].astype("Int64")
+        write_report(tidy, json.loads(out.with_suffix(".json").read_text()), out)
+        return 0
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
@@ -361,40 +370,55 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out.with_suffix(".csv"), tidy.to_csv(index=False))
     machine = f"{platform.machine()}, {os.cpu_count()} cores"
-    short = f" (shorter runs: max_steps={args.max_steps})" if args.max_steps else ""
-    md = [f"# Recipe study, `{args.config}`{short} ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
-          f"{machine}, {time.perf_counter() - started:.0f} s)", "",
-          f"Variants {', '.join(variants)}; seeds {seeds}. Rule: `benchmarks/selection_rule.md`.",
-          ""]
+    from bench_calibration import git_commit
+
+    # provenance for the notebooks (drasclr_toolkit.lab.recorded_study reads it)
+    provenance = {
+        "config": args.config, "variants": variants, "seeds": seeds,
+        "max_steps": args.max_steps, "poolings": poolings, "repeats": args.repeats,
+        "permutations": args.permutations, "rule_pooling": RULE_POOLING,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine,
+        "commit": git_commit(REPO), "elapsed_s": round(time.perf_counter() - started),
+        "pretrain_s": {f"{v}|{s}": t for (v, s), t in sorted(timings.items())},
+        "command": "python benchmarks/bench_recipe.py " + " ".join(
+            shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
+        "disease": list(DISEASE), "nuisance": list(NUISANCE)}
+    write_report(tidy, provenance, out)
+    return 0
+
+
+def write_report(tidy: pd.DataFrame, provenance: dict, out: Path) -> None:
+    """The markdown summary, the rule table, the provenance JSON and the figure of a
+    study's tidy table (``--from-csv`` redoes them from the saved CSV and JSON)."""
+    timings = {(k.rsplit("|", 1)[0], int(k.rsplit("|", 1)[1])): v
+               for k, v in provenance.get("pretrain_s", {}).items()}
+    short = (f" (shorter runs: max_steps={provenance['max_steps']})"
+             if provenance.get("max_steps") else "")
+    md = [f"# Recipe study, `{provenance['config']}`{short} ({provenance['date']}, "
+          f"{provenance['machine']}, commit {provenance['commit']}, "
+          f"{provenance['elapsed_s']} s to evaluate)", "",
+          f"Variants {', '.join(provenance['variants'])}; seeds {provenance['seeds']}. "
+          "Rule: `benchmarks/selection_rule.md`.", "",
+          f"Command: `{provenance['command']}`", ""]
     rule_table, chosen = apply_rule(tidy, timings)
     md += [f"The study table (`{RULE_POOLING}`, the rule's pooling; R² mean ± sd over seeds):",
-           ""] + study_table(tidy, rule_table) + [""]
+           ""] + study_table(tidy, rule_table, order=provenance["variants"]) + [""]
     if (tidy["pooling"] == ZONE_STACK).any():
         md += [f"The same with the `{ZONE_STACK}` probe (per-zone ridges stacked inside the "
-               "training folds; reported, not used by the rule; densitometry keeps its linear probe):", ""]
-        md += study_table(tidy, rule_table.iloc[0:0], ZONE_STACK) + [""]
+               "training folds; reported, not used by the rule; densitometry keeps its "
+               "linear probe):", ""]
+        md += study_table(tidy, rule_table.iloc[0:0], ZONE_STACK,
+                          order=provenance["variants"]) + [""]
     md += report_lines(tidy)
     atomic_write_text(out.parent / f"{out.name}_rule.csv", rule_table.to_csv())
     md += ["The rule (`benchmarks/selection_rule.md`) applied:", "", "```",
            rule_table.round(3).to_string(), "```", "", f"Chosen default: **{chosen}**.", "",
            f"Full table (every row with its command): `{out.with_suffix('.csv').name}`."]
     atomic_write_text(out.with_suffix(".md"), "\n".join(md) + "\n")
-    from bench_calibration import git_commit
-
-    # provenance for the notebooks (drasclr_toolkit.lab.recorded_study reads it)
-    atomic_write_text(out.with_suffix(".json"), json.dumps({
-        "config": args.config, "variants": variants, "seeds": seeds,
-        "max_steps": args.max_steps, "poolings": poolings, "repeats": args.repeats,
-        "permutations": args.permutations, "rule_pooling": RULE_POOLING, "chosen": chosen,
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine,
-        "commit": git_commit(REPO), "elapsed_s": round(time.perf_counter() - started),
-        "pretrain_s": {f"{v}|{s}": t for (v, s), t in sorted(timings.items())},
-        "command": "python benchmarks/bench_recipe.py " + " ".join(
-            shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
-        "disease": list(DISEASE), "nuisance": list(NUISANCE)}, indent=1))
+    atomic_write_text(out.with_suffix(".json"),
+                      json.dumps(dict(provenance, chosen=chosen), indent=1))
     plot(tidy, out.with_suffix(".png"))
     print("\n".join(md))
-    return 0
 
 
 def evaluate_in_parallel(sets: dict[str, pd.DataFrame], truth: pd.DataFrame,
@@ -425,7 +449,8 @@ def evaluate_in_parallel(sets: dict[str, pd.DataFrame], truth: pd.DataFrame,
     return adjust_verdicts(table, n_permutations=args.permutations)
 
 
-def study_table(tidy: pd.DataFrame, rule: pd.DataFrame, pooling: str = RULE_POOLING) -> list[str]:
+def study_table(tidy: pd.DataFrame, rule: pd.DataFrame, pooling: str = RULE_POOLING,
+                order: list[str] | None = None) -> list[str]:
     """One markdown row per variant: seeds, mean ± sd over seeds of each disease R², the
     disease mean, the nuisance mean, the paired difference to the baseline over seeds with
     its 95 % t-interval (``drasclr_toolkit.lab.seed_paired_interval``), the seeds whose
@@ -450,7 +475,11 @@ def study_table(tidy: pd.DataFrame, rule: pd.DataFrame, pooling: str = RULE_POOL
         v = values.dropna()
         return f"{v.mean():.2f}" + (f" ± {v.std(ddof=1):.2f}" if len(v) > 1 else "")
 
-    for variant in dict.fromkeys(per_seed.index.get_level_values(0)):
+    present = list(dict.fromkeys(per_seed.index.get_level_values(0)))
+    ordered = ([v for v in order or [] if v in present]
+               + [v for v in present if v not in (order or []) and not v.startswith("random")]
+               + sorted(v for v in present if v.startswith("random")))
+    for variant in ordered:
         if variant.startswith("densitometry"):
             continue
         rows = per_seed.loc[variant]
