@@ -158,8 +158,13 @@ def apply_rule(tidy: pd.DataFrame, timings: dict[tuple[str, int], float] | None 
             reasons.append("not learning on every seed")
         if row["pretrain_max_s"] > BUDGET_S:
             reasons.append("over the 15-min budget")
+        other_cohort = str(rand_name).endswith(" cohort)")
+        if other_cohort:   # a data variant: its score is on another cohort, not comparable
+            reasons.append("another cohort (a data variant, not a method default)")
         row["eligible"], row["why_not"] = bool(not reasons), "; ".join(reasons)
-        if default in per_seed.index.get_level_values(0) and variant != default:
+        if other_cohort:
+            row["diff"], row["se_diff"] = np.nan, np.nan
+        elif default in per_seed.index.get_level_values(0) and variant != default:
             both = scores["disease"].to_frame("v").join(
                 per_seed.loc[default, "disease"].rename("d"), how="inner")
             d = both["v"] - both["d"]

@@ -558,8 +558,15 @@ def recorded_study(path: str | Path | None = None) -> dict[str, Any] | None:
                      **{t: per_seed[t].mean() for t in disease if t in per_seed},
                      "disease mean": d.mean(), "disease sd": d.std(ddof=1),
                      "nuisance mean": n.mean()})
+    summary = pd.DataFrame(rows)
+    order = list(provenance.get("variants", []))
+    rank = {v: (0, order.index(v)) if v in order else
+            (1 if str(v).startswith("random-init") else 2, 0) for v in summary["variant"]}
+    summary = summary.iloc[sorted(range(len(summary)),
+                                  key=lambda i: (rank[summary["variant"].iloc[i]],
+                                                 str(summary["variant"].iloc[i])))]
     return {"provenance": provenance, "tidy": tidy, "rule": rule,
-            "chosen": provenance.get("chosen"), "summary": pd.DataFrame(rows)}
+            "chosen": provenance.get("chosen"), "summary": summary.reset_index(drop=True)}
 
 
 def live_ablation(workspace: Any, name: str, *, targets: Sequence[str] | None = None,

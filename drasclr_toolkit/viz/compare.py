@@ -67,7 +67,8 @@ def study_figure(tidy: pd.DataFrame, targets: list[str], *, pooling: str,
     rows = tidy[tidy["pooling"] == pooling]
     variants = [v for v in dict.fromkeys(rows["variant"])
                 if not v.startswith(("random-init", "densitometry"))]
-    fig = make_subplots(rows=1, cols=len(targets), shared_yaxes=True,
+    # one row per target, the variants along a shared x axis (readable with ten of them)
+    fig = make_subplots(rows=len(targets), cols=1, shared_xaxes=True, vertical_spacing=0.06,
                         subplot_titles=[t.replace("_", " ") for t in targets])
     for col, target in enumerate(targets, start=1):
         part = rows[rows["target"] == target]
@@ -80,7 +81,7 @@ def study_figure(tidy: pd.DataFrame, targets: list[str], *, pooling: str,
                 marker=dict(color=PALETTE[2], size=7, opacity=0.7), name="one seed",
                 showlegend=first, customdata=values,
                 hovertemplate=[f"{variant}, seed {s}: R² %{{customdata:.3f}}<extra></extra>"
-                               for s in seeds]), row=1, col=col)
+                               for s in seeds]), row=col, col=1)
             if len(values):
                 fig.add_trace(go.Scatter(
                     x=[variant], y=[max(values.mean(), -1.0)], mode="markers",
@@ -88,7 +89,7 @@ def study_figure(tidy: pd.DataFrame, targets: list[str], *, pooling: str,
                     marker=dict(symbol="line-ew-open", size=26, color="black",
                                 line=dict(width=2)),
                     hovertemplate=f"{variant}: mean %{{y:.3f}} over {len(values)} seeds"
-                                  "<extra></extra>"), row=1, col=col)
+                                  "<extra></extra>"), row=col, col=1)
         references = (
             ("random-init (mean)", rows.loc[(rows["variant"] == "random-init")
                                             & (rows["target"] == target), "r2"].mean(),
@@ -102,13 +103,15 @@ def study_figure(tidy: pd.DataFrame, targets: list[str], *, pooling: str,
                                          mode="lines", line=line, name=name,
                                          legendgroup=name, showlegend=col == 1,
                                          hovertemplate=f"{name}: %{{y:.3f}}<extra></extra>"),
-                              row=1, col=col)
-        fig.add_hline(y=0, line=dict(color="black", width=1), row=1, col=col)
-    fig.update_yaxes(range=[-1.05, 1.05], gridcolor="#eeeeee")
-    fig.update_yaxes(title_text=f"out-of-fold R² ({pooling})<br>below -1 drawn at -1",
-                     row=1, col=1)
-    fig.update_layout(title=title, height=480, width=max(700, 320 * len(targets)),
-                      legend=dict(orientation="h", y=-0.45), margin=dict(b=170),
+                              row=col, col=1)
+        fig.add_hline(y=0, line=dict(color="black", width=1), row=col, col=1)
+    fig.update_yaxes(range=[-1.05, 1.05], gridcolor="#eeeeee", title_text="R²")
+    fig.update_layout(title=title, height=170 + 230 * len(targets), width=900,
+                      legend=dict(orientation="h", y=-0.12), margin=dict(b=140),
                       plot_bgcolor="white")
-    fig.update_xaxes(tickangle=45)
+    fig.update_xaxes(tickangle=30)
+    fig.add_annotation(text=f"out-of-fold R², {pooling} features; below -1 drawn at -1; the "
+                            "references are the 32-subject cohort's",
+                       xref="paper", yref="paper", x=0, y=1.0, yshift=40, showarrow=False,
+                       font=dict(size=11), xanchor="left")
     return fig
