@@ -365,6 +365,12 @@ def _training_row(workspace: Any, run: Experiment, source: PatchSource) -> dict[
     }
 
 
+def _difference_sentence(head: str, row: Mapping[str, Any], unit: str = "") -> str:
+    """One row of :func:`~drasclr_toolkit.evaluate.compare.paired_comparisons` in words."""
+    return (f"{head} = {row['diff']:+.3f}{unit} (95 % CI {row['ci_low']:+.3f} to "
+            f"{row['ci_high']:+.3f}, p={row['p']:.2g}): {row['verdict']}")
+
+
 def compare_to_baseline(workspace: Any, experiment: Experiment, *,
                         baseline: Experiment | None = None,
                         targets: Sequence[str] = ("pct_emphysema",)) -> dict[str, Any]:
@@ -412,9 +418,8 @@ def compare_to_baseline(workspace: Any, experiment: Experiment, *,
         paired = paired_comparisons(long, reference=experiment.name, baselines=["baseline"])
         for _, r in paired.iterrows():
             if np.isfinite(r["diff"]):
-                text.append(f"{r['task']} probe ({r['metric']}): {experiment.name} − baseline "
-                            f"= {r['diff']:+.3f} (95 % CI {r['ci_low']:+.3f} to "
-                            f"{r['ci_high']:+.3f}, p={r['p']:.2g}): {r['verdict']}")
+                text.append(_difference_sentence(
+                    f"{r['task']} probe ({r['metric']}): {experiment.name} − baseline", r))
             else:
                 text.append(f"{r['task']}: not compared ({r['reason']})")
     keep = [c for c in training.columns if not c.startswith("_")]
@@ -619,9 +624,8 @@ def live_ablation(workspace: Any, name: str, *, targets: Sequence[str] | None = 
     text = []
     for _, r in paired.iterrows():
         if np.isfinite(r["diff"]):
-            text.append(f"{r['task']}: {r['reference']} − {r['baseline']} = {r['diff']:+.3f} R² "
-                        f"(95 % CI {r['ci_low']:+.3f} to {r['ci_high']:+.3f}, p={r['p']:.2g}): "
-                        f"{r['verdict']}")
+            text.append(_difference_sentence(f"{r['task']}: {r['reference']} − {r['baseline']}",
+                                             r, unit=" R²"))
         else:
             text.append(f"{r['task']}: {r['reference']} vs {r['baseline']} not compared "
                         f"({r['reason']})")
